@@ -1,0 +1,293 @@
+"""Exact, differentiable, row-wise look-ahead Θ̄_{t+1}(Λ) (method.md, "Doing it at the cost of one
+training step").
+
+Every supported Θ optimizer is row-separable, so the new value of ``param[rows]`` depends only on
+those rows' parameter, gradient and optimizer state. :func:`simulate_step_rows` gathers exactly
+those and replays the optimizer's update formula out of place (differentiable in the gradient),
+reading the optimizer's real state and param_group (lr after any scheduler). Invariant (tested):
+with Λ fixed, the simulated rows equal what ``optimizer.step()`` then writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.mf import bpr_loss, triple_scores
+from lopt.models.regularizer import FactorModel, check_scope, penalty_grad_rows
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+SUPPORTED_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "Adagrad")
+
+
+# ---------------------------------------------------------------------------- helpers
+def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    """Accept a Lightning ``LightningOptimizer`` wrapper as well as a bare optimizer."""
+    inner = getattr(optimizer, "_optimizer", None)
+    if isinstance(inner, torch.optim.Optimizer):
+        return inner
+    return optimizer
+
+
+def _group_of(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> dict[str, Any]:
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            return group
+    raise ValueError(f"the parameter of shape {tuple(param.shape)} is not managed by this {type(optimizer).__name__}")
+
+
+def _scalar(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(x) for x ≥ 0 with the same forward values, but a zero (not inf → NaN) gradient at x = 0.
+
+    At x = 0 the optimizer's update is not differentiable anyway (a row with zero gradient and zero
+    second moment); 0 is the natural subgradient and keeps NaN out of the Λ gradient."""
+    if not x.requires_grad:
+        return x.sqrt()
+    pos = x > 0
+    return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+
+
+def _state_rows(state: dict[str, Any], key: str, rows: torch.Tensor) -> torch.Tensor | None:
+    t = state.get(key)
+    if t is None:
+        return None
+    if t.is_sparse:
+        raise NotImplementedError(f"optimizer state {key!r} is sparse; only dense state is supported")
+    return t.detach()[rows]
+
+
+def _maybe_neg(grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+    return -grad if group.get("maximize", False) else grad
+
+
+# ---------------------------------------------------------------------------- per-optimizer math
+def _sgd_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    group = _group_of(optimizer, param)
+    state = optimizer.state.get(param, {})
+    lr, wd = _scalar(group["lr"]), _scalar(group.get("weight_decay", 0.0))
+    momentum, dampening = _scalar(group.get("momentum", 0.0)), _scalar(group.get("dampening", 0.0))
+    nesterov = bool(group.get("nesterov", False))
+    p = param.detach()[rows]
+    grad = _maybe_neg(grad, group)
+    if wd != 0:
+        grad = grad + wd * p
+    if momentum != 0:
+        buf = _state_rows(state, "momentum_buffer", rows)
+        buf = grad if buf is None else buf * momentum + (1 - dampening) * grad
+        grad = grad + momentum * buf if nesterov else buf
+    return p - lr * grad
+
+
+def _adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    group = _group_of(optimizer, param)
+    state = optimizer.state.get(param, {})
+    lr, wd, eps = _scalar(group["lr"]), _scalar(group.get("weight_decay", 0.0)), _scalar(group["eps"])
+    beta1, beta2 = (_scalar(b) for b in group["betas"])
+    amsgrad = bool(group.get("amsgrad", False))
+    decoupled = bool(group.get("decoupled_weight_decay", False)) or isinstance(optimizer, torch.optim.AdamW)
+    step = (_scalar(state["step"]) if "step" in state else 0.0) + 1.0
+    p = param.detach()[rows]
+    grad = _maybe_neg(grad, group)
+    if wd != 0:
+        if decoupled:  # AdamW: decay the parameter, not the gradient
+            p = p * (1 - lr * wd)
+        else:  # L2: on the gradient, before the moments
+            grad = grad + wd * p
+    m = _state_rows(state, "exp_avg", rows)
+    v = _state_rows(state, "exp_avg_sq", rows)
+    m = (1 - beta1) * grad if m is None else m.lerp(grad, 1 - beta1)
+    v = (1 - beta2) * grad * grad if v is None else v * beta2 + (1 - beta2) * grad * grad
+    if amsgrad:
+        vmax = _state_rows(state, "max_exp_avg_sq", rows)
+        v = v if vmax is None else torch.maximum(vmax, v)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    step_size = lr / bias_correction1
+    denom = _safe_sqrt(v) / bias_correction2_sqrt + eps
+    return p - step_size * (m / denom)
+
+
+def _adagrad_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    group = _group_of(optimizer, param)
+    state = optimizer.state.get(param, {})
+    lr, wd, eps = _scalar(group["lr"]), _scalar(group.get("weight_decay", 0.0)), _scalar(group["eps"])
+    lr_decay = _scalar(group.get("lr_decay", 0.0))
+    step = (_scalar(state["step"]) if "step" in state else 0.0) + 1.0
+    p = param.detach()[rows]
+    grad = _maybe_neg(grad, group)
+    if wd != 0:
+        grad = grad + wd * p
+    clr = lr / (1 + (step - 1) * lr_decay)
+    acc = _state_rows(state, "sum", rows)
+    if acc is None:  # torch creates it in __init__; be robust to a state that lost it
+        acc = torch.full_like(p, _scalar(group.get("initial_accumulator_value", 0.0)))
+    acc = acc + grad * grad
+    return p - clr * (grad / (_safe_sqrt(acc) + eps))
+
+
+_SIMULATORS: dict[type, Callable[..., torch.Tensor]] = {
+    torch.optim.SGD: _sgd_rows,
+    torch.optim.Adam: _adam_rows,
+    torch.optim.AdamW: _adam_rows,
+    torch.optim.Adagrad: _adagrad_rows,
+}
+
+
+def simulate_step_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad_rows: torch.Tensor
+) -> torch.Tensor:
+    """New values of ``param[rows]`` ((len(rows), *param.shape[1:])) that ``optimizer.step()`` would
+    write if ``param.grad[rows] == grad_rows``; differentiable w.r.t. ``grad_rows``, constant in the
+    parameter and optimizer state (both read, never modified or copied beyond the gathered rows).
+
+    Reads the optimizer's real state (step, exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer,
+    sum) and param_group (lr — as left by any scheduler —, betas, eps, weight_decay, amsgrad,
+    maximize, momentum, dampening, nesterov, lr_decay). ``foreach``, ``fused``, ``capturable`` and
+    ``differentiable`` do not change the update and are accepted. Supported: torch.optim.SGD, Adam,
+    AdamW, Adagrad (exact types); anything else raises NotImplementedError.
+    """
+    optimizer = _unwrap(optimizer)
+    simulator = _SIMULATORS.get(type(optimizer))
+    if simulator is None:
+        raise NotImplementedError(
+            f"look-ahead cannot simulate the Θ optimizer {type(optimizer).__module__}.{type(optimizer).__qualname__} "
+            f"(config group `optimizer`); supported: torch.optim.{', torch.optim.'.join(SUPPORTED_OPTIMIZERS)}"
+        )
+    if param.is_complex():
+        raise NotImplementedError("look-ahead supports real-valued parameters only (got a complex one)")
+    if param.is_sparse:
+        raise NotImplementedError("look-ahead supports dense parameters only")
+    if grad_rows.shape != (rows.shape[0], *param.shape[1:]):
+        raise ValueError(f"grad_rows has shape {tuple(grad_rows.shape)}, expected {(rows.shape[0], *param.shape[1:])}")
+    group = _group_of(optimizer, param)
+    lr = group.get("lr")
+    if isinstance(lr, torch.Tensor) and lr.requires_grad:
+        raise NotImplementedError("a learnable (requires_grad) Θ learning rate is not supported by the look-ahead")
+    return simulator(optimizer, param, rows, grad_rows)
+
+
+# ---------------------------------------------------------------------------- the look-ahead
+def _grad_of(p: nn.Parameter) -> torch.Tensor:
+    if p.grad is None:
+        raise RuntimeError(
+            "look-ahead needs the non-regularized BPR gradient g_t in user_factors.grad / item_factors.grad "
+            "(run one backward of the training loss first)"
+        )
+    if p.grad.is_sparse:
+        raise NotImplementedError("look-ahead needs dense Θ gradients")
+    return p.grad.detach()
+
+
+def _clip_coefficient(
+    model: FactorModel,
+    granularity: LambdaGranularity,
+    train_batch: Batch,
+    scope: str,
+    scale: float,
+    clip_norm: float,
+) -> torch.Tensor:
+    """min(clip_norm / (‖g + ∇_ΘΩ(Λ)‖ + 1e-6), 1), differentiable in Λ (a 0-dim tensor).
+
+    Scope "batch": the nonzero gradient rows are exactly the train batch's rows (g_t is the BPR
+    gradient of that batch), so the norm costs O(|B|·d). Scope "all": every row, O((|U|+|I|)·d)."""
+    P, Q = model.user_factors, model.item_factors
+    gP, gQ = _grad_of(P), _grad_of(Q)
+    if scope == "all":
+        GP = gP + (2.0 * scale) * granularity.user_lambda(None) * P.detach()
+        GQ = gQ + (2.0 * scale) * granularity.item_lambda(None) * Q.detach()
+        sq = GP.square().sum() + GQ.square().sum()
+    else:
+        users, pos, neg = train_batch
+        urows, irows = torch.unique(users), torch.unique(torch.cat([pos, neg]))
+        pu, pi = penalty_grad_rows(model, granularity, users, pos, neg, scope, scale, urows, irows)
+        sq = (gP[urows] + pu).square().sum() + (gQ[irows] + pi).square().sum()
+    norm = _safe_sqrt(sq)
+    return (float(clip_norm) / (norm + 1e-6)).clamp(max=1.0)
+
+
+def lookahead_rows(
+    model: FactorModel,
+    theta_optimizer: torch.optim.Optimizer,
+    granularity: LambdaGranularity,
+    train_batch: Batch,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+    *,
+    scope: str,
+    scale: float,
+    clip_norm: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Θ̄_{t+1}(Λ) on ``user_rows`` of P and ``item_rows`` of Q: ((n_u, d), (n_i, d)), differentiable in Λ.
+
+    Assumes ``user_factors.grad`` / ``item_factors.grad`` hold g_t, the NON-regularized BPR gradient
+    of ``train_batch`` (one backward); reads them, does not modify them. Replays the real Θ-step
+    (g_t + ∇_ΘΩ(B_t; Θ_t, Λ), clipped to ``clip_norm`` like :func:`regularizer.clip_grad_norm_`,
+    then ``theta_optimizer.step()``) on those rows only.
+    """
+    check_scope(scope)
+    P, Q = model.user_factors, model.item_factors
+    users, pos, neg = train_batch
+    pu, pi = penalty_grad_rows(model, granularity, users, pos, neg, scope, scale, user_rows, item_rows)
+    grad_u = _grad_of(P)[user_rows] + pu
+    grad_i = _grad_of(Q)[item_rows] + pi
+    if clip_norm is not None:
+        coef = _clip_coefficient(model, granularity, train_batch, scope, scale, clip_norm)
+        grad_u, grad_i = grad_u * coef, grad_i * coef
+    return (
+        simulate_step_rows(theta_optimizer, P, user_rows, grad_u),
+        simulate_step_rows(theta_optimizer, Q, item_rows, grad_i),
+    )
+
+
+def lookahead_validation_loss(
+    model: FactorModel,
+    theta_optimizer: torch.optim.Optimizer,
+    granularity: LambdaGranularity,
+    train_batch: Batch,
+    valid_batch: Batch,
+    *,
+    scope: str,
+    scale: float,
+    clip_norm: float | None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """l(V_t; Θ̄_{t+1}(Λ)): the BPR loss of ``valid_batch`` after the simulated Θ-step (a scalar whose
+    graph reaches Λ only; Θ, g_t and the optimizer state are constants).
+
+    Preconditions as :func:`lookahead_rows`. Only the rows ``valid_batch`` touches are simulated:
+    cost O((|B|+|V|)·d) for scope "batch" (plus O((|U|+|I|)·d) for the clip norm under scope "all").
+    ``dropout`` > 0 applies ``F.dropout`` (training mode) to the looked-ahead embeddings of each
+    validation triple.
+    """
+    v_users, v_pos, v_neg = valid_batch
+    user_rows, user_idx = torch.unique(v_users, return_inverse=True)
+    item_rows, item_idx = torch.unique(torch.cat([v_pos, v_neg]), return_inverse=True)
+    new_p, new_q = lookahead_rows(
+        model, theta_optimizer, granularity, train_batch, user_rows, item_rows, scope=scope, scale=scale, clip_norm=clip_norm
+    )
+    n = v_users.numel()
+    pos_idx, neg_idx = item_idx[:n], item_idx[n:]
+    if dropout > 0:
+        pu = F.dropout(new_p[user_idx], dropout, training=True)
+        qi = F.dropout(new_q[pos_idx], dropout, training=True)
+        qj = F.dropout(new_q[neg_idx], dropout, training=True)
+        return bpr_loss((pu * qi).sum(-1), (pu * qj).sum(-1))
+    return bpr_loss(*triple_scores(new_p, new_q, user_idx, pos_idx, neg_idx))
+
+
+__all__ = [
+    "SUPPORTED_OPTIMIZERS",
+    "lookahead_rows",
+    "lookahead_validation_loss",
+    "simulate_step_rows",
+]

@@ -1,0 +1,181 @@
+"""The regularizer Ω(B; Θ, Λ) of method.md, its Θ-gradient, and the Θ grad-norm clip.
+
+Scopes (config ``regularizer.scope``):
+
+* ``"batch"``: Ω = (1/|B|) Σ_{(u,i,j)∈B} Σ_k [λU[u,k]P[u,k]² + λI[i,k]Q[i,k]² + λI[j,k]Q[j,k]²]
+  (once per occurrence). ∂Ω/∂P[r] = 2·c_r/|B| · λU[r] ⊙ P[r] with c_r the number of occurrences of
+  user r in the batch (items: occurrences as positive plus as negative).
+* ``"all"``: Ω = scale · (Σ λU ⊙ P² + Σ λI ⊙ Q²); ∂Ω/∂P[r] = 2·scale · λU[r] ⊙ P[r].
+
+``model`` is anything with ``user_factors`` (|U|, d) and ``item_factors`` (|I|, d) Parameters
+(:class:`lopt.models.mf.MatrixFactorization`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from lopt.models.granularity import LambdaGranularity
+
+SCOPES: tuple[str, ...] = ("batch", "all")
+
+
+class FactorModel(Protocol):
+    """What the regularizer and look-ahead need of a model (MatrixFactorization satisfies it)."""
+
+    user_factors: nn.Parameter
+    item_factors: nn.Parameter
+
+
+def check_scope(scope: str) -> str:
+    """Return ``scope`` if valid, else raise ValueError naming config key ``regularizer.scope``."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown regularizer scope {scope!r} (config key `regularizer.scope`); valid: {', '.join(SCOPES)}")
+    return scope
+
+
+def penalty(
+    model: FactorModel,
+    granularity: LambdaGranularity,
+    users: torch.Tensor,
+    pos_items: torch.Tensor,
+    neg_items: torch.Tensor,
+    scope: str,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Ω as a scalar, differentiable in Θ and Λ. ``scale`` is used by scope "all" only."""
+    P, Q = model.user_factors, model.item_factors
+    if check_scope(scope) == "all":
+        return scale * ((granularity.user_lambda(None) * P.square()).sum() + (granularity.item_lambda(None) * Q.square()).sum())
+    n = users.numel()
+    if n == 0:
+        return P.new_zeros(())
+    pu, qi, qj = P[users], Q[pos_items], Q[neg_items]
+    total = (
+        (granularity.user_lambda(users) * pu.square()).sum()
+        + (granularity.item_lambda(pos_items) * qi.square()).sum()
+        + (granularity.item_lambda(neg_items) * qj.square()).sum()
+    )
+    return total / n
+
+
+def _occurrences(batch_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """How often each entry of ``rows`` occurs in ``batch_rows``: (len(rows),) int64, O((|B|+n)·log|B|)."""
+    sorted_rows = torch.sort(batch_rows).values
+    left = torch.searchsorted(sorted_rows, rows, right=False)
+    right = torch.searchsorted(sorted_rows, rows, right=True)
+    return right - left
+
+
+def _side_grad_rows(
+    theta: torch.Tensor,
+    lam_fn: Callable[[torch.Tensor | None], torch.Tensor],
+    rows: torch.Tensor,
+    batch_rows: torch.Tensor | None,
+    n_batch: int,
+    scale: float,
+) -> torch.Tensor:
+    """∂Ω/∂Θ[rows] for one side ((len(rows), d)); batch_rows None ⇒ scope "all"."""
+    theta_rows = theta.detach()[rows]
+    if batch_rows is None:
+        return (2.0 * scale) * lam_fn(rows) * theta_rows
+    counts = _occurrences(batch_rows, rows)
+    hit = torch.nonzero(counts, as_tuple=True)[0]
+    # Only rows that occur in the batch depend on Λ: gather λ for those alone, so rows without a
+    # penalty get no (zero-valued) entry in a sparse Λ gradient.
+    coef = counts[hit].to(theta.dtype).unsqueeze(1) * (2.0 / n_batch)
+    contrib = coef * lam_fn(rows[hit]) * theta_rows[hit]
+    return theta_rows.new_zeros(theta_rows.shape).index_copy(0, hit, contrib)
+
+
+def penalty_grad_rows(
+    model: FactorModel,
+    granularity: LambdaGranularity,
+    users: torch.Tensor,
+    pos_items: torch.Tensor,
+    neg_items: torch.Tensor,
+    scope: str,
+    scale: float,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂Ω/∂P[user_rows], ∂Ω/∂Q[item_rows]), shapes (len(user_rows), d), (len(item_rows), d).
+
+    Analytic, differentiable w.r.t. Λ (Θ is detached), O(rows·d + |B|·log|B|). For scope "batch" a
+    row absent from the batch gets an exact zero that does not depend on Λ.
+    """
+    P, Q = model.user_factors, model.item_factors
+    if check_scope(scope) == "all":
+        return (
+            _side_grad_rows(P, granularity.user_lambda, user_rows, None, 0, scale),
+            _side_grad_rows(Q, granularity.item_lambda, item_rows, None, 0, scale),
+        )
+    n = users.numel()
+    if n == 0:
+        return P.new_zeros(len(user_rows), P.shape[1]), Q.new_zeros(len(item_rows), Q.shape[1])
+    return (
+        _side_grad_rows(P, granularity.user_lambda, user_rows, users, n, scale),
+        _side_grad_rows(Q, granularity.item_lambda, item_rows, torch.cat([pos_items, neg_items]), n, scale),
+    )
+
+
+def _ensure_grad(p: nn.Parameter) -> torch.Tensor:
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    if p.grad.is_sparse:
+        raise ValueError("add_penalty_grad_ needs dense Θ gradients (MatrixFactorization produces dense ones)")
+    return p.grad
+
+
+@torch.no_grad()
+def add_penalty_grad_(
+    model: FactorModel,
+    granularity: LambdaGranularity,
+    users: torch.Tensor,
+    pos_items: torch.Tensor,
+    neg_items: torch.Tensor,
+    scope: str,
+    scale: float = 1.0,
+) -> None:
+    """Add ∂Ω/∂Θ (at the current Λ, no autograd graph) to ``user_factors.grad`` / ``item_factors.grad``
+    in place (a missing grad starts at zero). Scope "batch": index_add_ on the batch's unique rows,
+    O(|B|·d); scope "all": dense, O((|U|+|I|)·d). This is the regularization part of the real Θ-step."""
+    P, Q = model.user_factors, model.item_factors
+    gP, gQ = _ensure_grad(P), _ensure_grad(Q)
+    if check_scope(scope) == "all":
+        gP.add_((2.0 * scale) * granularity.user_lambda(None).detach() * P.detach())
+        gQ.add_((2.0 * scale) * granularity.item_lambda(None).detach() * Q.detach())
+        return
+    n = users.numel()
+    if n == 0:
+        return
+    for theta, grad, lam_fn, batch_rows in (
+        (P, gP, granularity.user_lambda, users),
+        (Q, gQ, granularity.item_lambda, torch.cat([pos_items, neg_items])),
+    ):
+        rows, counts = torch.unique(batch_rows, return_counts=True)
+        coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n)
+        grad.index_add_(0, rows, coef * lam_fn(rows).detach() * theta.detach()[rows])
+
+
+@torch.no_grad()
+def clip_grad_norm_(model: FactorModel, max_norm: float | None) -> torch.Tensor:
+    """Clip the Θ gradient (``user_factors.grad``, ``item_factors.grad``) to total L2 norm
+    ``max_norm`` in place, exactly as ``torch.nn.utils.clip_grad_norm_``: grads *= min(max_norm /
+    (norm + 1e-6), 1). ``max_norm=None``: no clipping. Returns the total norm before clipping."""
+    grads = [p.grad for p in (model.user_factors, model.item_factors) if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=model.user_factors.dtype, device=model.user_factors.device)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if max_norm is not None:
+        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
+__all__ = ["SCOPES", "FactorModel", "add_penalty_grad_", "check_scope", "clip_grad_norm_", "penalty", "penalty_grad_rows"]

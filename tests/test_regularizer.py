@@ -1,0 +1,128 @@
+"""Ω, its analytic Θ-gradient (rows and in place) against autograd, and the Θ grad-norm clip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
+from lopt.models.mf import MatrixFactorization
+from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_, penalty, penalty_grad_rows
+
+NU, NI, D = 7, 9, 4
+USERS = torch.tensor([0, 1, 1, 2, 3, 0, 1])
+POS = torch.tensor([1, 2, 2, 3, 4, 5, 7])
+NEG = torch.tensor([5, 6, 7, 5, 0, 2, 2])
+# rows queried: repeated-in-batch, once-in-batch, absent-from-batch (user 6; items 8)
+USER_ROWS = torch.tensor([1, 0, 6, 3, 5])
+ITEM_ROWS = torch.tensor([2, 5, 8, 0, 7, 1])
+SCALE = 0.37
+
+
+def setup(name: str, dtype: torch.dtype = torch.float64) -> tuple[MatrixFactorization, LambdaGranularity]:
+    torch.manual_seed(0)
+    model = MatrixFactorization(NU, NI, D, init_std=0.7).to(dtype)
+    gran = LambdaGranularity(name, NU, NI, D, init=0.6).to(dtype)
+    with torch.no_grad():
+        for p in gran.parameters():
+            p.copy_(torch.rand_like(p) + 0.1)
+    return model, gran
+
+
+@pytest.mark.parametrize("name", GRANULARITY_NAMES)
+@pytest.mark.parametrize("scope", ["batch", "all"])
+def test_penalty_value_matches_bruteforce(name: str, scope: str) -> None:
+    model, gran = setup(name)
+    P, Q = model.user_factors.detach(), model.item_factors.detach()
+    lu, li = gran.dense_user_lambda(), gran.dense_item_lambda()
+    if scope == "batch":
+        expected = 0.0
+        for u, i, j in zip(USERS.tolist(), POS.tolist(), NEG.tolist(), strict=True):
+            expected += float((lu[u] * P[u] ** 2).sum() + (li[i] * Q[i] ** 2).sum() + (li[j] * Q[j] ** 2).sum())
+        expected /= len(USERS)
+    else:
+        expected = SCALE * float((lu * P**2).sum() + (li * Q**2).sum())
+    got = penalty(model, gran, USERS, POS, NEG, scope, SCALE)
+    assert got.item() == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize("name", GRANULARITY_NAMES)
+@pytest.mark.parametrize("scope", ["batch", "all"])
+def test_penalty_grad_rows_and_add_penalty_grad_equal_autograd(name: str, scope: str) -> None:
+    model, gran = setup(name)
+    P, Q = model.user_factors, model.item_factors
+    gP, gQ = torch.autograd.grad(penalty(model, gran, USERS, POS, NEG, scope, SCALE), [P, Q])
+    ru, ri = penalty_grad_rows(model, gran, USERS, POS, NEG, scope, SCALE, USER_ROWS, ITEM_ROWS)
+    torch.testing.assert_close(ru, gP[USER_ROWS], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ri, gQ[ITEM_ROWS], rtol=1e-12, atol=1e-14)
+    if scope == "batch":  # absent rows: exact zeros
+        assert torch.all(ru[2] == 0) and torch.all(ri[2] == 0)
+    else:
+        assert torch.all(ru[2] != 0)
+
+    base_p, base_q = torch.randn_like(P), torch.randn_like(Q)
+    P.grad, Q.grad = base_p.clone(), base_q.clone()
+    add_penalty_grad_(model, gran, USERS, POS, NEG, scope, SCALE)
+    torch.testing.assert_close(P.grad, base_p + gP, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(Q.grad, base_q + gQ, rtol=1e-12, atol=1e-14)
+    if scope == "batch":  # rows outside the batch are untouched bit for bit
+        assert torch.equal(P.grad[6], base_p[6]) and torch.equal(Q.grad[8], base_q[8])
+
+
+def test_add_penalty_grad_creates_missing_grad() -> None:
+    model, gran = setup("dui")
+    add_penalty_grad_(model, gran, USERS, POS, NEG, "batch", SCALE)
+    gP, _ = torch.autograd.grad(penalty(model, gran, USERS, POS, NEG, "batch", SCALE), [model.user_factors, model.item_factors])
+    torch.testing.assert_close(model.user_factors.grad, gP, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", [n for n in GRANULARITY_NAMES if n != "fix"])
+@pytest.mark.parametrize("scope", ["batch", "all"])
+def test_penalty_grad_rows_lambda_derivative_matches_double_backward(name: str, scope: str) -> None:
+    """∂/∂Λ ⟨W, ∂Ω/∂Θ[rows]⟩ from the analytic rows equals autograd's mixed second derivative."""
+    model, gran = setup(name)
+    P, Q = model.user_factors, model.item_factors
+    lam = list(gran.parameters())
+    wu, wi = torch.randn(len(USER_ROWS), D), torch.randn(len(ITEM_ROWS), D)
+    gP, gQ = torch.autograd.grad(penalty(model, gran, USERS, POS, NEG, scope, SCALE), [P, Q], create_graph=True)
+    ref = torch.autograd.grad((gP[USER_ROWS] * wu).sum() + (gQ[ITEM_ROWS] * wi).sum(), lam)
+    ru, ri = penalty_grad_rows(model, gran, USERS, POS, NEG, scope, SCALE, USER_ROWS, ITEM_ROWS)
+    got = torch.autograd.grad((ru * wu).sum() + (ri * wi).sum(), lam)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-12, atol=1e-14)
+
+
+def test_penalty_grad_rows_gives_sparse_lambda_grad_only_on_batch_rows() -> None:
+    model, gran = setup("dui")
+    ru, ri = penalty_grad_rows(model, gran, USERS, POS, NEG, "batch", SCALE, USER_ROWS, ITEM_ROWS)
+    (ru.sum() + ri.sum()).backward()
+    rows = set(gran.lambda_user.grad.coalesce().indices()[0].tolist())
+    assert rows == set(USER_ROWS.tolist()) & set(USERS.tolist())  # absent user 6 / 5 get no entry
+    rows_i = set(gran.lambda_item.grad.coalesce().indices()[0].tolist())
+    assert rows_i == set(ITEM_ROWS.tolist()) & set(torch.cat([POS, NEG]).tolist())
+
+
+def test_unknown_scope() -> None:
+    model, gran = setup("d")
+    with pytest.raises(ValueError, match="regularizer.scope"):
+        penalty(model, gran, USERS, POS, NEG, "rows", 1.0)
+
+
+@pytest.mark.parametrize("max_norm", [None, 1e-3, 0.5, 1e9])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_clip_equals_torch(max_norm: float | None, dtype: torch.dtype) -> None:
+    model, _ = setup("d", dtype)
+    ref = MatrixFactorization(NU, NI, D, init_std=1.0).to(dtype)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    got = clip_grad_norm_(model, max_norm)
+    if max_norm is None:
+        expected = torch.nn.utils.get_total_norm([q.grad for q in ref.parameters()])
+    else:
+        expected = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm)
+    torch.testing.assert_close(got, expected, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
+    if max_norm == 1e-3:
+        assert clip_grad_norm_(model, None).item() == pytest.approx(1e-3, rel=1e-3)
