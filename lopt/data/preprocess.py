@@ -1,0 +1,511 @@
+"""Preprocessing of the canonical interaction frame: dedupe → filter → re-index → split.
+
+Implements the "lambdaopt" protocol (``shared/design/protocol.md``):
+
+1. keep (user, item, timestamp); drop duplicate (user, item) pairs, keeping the earliest;
+2. filter once: items with ≥ ``min_users_per_item`` distinct users, then users with
+   ≥ ``min_items_per_user`` distinct items (``iterative=True``: repeat until stable, a k-core);
+3. re-index users and items to ``0..n-1`` (sorted raw ids, so the mapping is deterministic);
+4. per user, time-ordered leave-ratio-out: test = latest ⌊n_u·test_ratio⌋, of the remaining
+   n'_u valid = latest ⌊n'_u·valid_ratio⌋, train = the rest.
+
+Every stage is vectorized (polars expressions / numpy sorts); nothing loops over users.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from fractions import Fraction
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+
+from lopt.data.types import CANONICAL_COLUMNS, PreparedSplit
+
+log = logging.getLogger("lopt.data")
+
+#: Config keys named in error messages (the dataset config group's preprocess block).
+KEY_MIN_USERS_PER_ITEM = "dataset.preprocess.min_users_per_item"
+KEY_MIN_ITEMS_PER_USER = "dataset.preprocess.min_items_per_user"
+KEY_TEST_RATIO = "dataset.preprocess.test_ratio"
+KEY_VALID_RATIO = "dataset.preprocess.valid_ratio"
+
+#: Ratios are read as the nearest fraction with a denominator at most this (0.2 → 1/5), so the
+#: per-user floors are computed in exact integer arithmetic and float error cannot flip them.
+RATIO_MAX_DENOMINATOR = 10**6
+
+
+class _Stage:
+    """Times one stage; logs ``stage: rows in → rows out (seconds)`` on ``lopt.data``.
+
+    When stderr is a terminal, a one-line progress indication is shown while the stage runs.
+    """
+
+    def __init__(self, name: str, rows_in: int) -> None:
+        self.name = name
+        self.rows_in = rows_in
+        self._tty = _stderr_is_tty()
+        self._t0 = time.perf_counter()
+        if self._tty:
+            sys.stderr.write(f"\rpreprocess: {name} ({rows_in:,} rows) …\x1b[K")
+            sys.stderr.flush()
+
+    def done(self, rows_out: int, extra: str = "") -> None:
+        seconds = time.perf_counter() - self._t0
+        if self._tty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+        log.info(
+            "preprocess %-7s %12s → %12s rows  %6.2f s%s",
+            self.name,
+            f"{self.rows_in:,}",
+            f"{rows_out:,}",
+            seconds,
+            f"  ({extra})" if extra else "",
+        )
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stream
+        return False
+
+
+# --------------------------------------------------------------------------- kernels
+#
+# The frame-level stages below and :func:`prepare_split` share these array kernels. They work
+# on dense codes (the re-index of the whole input): re-indexing preserves raw-id order, so
+# deduping/filtering codes and then compacting them gives exactly the indices that re-indexing
+# the filtered frame would give.
+
+
+def _encode(column: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, ids): int32 codes in ``[0, len(ids))`` and the ascending raw ids they index.
+
+    ids are int64 for integer columns, numpy unicode for string columns.
+    """
+    uniq = column.unique().sort()
+    n = len(uniq)
+    if column.dtype == pl.String:
+        codes = column.cast(pl.Enum(uniq)).to_physical().to_numpy().astype(np.int32)
+        ids = uniq.to_numpy().astype(str) if n else np.empty(0, dtype="<U1")
+        return codes, ids
+    ids = uniq.to_numpy().astype(np.int64, copy=False)
+    values = column.to_numpy().astype(np.int64, copy=False)
+    if n == 0:
+        return np.empty(0, dtype=np.int32), ids
+    lo, span = int(ids[0]), int(ids[-1]) - int(ids[0]) + 1
+    if span <= max(4 * len(values), 1 << 24):  # dense enough for a lookup table
+        table = np.full(span, -1, dtype=np.int32)
+        table[ids - lo] = np.arange(n, dtype=np.int32)
+        return table[values - lo], ids
+    codes = column.replace_strict(uniq, pl.Series(np.arange(n, dtype=np.int32)))
+    return codes.to_numpy().astype(np.int32, copy=False), ids
+
+
+def _pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """int64 key ``user·n_items + item`` of each code pair (unique per pair)."""
+    return users.astype(np.int64) * n_items + items
+
+
+def _order_by(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """int64 permutation sorting by (major, minor, position): deterministic, ties in input order.
+
+    ``major`` is a non-negative int64 array, ``minor`` an int64 array.
+    """
+    n = major.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    minor_lo, minor_hi = int(minor.min()), int(minor.max())
+    minor_span = minor_hi - minor_lo + 1
+    if (int(major.max()) + 1) * minor_span < 2**63:
+        # One int64 key and a stable single-column sort (several times faster than 3 keys).
+        key = major * minor_span + (minor - minor_lo)
+        frame = pl.DataFrame({"k": key, "r": np.arange(n, dtype=np.int64)})
+        return frame.sort("k", maintain_order=True)["r"].to_numpy()
+    frame = pl.DataFrame({"a": major, "b": minor, "r": np.arange(n, dtype=np.int64)})
+    return frame.sort("a", "b", "r")["r"].to_numpy()
+
+
+def _has_duplicates(keys: np.ndarray) -> bool:
+    return bool(keys.size) and pl.Series(keys).n_unique() != keys.size
+
+
+def _dedupe_mask(keys: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """bool mask: the earliest row of each pair key (ties: first in input order)."""
+    keep = np.ones(keys.shape[0], dtype=bool)
+    if not _has_duplicates(keys):
+        return keep
+    order = _order_by(keys, timestamps)
+    sorted_keys = keys[order]
+    first = np.ones(keys.shape[0], dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    keep[:] = False
+    keep[order[first]] = True
+    return keep
+
+
+def _first_occurrence_mask(keys: np.ndarray) -> np.ndarray:
+    """bool mask: one row per distinct key (all True when keys are unique)."""
+    if not _has_duplicates(keys):
+        return np.ones(keys.shape[0], dtype=bool)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    first = np.ones(keys.shape[0], dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    mask = np.zeros(keys.shape[0], dtype=bool)
+    mask[order[first]] = True
+    return mask
+
+
+def _filter_mask(
+    users: np.ndarray,
+    items: np.ndarray,
+    n_users: int,
+    n_items: int,
+    min_users_per_item: int,
+    min_items_per_user: int,
+    iterative: bool,
+    distinct: np.ndarray | None,
+) -> np.ndarray:
+    """bool mask of rows kept by the frequency filter on codes.
+
+    ``distinct``: mask selecting one row per (user, item) pair, or None when pairs are unique.
+    """
+    alive = np.ones(users.shape[0], dtype=bool)
+    while True:
+        before = int(alive.sum())
+        counted = alive if distinct is None else alive & distinct
+        if min_users_per_item > 1:
+            per_item = np.bincount(items[counted], minlength=n_items)
+            alive &= per_item[items] >= min_users_per_item
+            counted = alive if distinct is None else alive & distinct
+        if min_items_per_user > 1:
+            per_user = np.bincount(users[counted], minlength=n_users)
+            alive &= per_user[users] >= min_items_per_user
+        after = int(alive.sum())
+        if not iterative or after == before or after == 0:
+            return alive
+
+
+def _compact(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the codes present in ``codes`` to ``0..m-1`` (order kept); ids of the survivors."""
+    present = np.bincount(codes, minlength=len(ids)) > 0
+    if present.all():
+        return codes, ids
+    new_code = np.cumsum(present, dtype=np.int64) - 1
+    return new_code[codes].astype(np.int32), ids[present]
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+def dedupe(frame: pl.DataFrame) -> pl.DataFrame:
+    """Drop duplicate (user, item) pairs, keeping each pair's earliest-timestamp row.
+
+    Among rows of one pair with the same earliest timestamp, the first in frame order is kept.
+    The kept rows stay in their original relative order (later tie-breaks depend on it); all
+    columns are kept. A frame without duplicate pairs is returned unchanged.
+    """
+    _require_columns(frame)
+    users, _ = _encode(frame["user"])
+    items, item_ids = _encode(frame["item"])
+    keys = _pair_keys(users, items, len(item_ids))
+    mask = _dedupe_mask(keys, frame["timestamp"].to_numpy().astype(np.int64, copy=False))
+    return frame if mask.all() else frame.filter(pl.Series(mask))
+
+
+# --------------------------------------------------------------------------- filter
+
+
+def filter_frequency(
+    frame: pl.DataFrame,
+    min_users_per_item: int,
+    min_items_per_user: int,
+    iterative: bool = False,
+) -> pl.DataFrame:
+    """Keep items with ≥ ``min_users_per_item`` users, then users with ≥ ``min_items_per_user``.
+
+    One pass in that order (the paper's code), or with ``iterative=True`` repeated until no row
+    is removed (every remaining item/user then meets its threshold: a k-core). Counts are of
+    distinct pairs, so duplicates do not inflate them. Thresholds ≤ 1 remove nothing. Row order
+    is preserved.
+    """
+    _require_columns(frame)
+    min_users_per_item = _check_threshold(min_users_per_item, KEY_MIN_USERS_PER_ITEM)
+    min_items_per_user = _check_threshold(min_items_per_user, KEY_MIN_ITEMS_PER_USER)
+    if max(min_users_per_item, min_items_per_user) <= 1 or frame.height == 0:
+        return frame
+    users, user_ids = _encode(frame["user"])
+    items, item_ids = _encode(frame["item"])
+    distinct = _first_occurrence_mask(_pair_keys(users, items, len(item_ids)))
+    mask = _filter_mask(
+        users,
+        items,
+        len(user_ids),
+        len(item_ids),
+        min_users_per_item,
+        min_items_per_user,
+        iterative,
+        None if distinct.all() else distinct,
+    )
+    return frame if mask.all() else frame.filter(pl.Series(mask))
+
+
+def _check_threshold(value: int, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- reindex
+
+
+class Reindexed(NamedTuple):
+    """Result of :func:`reindex`.
+
+    ``frame``: same rows and order, ``user``/``item`` replaced by Int32 indices.
+    ``user_ids[k]``/``item_ids[k]``: raw id of index ``k`` (sorted ascending; int64 for integer
+    ids, numpy unicode for string ids).
+    """
+
+    frame: pl.DataFrame
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+
+def reindex(frame: pl.DataFrame) -> Reindexed:
+    """Map raw user/item ids to dense int32 indices ``0..n-1`` in ascending raw-id order.
+
+    The mapping depends only on the set of raw ids, so the same data always gets the same
+    indices. Other columns are kept unchanged.
+    """
+    _require_columns(frame)
+    users, user_ids = _encode(frame["user"])
+    items, item_ids = _encode(frame["item"])
+    out = frame.with_columns(pl.Series("user", users), pl.Series("item", items))
+    return Reindexed(out, user_ids, item_ids)
+
+
+# --------------------------------------------------------------------------- split
+
+
+class SplitRows(NamedTuple):
+    """Row indices (int64) into the arrays given to :func:`split_leave_ratio_out`.
+
+    Each array is ordered by (user, timestamp, input position); together they partition
+    ``0..n-1``.
+    """
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+
+def ratio_fraction(ratio: float, key: str) -> Fraction:
+    """Validate a split ratio in ``[0, 1)`` and return it as an exact fraction.
+
+    The fraction is the nearest one with denominator ≤ :data:`RATIO_MAX_DENOMINATOR`
+    (0.2 → 1/5, 0.25 → 1/4), so ``floor(n·ratio)`` is exact for the decimal the user wrote.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{key} must be a number in [0, 1), got {ratio!r}")
+    value = float(ratio)
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{key} must be a number in [0, 1), got {ratio!r}")
+    return Fraction(value).limit_denominator(RATIO_MAX_DENOMINATOR)
+
+
+def floor_times(counts: np.ndarray, ratio: Fraction) -> np.ndarray:
+    """Exact ``floor(counts · ratio)`` for non-negative int counts (int64 in, int64 out)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return (counts * ratio.numerator) // ratio.denominator
+
+
+def split_leave_ratio_out(
+    users: np.ndarray,
+    items: np.ndarray,
+    timestamps: np.ndarray,
+    test_ratio: float,
+    valid_ratio: float,
+) -> SplitRows:
+    """Per-user time-ordered leave-ratio-out split.
+
+    For each user with ``n`` interactions, ordered by timestamp (ties: input order):
+    test = the latest ``⌊n·test_ratio⌋``; of the remaining ``n'``, valid = the latest
+    ``⌊n'·valid_ratio⌋``; train = the rest (never empty, since the ratios are < 1).
+    Floors use exact rational arithmetic (see :func:`ratio_fraction`): they equal Python's
+    ``int(n * ratio)`` wherever float rounding does not flip it (always for 0.2 and 0.25).
+
+    ``users`` (any integer ids), ``items`` and ``timestamps`` are 1-D arrays of equal length;
+    ``items`` is only checked for length (the split depends on users and time alone).
+    """
+    test_frac = ratio_fraction(test_ratio, KEY_TEST_RATIO)
+    valid_frac = ratio_fraction(valid_ratio, KEY_VALID_RATIO)
+    users = np.asarray(users)
+    timestamps = np.asarray(timestamps)
+    n = users.shape[0]
+    if users.ndim != 1 or np.shape(items) != (n,) or timestamps.shape != (n,):
+        raise ValueError(
+            "users, items and timestamps must be 1-D arrays of equal length, got shapes "
+            f"{users.shape}, {np.shape(items)}, {timestamps.shape}"
+        )
+    if n == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return SplitRows(empty, empty.copy(), empty.copy())
+
+    major = users.astype(np.int64)
+    major -= major.min()
+    order = _order_by(major, timestamps.astype(np.int64, copy=False))
+    sorted_users = users[order]
+    boundary = np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1
+    starts = np.concatenate(([0], boundary)).astype(np.int64)
+    sizes = np.diff(np.append(starts, n))
+    n_test = floor_times(sizes, test_frac)
+    n_rest = sizes - n_test
+    n_valid = floor_times(n_rest, valid_frac)
+
+    # Per sorted row: its rank in the user's timeline, against the user's cut points.
+    position = np.arange(n, dtype=np.int64) - np.repeat(starts, sizes)
+    is_test = position >= np.repeat(n_rest, sizes)
+    is_valid = (position >= np.repeat(n_rest - n_valid, sizes)) & ~is_test
+    is_train = ~(is_test | is_valid)
+    return SplitRows(order[is_train], order[is_valid], order[is_test])
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def prepare_split(
+    frame: pl.DataFrame,
+    *,
+    min_users_per_item: int,
+    min_items_per_user: int,
+    iterative: bool,
+    test_ratio: float,
+    valid_ratio: float,
+) -> PreparedSplit:
+    """Run dedupe → filter → reindex → split on a canonical frame and return the split.
+
+    ``frame`` has columns ``user``, ``item`` (Int64 or String raw ids) and ``timestamp``
+    (integer); other columns are ignored. Raises ``ValueError`` on invalid parameters, on
+    null values, and when filtering leaves no interaction (naming the config keys to lower).
+    """
+    # Validate every parameter before spending time on the data.
+    ratio_fraction(test_ratio, KEY_TEST_RATIO)
+    ratio_fraction(valid_ratio, KEY_VALID_RATIO)
+    _check_threshold(min_users_per_item, KEY_MIN_USERS_PER_ITEM)
+    _check_threshold(min_items_per_user, KEY_MIN_ITEMS_PER_USER)
+    frame = _canonical(frame)
+    if frame.height == 0:
+        raise ValueError("the interaction frame is empty: the reader returned no rows")
+    t_start = time.perf_counter()
+
+    stage = _Stage("encode", frame.height)
+    users, user_ids = _encode(frame["user"])
+    items, item_ids = _encode(frame["item"])
+    timestamps = frame["timestamp"].to_numpy().astype(np.int64, copy=False)
+    del frame
+    stage.done(len(users), f"{len(user_ids):,} users, {len(item_ids):,} items")
+
+    stage = _Stage("dedupe", len(users))
+    keys = _pair_keys(users, items, len(item_ids))
+    keep = _dedupe_mask(keys, timestamps)
+    del keys
+    if not keep.all():
+        users, items, timestamps = users[keep], items[keep], timestamps[keep]
+    stage.done(len(users))
+
+    stage = _Stage("filter", len(users))
+    if max(min_users_per_item, min_items_per_user) > 1:
+        keep = _filter_mask(
+            users,
+            items,
+            len(user_ids),
+            len(item_ids),
+            min_users_per_item,
+            min_items_per_user,
+            iterative,
+            None,  # pairs are unique after dedupe
+        )
+        if not keep.all():
+            users, items, timestamps = users[keep], items[keep], timestamps[keep]
+    stage.done(
+        len(users),
+        f"min_users_per_item={min_users_per_item}, min_items_per_user={min_items_per_user}, "
+        f"iterative={iterative}",
+    )
+    if len(users) == 0:
+        raise ValueError(
+            "no interaction is left after frequency filtering with "
+            f"{KEY_MIN_USERS_PER_ITEM}={min_users_per_item}, "
+            f"{KEY_MIN_ITEMS_PER_USER}={min_items_per_user} (iterative={iterative}); "
+            "lower these thresholds"
+        )
+
+    stage = _Stage("reindex", len(users))
+    users, user_ids = _compact(users, user_ids)
+    items, item_ids = _compact(items, item_ids)
+    stage.done(len(users), f"{len(user_ids):,} users, {len(item_ids):,} items")
+
+    stage = _Stage("split", len(users))
+    rows = split_leave_ratio_out(users, items, timestamps, test_ratio, valid_ratio)
+    stage.done(
+        len(users),
+        f"train {len(rows.train):,} / valid {len(rows.valid):,} / test {len(rows.test):,}",
+    )
+    log.info("preprocess total %.2f s", time.perf_counter() - t_start)
+
+    def take(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.ascontiguousarray(users[idx], dtype=np.int32),
+            np.ascontiguousarray(items[idx], dtype=np.int32),
+        )
+
+    train_u, train_i = take(rows.train)
+    valid_u, valid_i = take(rows.valid)
+    test_u, test_i = take(rows.test)
+    return PreparedSplit(
+        train_users=train_u,
+        train_items=train_i,
+        valid_users=valid_u,
+        valid_items=valid_i,
+        test_users=test_u,
+        test_items=test_i,
+        n_users=len(user_ids),
+        n_items=len(item_ids),
+        user_ids=user_ids,
+        item_ids=item_ids,
+    )
+
+
+def _require_columns(frame: pl.DataFrame) -> None:
+    """ValueError unless the canonical columns are present and free of nulls."""
+    missing = [c for c in CANONICAL_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"interaction frame lacks column(s) {missing}; expected {list(CANONICAL_COLUMNS)}, "
+            f"got {frame.columns}"
+        )
+    counts = frame.select(CANONICAL_COLUMNS).null_count().row(0, named=True)
+    nulls = {column: count for column, count in counts.items() if count}
+    if nulls:
+        raise ValueError(f"interaction frame has null values (column: count) {nulls}")
+
+
+def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    """Select the canonical columns and check their dtypes; timestamp cast to Int64."""
+    _require_columns(frame)
+    frame = frame.select(CANONICAL_COLUMNS)
+    for name in ("user", "item"):
+        dtype = frame.schema[name]
+        if not (dtype.is_integer() or dtype == pl.String):
+            raise ValueError(f"column {name!r} must hold integer or string ids, got {dtype}")
+    if not frame.schema["timestamp"].is_integer():
+        raise ValueError(f"column 'timestamp' must be an integer, got {frame.schema['timestamp']}")
+    return frame.with_columns(pl.col("timestamp").cast(pl.Int64))

@@ -1,0 +1,42 @@
+"""Plain containers passed between the data stages (reader → preprocess → cache → DataModule)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Columns of the canonical interaction frame every reader returns (polars DataFrame).
+#: ``user`` and ``item`` are raw ids (Int64 or String), ``timestamp`` is Int64 (unix seconds or
+#: any monotone clock; only its order matters).
+CANONICAL_COLUMNS = ("user", "item", "timestamp")
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """A preprocessed, re-indexed, split dataset.
+
+    Every ``*_users``/``*_items`` array is int32 of equal length per split, ids in
+    ``[0, n_users)`` / ``[0, n_items)``. Within a split the pairs are unique and the three
+    splits are disjoint. ``user_ids[k]`` / ``item_ids[k]`` is the raw id of index ``k``
+    (int64 or unicode numpy arrays).
+    """
+
+    train_users: np.ndarray
+    train_items: np.ndarray
+    valid_users: np.ndarray
+    valid_items: np.ndarray
+    test_users: np.ndarray
+    test_items: np.ndarray
+    n_users: int
+    n_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    def user_train_frequency(self) -> np.ndarray:
+        """(n_users,) int64: number of training interactions of each user."""
+        return np.bincount(self.train_users, minlength=self.n_users)
+
+    def item_train_frequency(self) -> np.ndarray:
+        """(n_items,) int64: number of training interactions of each item."""
+        return np.bincount(self.train_items, minlength=self.n_items)
