@@ -1,0 +1,198 @@
+"""Data sources: what Hydra instantiates from ``dataset.source`` (``_target_``).
+
+Each source has ``load() -> pl.DataFrame`` (the canonical ``user, item, timestamp`` frame, see
+:mod:`lopt.data.readers`) and ``fingerprint() -> str`` (a stable hex identity of the raw data
+and parse options, for cache keys: resolved path + size + mtime_ns for files, all parameters
+for synthetic data). Constructors only validate their arguments (errors name the config key
+``dataset.source.<key>``); files are touched (and downloaded) by ``load``/``fingerprint``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from lopt.data import readers, synthetic
+from lopt.data.download import ARCHIVES, ensure_file
+
+__all__ = ["MovieLensSource", "AmazonFoodSource", "CustomSource", "SyntheticSource"]
+
+#: Bump when a reader's output for the same file changes (it invalidates caches).
+READER_VERSION = 1
+_KEY = "dataset.source"
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{_KEY}.{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _path(value: Any) -> Path:
+    if value is None or str(value) in ("", "???"):
+        raise ValueError(f"{_KEY}.path is not set: give the data file, e.g. "
+                         f"{_KEY}.path=/path/to/ratings.csv")
+    return Path(str(value)).expanduser()
+
+
+class _FileSource:
+    """A source backed by one file; subclasses define ``_read`` and ``_options``."""
+
+    archive: str | None = None
+    hint: str = ""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = _path(path)
+
+    def _file(self) -> Path:
+        return ensure_file(self.path, self.archive, f"{_KEY}.path", self.hint)
+
+    def load(self) -> pl.DataFrame:
+        """The canonical frame (downloads the archive first when the file is missing)."""
+        return self._read(self._file())
+
+    def fingerprint(self) -> str:
+        """Hex digest of (class, resolved path, size, mtime_ns, parse options, reader version)."""
+        file = self._file().resolve()
+        stat = file.stat()
+        return _digest({"source": type(self).__name__, "path": str(file), "size": stat.st_size,
+                        "mtime_ns": stat.st_mtime_ns, "options": self._options(),
+                        "reader_version": READER_VERSION})
+
+    def _read(self, file: Path) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def _options(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={str(self.path)!r}, {self._options()})"
+
+
+class MovieLensSource(_FileSource):
+    """A MovieLens ratings file: ``tab`` (u.data), ``dat`` (ratings.dat, ``::``) or ``csv``
+    (ratings.csv). ``archive`` (a key of :data:`lopt.data.download.ARCHIVES`, or None) is
+    downloaded and extracted to ``path`` when the file is missing."""
+
+    _READERS = {"tab": readers.read_movielens_tab, "dat": readers.read_movielens_dat,
+                "csv": readers.read_movielens_csv}
+
+    def __init__(self, path: str | Path, format: str, archive: str | None = None) -> None:
+        super().__init__(path)
+        self.format = _choice("format", format, tuple(self._READERS))
+        if archive is not None and archive not in ARCHIVES:
+            raise ValueError(f"{_KEY}.archive must be one of {sorted(ARCHIVES)} or null, "
+                             f"got {archive!r}")
+        self.archive = archive
+
+    def _read(self, file: Path) -> pl.DataFrame:
+        return self._READERS[self.format](file)
+
+    def _options(self) -> dict[str, Any]:
+        return {"format": self.format}
+
+
+class AmazonFoodSource(_FileSource):
+    """Amazon Fine Food reviews: the Kaggle ``Reviews.csv`` (``kaggle_csv``) or the SNAP
+    ``finefoods.txt.gz`` (``snap``). Never downloaded (Kaggle needs a login)."""
+
+    _READERS = {"kaggle_csv": readers.read_amazon_kaggle_csv, "snap": readers.read_amazon_snap}
+    hint = ("Get Reviews.csv from https://www.kaggle.com/datasets/snap/amazon-fine-food-reviews "
+            "(or finefoods.txt.gz from SNAP, with dataset=amazon_food_snap).")
+
+    def __init__(self, path: str | Path, format: str) -> None:
+        super().__init__(path)
+        self.format = _choice("format", format, tuple(self._READERS))
+
+    def _read(self, file: Path) -> pl.DataFrame:
+        return self._READERS[self.format](file)
+
+    def _options(self) -> dict[str, Any]:
+        return {"format": self.format}
+
+
+class CustomSource(_FileSource):
+    """Any CSV/TSV/Parquet file; see :func:`lopt.data.readers.read_custom` for the meaning of
+    each argument (``timestamp_col=None`` → file order; ``column_names`` names the columns of a
+    headerless file)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        user_col: str | int,
+        item_col: str | int,
+        timestamp_col: str | int | None,
+        separator: str = ",",
+        has_header: bool = True,
+        file_format: str = "auto",
+        column_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(path)
+        cols = {"user_col": user_col, "item_col": item_col, "timestamp_col": timestamp_col}
+        for key, col in cols.items():
+            if col is None and key != "timestamp_col":
+                raise ValueError(f"{_KEY}.{key} must name a column (or give its 0-based "
+                                 "position)")
+            if col is not None and (isinstance(col, bool) or not isinstance(col, (str, int))):
+                raise ValueError(f"{_KEY}.{key} must be a column name or a 0-based position, "
+                                 f"got {col!r}")
+        given = [c for c in cols.values() if c is not None]
+        if len(set(given)) != len(given):
+            raise ValueError(f"{_KEY}.user_col/item_col/timestamp_col must be different "
+                             f"columns, got {cols}")
+        if not isinstance(separator, str) or not separator or "\n" in separator:
+            raise ValueError(f"{_KEY}.separator must be a non-empty string without newlines "
+                             f"(e.g. ',', '\\t', '::'), got {separator!r}")
+        if not isinstance(has_header, bool):
+            raise ValueError(f"{_KEY}.has_header must be true or false, got {has_header!r}")
+        self.user_col, self.item_col, self.timestamp_col = user_col, item_col, timestamp_col
+        self.separator, self.has_header = separator, has_header
+        self.file_format = _choice("file_format", file_format, ("csv", "parquet", "auto"))
+        self.column_names = None if column_names is None else [str(c) for c in column_names]
+
+    def _read(self, file: Path) -> pl.DataFrame:
+        return readers.read_custom(file, self.user_col, self.item_col, self.timestamp_col,
+                                   self.separator, self.has_header, self.file_format,
+                                   self.column_names)
+
+    def _options(self) -> dict[str, Any]:
+        return {"user_col": self.user_col, "item_col": self.item_col,
+                "timestamp_col": self.timestamp_col, "separator": self.separator,
+                "has_header": self.has_header, "file_format": self.file_format,
+                "column_names": self.column_names}
+
+
+class SyntheticSource:
+    """Generated data (:func:`lopt.data.synthetic.generate_interactions`), deterministic from
+    its parameters."""
+
+    def __init__(self, n_users: int, n_items: int, n_interactions: int, rank: int,
+                 user_alpha: float, item_alpha: float, noise: float, seed: int) -> None:
+        synthetic.validate_parameters(n_users, n_items, n_interactions, rank, user_alpha,
+                                      item_alpha, noise, key_prefix=f"{_KEY}.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"{_KEY}.seed must be an integer ≥ 0, got {seed!r}")
+        self.params = {"n_users": n_users, "n_items": n_items, "n_interactions": n_interactions,
+                       "rank": rank, "user_alpha": float(user_alpha),
+                       "item_alpha": float(item_alpha), "noise": float(noise), "seed": seed}
+
+    def load(self) -> pl.DataFrame:
+        """The generated canonical frame (Int64 ids and timestamps)."""
+        return synthetic.generate_interactions(**self.params)
+
+    def fingerprint(self) -> str:
+        """Hex digest of all parameters and the generator version."""
+        return _digest({"source": "SyntheticSource", **self.params,
+                        "generator_version": synthetic.GENERATOR_VERSION})
+
+    def __repr__(self) -> str:
+        return f"SyntheticSource({self.params})"
