@@ -1,0 +1,185 @@
+"""Blockwise evaluation of a split under the lambdaopt protocol.
+
+:class:`RankingEvaluator` precomputes, once, two CSR structures over users: the positives of the
+evaluated split (valid or test) and every interacted item (train ∪ valid ∪ test). For a block of
+users and their dense (B, n_items) scores it scatters both into (B, n_items) masks on the scores'
+device (positives P_u; candidates N_u = items never interacted with) and calls
+:func:`lopt.eval.metrics.ranking_metrics`. Memory is bounded by the block: no (n_users, n_items)
+tensor is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from lopt.data.types import PreparedSplit
+from lopt.eval.metrics import _check_ks, metric_names, ranking_metrics
+
+__all__ = ["DEFAULT_BLOCK_SIZE", "RankingEvaluator"]
+
+#: Users per block. At ML-10M shape (69,878 x 10,677, 128-dim factors) a full test evaluation
+#: took ~41 CPU-seconds single-threaded on the 2-core dev box (1024 and 2048 equally fast);
+#: peak memory per block is ~4 (B, n_items) tensors, ~180 MB at 1024. On a GPU use larger blocks.
+DEFAULT_BLOCK_SIZE = 1024
+
+
+def _csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indptr (n_users+1,) int64, indices (nnz,) int64) with each user's items ascending."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    order = np.lexsort((items, users))
+    counts = np.bincount(users, minlength=n_users)
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return torch.from_numpy(indptr), torch.from_numpy(items[order])
+
+
+def _gather_rows(
+    indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened (block row, item) pairs of the CSR rows ``users`` (all on one device)."""
+    start = indptr[users]
+    counts = indptr[users + 1] - start
+    total = int(counts.sum())
+    rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
+    row_first = torch.cumsum(counts, 0) - counts
+    offset_in_row = torch.arange(total, device=users.device) - row_first[rows]
+    return rows, indices[start[rows] + offset_in_row]
+
+
+class RankingEvaluator:
+    """Exact per-user metrics of one split (``"valid"`` or ``"test"``) computed block by block.
+
+    Attributes:
+        users: (n_eval,) int64 CPU tensor, ascending, of the users with ≥1 positive in the split.
+        n_users, n_items: shape of the score matrix rows/columns.
+        ks: the HR/NDCG cut-offs.
+        metric_names: keys of every returned dict, in order.
+    """
+
+    def __init__(
+        self,
+        split: PreparedSplit,
+        which: Literal["valid", "test"],
+        ks: Sequence[int] = (50, 100),
+    ) -> None:
+        if which not in ("valid", "test"):
+            raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        self.which = which
+        self.ks = _check_ks(ks)
+        self.metric_names = metric_names(self.ks)
+        self.n_users = int(split.n_users)
+        self.n_items = int(split.n_items)
+
+        pos_users = getattr(split, f"{which}_users")
+        pos_items = getattr(split, f"{which}_items")
+        all_users = np.concatenate([split.train_users, split.valid_users, split.test_users])
+        all_items = np.concatenate([split.train_items, split.valid_items, split.test_items])
+        for name, arr, bound in (
+            ("users", all_users, self.n_users),
+            ("items", all_items, self.n_items),
+        ):
+            if arr.size and (arr.min() < 0 or arr.max() >= bound):
+                raise ValueError(f"split {name} ids out of range [0, {bound})")
+
+        self._pos = _csr(pos_users, pos_items, self.n_users)
+        self._seen = _csr(all_users, all_items, self.n_users)
+        n_pos = self._pos[0][1:] - self._pos[0][:-1]
+        self.users: torch.Tensor = torch.nonzero(n_pos > 0).squeeze(1)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    # ------------------------------------------------------------------ masks
+    def _csr_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device.type == "cpu":
+            return (*self._pos, *self._seen)
+        if device not in self._on_device:
+            self._on_device[device] = tuple(t.to(device) for t in (*self._pos, *self._seen))
+        return self._on_device[device]
+
+    def masks(
+        self, users: torch.Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positives, candidates): two (B, n_items) bool masks on ``device`` for ``users`` (B,).
+
+        positives = the split's held-out items; candidates = items outside train ∪ valid ∪ test.
+        """
+        device = torch.device(device)
+        users = self._check_users(users).to(device)
+        pos_indptr, pos_idx, seen_indptr, seen_idx = self._csr_on(device)
+        shape = (users.numel(), self.n_items)
+        positives = torch.zeros(shape, dtype=torch.bool, device=device)
+        positives[_gather_rows(pos_indptr, pos_idx, users)] = True
+        candidates = torch.ones(shape, dtype=torch.bool, device=device)
+        candidates[_gather_rows(seen_indptr, seen_idx, users)] = False
+        return positives, candidates
+
+    def _check_users(self, users: torch.Tensor) -> torch.Tensor:
+        if not isinstance(users, torch.Tensor) or users.dim() != 1:
+            raise ValueError("users must be a 1-D integer tensor")
+        if users.is_floating_point() or users.dtype == torch.bool:
+            raise TypeError(f"users must be an integer tensor, got {users.dtype}")
+        users = users.long()
+        if users.numel() and (int(users.min()) < 0 or int(users.max()) >= self.n_users):
+            raise ValueError(f"users out of range [0, {self.n_users})")
+        return users
+
+    # ---------------------------------------------------------------- metrics
+    def block_metrics(self, users: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-user metrics (B,) for ``users`` (B,) given their scores (B, n_items).
+
+        The masks are built on ``scores.device``; results are on that device too (see
+        :func:`ranking_metrics`: NaN for users without positives, NaN AUC without candidates).
+        """
+        users = self._check_users(users)
+        expected = (users.numel(), self.n_items)
+        if tuple(scores.shape) != expected:
+            raise ValueError(
+                f"scores has shape {tuple(scores.shape)}, expected {expected} "
+                "= (len(users), n_items)"
+            )
+        positives, candidates = self.masks(users, scores.device)
+        return ranking_metrics(scores, positives, candidates, self.ks)
+
+    def evaluate_per_user(
+        self,
+        score_fn: Callable[[torch.Tensor], torch.Tensor],
+        block_size: int = DEFAULT_BLOCK_SIZE,
+    ) -> dict[str, torch.Tensor]:
+        """Run ``score_fn(users (B,) int64 CPU) -> scores (B, n_items)`` over :attr:`users`.
+
+        Returns the per-user metrics concatenated in the order of :attr:`users`, on the CPU.
+        """
+        if block_size < 1:
+            raise ValueError(f"block_size must be ≥ 1, got {block_size}")
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.metric_names}
+        for start in range(0, self.users.numel(), block_size):
+            block = self.users[start : start + block_size]
+            for name, value in self.block_metrics(block, score_fn(block)).items():
+                parts[name].append(value.cpu())
+        return {
+            name: torch.cat(vals) if vals else torch.empty(0, dtype=torch.float64)
+            for name, vals in parts.items()
+        }
+
+    def evaluate(
+        self,
+        score_fn: Callable[[torch.Tensor], torch.Tensor],
+        block_size: int = DEFAULT_BLOCK_SIZE,
+    ) -> dict[str, float]:
+        """User-averaged metrics: :meth:`aggregate` of :meth:`evaluate_per_user`."""
+        return self.aggregate(self.evaluate_per_user(score_fn, block_size))
+
+    @staticmethod
+    def aggregate(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean of each (n,) metric tensor over users, ignoring NaN (NaN if all are NaN/empty)."""
+        out: dict[str, float] = {}
+        for name, values in per_user.items():
+            values = values.detach().to("cpu", torch.float64).reshape(-1)
+            finite = values[~torch.isnan(values)]
+            out[name] = float(finite.mean()) if finite.numel() else math.nan
+        return out

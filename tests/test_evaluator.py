@@ -1,0 +1,141 @@
+"""RankingEvaluator: masks from a PreparedSplit, blockwise == full-matrix, aggregation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lopt.data.types import PreparedSplit
+from lopt.eval import RankingEvaluator, ranking_metrics
+
+
+def make_split(n_users: int = 30, n_items: int = 25, seed: int = 0) -> PreparedSplit:
+    """Random disjoint train/valid/test pairs; users 0 and 1 get no valid/test positives."""
+    rng = np.random.default_rng(seed)
+    pairs = rng.random((n_users, n_items))
+    which = np.full((n_users, n_items), -1)
+    which[pairs < 0.3] = 0  # train
+    which[(pairs >= 0.3) & (pairs < 0.4)] = 1  # valid
+    which[(pairs >= 0.4) & (pairs < 0.5)] = 2  # test
+    which[0][which[0] > 0] = 0
+    which[1][which[1] == 2] = 0
+    which[2][which[2] == 1] = 0
+    parts = []
+    for code in (0, 1, 2):
+        u, i = np.nonzero(which == code)
+        perm = rng.permutation(u.size)  # the evaluator must not rely on any order
+        parts += [u[perm].astype(np.int32), i[perm].astype(np.int32)]
+    return PreparedSplit(
+        *parts,
+        n_users=n_users,
+        n_items=n_items,
+        user_ids=np.arange(n_users, dtype=np.int64),
+        item_ids=np.arange(n_items, dtype=np.int64),
+    )
+
+
+def dense_masks(split: PreparedSplit, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = np.zeros((split.n_users, split.n_items), dtype=bool)
+    pos[getattr(split, f"{which}_users"), getattr(split, f"{which}_items")] = True
+    seen = np.zeros_like(pos)
+    for name in ("train", "valid", "test"):
+        seen[getattr(split, f"{name}_users"), getattr(split, f"{name}_items")] = True
+    return torch.from_numpy(pos), torch.from_numpy(~seen)
+
+
+@pytest.mark.parametrize("which", ["valid", "test"])
+def test_masks_and_users(which):
+    split = make_split()
+    ev = RankingEvaluator(split, which)
+    pos, cand = dense_masks(split, which)
+    expected_users = torch.nonzero(pos.any(1)).squeeze(1)
+    assert torch.equal(ev.users, expected_users)
+    assert 0 not in ev.users.tolist()
+    assert (1 in ev.users.tolist()) == (which == "valid")
+    assert (2 in ev.users.tolist()) == (which == "test")
+    users = torch.tensor([5, 0, 3, 3, 29])  # any order, repeats, users without positives
+    got_pos, got_cand = ev.masks(users)
+    assert torch.equal(got_pos, pos[users])
+    assert torch.equal(got_cand, cand[users])
+    # candidates exclude train, valid and test items alike
+    for name in ("train", "valid", "test"):
+        u = torch.from_numpy(getattr(split, f"{name}_users").astype(np.int64))
+        i = torch.from_numpy(getattr(split, f"{name}_items").astype(np.int64))
+        assert not cand[u, i].any()
+
+
+@pytest.mark.parametrize("which", ["valid", "test"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocks_equal_full_matrix(which, dtype):
+    split = make_split(seed=1)
+    ev = RankingEvaluator(split, which, ks=(1, 5, 100))
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randint(0, 4, (split.n_users, split.n_items), generator=g).to(dtype)  # ties
+    pos, cand = dense_masks(split, which)
+    full = ranking_metrics(scores[ev.users], pos[ev.users], cand[ev.users], ks=(1, 5, 100))
+    blocked = ev.evaluate_per_user(lambda users: scores[users], block_size=7)
+    assert list(blocked) == ev.metric_names == list(full)
+    for name in full:
+        torch.testing.assert_close(blocked[name], full[name], rtol=0, atol=0, equal_nan=True)
+    # a single block_metrics call over all users, including users without positives
+    everyone = torch.arange(split.n_users)
+    direct = ev.block_metrics(everyone, scores)
+    assert math.isnan(direct["auc"][0].item())
+    for name in full:
+        torch.testing.assert_close(
+            direct[name][ev.users], full[name], rtol=0, atol=0, equal_nan=True
+        )
+    assert ev.evaluate(lambda users: scores[users], block_size=4) == pytest.approx(
+        RankingEvaluator.aggregate(full)
+    )
+
+
+def test_aggregate_ignores_nan():
+    per_user = {
+        "auc": torch.tensor([0.5, math.nan, 1.0]),
+        "hr@5": torch.tensor([math.nan, math.nan], dtype=torch.float64),
+        "ndcg@5": torch.tensor([0.25]),
+    }
+    out = RankingEvaluator.aggregate(per_user)
+    assert out["auc"] == pytest.approx(0.75)
+    assert math.isnan(out["hr@5"])
+    assert out["ndcg@5"] == pytest.approx(0.25)
+    assert all(isinstance(v, float) for v in out.values())
+
+
+def test_perfect_and_worst_scores():
+    split = make_split(seed=3)
+    ev = RankingEvaluator(split, "test", ks=(1000,))
+    pos, _ = dense_masks(split, "test")
+    best = ev.evaluate(lambda users: pos[users].double())
+    worst = ev.evaluate(lambda users: -pos[users].double())
+    assert best["auc"] == 1.0 and best["hr@1000"] == 1.0 and best["ndcg@1000"] == 1.0
+    assert worst["auc"] == 0.0 and worst["hr@1000"] == 1.0  # K ≥ n_items: every rank counts
+
+
+def test_errors():
+    split = make_split()
+    with pytest.raises(ValueError, match="which"):
+        RankingEvaluator(split, "train")  # type: ignore[arg-type]
+    ev = RankingEvaluator(split, "test")
+    with pytest.raises(ValueError, match=r"\(3, 24\).*\(3, 25\)"):
+        ev.block_metrics(torch.tensor([3, 4, 5]), torch.zeros(3, 24))
+    with pytest.raises(ValueError, match="out of range"):
+        ev.block_metrics(torch.tensor([30]), torch.zeros(1, 25))
+    with pytest.raises(ValueError, match="block_size"):
+        ev.evaluate(lambda u: torch.zeros(len(u), 25), block_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_block_metrics():
+    split = make_split(seed=4)
+    ev = RankingEvaluator(split, "test", ks=(1, 5))
+    scores = torch.randint(0, 3, (split.n_users, split.n_items)).float()
+    cpu = ev.block_metrics(ev.users, scores[ev.users])
+    gpu = ev.block_metrics(ev.users, scores[ev.users].cuda())
+    for name in cpu:
+        assert gpu[name].device.type == "cuda"
+        torch.testing.assert_close(gpu[name].cpu(), cpu[name], equal_nan=True)
