@@ -20,6 +20,7 @@ EXPECTED = {
     "u": ((NU, 1), (1, 1), True, False, 1),
     "i": ((1, 1), (NI, 1), False, True, 1),
     "ui": ((NU, 1), (NI, 1), True, True, 2),
+    "dsep": ((1, D), (1, D), False, False, 2),
 }
 
 
@@ -143,3 +144,19 @@ def test_state_dict_round_trip() -> None:
     h.load_state_dict(g.state_dict())
     assert torch.equal(h.dense_user_lambda(), g.dense_user_lambda())
     assert torch.equal(h.dense_item_lambda(), g.dense_item_lambda())
+
+
+def test_dsep_is_rendles_separate_user_and_item_vectors() -> None:
+    """dsep (SGDA): λU[u, k] = λ_user[k] for every user, λI[i, k] = λ_item[k], two distinct vectors."""
+    g = LambdaGranularity("dsep", NU, NI, D, init=0.0)
+    assert [n for n, _ in g.named_parameters()] == ["lambda_user", "lambda_item"]
+    assert g.user_storage is not g.item_storage
+    with torch.no_grad():
+        g.lambda_user.copy_(torch.arange(D, dtype=torch.float32).unsqueeze(0))
+        g.lambda_item.copy_(10 + torch.arange(D, dtype=torch.float32).unsqueeze(0))
+    assert torch.equal(g.dense_user_lambda(), torch.arange(D, dtype=torch.float32).expand(NU, D))
+    assert torch.equal(g.dense_item_lambda(), (10 + torch.arange(D, dtype=torch.float32)).expand(NI, D))
+    # gradients stay per side and dense ((1, d)): users never leak into the item vector
+    (g.user_lambda(torch.tensor([0, 3, 3])).expand(3, D).sum()).backward()
+    assert not g.lambda_user.grad.is_sparse and torch.equal(g.lambda_user.grad, torch.full((1, D), 3.0))
+    assert g.lambda_item.grad is None

@@ -15,7 +15,11 @@ dui        (|U|, d)                 (|I|, d)
 u          (|U|, 1)                 fixed (1, 1)
 i          fixed (1, 1)             (|I|, 1)
 ui         (|U|, 1)                 (|I|, 1)
+dsep       (1, d), learned          (1, d), learned (separate from the user one)
 =========  =======================  =======================
+
+``dsep`` is Rendle's (WSDM 2012, SGDA) granularity: one per-dimension λ vector for all user
+factors and another for all item factors (model ``sgda``).
 
 Row-stored tensors (first dim |U| or |I|) are gathered with ``F.embedding(..., sparse=True)``, so a
 backward through ``user_lambda(rows)`` yields a sparse COO gradient holding only those rows: a
@@ -45,6 +49,7 @@ _LAYOUTS: dict[str, tuple[tuple[_Kind, str], tuple[_Kind, str]]] = {
     "u": (("row", "1"), ("fixed", "1")),
     "i": (("fixed", "1"), ("row", "1")),
     "ui": (("row", "1"), ("row", "1")),
+    "dsep": (("vec", "d"), ("vec", "d")),
 }
 GRANULARITY_NAMES: tuple[str, ...] = tuple(_LAYOUTS)
 

@@ -1,0 +1,237 @@
+"""The LightningDataModule: prepared split → BPR triple batches and user blocks for ranking.
+
+Randomness is a pure function of ``(seed, epoch)``: epoch ``e`` draws its permutation and its
+negatives from ``np.random.default_rng([seed, stream, e])``. A resumed run therefore re-draws
+exactly the batches an uninterrupted run would see; the loaders are *stateful* in Lightning's
+sense (``state_dict``/``load_state_dict``) so a mid-epoch checkpoint also resumes at the right
+batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+
+from lopt.data.cache import load_or_build
+from lopt.data.preprocess import prepare_split
+from lopt.data.sampling import NegativeSampler
+from lopt.data.types import PreparedSplit
+from lopt.eval.evaluator import RankingEvaluator
+
+log = logging.getLogger("lopt.data")
+
+TRAIN_STREAM, VALID_STREAM = 0, 1
+
+Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class TripleEpochs:
+    """Iterable of shuffled (users, pos, neg) int64 batches; a fresh epoch on each ``iter()``.
+
+    Every pass draws a new permutation and one uniform negative per positive (protocol.md).
+    ``state_dict`` records the epoch and how many batches of it were handed out, so a resumed
+    run continues with the same batches.
+    """
+
+    def __init__(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        sampler: NegativeSampler,
+        batch_size: int,
+        seed: int,
+        stream: int,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch size must be positive, got {batch_size} (config key data.batch_size)")
+        self.users = users.astype(np.int64)
+        self.items = items.astype(np.int64)
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream = stream
+        self.epoch = 0
+        self._handed_out = 0
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def epoch_triples(self, epoch: int) -> Triples:
+        """All triples of one epoch, shuffled, as int64 tensors (deterministic in seed, epoch)."""
+        rng = np.random.default_rng([self.seed, self.stream, epoch])
+        order = rng.permutation(len(self.users))
+        users, items = self.users[order], self.items[order]
+        negatives = self.sampler.sample(users, rng).astype(np.int64)
+        return torch.from_numpy(users), torch.from_numpy(items), torch.from_numpy(negatives)
+
+    def __iter__(self) -> Iterator[Triples]:
+        epoch, skip = self.epoch, self._skip
+        self.epoch, self._skip = epoch + 1, 0
+        users, items, negatives = self.epoch_triples(epoch)
+        self._handed_out = skip
+        for start in range(skip * self.batch_size, len(users), self.batch_size):
+            stop = start + self.batch_size
+            self._handed_out += 1
+            yield users[start:stop], items[start:stop], negatives[start:stop]
+
+    def cycle(self) -> Iterator[Triples]:
+        """Endless batches, epoch after epoch (validation triples for the Λ-step)."""
+        while True:
+            yield from self
+
+    def state_dict(self) -> dict[str, int]:
+        in_progress = 0 < self._handed_out < len(self)
+        return {
+            "epoch": self.epoch - 1 if in_progress else self.epoch,
+            "batches_done": self._handed_out if in_progress else 0,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self._skip = int(state["epoch"]), int(state["batches_done"])
+
+
+class TrainBatches:
+    """Training iterable: each item is ``{"train": triples}`` plus, when validation triples are
+    requested (λOpt), ``{"valid": triples}`` taken cyclically from the valid split.
+
+    Stateful for Lightning's checkpoints (the epoch counters of both streams).
+    """
+
+    def __init__(self, train: TripleEpochs, valid: TripleEpochs | None) -> None:
+        self.train, self.valid = train, valid
+        self._valid_iter: Iterator[Triples] | None = None
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def __iter__(self) -> Iterator[dict[str, Triples]]:
+        if self.valid is None:
+            for batch in self.train:
+                yield {"train": batch}
+            return
+        if self._valid_iter is None:
+            self._valid_iter = self.valid.cycle()
+        for batch in self.train:
+            yield {"train": batch, "valid": next(self._valid_iter)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"train": self.train.state_dict()}
+        if self.valid is not None:
+            state["valid"] = self.valid.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train.load_state_dict(state["train"])
+        if self.valid is not None and "valid" in state:
+            self.valid.load_state_dict(state["valid"])
+            self._valid_iter = None
+
+
+class UserBlocks:
+    """Iterable of ascending int64 user-id blocks (the users a ranking evaluation covers)."""
+
+    def __init__(self, users: torch.Tensor, block_size: int) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block size must be positive, got {block_size} (config key data.eval_batch_users)")
+        self.users, self.block_size = users, block_size
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.block_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(torch.split(self.users, self.block_size))
+
+
+class InteractionDataModule(L.LightningDataModule):
+    """Loads (or builds and caches) the prepared split and serves triple batches and user blocks.
+
+    ``valid_triples=True`` adds validation triples to every training batch (λOpt's Λ-step).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        preprocess: dict[str, Any],
+        cache_dir: str | Path,
+        cache: bool,
+        batch_size: int,
+        valid_batch_size: int,
+        eval_batch_users: int,
+        seed: int,
+        valid_triples: bool,
+        ks: tuple[int, ...] = (50, 100),
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.preprocess = dict(preprocess)
+        self.cache_dir = Path(cache_dir)
+        self.cache = cache
+        self.batch_size = batch_size
+        self.valid_batch_size = valid_batch_size
+        self.eval_batch_users = eval_batch_users
+        self.seed = seed
+        self.valid_triples = valid_triples
+        self.ks = tuple(ks)
+        self.split: PreparedSplit | None = None
+        self.evaluators: dict[str, RankingEvaluator] = {}
+        self._train_batches: TrainBatches | None = None
+
+    def load_split(self) -> PreparedSplit:
+        """The prepared split (built once, then read from the on-disk cache)."""
+        if self.split is None:
+            key = {"source": self.source.fingerprint(), "preprocess": self.preprocess}
+            self.split = load_or_build(
+                key,
+                lambda: prepare_split(self.source.load(), **self.preprocess),
+                self.cache_dir,
+                enabled=self.cache,
+            )
+        return self.split
+
+    def setup(self, stage: str | None = None) -> None:
+        split = self.load_split()
+        if not self.evaluators:
+            self.evaluators = {which: RankingEvaluator(split, which, self.ks) for which in ("valid", "test")}
+        if self._train_batches is None:
+            train_sampler = NegativeSampler(
+                split.n_items, split.train_users, split.train_items, n_users=split.n_users
+            )
+            train = TripleEpochs(
+                split.train_users, split.train_items, train_sampler, self.batch_size, self.seed, TRAIN_STREAM
+            )
+            valid = None
+            if self.valid_triples:
+                if len(split.valid_users) == 0:
+                    raise ValueError(
+                        "λOpt needs validation triples but the valid split is empty; raise "
+                        "dataset.preprocess.valid_ratio or use a dataset with more interactions per user"
+                    )
+                seen_users = np.concatenate([split.train_users, split.valid_users])
+                seen_items = np.concatenate([split.train_items, split.valid_items])
+                valid_sampler = NegativeSampler(split.n_items, seen_users, seen_items, n_users=split.n_users)
+                valid = TripleEpochs(
+                    split.valid_users,
+                    split.valid_items,
+                    valid_sampler,
+                    self.valid_batch_size,
+                    self.seed,
+                    VALID_STREAM,
+                )
+            self._train_batches = TrainBatches(train, valid)
+
+    def train_dataloader(self) -> TrainBatches:
+        assert self._train_batches is not None, "call setup() first"
+        return self._train_batches
+
+    def val_dataloader(self) -> UserBlocks:
+        return UserBlocks(self.evaluators["valid"].users, self.eval_batch_users)
+
+    def test_dataloader(self) -> UserBlocks:
+        return UserBlocks(self.evaluators["test"].users, self.eval_batch_users)

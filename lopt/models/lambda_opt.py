@@ -1,0 +1,92 @@
+"""MF-λOpt: MF-BPR whose fine-grained Λ is learned by a validation look-ahead (method.md).
+
+Per iteration: one training forward/backward (g_t), then every ``lambda_update_interval``
+iterations a Λ-step — the validation loss of the exact row-wise look-ahead Θ̄_{t+1}(Λ),
+differentiated by autograd, clipped, stepped by the Λ optimizer, projected to Λ ≥ 0 — and
+finally the Θ-step with the updated Λ. The training gradient g_t is reused by both steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.lambda_optim import clip_lambda_grad_
+from lopt.models.lookahead import lookahead_validation_loss
+from lopt.models.mf_module import MFBPRModule, Triples
+
+
+class LambdaOptModule(MFBPRModule):
+    """MF-λOpt with two optimizers: Θ (``optimizer``) and Λ (``lambda_optimizer``)."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        init_std: float,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        granularity: LambdaGranularity,
+        lambda_optimizer: Callable[..., torch.optim.Optimizer],
+        penalty_scope: str = "batch",
+        penalty_scale: float = 1.0,
+        grad_clip_norm: float | None = None,
+        lambda_grad_clip_norm: float | None = None,
+        lambda_update_interval: int = 1,
+        lookahead_dropout: float = 0.0,
+        name: str = "lambda_opt",
+    ) -> None:
+        if not granularity.learnable:
+            raise ValueError(
+                f"granularity {granularity.name!r} has no learnable Λ; use model=fix for MF-λFix "
+                "or pick a learnable granularity (granularity=d|du|di|dui|global|u|i|ui)"
+            )
+        if lambda_update_interval < 1:
+            raise ValueError(f"model.lambda_update_interval must be ≥ 1, got {lambda_update_interval}")
+        if not 0.0 <= lookahead_dropout < 1.0:
+            raise ValueError(f"model.lookahead_dropout must be in [0, 1), got {lookahead_dropout}")
+        super().__init__(
+            n_users, n_items, dim, init_std, optimizer, granularity,
+            penalty_scope=penalty_scope, penalty_scale=penalty_scale, grad_clip_norm=grad_clip_norm, name=name,
+        )
+        self.make_lambda_optimizer = lambda_optimizer
+        self.lambda_grad_clip_norm = lambda_grad_clip_norm
+        self.lambda_update_interval = lambda_update_interval
+        self.lookahead_dropout = lookahead_dropout
+        self.hparams.update(
+            lambda_grad_clip_norm=lambda_grad_clip_norm,
+            lambda_update_interval=lambda_update_interval,
+            lookahead_dropout=lookahead_dropout,
+        )
+
+    def configure_optimizers(self) -> Any:
+        theta = self.make_theta_optimizer(self.model.parameters())
+        lam = self.make_lambda_optimizer([p for p in self.granularity.parameters() if p.requires_grad])
+        return [theta, lam]
+
+    def lambda_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizers()[1].optimizer
+
+    def lambda_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+        if self.global_step % self.lambda_update_interval != 0:
+            return {}
+        lam_opt = self.lambda_optimizer()
+        lam_opt.zero_grad(set_to_none=True)
+        valid_loss = lookahead_validation_loss(
+            self.model,
+            self.theta_optimizer(),
+            self.granularity,
+            batch["train"],
+            batch["valid"],
+            scope=self.penalty_scope,
+            scale=self.penalty_scale,
+            clip_norm=self.grad_clip_norm,
+            dropout=self.lookahead_dropout if self.training else 0.0,
+        )
+        valid_loss.backward()
+        lambda_grad_norm = clip_lambda_grad_(list(self.granularity.parameters()), self.lambda_grad_clip_norm)
+        lam_opt.step()
+        return {"train/lookahead_valid_loss": valid_loss.detach(), "train/lambda_grad_norm": lambda_grad_norm}

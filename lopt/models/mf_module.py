@@ -1,0 +1,167 @@
+"""MF-BPR as LightningModules with manual optimization: MF-λFix and the shared loop of λOpt.
+
+One iteration (method.md, "Training"):
+  1. forward/backward of the non-regularized BPR loss of the training batch → g_t in ``.grad``;
+  2. the Λ-step slot (``lambda_step``; absent for λFix, the look-ahead for λOpt);
+  3. the Θ-step: add ∇_Θ Ω(B; Θ, Λ), clip the gradient norm, step the Θ optimizer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.mf import MatrixFactorization, bpr_loss
+from lopt.models.ranking_module import RankingModule
+from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_, penalty
+
+Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+PENALTY_SCOPES = ("batch", "all")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+class MFBPRModule(RankingModule):
+    """MF-BPR trained with a penalty Ω(Θ, Λ) whose Λ comes from ``granularity``.
+
+    With the non-learnable ``fix`` granularity this is the paper's MF-λFix; subclasses fill the
+    Λ-step slot. ``optimizer`` builds the Θ optimizer from the parameters (a Hydra partial).
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        init_std: float,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        granularity: LambdaGranularity,
+        penalty_scope: str = "batch",
+        penalty_scale: float = 1.0,
+        grad_clip_norm: float | None = None,
+        name: str = "fix",
+    ) -> None:
+        super().__init__()
+        if penalty_scope not in PENALTY_SCOPES:
+            raise ValueError(f"model.penalty_scope must be one of {PENALTY_SCOPES}, got {penalty_scope!r}")
+        self.automatic_optimization = False
+        self.model = MatrixFactorization(n_users, n_items, dim, init_std)
+        self.granularity = granularity
+        self.make_theta_optimizer = optimizer
+        self.penalty_scope = penalty_scope
+        self.penalty_scale = penalty_scale
+        self.grad_clip_norm = grad_clip_norm
+        self.method_name = name
+        self._epoch_started = 0.0
+        self.save_hyperparameters(
+            {"n_users": n_users, "n_items": n_items, "dim": dim, "init_std": init_std, "name": name,
+             "penalty_scope": penalty_scope, "penalty_scale": penalty_scale, "grad_clip_norm": grad_clip_norm,
+             "granularity": granularity.name}
+        )
+
+    # ----------------------------------------------------------------------------- model
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.score_users(users)
+
+    def configure_optimizers(self) -> Any:
+        return self.make_theta_optimizer(self.model.parameters())
+
+    def _lightning_theta_optimizer(self) -> Any:
+        optimizers = self.optimizers()
+        return optimizers[0] if isinstance(optimizers, list) else optimizers
+
+    def theta_optimizer(self) -> torch.optim.Optimizer:
+        """The raw torch Θ optimizer (its state is what the look-ahead reads)."""
+        return self._lightning_theta_optimizer().optimizer
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Triples], batch_idx: int) -> torch.Tensor:
+        users, pos, neg = batch["train"]
+        # Stepping through Lightning's wrapper counts Θ-steps as global steps (Λ-steps are not).
+        theta_opt = self._lightning_theta_optimizer()
+        theta_opt.zero_grad(set_to_none=False)
+        pos_scores, neg_scores = self.model(users, pos, neg)
+        loss = bpr_loss(pos_scores, neg_scores)
+        self._check_finite(loss)
+        self.manual_backward(loss)
+
+        lambda_logs = self.lambda_step(batch)
+
+        add_penalty_grad_(
+            self.model, self.granularity, users, pos, neg, self.penalty_scope, self.penalty_scale
+        )
+        grad_norm = clip_grad_norm_(self.model, self.grad_clip_norm)
+        theta_opt.step()
+
+        if self._is_logging_step():
+            with torch.no_grad():
+                reg = penalty(self.model, self.granularity, users, pos, neg, self.penalty_scope, self.penalty_scale)
+            logs = {
+                "train/bpr_loss": loss.detach(),
+                "train/penalty": reg,
+                "train/grad_norm": grad_norm,
+                "train/lr": torch.tensor(theta_opt.param_groups[0]["lr"]),
+                **lambda_logs,
+            }
+            self.log_dict(logs, on_step=True, on_epoch=False)
+        return loss.detach()
+
+    def lambda_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+        """The Λ-step slot, between the training backward and the Θ-step. λFix: absent."""
+        return {}
+
+    def _is_logging_step(self) -> bool:
+        every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1
+        return self.global_step % every == 0
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        # One host sync per step on accelerators is avoided: there the check runs on logging steps.
+        if loss.device.type != "cpu" and not self._is_logging_step():
+            return
+        if not torch.isfinite(loss):
+            last = ", ".join(f"{k}={v:.4f}" for k, v in self.valid_metrics.items()) or "none yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss)}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}); last validation metrics: {last}. The last good "
+                "checkpoint is kept in the run's checkpoints/ folder. Lower optimizer.lr, check "
+                "model.init_std, or set model.grad_clip_norm."
+            )
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/epoch_seconds", time.perf_counter() - self._epoch_started, on_step=False, on_epoch=True)
+
+
+class FixModule(MFBPRModule):
+    """MF-λFix: one global λ (``lambda_value``), fixed for the whole run; no Λ-step."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        init_std: float,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lambda_value: float,
+        penalty_scope: str = "batch",
+        penalty_scale: float = 1.0,
+        grad_clip_norm: float | None = None,
+        name: str = "fix",
+    ) -> None:
+        if not lambda_value >= 0:
+            raise ValueError(f"model.lambda_value must be ≥ 0, got {lambda_value}")
+        granularity = LambdaGranularity("fix", n_users, n_items, dim, float(lambda_value))
+        super().__init__(
+            n_users, n_items, dim, init_std, optimizer, granularity,
+            penalty_scope=penalty_scope, penalty_scale=penalty_scale, grad_clip_norm=grad_clip_norm, name=name,
+        )
+        self.lambda_value = float(lambda_value)
+        self.hparams.update(lambda_value=self.lambda_value)

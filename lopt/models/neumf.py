@@ -1,0 +1,215 @@
+"""NeuMF (He et al., WWW 2017, "Neural Collaborative Filtering") in the project's ranking framework.
+
+Two towers with their own embeddings, fused by one linear layer (NCF eq. 11–12):
+
+* GMF: φ_GMF = p^G_u ⊙ q^G_i                                  (``dim`` each)
+* MLP: φ_MLP = a_L(W_L … a_1(W_1 [p^M_u ; q^M_i] + b_1) … + b_L) with ReLU a_l; ``mlp_layers``
+  = [w_0, w_1, …, w_L] follows NCF's convention: w_0 = 2 × the MLP embedding size (the width of
+  the concatenated input), w_1 … w_L the hidden layers' widths.
+* ŷ(u, i) = h · [φ_GMF ; φ_MLP] + b (a logit; the BPR and log losses both take logits).
+
+Training (manual optimization, like the MF modules): one batch of the shared BPR triples
+(u, i, j); ``loss: bpr`` — BPR on (ŷ_ui, ŷ_uj) — or ``loss: bce`` — NCF's pointwise log loss
+with (u, i) labelled 1 and the sampled (u, j) labelled 0 (one negative per positive, the shared
+sampler; NCF used 4). Regularization: ``lambda_value`` · the batch-scope squared norm of the
+embedding rows the batch uses (both towers, once per occurrence, / |B|, the form of MF-λFix's
+batch penalty); dense layers are not penalized (NCF's default ``reg_layers`` = 0). The Θ
+optimizer's own ``weight_decay`` is an alternative that decays every parameter densely.
+No GMF/MLP pre-training (NCF's optional step): both towers are trained jointly from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lopt.models.mf import bpr_loss
+from lopt.models.mf_module import NonFiniteLossError, Triples
+from lopt.models.ranking_module import RankingModule
+
+LOSSES = ("bpr", "bce")
+
+
+class NeuMF(nn.Module):
+    """The NeuMF network: ``forward(users, items) -> (n,)`` logits for index pairs; ``score_users``
+    scores a user block against all items without a per-user or per-item loop."""
+
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, mlp_layers: Sequence[int], init_std: float
+    ) -> None:
+        super().__init__()
+        layers = [int(w) for w in mlp_layers]
+        if n_users <= 0 or n_items <= 0 or dim <= 0:
+            raise ValueError(f"NeuMF needs positive sizes, got {n_users=}, {n_items=}, {dim=} (config key model.dim)")
+        if len(layers) < 2 or any(w <= 0 for w in layers) or layers[0] % 2:
+            raise ValueError(
+                f"model.mlp_layers must be [input width (even: 2 × MLP embedding size), hidden widths…] "
+                f"with at least one hidden layer and positive widths, got {list(mlp_layers)}"
+            )
+        self.n_users, self.n_items, self.dim = n_users, n_items, dim
+        mlp_dim = layers[0] // 2
+        self.user_gmf = nn.Parameter(torch.randn(n_users, dim) * init_std)
+        self.item_gmf = nn.Parameter(torch.randn(n_items, dim) * init_std)
+        self.user_mlp = nn.Parameter(torch.randn(n_users, mlp_dim) * init_std)
+        self.item_mlp = nn.Parameter(torch.randn(n_items, mlp_dim) * init_std)
+        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(layers[:-1], layers[1:]))
+        self.predict = nn.Linear(dim + layers[-1], 1)
+        for layer in (*self.mlp, self.predict):  # NCF: Glorot-uniform weights, zero biases
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def embedding_tables(self) -> tuple[tuple[nn.Parameter, nn.Parameter], tuple[nn.Parameter, nn.Parameter]]:
+        """((user GMF, user MLP), (item GMF, item MLP)) embedding tables."""
+        return (self.user_gmf, self.user_mlp), (self.item_gmf, self.item_mlp)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits ŷ(users[n], items[n]) for equal-length index tensors: (n,). The literal NCF form
+        (concatenated MLP input), used for training."""
+        gmf = self.user_gmf[users] * self.item_gmf[items]
+        h = torch.cat([self.user_mlp[users], self.item_mlp[items]], dim=-1)
+        for layer in self.mlp:
+            h = F.relu(layer(h))
+        return self.predict(torch.cat([gmf, h], dim=-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def score_users(self, users: torch.Tensor, max_block_elements: int = 1 << 24) -> torch.Tensor:
+        """(B, n_items) logits of every item for a block of users, equal to ``forward`` on all pairs.
+
+        GMF: (p ⊙ h_G) @ Q_Gᵀ. MLP: the first layer splits as W_1 [p; q] = W_1ᵘ p + W_1ⁱ q, so each
+        side is projected once and the (B, chunk, w_1) sums go through the remaining layers as
+        batched matmuls; items are processed in chunks so that B × chunk × max(w) ≤
+        ``max_block_elements`` (one chunk unless memory requires more).
+        """
+        n_gmf = self.dim
+        h_gmf, h_mlp = self.predict.weight[0, :n_gmf], self.predict.weight[0, n_gmf:]
+        gmf = (self.user_gmf[users] * h_gmf) @ self.item_gmf.T + self.predict.bias  # (B, n_items)
+        first = self.mlp[0]
+        mlp_dim = self.user_mlp.shape[1]
+        w_user, w_item = first.weight[:, :mlp_dim], first.weight[:, mlp_dim:]
+        user_part = self.user_mlp[users] @ w_user.T + first.bias  # (B, w_1)
+        item_part = self.item_mlp @ w_item.T  # (n_items, w_1)
+        widest = max(layer.out_features for layer in self.mlp)
+        chunk = max(1, max_block_elements // max(1, len(users) * widest))
+        for start in range(0, self.n_items, chunk):
+            stop = min(start + chunk, self.n_items)
+            h = F.relu(user_part.unsqueeze(1) + item_part[start:stop].unsqueeze(0))  # (B, c, w_1)
+            for layer in self.mlp[1:]:
+                h = F.relu(layer(h))
+            gmf[:, start:stop] += h @ h_mlp
+        return gmf
+
+
+class NeuMFModule(RankingModule):
+    """NeuMF trained on the shared BPR triples (``name: neumf``); see the module docstring.
+
+    ``optimizer`` builds the Θ optimizer from all parameters (a Hydra partial).
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        mlp_layers: Sequence[int],
+        init_std: float,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        loss: str = "bpr",
+        lambda_value: float = 0.0,
+        grad_clip_norm: float | None = None,
+        score_block_elements: int = 1 << 24,
+        name: str = "neumf",
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss must be one of {LOSSES}, got {loss!r}")
+        if not lambda_value >= 0:
+            raise ValueError(f"model.lambda_value must be ≥ 0, got {lambda_value}")
+        if score_block_elements <= 0:
+            raise ValueError(f"model.score_block_elements must be positive, got {score_block_elements}")
+        self.automatic_optimization = False
+        self.model = NeuMF(n_users, n_items, dim, list(mlp_layers), init_std)
+        self.make_theta_optimizer = optimizer
+        self.loss_name = loss
+        self.lambda_value = float(lambda_value)
+        self.grad_clip_norm = grad_clip_norm
+        self.score_block_elements = int(score_block_elements)
+        self.method_name = name
+        self._epoch_started = 0.0
+        self.save_hyperparameters(
+            {"n_users": n_users, "n_items": n_items, "dim": dim, "mlp_layers": list(mlp_layers),
+             "init_std": init_std, "loss": loss, "lambda_value": self.lambda_value,
+             "grad_clip_norm": grad_clip_norm, "name": name}
+        )
+
+    # ----------------------------------------------------------------------------- model
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.score_users(users, self.score_block_elements)
+
+    def configure_optimizers(self) -> Any:
+        return self.make_theta_optimizer(self.model.parameters())
+
+    def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """The configured data loss of a triple batch (a scalar, mean over the batch)."""
+        pos_logits = self.model(users, pos)
+        neg_logits = self.model(users, neg)
+        if self.loss_name == "bpr":
+            return bpr_loss(pos_logits, neg_logits)
+        logits = torch.cat([pos_logits, neg_logits])
+        labels = torch.cat([torch.ones_like(pos_logits), torch.zeros_like(neg_logits)])
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def penalty(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """λ/|B| · Σ_batch (‖p_u‖² + ‖q_i‖² + ‖q_j‖²) over both towers' embeddings (a scalar)."""
+        (ug, um), (ig, im) = self.model.embedding_tables()
+        total = ug[users].square().sum() + um[users].square().sum()
+        for items in (pos, neg):
+            total = total + ig[items].square().sum() + im[items].square().sum()
+        return self.lambda_value * total / max(1, users.numel())
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Triples], batch_idx: int) -> torch.Tensor:
+        users, pos, neg = batch["train"]
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=False)
+        loss = self.batch_loss(users, pos, neg)
+        reg = self.penalty(users, pos, neg) if self.lambda_value > 0 else loss.new_zeros(())
+        total = loss + reg
+        if not torch.isfinite(total):
+            last = ", ".join(f"{k}={v:.4f}" for k, v in self.valid_metrics.items()) or "none yet"
+            raise NonFiniteLossError(
+                f"non-finite NeuMF training loss ({float(total)}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}); last validation metrics: {last}. Lower optimizer.lr, "
+                "model.init_std, or set model.grad_clip_norm."
+            )
+        self.manual_backward(total)
+        max_norm = math.inf if self.grad_clip_norm is None else float(self.grad_clip_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        opt.step()
+        every = max(1, self.trainer.log_every_n_steps)
+        if self.global_step % every == 0:
+            self.log_dict(
+                {
+                    f"train/{self.loss_name}_loss": loss.detach(),
+                    "train/penalty": reg.detach(),
+                    "train/grad_norm": grad_norm,
+                    "train/lr": torch.tensor(opt.param_groups[0]["lr"]),
+                },
+                on_step=True,
+                on_epoch=False,
+            )
+        return total.detach()
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/epoch_seconds", time.perf_counter() - self._epoch_started, on_step=False, on_epoch=True)
+
+
+__all__ = ["LOSSES", "NeuMF", "NeuMFModule"]

@@ -1,0 +1,91 @@
+"""Full-ranking evaluation shared by every recommender LightningModule.
+
+Validation and test loops iterate blocks of users (see ``lopt.data.datamodule.UserBlocks``);
+each block is scored against all items and turned into per-user metrics by the datamodule's
+``RankingEvaluator`` (protocol.md, "lambdaopt" metrics). The aggregated means are logged as
+``valid/<metric>`` and ``test/<metric>``; per-user values are kept for the results files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+
+
+class RankingModule(L.LightningModule):
+    """Base class: subclasses implement ``score_users(users) -> (B, n_items)`` and training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._eval_blocks: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        #: Mean metrics of the latest validation pass (stored in checkpoints, so the best
+        #: checkpoint carries the validation metrics it was selected by).
+        self.valid_metrics: dict[str, float] = {}
+        self.valid_epoch: int | None = None
+        #: Per-user test metrics of the latest test pass: {"user": (n,), metric: (n,)} on CPU.
+        self.test_per_user: dict[str, torch.Tensor] = {}
+        self.test_metrics: dict[str, float] = {}
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _evaluate_block(self, users: torch.Tensor, which: str) -> None:
+        evaluator = self.trainer.datamodule.evaluators[which]
+        with torch.no_grad():
+            scores = self.score_users(users)
+            metrics = evaluator.block_metrics(users, scores)
+        self._eval_blocks.append((users.cpu(), {k: v.detach().cpu() for k, v in metrics.items()}))
+
+    def _collect(self) -> dict[str, torch.Tensor]:
+        users = torch.cat([u for u, _ in self._eval_blocks])
+        keys = self._eval_blocks[0][1].keys() if self._eval_blocks else ()
+        per_user = {k: torch.cat([m[k] for _, m in self._eval_blocks]) for k in keys}
+        self._eval_blocks = []
+        return {"user": users, **per_user}
+
+    @staticmethod
+    def _means(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
+        means = {}
+        for key, values in per_user.items():
+            if key == "user":
+                continue
+            finite = values[~torch.isnan(values)]
+            means[key] = float(finite.double().mean()) if len(finite) else math.nan
+        return means
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_blocks = []
+
+    def validation_step(self, users: torch.Tensor, batch_idx: int) -> None:
+        self._evaluate_block(users, "valid")
+
+    def on_validation_epoch_end(self) -> None:
+        means = self._means(self._collect())
+        self.valid_metrics, self.valid_epoch = means, self.current_epoch
+        self.log_dict({f"valid/{k}": v for k, v in means.items()}, prog_bar=False)
+        if "auc" in means:
+            self.log("valid_auc", means["auc"], prog_bar=True, logger=False)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_blocks = []
+
+    def test_step(self, users: torch.Tensor, batch_idx: int) -> None:
+        self._evaluate_block(users, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_per_user = self._collect()
+        self.test_metrics = self._means(self.test_per_user)
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.items()})
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lopt_valid_metrics"] = dict(self.valid_metrics)
+        checkpoint["lopt_valid_epoch"] = self.valid_epoch
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.valid_metrics = dict(checkpoint.get("lopt_valid_metrics", {}))
+        self.valid_epoch = checkpoint.get("lopt_valid_epoch")
