@@ -26,9 +26,12 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from lopt.data.datamodule import InteractionDataModule
+from lopt.data.types import PreparedSplit
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.ranking_module import RankingModule
+from lopt.tracking.callbacks import build_tracking_callbacks
+from lopt.tracking.loggers import build_logger
 
 log = logging.getLogger("lopt")
 
@@ -74,7 +77,9 @@ def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
     return instantiate(cfg.model, **extra)
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, split: PreparedSplit
+) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Lightning Trainer with the best-validation checkpoint callback (also saves last.ckpt)."""
     monitor = f"valid/{cfg.eval.monitor}"
     best = ModelCheckpoint(
@@ -87,7 +92,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> tuple[L.Trainer, ModelCh
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [best]
+    callbacks: list[L.Callback] = [best, *build_tracking_callbacks(cfg, split, output_dir)]
     if cfg.checkpoint.every_n_train_steps > 0:
         callbacks.append(
             ModelCheckpoint(
@@ -101,7 +106,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> tuple[L.Trainer, ModelCh
     interactive = sys.stderr.isatty()
     if interactive:
         callbacks.append(RichProgressBar())
-    logger = instantiate(cfg.logger) if cfg.logger else False
+    logger = build_logger(cfg, output_dir)
     # Under SLURM, submitit requeues preempted/timed-out jobs (and train.py resumes from
     # last.ckpt); Lightning's own requeue would compete with it.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
@@ -247,7 +252,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     split = datamodule.load_split()
     module = build_module(cfg, split.n_users, split.n_items)
-    trainer, best = build_trainer(cfg, output_dir)
+    trainer, best = build_trainer(cfg, output_dir, split)
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, output_dir))
