@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from lopt.checkpointing import CheckpointOnSignal
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.types import PreparedSplit
 from lopt.io import atomic_write, atomic_write_json
@@ -97,12 +98,13 @@ def build_trainer(
         callbacks.append(
             ModelCheckpoint(
                 dirpath=output_dir / CHECKPOINT_DIR,
-                filename="step",
-                save_top_k=1,
+                save_top_k=0,
+                save_last=True,
                 every_n_train_steps=cfg.checkpoint.every_n_train_steps,
                 enable_version_counter=False,
             )
         )
+    callbacks.append(CheckpointOnSignal(output_dir / CHECKPOINT_DIR / "last.ckpt"))
     interactive = sys.stderr.isatty()
     if interactive:
         callbacks.append(RichProgressBar())

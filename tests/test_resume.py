@@ -1,0 +1,122 @@
+"""Preemption-safe runs: an interrupted and resumed run ends with the uninterrupted run's metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from lopt import train
+from tests.e2e import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
+
+# λOpt-DUI with a dense Adam Λ optimizer: every piece of state (Θ, Λ, both optimizers, the
+# sampler position in both triple streams) must survive the checkpoint for metrics to match.
+OVERRIDES = [
+    *TINY_OVERRIDES,
+    "lambda_optimizer=adam",
+    "trainer.max_epochs=3",
+    "data.batch_size=128",
+    "data.valid_batch_size=96",
+    "seed=3",
+]
+
+
+def _cfg(run_dir: Path, data_dir: Path, extra: list[str] = ()):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*OVERRIDES, *extra])
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(data_dir)
+        cfg.paths.cache_dir = str(data_dir / "cache")
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+class _SignalAtStep(L.Callback):
+    """Sends a real signal to this process after training batch ``step`` (the test's 'preemption')."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    return train.run(_cfg(root / "run", root / "data"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_step", [7, 16])  # mid-epoch (an epoch has 15 batches) and just past an epoch end
+def test_sigterm_mid_epoch_then_resume_matches(tmp_path: Path, monkeypatch, uninterrupted: dict, stop_step: int) -> None:
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    original = train.build_tracking_callbacks
+    monkeypatch.setattr(
+        train, "build_tracking_callbacks",
+        lambda *a: [*original(*a), _SignalAtStep(stop_step, signal.SIGTERM)],
+    )
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's SIGTERMException
+            train.run(_cfg(run_dir, data_dir))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file() and not (run_dir / "metrics.json").exists()
+    assert torch.load(last, weights_only=False)["global_step"] == stop_step
+
+    monkeypatch.setattr(train, "build_tracking_callbacks", original)
+    resumed = train.run(_cfg(run_dir, data_dir, ["resume=true"]))
+    assert resumed["test"] == uninterrupted["test"]
+    assert resumed["valid"] == uninterrupted["valid"]
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_and_continues(tmp_path: Path, monkeypatch, uninterrupted: dict) -> None:
+    original = train.build_tracking_callbacks
+    monkeypatch.setattr(
+        train, "build_tracking_callbacks", lambda *a: [*original(*a), _SignalAtStep(5, signal.SIGUSR1)]
+    )
+    metrics = train.run(_cfg(tmp_path / "run", tmp_path / "data"))
+    assert metrics["test"] == uninterrupted["test"]  # the checkpoint did not disturb training
+
+
+@pytest.mark.slow
+def test_resume_without_checkpoint_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train.run(_cfg(tmp_path / "run", tmp_path / "data", ["resume=true"]))
+
+
+@pytest.mark.slow
+def test_cli_kill_and_resume(tmp_path: Path) -> None:
+    """SIGKILL through the real CLI (no chance to save): resume from the last evaluation's checkpoint."""
+    run_dir = tmp_path / "killed"
+    args = [*OVERRIDES, "trainer.max_epochs=6", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "LOPT_DATA_DIR": str(tmp_path / "data")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert last.exists(), "the run never wrote a checkpoint"
+    if (run_dir / "metrics.json").exists():
+        pytest.skip("the run finished before it could be killed (machine too fast for this test)")
+    run_cli([*args, "resume=true"], cwd=tmp_path)
+    run_cli([*OVERRIDES, "trainer.max_epochs=6", f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path)
+    assert read_metrics(run_dir)["test"] == read_metrics(tmp_path / "straight")["test"]
