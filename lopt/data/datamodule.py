@@ -2,15 +2,15 @@
 
 Randomness is a pure function of ``(seed, epoch)``: epoch ``e`` draws its permutation and its
 negatives from ``np.random.default_rng([seed, stream, e])``. A resumed run therefore re-draws
-exactly the batches an uninterrupted run would see; the loaders are *stateful* in Lightning's
-sense (``state_dict``/``load_state_dict``) so a mid-epoch checkpoint also resumes at the right
-batch.
+exactly the batches an uninterrupted run would see; the training loader is *stateful* in
+Lightning's sense (``state_dict``/``load_state_dict``) so a mid-epoch checkpoint also resumes
+at the right batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,10 @@ Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class TripleEpochs:
-    """Iterable of shuffled (users, pos, neg) int64 batches; a fresh epoch on each ``iter()``.
+    """Shuffled (users, pos, neg) int64 triples of one split, drawn afresh for every epoch.
 
-    Every pass draws a new permutation and one uniform negative per positive (protocol.md).
-    ``state_dict`` records the epoch and how many batches of it were handed out, so a resumed
-    run continues with the same batches.
+    Epoch ``e`` is a pure function of ``(seed, stream, e)``: a permutation and one uniform
+    negative per positive (protocol.md).
     """
 
     def __init__(
@@ -49,89 +48,77 @@ class TripleEpochs:
         stream: int,
     ) -> None:
         if batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {batch_size} (config key data.batch_size)")
+            raise ValueError(f"batch size must be positive, got {batch_size} (config keys data.*batch_size)")
         self.users = users.astype(np.int64)
         self.items = items.astype(np.int64)
         self.sampler = sampler
         self.batch_size = batch_size
         self.seed = seed
         self.stream = stream
-        self.epoch = 0
-        self._handed_out = 0
-        self._skip = 0
+        self._cached: tuple[int, Triples] | None = None
 
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
 
     def epoch_triples(self, epoch: int) -> Triples:
         """All triples of one epoch, shuffled, as int64 tensors (deterministic in seed, epoch)."""
-        rng = np.random.default_rng([self.seed, self.stream, epoch])
-        order = rng.permutation(len(self.users))
-        users, items = self.users[order], self.items[order]
-        negatives = self.sampler.sample(users, rng).astype(np.int64)
-        return torch.from_numpy(users), torch.from_numpy(items), torch.from_numpy(negatives)
+        if self._cached is None or self._cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, self.stream, epoch])
+            order = rng.permutation(len(self.users))
+            users, items = self.users[order], self.items[order]
+            negatives = self.sampler.sample(users, rng).astype(np.int64)
+            self._cached = (epoch, (torch.from_numpy(users), torch.from_numpy(items), torch.from_numpy(negatives)))
+        return self._cached[1]
 
-    def __iter__(self) -> Iterator[Triples]:
-        epoch, skip = self.epoch, self._skip
-        self.epoch, self._skip = epoch + 1, 0
+    def batch(self, index: int) -> Triples:
+        """Batch ``index`` counted across epochs (epoch ``index // len(self)``)."""
+        epoch, position = divmod(index, len(self))
         users, items, negatives = self.epoch_triples(epoch)
-        self._handed_out = skip
-        for start in range(skip * self.batch_size, len(users), self.batch_size):
-            stop = start + self.batch_size
-            self._handed_out += 1
-            yield users[start:stop], items[start:stop], negatives[start:stop]
-
-    def cycle(self) -> Iterator[Triples]:
-        """Endless batches, epoch after epoch (validation triples for the Λ-step)."""
-        while True:
-            yield from self
-
-    def state_dict(self) -> dict[str, int]:
-        in_progress = 0 < self._handed_out < len(self)
-        return {
-            "epoch": self.epoch - 1 if in_progress else self.epoch,
-            "batches_done": self._handed_out if in_progress else 0,
-        }
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self._skip = int(state["epoch"]), int(state["batches_done"])
+        window = slice(position * self.batch_size, (position + 1) * self.batch_size)
+        return users[window], items[window], negatives[window]
 
 
 class TrainBatches:
-    """Training iterable: each item is ``{"train": triples}`` plus, when validation triples are
-    requested (λOpt), ``{"valid": triples}`` taken cyclically from the valid split.
+    """Training iterable; one ``iter()`` is one epoch of ``{"train": triples}`` batches, plus
+    ``{"valid": triples}`` (λOpt's Λ-step) when a validation stream is given.
 
-    Stateful for Lightning's checkpoints (the epoch counters of both streams).
+    The epoch number comes from ``current_epoch()`` (the trainer's), and training batch ``g``
+    (counted across epochs) is paired with validation batch ``g`` of the endlessly repeated,
+    per-epoch reshuffled valid split — so every batch is a function of the seed and its
+    position alone. Stateful in Lightning's sense: a mid-epoch checkpoint records how many
+    batches of the epoch were handed out, and the resumed epoch skips them.
     """
 
-    def __init__(self, train: TripleEpochs, valid: TripleEpochs | None) -> None:
+    def __init__(self, train: TripleEpochs, valid: TripleEpochs | None, current_epoch: Callable[[], int]) -> None:
         self.train, self.valid = train, valid
-        self._valid_iter: Iterator[Triples] | None = None
+        self.current_epoch = current_epoch
+        self._epoch = 0
+        self._handed_out = 0
+        self._resume: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.train)
 
     def __iter__(self) -> Iterator[dict[str, Triples]]:
-        if self.valid is None:
-            for batch in self.train:
-                yield {"train": batch}
-            return
-        if self._valid_iter is None:
-            self._valid_iter = self.valid.cycle()
-        for batch in self.train:
-            yield {"train": batch, "valid": next(self._valid_iter)}
+        epoch = self.current_epoch()
+        skip = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            skip = self._resume[1]
+        self._resume = None
+        self._epoch, self._handed_out = epoch, skip
+        for position in range(skip, len(self.train)):
+            index = epoch * len(self.train) + position
+            batch = {"train": self.train.batch(index)}
+            if self.valid is not None:
+                batch["valid"] = self.valid.batch(index)
+            self._handed_out = position + 1
+            yield batch
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"train": self.train.state_dict()}
-        if self.valid is not None:
-            state["valid"] = self.valid.state_dict()
-        return state
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches_done": self._handed_out}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.train.load_state_dict(state["train"])
-        if self.valid is not None and "valid" in state:
-            self.valid.load_state_dict(state["valid"])
-            self._valid_iter = None
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
 
 
 class UserBlocks:
@@ -224,7 +211,10 @@ class InteractionDataModule(L.LightningDataModule):
                     self.seed,
                     VALID_STREAM,
                 )
-            self._train_batches = TrainBatches(train, valid)
+            self._train_batches = TrainBatches(train, valid, self._current_epoch)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> TrainBatches:
         assert self._train_batches is not None, "call setup() first"
