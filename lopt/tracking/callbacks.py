@@ -1,15 +1,345 @@
-"""Callbacks that record what a run does beyond its metrics (Λ statistics and trajectories)."""
+"""Callbacks that record what a run does beyond its metrics (Λ statistics and trajectories), and
+the per-job lifecycle of a W&B run.
+
+Configured by the ``tracking`` group (``conf/tracking/default.yaml``); every Λ callback skips
+modules without a learnable ``granularity`` (λFix, AMF, NeuMF). Work happens on logging steps,
+recording steps and evaluations only: nothing here adds a host sync to an ordinary step.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as L
-from omegaconf import DictConfig
+import numpy as np
+import polars as pl
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
 
 from lopt.data.types import PreparedSplit
+from lopt.io import atomic_write
+from lopt.models.granularity import LambdaGranularity
+from lopt.tracking.lambda_stats import (
+    SIDES,
+    lambda_histogram,
+    lambda_statistics,
+    quantile_sample,
+    side_storage,
+)
+from lopt.tracking.loggers import finish_wandb, is_wandb_config
+from lopt.tracking.trajectories import (
+    MEAN_DIM,
+    TRAJECTORY_FILE,
+    TRAJECTORY_SCHEMA,
+    TrajectoryRecorder,
+    choose_tracked,
+    thin_steps,
+)
+
+log = logging.getLogger("lopt")
+
+SNAPSHOT_DIR = "lambda_snapshots"
+#: Default frequency strata (quantile ranges of the training-frequency rank): sparse, median, active.
+DEFAULT_STRATA: dict[str, tuple[float, float]] = {"sparse": (0.0, 0.1), "median": (0.45, 0.55), "active": (0.9, 1.0)}
+
+
+def learnable_granularity(pl_module: L.LightningModule) -> LambdaGranularity | None:
+    """The module's Λ if it is learned, else None."""
+    granularity = getattr(pl_module, "granularity", None)
+    if isinstance(granularity, LambdaGranularity) and granularity.learnable:
+        return granularity
+    return None
+
+
+def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+    """The trainer's W&B loggers whose run is live (not disabled)."""
+    found = []
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            if getattr(getattr(run, "settings", None), "mode", "disabled") != "disabled":
+                found.append(logger)
+    return found
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+class LambdaStatsCallback(L.Callback):
+    """Λ statistics per side every ``every_n_steps`` Θ-steps (and at each epoch end) to all
+    loggers under ``lambda/<side>/<stat>``; a W&B histogram of each side's λ per epoch."""
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+        per_dim: bool = True,
+        histogram_bins: int = 64,
+        max_quantile_values: int = 1_000_000,
+        seed: int = 0,
+    ) -> None:
+        self.every_n_steps = int(every_n_steps)
+        self.quantiles = tuple(float(q) for q in quantiles)
+        self.per_dim = per_dim
+        self.histogram_bins = int(histogram_bins)
+        self.max_quantile_values = int(max_quantile_values)
+        self.seed = seed
+        self._samples: dict[str, Any] = {}
+        self._last_step = -1
+
+    def _log_stats(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
+        step = trainer.global_step
+        if step == self._last_step or not trainer.loggers:
+            return
+        self._last_step = step
+        metrics: dict[str, float] = {}
+        for side in SIDES:
+            storage = side_storage(granularity, side)
+            if side not in self._samples:
+                self._samples[side] = quantile_sample(storage.numel(), self.max_quantile_values, self.seed, storage.device)
+            stats = lambda_statistics(storage, self.quantiles, self.per_dim, self._samples[side])
+            metrics.update({f"lambda/{side}/{k}": v for k, v in stats.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
+            self._log_stats(trainer, granularity)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is None:
+            return
+        self._log_stats(trainer, granularity)
+        runs = wandb_loggers(trainer)
+        if not runs or self.histogram_bins <= 0:
+            return
+        import wandb
+
+        payload: dict[str, Any] = {"trainer/global_step": trainer.global_step, "epoch": trainer.current_epoch}
+        for side in SIDES:
+            counts, edges = lambda_histogram(side_storage(granularity, side), self.histogram_bins)
+            payload[f"lambda/{side}/hist"] = wandb.Histogram(np_histogram=(counts, edges))
+        for logger in runs:
+            logger.experiment.log(payload)
+
+
+class LambdaTrajectoryCallback(L.Callback):
+    """Records the λ of tracked users/items every ``every_n_steps`` Θ-steps (plus the first and
+    the last step) into ``<output_dir>/lambda_trajectories.parquet`` (rewritten atomically at
+    each evaluation and at the end), and to W&B as one line per tracked entity and a table."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        split: PreparedSplit,
+        n_per_stratum: int = 3,
+        strata: Mapping[str, Sequence[float]] | None = None,
+        every_n_steps: int = 20,
+        full_vector: bool = False,
+        seed: int = 0,
+        wandb_max_points: int = 500,
+    ) -> None:
+        self.path = Path(output_dir) / TRAJECTORY_FILE
+        strata = dict(DEFAULT_STRATA if strata is None else strata)
+        frequencies = {"user": split.user_train_frequency(), "item": split.item_train_frequency()}
+        raw_ids = {"user": split.user_ids, "item": split.item_ids}
+        tracked = [choose_tracked(s, frequencies[s], raw_ids[s], strata, int(n_per_stratum), seed) for s in SIDES]
+        self.recorder = TrajectoryRecorder(tracked, full_vector=bool(full_vector))
+        self.every_n_steps = int(every_n_steps)
+        self.wandb_max_points = int(wandb_max_points)
+        self._frame = pl.DataFrame(schema=TRAJECTORY_SCHEMA)
+        self._last_step = -1
+
+    def _record(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
+        if trainer.global_step != self._last_step:
+            self.recorder.record(granularity, trainer.global_step, trainer.current_epoch)
+            self._last_step = trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is None:
+            return
+        self._frame = pl.DataFrame(schema=TRAJECTORY_SCHEMA)
+        if trainer.ckpt_path and self.path.is_file():  # resumed: keep what was recorded before
+            self._frame = pl.read_parquet(self.path).filter(pl.col("step") < trainer.global_step)
+        self._record(trainer, granularity)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
+            self._record(trainer, granularity)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if learnable_granularity(pl_module) is not None and not trainer.sanity_checking:
+            self.flush(trainer, final=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is not None:
+            self._record(trainer, granularity)
+            self.flush(trainer, final=True)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if learnable_granularity(pl_module) is not None and self.recorder.pending:
+            self.flush(trainer, final=False)
+
+    def flush(self, trainer: L.Trainer, final: bool) -> None:
+        """Append the buffered records to the parquet (atomic rewrite) and refresh W&B."""
+        new = self.recorder.drain()
+        if new.height == 0 and not final:
+            return
+        self._frame = pl.concat([self._frame, new]) if new.height else self._frame
+        frame = self._frame
+        atomic_write(self.path, lambda tmp: frame.write_parquet(tmp))
+        for logger in wandb_loggers(trainer):
+            self._log_wandb(logger, trainer.global_step, with_table=final)
+
+    def _log_wandb(self, logger: WandbLogger, step: int, with_table: bool) -> None:
+        import wandb
+
+        means = self._frame.filter(pl.col("dim") == MEAN_DIM)
+        if means.height == 0:
+            return
+        keep = thin_steps(means["step"].to_numpy(), self.wandb_max_points)
+        means = means.filter(pl.col("step").is_in(keep.tolist())).sort("side", "stratum", "frequency", "entity_id", "step")
+        payload: dict[str, Any] = {"trainer/global_step": step}
+        for side in SIDES:
+            part = means.filter(pl.col("side") == side)
+            if part.height == 0:
+                continue
+            wide = part.pivot(on="entity_id", index="step", values="value", sort_columns=False).sort("step")
+            entities = part.unique(["entity_id"], maintain_order=True)
+            keys, ys = [], []
+            for entity, raw, freq, stratum in entities.select("entity_id", "raw_id", "frequency", "stratum").iter_rows():
+                keys.append(f"{stratum} {side} {raw} (n={freq})")
+                ys.append(wide[str(entity)].fill_null(strategy="forward").to_list())
+            payload[f"lambda_traj/{side}"] = wandb.plot.line_series(
+                xs=wide["step"].to_list(), ys=ys, keys=keys,
+                title=f"λ of tracked {side}s (mean over dimensions)", xname="step",
+            )
+        if with_table:
+            payload["lambda_traj/table"] = wandb.Table(columns=means.columns, data=[list(r) for r in means.iter_rows()])
+        logger.experiment.log(payload)
+
+
+class LambdaSnapshotCallback(L.Callback):
+    """Full λU (|U|×d) and λI (|I|×d) at each evaluation in
+    ``<output_dir>/lambda_snapshots/epoch_XXX.npz`` (compressed), until ``max_mb`` in all."""
+
+    def __init__(self, output_dir: Path, max_mb: float | None = 512.0) -> None:
+        self.dir = Path(output_dir) / SNAPSHOT_DIR
+        self.max_bytes = None if max_mb is None else float(max_mb) * 2**20
+        self._sizes: dict[str, int] = {}
+        self._capped = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is None or trainer.sanity_checking or self._capped or not trainer.is_global_zero:
+            return
+        name = f"epoch_{trainer.current_epoch:03d}.npz"
+        arrays = {
+            "user_lambda": granularity.dense_user_lambda().cpu().numpy(),
+            "item_lambda": granularity.dense_item_lambda().cpu().numpy(),
+            "step": np.int64(trainer.global_step),
+            "epoch": np.int64(trainer.current_epoch),
+            "granularity": np.array(granularity.name),
+        }
+        budget = self.max_bytes
+        used = sum(size for key, size in self._sizes.items() if key != name)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+            if budget is not None and used + tmp.stat().st_size > budget:
+                raise _OverCap(tmp.stat().st_size)
+
+        try:
+            atomic_write(self.dir / name, write)
+        except _OverCap as over:
+            self._capped = True
+            log.warning(
+                "Λ snapshots: %s (%.1f MB) would exceed tracking.snapshots.max_mb=%s; no more snapshots this run",
+                name, over.size / 2**20, budget / 2**20 if budget is not None else None,
+            )
+            return
+        self._sizes[name] = (self.dir / name).stat().st_size
+
+
+class _OverCap(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class WandbRunCallback(L.Callback):
+    """Per-job W&B lifecycle: optional ``wandb.watch`` of Θ at fit start; finish the run after
+    the test (so the jobs of a one-process multirun get one run each) or on an exception; print
+    the ``wandb sync`` command of an offline run."""
+
+    def __init__(self, watch: str | None = None, watch_log_freq: int = 500) -> None:
+        self.watch = watch
+        self.watch_log_freq = int(watch_log_freq)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.watch:
+            for logger in wandb_loggers(trainer):
+                logger.watch(pl_module, log=self.watch, log_freq=self.watch_log_freq, log_graph=False)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "test":
+            self._finish(trainer, exit_code=0)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._finish(trainer, exit_code=1)
+
+    @staticmethod
+    def _finish(trainer: L.Trainer, exit_code: int) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                if exit_code == 0:
+                    logger.finalize("success")  # checkpoint artifacts (log_model) before the run closes
+                finish_wandb(logger, exit_code=exit_code)
 
 
 def build_tracking_callbacks(cfg: DictConfig, split: PreparedSplit, output_dir: Path) -> list[L.Callback]:
-    """Tracking callbacks for this run (none yet)."""
-    return []
+    """Λ statistics / trajectories / snapshots per ``cfg.tracking`` (when the group is present),
+    and the W&B run lifecycle with ``logger=wandb``. Callbacks skip modules without learned Λ."""
+    callbacks: list[L.Callback] = []
+    tracking = cfg.get("tracking")
+    if tracking:
+        stats, traj, snap = tracking.stats, tracking.trajectories, tracking.snapshots
+        if stats.enabled:
+            callbacks.append(
+                LambdaStatsCallback(
+                    every_n_steps=stats.every_n_steps,
+                    quantiles=list(stats.quantiles),
+                    per_dim=stats.per_dim,
+                    histogram_bins=stats.histogram_bins,
+                    max_quantile_values=stats.max_quantile_values,
+                    seed=int(tracking.seed),
+                )
+            )
+        if traj.enabled:
+            callbacks.append(
+                LambdaTrajectoryCallback(
+                    output_dir,
+                    split,
+                    n_per_stratum=traj.n_per_stratum,
+                    strata=OmegaConf.to_container(traj.strata, resolve=True),  # type: ignore[arg-type]
+                    every_n_steps=traj.every_n_steps,
+                    full_vector=traj.full_vector,
+                    seed=int(tracking.seed),
+                    wandb_max_points=traj.wandb_max_points,
+                )
+            )
+        if snap.enabled:
+            callbacks.append(LambdaSnapshotCallback(output_dir, max_mb=snap.max_mb))
+    if is_wandb_config(cfg.get("logger")):
+        callbacks.append(WandbRunCallback(watch=cfg.logger.get("watch"), watch_log_freq=cfg.logger.get("watch_log_freq") or 500))
+    return callbacks

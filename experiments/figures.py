@@ -1,0 +1,272 @@
+"""The paper's Figures 2, 7 and 8 from a folder of finished runs (PNG + the data behind as CSV).
+
+    python experiments/figures.py RESULTS_DIR [--out DIR] [--metric auc] [--select-metric auc]
+
+Per dataset found under RESULTS_DIR:
+- ``fig2_<dataset>``: test metrics against λ of the MF-λFix runs (mean ± std over seeds; log-x,
+  λ = 0 drawn at a separate "0" tick left of the smallest positive λ); learned-Λ methods as
+  horizontal reference lines.
+- ``fig7_<dataset>``: per-user test metric gain of each MF-λOpt variant over the selected
+  MF-λFix (validation-selected, as in the table) by user training-frequency bucket (quintiles of
+  the users' training frequency; per-user values averaged over seeds first).
+- ``fig8_<dataset>``: λ-trajectories (mean over dimensions) of the tracked users and items of one
+  λOpt run (DUI first; lowest seed), coloured by frequency stratum.
+A figure whose runs are absent is skipped with a note; the script fails only if none can be drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from lopt.io import atomic_write  # noqa: E402
+from lopt.tracking.results import (  # noqa: E402
+    FIX_METHOD,
+    METRICS,
+    Run,
+    Selection,
+    find_runs,
+    per_user_metrics,
+    select_configurations,
+)
+from lopt.tracking.trajectories import MEAN_DIM, TRAJECTORY_FILE  # noqa: E402
+
+TITLES = {"auc": "AUC", "hr@50": "HR@50", "hr@100": "HR@100", "ndcg@50": "NDCG@50", "ndcg@100": "NDCG@100"}
+FIG2_METRICS = ("auc", "hr@50", "ndcg@50")
+LAMBDA_OPT_ORDER = ("MF-λOpt-DUI", "MF-λOpt-DU", "MF-λOpt-DI", "MF-λOpt-D")
+STRATUM_COLOURS = {"sparse": "tab:red", "median": "tab:orange", "active": "tab:blue"}
+
+
+def _save(fig: plt.Figure, frame: pl.DataFrame, out: Path, stem: str) -> Path:
+    """Write ``stem.png`` and ``stem.csv`` atomically; return the PNG path."""
+    png = out / f"{stem}.png"
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight"))
+    plt.close(fig)
+    atomic_write(out / f"{stem}.csv", lambda tmp: frame.write_csv(tmp))
+    return png
+
+
+def _learned_methods(selections: dict[tuple[str, str], Selection], dataset: str) -> list[str]:
+    found = [m for d, m in selections if d == dataset and m != FIX_METHOD and m.startswith("MF-λOpt")]
+    return sorted(found, key=lambda m: (LAMBDA_OPT_ORDER.index(m) if m in LAMBDA_OPT_ORDER else len(LAMBDA_OPT_ORDER), m))
+
+
+# ------------------------------------------------------------------------------ Figure 2
+def fig2_frame(runs: Sequence[Run], dataset: str) -> pl.DataFrame:
+    """Test metrics of the dataset's λFix runs by λ: mean, std (sample; NaN for one seed), n."""
+    rows = [
+        {"dataset": dataset, "lambda": r.lambda_value, "seed": r.seed, "metric": m, "value": r.value("test", m)}
+        for r in runs
+        if r.dataset == dataset and r.method == FIX_METHOD and r.lambda_value is not None
+        for m in METRICS
+    ]
+    if not rows:
+        return pl.DataFrame()
+    return (
+        pl.DataFrame(rows)
+        .filter(pl.col("value").is_finite())
+        .group_by("dataset", "lambda", "metric")
+        .agg(pl.col("value").mean().alias("mean"), pl.col("value").std().alias("std"), pl.len().alias("n"))
+        .sort("metric", "lambda")
+    )
+
+
+def lambda_positions(lambdas: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """x positions on a log axis: λ > 0 as is; λ = 0 one decade below the smallest positive λ
+    (returned as the second value, None when no λ is 0)."""
+    positive = lambdas[lambdas > 0]
+    zero_at = float(10 ** (math.floor(math.log10(positive.min())) - 1)) if len(positive) else 1.0
+    x = np.where(lambdas > 0, lambdas, zero_at)
+    return x, (zero_at if np.any(lambdas <= 0) else None)
+
+
+def figure2(runs: Sequence[Run], selections: dict[tuple[str, str], Selection], dataset: str, out: Path) -> Path | None:
+    frame = fig2_frame(runs, dataset)
+    if frame.height == 0:
+        return None
+    learned = _learned_methods(selections, dataset)
+    fig, axes = plt.subplots(1, len(FIG2_METRICS), figsize=(4.2 * len(FIG2_METRICS), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], FIG2_METRICS, strict=True):
+        part = frame.filter(pl.col("metric") == metric).sort("lambda")
+        lambdas = part["lambda"].to_numpy().astype(np.float64)
+        x, zero_at = lambda_positions(lambdas)
+        std = np.nan_to_num(part["std"].to_numpy().astype(np.float64), nan=0.0)
+        ax.errorbar(x, part["mean"].to_numpy(), yerr=std, marker="o", capsize=3, color="black", label=f"{FIX_METHOD} (test)")
+        for k, method in enumerate(learned):
+            mean, _, n = selections[(dataset, method)].mean_std("test", metric)
+            if n:
+                ax.axhline(mean, linestyle="--", color=f"C{k}", label=method)
+        ax.set_xscale("log")
+        ticks = sorted(set(x.tolist()))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(["0" if zero_at is not None and t == zero_at else f"{t:g}" for t in ticks], rotation=45)
+        ax.set_xlabel("λ (MF-λFix, log scale; 0 at the left)")
+        ax.set_ylabel(f"test {TITLES[metric]}")
+        ax.set_title(f"{dataset}: {TITLES[metric]} vs λ")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Figure 2 — sensitivity of MF-λFix to λ")
+    fig.tight_layout()
+    return _save(fig, frame, out, f"fig2_{dataset}")
+
+
+# ------------------------------------------------------------------------------ Figure 7
+def frequency_buckets(frequency: np.ndarray, n_buckets: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket index per user, edges): quantile buckets of training frequency (merged on ties)."""
+    edges = np.unique(np.quantile(frequency, np.linspace(0, 1, n_buckets + 1)))
+    if len(edges) < 2:
+        edges = np.array([frequency.min(), frequency.max() + 1])
+    bucket = np.clip(np.searchsorted(edges, frequency, side="right") - 1, 0, len(edges) - 2)
+    return bucket, edges
+
+
+def fig7_frame(selections: dict[tuple[str, str], Selection], dataset: str, metric: str, n_buckets: int = 5) -> pl.DataFrame:
+    """Per λOpt method and frequency bucket: users, mean λFix / method metric, gain, relative gain (%)."""
+    fix = selections.get((dataset, FIX_METHOD))
+    learned = _learned_methods(selections, dataset)
+    if fix is None or not learned:
+        return pl.DataFrame()
+    base = per_user_metrics(fix.runs, metric)
+    rows = []
+    for method in learned:
+        joined = per_user_metrics(selections[(dataset, method)].runs, metric).join(base, on="raw_user_id", suffix="_fix")
+        if joined.height == 0:
+            continue
+        bucket, edges = frequency_buckets(joined["train_frequency"].to_numpy(), n_buckets)
+        grouped = (
+            joined.with_columns(pl.Series("bucket", bucket))
+            .group_by("bucket")
+            .agg(pl.len().alias("users"), pl.col("value_fix").mean().alias("fix"), pl.col("value").mean().alias("method"))
+            .sort("bucket")
+        )
+        for b, users, fix_mean, method_mean in grouped.iter_rows():
+            lo = int(math.ceil(edges[b]))
+            last = b == len(edges) - 2  # buckets are [lo, hi) except the last, [lo, hi]
+            hi = int(math.floor(edges[b + 1])) if last else int(math.ceil(edges[b + 1])) - 1
+            rows.append({
+                "dataset": dataset, "method": method, "metric": metric, "bucket": int(b),
+                "freq_lo": lo, "freq_hi": hi, "label": f"{lo}–{hi}" if hi > lo else f"{lo}", "users": users,
+                "fix": fix_mean, "value": method_mean, "gain": method_mean - fix_mean,
+                "rel_gain_pct": 100.0 * (method_mean - fix_mean) / fix_mean if fix_mean else math.nan,
+            })
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
+def figure7(selections: dict[tuple[str, str], Selection], dataset: str, metric: str, out: Path) -> Path | None:
+    frame = fig7_frame(selections, dataset, metric)
+    if frame.height == 0:
+        return None
+    methods = frame["method"].unique(maintain_order=True).to_list()
+    buckets = frame.select("bucket", "label", "users").unique("bucket").sort("bucket")
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        part = frame.filter(pl.col("method") == method).sort("bucket")
+        ax.bar(part["bucket"].to_numpy() + (k - (len(methods) - 1) / 2) * width, part["rel_gain_pct"].to_numpy(),
+               width=width, label=method, color=f"C{k}")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(buckets["bucket"].to_numpy())
+    ax.set_xticklabels([f"{lab}\n({n} users)" for lab, n in zip(buckets["label"], buckets["users"], strict=True)], fontsize=8)
+    ax.set_xlabel("user training frequency (quintile buckets: sparse → active)")
+    ax.set_ylabel(f"relative gain in test {TITLES[metric]} over {FIX_METHOD} (%)")
+    ax.set_title(f"Figure 7 — {dataset}: gain of λOpt over the validation-selected λFix by user frequency")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, frame, out, f"fig7_{dataset}")
+
+
+# ------------------------------------------------------------------------------ Figure 8
+def trajectory_run(runs: Sequence[Run], dataset: str) -> Run | None:
+    """The λOpt run whose trajectories are drawn: DUI first, then DU, DI, D, others; lowest seed."""
+    candidates = [r for r in runs if r.dataset == dataset and (r.path / TRAJECTORY_FILE).is_file()]
+    if not candidates:
+        return None
+
+    def rank(run: Run) -> tuple[int, int, str]:
+        order = LAMBDA_OPT_ORDER.index(run.method) if run.method in LAMBDA_OPT_ORDER else len(LAMBDA_OPT_ORDER)
+        return order, run.seed if run.seed is not None else 1 << 30, str(run.path)
+
+    return min(candidates, key=rank)
+
+
+def figure8(runs: Sequence[Run], dataset: str, out: Path) -> Path | None:
+    run = trajectory_run(runs, dataset)
+    if run is None:
+        return None
+    frame = pl.read_parquet(run.path / TRAJECTORY_FILE).filter(pl.col("dim") == MEAN_DIM)
+    if frame.height == 0:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    for ax, side in zip(axes[0], ("user", "item"), strict=True):
+        part = frame.filter(pl.col("side") == side)
+        seen: set[str] = set()
+        for (entity,), series in part.sort("step").group_by(["entity_id"], maintain_order=True):
+            stratum = series["stratum"][0]
+            label = f"{stratum}" if stratum not in seen else None
+            seen.add(stratum)
+            ax.plot(series["step"].to_numpy(), series["value"].to_numpy(), color=STRATUM_COLOURS.get(stratum, "gray"),
+                    label=label, linewidth=1.2, alpha=0.85)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"λ of the {side} (mean over dimensions)")
+        ax.set_title(f"{side}s tracked by training-frequency stratum")
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="stratum", fontsize=8)
+    fig.suptitle(f"Figure 8 — {dataset}: λ-trajectories, {run.method} seed {run.seed}")
+    fig.tight_layout()
+    csv = frame.with_columns(pl.lit(str(run.path)).alias("run"), pl.lit(run.method).alias("method"))
+    return _save(fig, csv, out, f"fig8_{dataset}")
+
+
+def make_figures(results_dir: Path, out: Path, metric: str = "auc", select_metric: str = "auc") -> list[Path]:
+    """Every figure that the runs under ``results_dir`` allow; returns the PNG paths."""
+    runs = find_runs(results_dir)
+    if not runs:
+        raise SystemExit(f"no finished runs (metrics.json + .hydra/config.yaml) under {results_dir}")
+    selections = select_configurations(runs, select_metric)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset in sorted({r.dataset for r in runs}):
+        for name, make in (
+            ("Figure 2 (needs MF-λFix runs)", lambda: figure2(runs, selections, dataset, out)),
+            ("Figure 7 (needs MF-λFix and MF-λOpt runs)", lambda: figure7(selections, dataset, metric, out)),
+            (f"Figure 8 (needs a run with {TRAJECTORY_FILE})", lambda: figure8(runs, dataset, out)),
+        ):
+            path = make()
+            if path is None:
+                print(f"{dataset}: skipped {name}", file=sys.stderr)
+            else:
+                written.append(path)
+                print(path)
+    if not written:
+        raise SystemExit(f"no figure could be drawn from the runs under {results_dir}")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/figures)")
+    parser.add_argument("--metric", default="auc", choices=METRICS, help="metric of Figure 7 (default auc)")
+    parser.add_argument("--select-metric", default="auc", choices=METRICS, help="validation metric selecting λFix's λ")
+    args = parser.parse_args(argv)
+    try:
+        make_figures(args.results_dir, args.out or args.results_dir / "figures", args.metric, args.select_metric)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

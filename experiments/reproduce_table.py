@@ -1,0 +1,215 @@
+"""The paper's results table from a folder of finished runs, the paper's numbers beside ours.
+
+    python experiments/reproduce_table.py RESULTS_DIR [--out table.md] [--latex] [--select-metric auc]
+
+Finds every run under RESULTS_DIR (single runs and multirun jobs: any folder with metrics.json
+and .hydra/config.yaml), groups runs by dataset and method, and per (dataset, method) keeps the
+configuration with the best mean VALIDATION metric over its seeds — for MF-λFix that selects λ
+from the grid; test metrics never influence the choice. Cells are the mean ± sample std of the
+test metrics over the selected configuration's seeds, "—" where no run exists. A second table per
+dataset holds a paired Wilcoxon signed-rank test over users of each method against the selected
+MF-λFix: each user's metric is first averaged over the seeds of each method (seed-averaged, so
+methods with different seed sets still pair up), users joined by raw id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lopt.io import atomic_write
+from lopt.tracking.results import (
+    FIX_METHOD,
+    METRICS,
+    Selection,
+    find_runs,
+    ordered_methods,
+    paired_wilcoxon,
+    select_configurations,
+)
+
+PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.yaml"
+PAPER_DATASETS = ("amazon_food", "ml10m")
+METRIC_TITLES = {"auc": "AUC", "hr@50": "HR@50", "hr@100": "HR@100", "ndcg@50": "NDCG@50", "ndcg@100": "NDCG@100"}
+MISSING = "—"
+
+
+def load_paper(path: Path = PAPER_RESULTS) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
+    """(dataset → method → metric → value, dataset aliases) from ``paper_results.yaml``."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data.get("datasets", {}), data.get("aliases", {}) or {}
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return MISSING if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return MISSING
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _cell(selection: Selection | None, metric: str) -> str:
+    if selection is None:
+        return MISSING
+    mean, std, n = selection.mean_std("test", metric)
+    if n == 0:
+        return MISSING
+    return _fmt(mean) if n == 1 else f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def _selection_note(selection: Selection) -> str:
+    seeds = ", ".join(str(s) for s in selection.seeds)
+    if selection.n_configs == 1:
+        return f"{selection.method}: 1 configuration, seeds [{seeds}]"
+    scores = "; ".join(f"{label}: {_fmt(score)} ({n} seed{'s' if n > 1 else ''})" for label, score, n in selection.candidates)
+    chosen = f"λ={selection.lambda_value:g}" if selection.lambda_value is not None else "best"
+    return (
+        f"{selection.method}: {chosen} selected by mean valid {selection.select_metric} over seeds "
+        f"[{seeds}] among {selection.n_configs} configurations ({scores})"
+    )
+
+
+def build_rows(
+    selections: dict[tuple[str, str], Selection],
+    dataset: str,
+    paper: dict[str, dict[str, float]],
+    methods: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One row per method: ours (mean ± std, n seeds) and the paper's value for every metric."""
+    rows = []
+    for method in methods:
+        selection = selections.get((dataset, method))
+        row: dict[str, Any] = {"method": method, "n": len(selection.runs) if selection else 0}
+        for metric in METRICS:
+            row[metric] = _cell(selection, metric)
+            row[f"{metric} (paper)"] = _fmt(paper.get(method, {}).get(metric, math.nan))
+        rows.append(row)
+    return rows
+
+
+def significance_rows(
+    selections: dict[tuple[str, str], Selection], dataset: str, methods: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per method with runs (not λFix): Δ mean per-user metric vs λFix and the Wilcoxon p-value."""
+    fix = selections.get((dataset, FIX_METHOD))
+    if fix is None:
+        return []
+    rows = []
+    for method in methods:
+        selection = selections.get((dataset, method))
+        if selection is None or method == FIX_METHOD:
+            continue
+        row: dict[str, Any] = {"method": method}
+        for metric in METRICS:
+            delta, p, n = paired_wilcoxon(selection.runs, fix.runs, metric)
+            row[metric] = f"{'+' if delta >= 0 else ''}{_fmt(delta)} (p={_fmt_p(p)})" if math.isfinite(delta) else MISSING
+            row["users"] = n
+        rows.append(row)
+    return rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _latex_escape(text: str) -> str:
+    return (
+        str(text).replace("λ", r"$\lambda$").replace("Δ", r"$\Delta$").replace("±", r"$\pm$").replace("—", "--").replace("%", r"\%")
+        .replace("_", r"\_").replace("#", r"\#")
+    )
+
+
+def latex_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -> str:
+    """A booktabs LaTeX table."""
+    spec = "l" + "r" * (len(header) - 1)
+    body = [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in rows]
+    return "\n".join(
+        [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
+         r"\toprule", " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule", *body,
+         r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    )
+
+
+def render(results_dir: Path, select_metric: str = "auc", latex: bool = False) -> tuple[str, str | None]:
+    """(Markdown report, LaTeX tables or None) for the runs under ``results_dir``."""
+    if select_metric not in METRICS:
+        raise SystemExit(f"--select-metric must be one of {', '.join(METRICS)}, got {select_metric!r}")
+    runs = find_runs(results_dir)
+    if not runs:
+        raise SystemExit(f"no finished runs (metrics.json + .hydra/config.yaml) under {results_dir}")
+    selections = select_configurations(runs, select_metric)
+    paper, aliases = load_paper()
+    datasets = sorted({d for d, _ in selections}, key=lambda d: (aliases.get(d, d) not in PAPER_DATASETS, d))
+    methods = ordered_methods(m for _, m in selections)
+    header = ["Method", "seeds"]
+    for metric in METRICS:
+        header += [METRIC_TITLES[metric], f"{METRIC_TITLES[metric]} (paper)"]
+    sig_header = ["Method", *(f"Δ{METRIC_TITLES[m]}" for m in METRICS), "users"]
+
+    md = [
+        f"# Results from {results_dir}",
+        "",
+        f"{len(runs)} runs. Test metrics of the configuration with the best mean validation "
+        f"{select_metric} over seeds (mean ± sample std over seeds); paper values beside; {MISSING} = no run.",
+    ]
+    tex: list[str] = []
+    for dataset in datasets:
+        paper_ds = paper.get(aliases.get(dataset, dataset), {})
+        rows = build_rows(selections, dataset, paper_ds, methods)
+        table_rows = [[r["method"], r["n"] or MISSING, *(x for m in METRICS for x in (r[m], r[f"{m} (paper)"]))] for r in rows]
+        md += ["", f"## {dataset}", "", markdown_table(header, table_rows), ""]
+        notes = [_selection_note(selections[(dataset, m)]) for m in methods if (dataset, m) in selections]
+        md += ["Selection (validation only):", "", *(f"- {n}" for n in notes)]
+        sig = significance_rows(selections, dataset, methods)
+        if sig:
+            md += [
+                "",
+                f"Paired Wilcoxon signed-rank test over users vs {FIX_METHOD} (two-sided; per-user test "
+                "metrics averaged over each method's seeds, users joined by raw id): mean per-user Δ (p).",
+                "",
+                markdown_table(sig_header, [[r["method"], *(r[m] for m in METRICS), r["users"]] for r in sig]),
+            ]
+        if latex:
+            tex.append(latex_table(header, table_rows, f"{dataset}: test metrics (ours vs paper)"))
+            if sig:
+                tex.append(latex_table(sig_header, [[r["method"], *(r[m] for m in METRICS), r["users"]] for r in sig],
+                                       f"{dataset}: paired Wilcoxon vs {FIX_METHOD}"))
+    return "\n".join(md) + "\n", ("\n\n".join(tex) + "\n") if latex else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dir", type=Path, help="folder holding finished runs (searched recursively)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here (and FILE.tex with --latex)")
+    parser.add_argument("--latex", action="store_true", help="also emit LaTeX tables")
+    parser.add_argument("--select-metric", default="auc", choices=METRICS, help="validation metric that selects a configuration (default auc)")
+    args = parser.parse_args(argv)
+    try:
+        markdown, latex = render(args.results_dir, args.select_metric, args.latex)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown)
+    if latex is not None:
+        print(latex)
+    if args.out is not None:
+        atomic_write(args.out, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+        if latex is not None:
+            tex_path = args.out.with_suffix(".tex")
+            atomic_write(tex_path, lambda tmp: tmp.write_text(latex, encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
