@@ -50,7 +50,7 @@ def test_default_is_lambda_opt_dui_on_synthetic() -> None:
 def test_paper_hyper_parameters_in_experiments() -> None:
     ml10m = _compose(["+experiment=ml10m_dui"])
     assert ml10m.data.batch_size == 10240 and ml10m.model.dim == 128 and ml10m.eval.every_n_epochs == 10
-    assert ml10m.optimizer.lr == 1e-3 and ml10m.lambda_optimizer.lr == 1e-3
+    assert ml10m.optimizer.lr == 1e-3 and ml10m.lambda_optimizer.lr == 1e-2 and ml10m.lambda_optimizer.amsgrad
     assert ml10m.model.grad_clip_norm == 100 and ml10m.model.lambda_grad_clip_norm == 100
     food = _compose(["+experiment=amazon_food_dui"])
     assert food.data.batch_size == 1024 and food.lambda_optimizer.amsgrad is True
