@@ -9,7 +9,7 @@ RUNS=${RUNS:-data/results/ml100k}
 OUT=experiments/results/ml100k
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two sweeps share the 2 cores
-common=(dataset.source.path="$DATA" logger=csv seed=0,1,2)
+common=(dataset=ml100k dataset.source.path="$DATA" logger=csv seed=0,1,2)
 
 # λFix: the paper's 8-value λ grid (the experiment's sweeper params) × 3 seeds.
 $PY run.py -m +experiment=ml100k_fix "${common[@]}" hydra.sweep.dir="$RUNS/fix" > "$RUNS.fix.log" 2>&1 &
