@@ -120,3 +120,14 @@ def test_ml100k_fix_learns(tmp_path: Path, ml100k_path: Path) -> None:
     metrics = _assert_results(run_dir)
     assert metrics["n_users"] == 943 and metrics["dataset"] == "ml100k"
     assert metrics["valid"]["auc"] > 0.8
+
+
+@pytest.mark.slow
+def test_fix_experiment_sweeps_the_paper_grid_by_default(tmp_path: Path) -> None:
+    """`-m +experiment=<dataset>_fix` with no λ given runs the paper's 8-value grid."""
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "+experiment=ml100k_fix", *TINY_OVERRIDES, "model.dim=8", "trainer.max_epochs=1",
+             f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    runs = [read_metrics(p.parent) for p in sweep.glob("*/metrics.json")]
+    assert sorted(m["lambda_value"] for m in runs) == [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10]
+    assert {m["dataset"] for m in runs} == {"synthetic"}  # command-line groups win over the experiment's
