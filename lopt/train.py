@@ -68,6 +68,11 @@ def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
 
 def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
     """Instantiate ``cfg.model`` with the data sizes and the config groups it pulled in."""
+    if cfg.model.name == "sgda" and cfg.optimizer._target_ != "torch.optim.SGD":
+        raise ValueError(
+            "model=sgda is Rendle's SGD-based adaptive regularization: add optimizer=sgd "
+            f"(got optimizer._target_={cfg.optimizer._target_}), or use +experiment=<dataset>_sgda"
+        )
     extra: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "optimizer": instantiate(cfg.optimizer)}
     if "granularity" in cfg:
         extra["granularity"] = LambdaGranularity(

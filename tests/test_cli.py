@@ -13,7 +13,7 @@ import pytest
 from tests.e2e import TINY_OVERRIDES, read_metrics, run_cli
 
 METRIC_KEYS = {"auc", "hr@50", "hr@100", "ndcg@50", "ndcg@100"}
-GRANULARITIES = ["d", "du", "di", "dui", "global", "u", "i", "ui"]
+GRANULARITIES = ["d", "du", "di", "dui", "global", "u", "i", "ui", "dsep"]
 
 
 def _assert_results(run_dir: Path) -> dict:
