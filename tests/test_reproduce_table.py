@@ -51,7 +51,7 @@ def finished_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cwd=root,
         )
         run_cli(
-            ["-m", *TINY_OVERRIDES, "granularity=dui,du", f"seed={SEEDS}", "+tracking=default",
+            ["-m", *TINY_OVERRIDES, "granularity=dui,du", f"seed={SEEDS}",
              f"tracking.trajectories.every_n_steps={TRACK_EVERY}", "tracking.trajectories.full_vector=true",
              "granularity.init=0.01", "lambda_optimizer.lr=0.5", f"hydra.sweep.dir={results / 'opt_sweep'}"],
             cwd=root,

@@ -108,8 +108,8 @@ def _split(n_users: int = 40, n_items: int = 20) -> PreparedSplit:
 
 def test_build_tracking_callbacks_from_config(tmp_path) -> None:
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["+tracking=default", "logger=wandb", "paths.output_dir=" + str(tmp_path)])
-        plain = compose("config", overrides=["logger=csv", "paths.output_dir=" + str(tmp_path)])
+        cfg = compose("config", overrides=["logger=wandb", "paths.output_dir=" + str(tmp_path)])
+        plain = compose("config", overrides=["~tracking", "logger=csv", "paths.output_dir=" + str(tmp_path)])
     callbacks = build_tracking_callbacks(cfg, _split(), tmp_path)
     assert [type(c) for c in callbacks] == [LambdaStatsCallback, LambdaTrajectoryCallback, LambdaSnapshotCallback, WandbRunCallback]
     assert callbacks[0].every_n_steps == cfg.trainer.log_every_n_steps

@@ -87,7 +87,7 @@ def test_offline_multirun_through_cli(tmp_path: Path) -> None:
     the records hold the metrics, Λ statistics and histograms, and the λ-trajectory table/plots."""
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        ["-m", *TINY_OVERRIDES, "logger=wandb", "logger.mode=null,disabled", "seed=0,1", "+tracking=default",
+        ["-m", *TINY_OVERRIDES, "logger=wandb", "logger.mode=null,disabled", "seed=0,1",
          "trainer.log_every_n_steps=2", "tracking.trajectories.every_n_steps=2", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
         env={"WANDB_MODE": "offline", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc"),
