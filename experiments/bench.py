@@ -1,0 +1,472 @@
+"""Performance benchmark of issue 7: λOpt at the cost of λFix, fast data and evaluation.
+
+    python experiments/bench.py --shape ml10m --out bench.json   # the paper's size (minutes)
+    python experiments/bench.py --shape ml1m --out bench.json    # a quick run
+    python experiments/bench.py --shape tiny --out bench.json    # seconds (the test suite's)
+    python experiments/bench.py --shape ml10m --device cuda      # where a GPU exists
+
+Everything is measured in ONE process (so the ratios compare like with like):
+
+1. a synthetic dataset of the shape (``lopt.data.synthetic``; ML-10M: 69,878 users, 10,677
+   items, 10,000,054 interactions) is written once as a ``user::item::rating::timestamp`` file
+   under ``--cache-dir`` (in a child process, so its memory is not the benchmark's) and reused;
+2. ``prep_seconds``: ``read_movielens_dat`` + ``prepare_split`` (dedupe, filter, re-index,
+   split; no split cache), with the ml10m dataset config's preprocessing;
+3. ``sample_seconds_per_epoch``: one epoch of training triples (permutation + negatives,
+   ``TripleEpochs.epoch_triples``), median over a few epochs;
+4. the iteration times, from the experiment configs ``ml10m_fix`` / ``ml10m_d`` /
+   ``ml10m_dui`` (d = 128, batch 10,240, Adam Θ with clip 100, LambdaSGD lr 1e-3 with Λ clip
+   100) and ``ml10m_dui`` with ``lambda_optimizer=adam`` (dense LambdaAdam, amsgrad): the
+   module and Trainer are built by ``lopt.train.build_module`` / ``build_trainer`` exactly as
+   ``run.py`` builds them (CSV logger, log every 50 steps, checkpoint callback), and a
+   ``Trainer(max_steps=…)`` runs the real ``training_step``. A callback stamps
+   ``on_train_batch_start``; one iteration is the time from one stamp to the next, i.e. all a
+   user pays per step (data, hooks, logging, training_step). The median after warm-up is
+   reported; the methods are run in interleaved rounds so that load drifts hit them alike;
+5. ``loop_overhead_fraction``: the λFix iteration under the Trainer against the same step
+   without Lightning (the same module pieces driven by a plain loop, :func:`_bare_step`),
+   ``median(trainer) / median(bare) − 1``;
+6. ``eval_seconds``: ``trainer.test`` of the λFix module, the full ranking of every test user
+   against all items (config ``data.eval_batch_users`` users per block);
+7. ``peak_rss_mb``: the peak resident memory of this process (``ru_maxrss``).
+
+Prints a table and writes ``--out`` atomically (JSON). Timings on a shared machine are noisy:
+``load_avg`` records ``os.getloadavg()`` before and after the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+
+#: (n_users, n_items, n_interactions) of each shape; ml10m/ml1m are the MovieLens sizes.
+SHAPES: dict[str, tuple[int, int, int]] = {
+    "ml10m": (69_878, 10_677, 10_000_054),
+    "ml1m": (6_040, 3_706, 1_000_209),
+    "tiny": (400, 250, 16_000),
+}
+#: Per shape: (warm-up iterations, timed iterations per round, rounds, sampling epochs).
+SCHEDULES: dict[str, tuple[int, int, int, int]] = {
+    "ml10m": (5, 20, 2, 3),
+    "ml1m": (5, 30, 2, 3),
+    "tiny": (2, 5, 1, 2),
+}
+#: Batch size per shape (the paper's ML-10M batch for the MovieLens shapes).
+BATCH: dict[str, int] = {"ml10m": 10_240, "ml1m": 10_240, "tiny": 1_024}
+GENERATOR = {"rank": 8, "user_alpha": 0.6, "item_alpha": 0.9, "noise": 0.3, "seed": 0}
+
+#: key in bench.json → (experiment config, extra overrides)
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "fix": ("ml10m_fix", []),
+    "opt_d": ("ml10m_d", ["model.lambda_grad_clip_norm=100.0"]),
+    "opt_dui": ("ml10m_dui", ["model.lambda_grad_clip_norm=100.0"]),
+    "opt_dui_adam": ("ml10m_dui", ["model.lambda_grad_clip_norm=100.0"]),
+}
+#: The Λ optimizer of each λOpt key, set explicitly (whatever the experiment config picks): the
+#: paper's ML-10M LambdaSGD lr 1e-3, and dense LambdaAdam (amsgrad, the paper's Amazon setting).
+LAMBDA_OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "opt_d": {"_target_": "lopt.models.lambda_optim.LambdaSGD", "_partial_": True, "lr": 1e-3},
+    "opt_dui": {"_target_": "lopt.models.lambda_optim.LambdaSGD", "_partial_": True, "lr": 1e-3},
+    "opt_dui_adam": {
+        "_target_": "lopt.models.lambda_optim.LambdaAdam", "_partial_": True, "lr": 1e-2,
+        "betas": [0.9, 0.999], "eps": 1e-8, "amsgrad": True,
+    },
+}
+
+
+def method_config(key: str, overrides: list[str]) -> Any:
+    """The composed config of a bench key, its Λ optimizer pinned (see LAMBDA_OPTIMIZERS)."""
+    from omegaconf import OmegaConf, open_dict
+
+    experiment, extra = METHODS[key]
+    cfg = _compose(experiment, [*extra, *overrides])
+    if key in LAMBDA_OPTIMIZERS:
+        with open_dict(cfg):
+            cfg.lambda_optimizer = OmegaConf.create(LAMBDA_OPTIMIZERS[key])
+    return cfg
+
+REQUIRED_KEYS = (
+    "prep_seconds",
+    "sample_seconds_per_epoch",
+    "fix_step_seconds",
+    "opt_d_step_seconds",
+    "opt_dui_step_seconds",
+    "opt_dui_adam_step_seconds",
+    "ratio_dui_over_fix",
+    "ratio_d_over_fix",
+    "ratio_dui_adam_over_fix",
+    "eval_seconds",
+    "peak_rss_mb",
+    "loop_overhead_fraction",
+    "machine",
+    "torch_threads",
+    "shape",
+    "load_avg",
+)
+
+
+# --------------------------------------------------------------------------- data file
+def data_file(cache_dir: Path, shape: str) -> Path:
+    n_users, n_items, n = SHAPES[shape]
+    return cache_dir / f"synthetic-{shape}-{n_users}x{n_items}-{n}-v1" / "ratings.dat"
+
+
+def generate_file(path: Path, shape: str) -> None:
+    """Write the shape's synthetic interactions as ``user::item::rating::timestamp`` (atomic)."""
+    import numpy as np
+    import polars as pl
+
+    from lopt.data.synthetic import generate_interactions
+    from lopt.io import atomic_write
+
+    n_users, n_items, n = SHAPES[shape]
+    frame = generate_interactions(n_users, n_items, n, **GENERATOR)
+    # Shuffle the rows (a real ratings file is not grouped by time) and add half-star ratings.
+    rng = np.random.default_rng(GENERATOR["seed"])
+    frame = frame[rng.permutation(frame.height)]
+    ratings = pl.Series("rating", (rng.integers(1, 11, frame.height) / 2).astype(np.float64))
+    lines = frame.with_columns(ratings).select(
+        pl.concat_str(
+            [pl.col("user"), pl.col("item"), pl.col("rating").cast(pl.String), pl.col("timestamp")], separator="::"
+        ).alias("line")
+    )
+    atomic_write(path, lambda tmp: lines.write_csv(tmp, include_header=False, quote_style="never"))
+
+
+def ensure_file(cache_dir: Path, shape: str) -> Path:
+    """The cached ``::`` file of the shape, generated once in a child process."""
+    path = data_file(cache_dir, shape)
+    if not path.is_file():
+        started = time.perf_counter()
+        print(f"generating {path} (once) …", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, __file__, "--generate", str(path), "--shape", shape], check=True)
+        print(f"generated in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return path
+
+
+# --------------------------------------------------------------------------- helpers
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _machine(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        mem = f", {pages * size / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical CPUs{mem}, {platform.system()} {platform.release()}"
+    text += f", Python {platform.python_version()}, torch {torch.__version__}"
+    if device == "cuda" and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def _compose(experiment: str, overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+class StepTimer:
+    """Lightning callback: stamps ``on_train_batch_start``; an iteration is stamp to stamp."""
+
+    def __init__(self, device: str) -> None:
+        import lightning.pytorch as L
+
+        class _Callback(L.Callback):
+            def on_train_batch_start(_self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+                _sync(device)
+                self.stamps.append(time.perf_counter())
+
+            def on_train_end(_self, trainer: Any, pl_module: Any) -> None:
+                _sync(device)
+                self.stamps.append(time.perf_counter())
+
+        self.callback = _Callback()
+        self.stamps: list[float] = []
+
+    def iterations(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+
+def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, Any]) -> None:
+    """``MFBPRModule.training_step`` (+ ``LambdaOptModule.lambda_step``) without Lightning: the same
+    functions on the same module, driven by raw torch optimizers (the loop-overhead reference)."""
+    from lopt.models.lambda_optim import clip_lambda_grad_
+    from lopt.models.lookahead import lookahead_validation_loss
+    from lopt.models.mf import bpr_loss
+    from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+
+    users, pos, neg = batch["train"]
+    theta_opt.zero_grad(set_to_none=False)
+    loss = bpr_loss(*module.model(users, pos, neg))
+    if loss.device.type == "cpu" and not bool(loss.isfinite()):
+        raise RuntimeError("non-finite loss")
+    loss.backward()
+    if lambda_opt is not None:
+        lambda_opt.zero_grad(set_to_none=True)
+        valid_loss = lookahead_validation_loss(
+            module.model, theta_opt, module.granularity, batch["train"], batch["valid"],
+            scope=module.penalty_scope, scale=module.penalty_scale, clip_norm=module.grad_clip_norm,
+            dropout=module.lookahead_dropout,
+        )
+        valid_loss.backward()
+        clip_lambda_grad_(list(module.granularity.parameters()), module.lambda_grad_clip_norm)
+        lambda_opt.step()
+    add_penalty_grad_(module.model, module.granularity, users, pos, neg, module.penalty_scope, module.penalty_scale)
+    clip_grad_norm_(module.model, module.grad_clip_norm)
+    theta_opt.step()
+
+
+# --------------------------------------------------------------------------- the benchmark
+def run(shape: str, device: str, cache_dir: Path, threads: int | None) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    path = ensure_file(cache_dir, shape)
+
+    import lightning.pytorch as L
+    from omegaconf import OmegaConf, open_dict
+
+    from lopt.data.datamodule import TRAIN_STREAM, TripleEpochs
+    from lopt.data.preprocess import prepare_split
+    from lopt.data.readers import read_movielens_dat
+    from lopt.data.sampling import NegativeSampler
+    from lopt.train import _quiet_third_party, build_datamodule, build_module, build_trainer
+
+    _quiet_third_party()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*(max_steps|GPU available|TPU available|LeafSpec).*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning.*")
+    warmup, per_round, rounds, sample_epochs = SCHEDULES[shape]
+    out: dict[str, Any] = {"shape": shape, "device": device, "data_file": str(path)}
+    print(f"bench: shape {shape}, device {device}, torch threads {torch.get_num_threads()}", file=sys.stderr)
+
+    # ---- preprocessing (no split cache)
+    ml10m = _compose("ml10m_fix", [])
+    preprocess = OmegaConf.to_container(ml10m.dataset.preprocess, resolve=True)
+    started = time.perf_counter()
+    split = prepare_split(read_movielens_dat(path), **preprocess)
+    out["prep_seconds"] = time.perf_counter() - started
+    out["n_users"], out["n_items"] = split.n_users, split.n_items
+    out["n_train"] = len(split.train_users)
+    print(f"  prep {out['prep_seconds']:.2f} s", file=sys.stderr, flush=True)
+
+    # ---- one epoch of training triples (permutation + negatives), as TripleEpochs draws them
+    started = time.perf_counter()
+    sampler = NegativeSampler(split.n_items, split.train_users, split.train_items, n_users=split.n_users)
+    out["sampler_build_seconds"] = time.perf_counter() - started
+    epochs = TripleEpochs(split.train_users, split.train_items, sampler, BATCH[shape], 0, TRAIN_STREAM)
+    times = []
+    for epoch in range(sample_epochs):
+        started = time.perf_counter()
+        epochs.epoch_triples(epoch)
+        times.append(time.perf_counter() - started)
+    out["sample_seconds_per_epoch"] = statistics.median(times)
+    del epochs, sampler
+    print(f"  sample {out['sample_seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
+
+    # ---- training iterations, the real code path
+    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-"))
+    common = [
+        f"paths.data_dir={cache_dir}",
+        f"paths.output_dir={workdir}",
+        f"dataset.source.path={path}",
+        "dataset.source.archive=null",
+        f"data.batch_size={BATCH[shape]}",
+        f"data.valid_batch_size={BATCH[shape]}",
+        "data.cache=false",
+    ]
+    if device == "cuda":
+        common.append("trainer=gpu")
+    cfgs = {key: method_config(key, common) for key in METHODS}
+    out["lambda_optimizers"] = {key: OmegaConf.to_container(cfg.lambda_optimizer) for key, cfg in cfgs.items() if "lambda_optimizer" in cfg}
+    iterations: dict[str, list[float]] = {key: [] for key in METHODS}
+    bare: list[float] = []
+    fix_module = None
+    datamodule = None
+    for round_ in range(rounds):
+        for key, cfg in cfgs.items():
+            L.seed_everything(0, verbose=False)
+            if datamodule is None or (key != "fix") != datamodule.valid_triples:
+                datamodule = build_datamodule(cfg)
+                datamodule.split = split  # prepared above; build_datamodule would re-read the file
+            module = build_module(cfg, split.n_users, split.n_items)
+            with open_dict(cfg):
+                cfg.trainer.max_steps = warmup + per_round
+                cfg.trainer.max_epochs = -1
+                cfg.trainer.limit_val_batches = 0
+            trainer, _ = build_trainer(cfg, workdir / f"{key}-{round_}", split)
+            timer = StepTimer(device)
+            trainer.callbacks.append(timer.callback)
+            trainer.fit(module, datamodule=datamodule)
+            iterations[key] += timer.iterations()[warmup:]
+            if key == "fix":
+                fix_module = module
+            print(
+                f"  round {round_} {key:13s} median {statistics.median(timer.iterations()[warmup:]) * 1e3:8.1f} ms",
+                file=sys.stderr, flush=True,
+            )
+            if key == "fix":
+                # The same step without Lightning: same module, its own raw optimizers, same batches.
+                theta_opt = module.make_theta_optimizer(module.model.parameters())
+                batches = iter(datamodule.train_dataloader())
+                for i in range(warmup + per_round):
+                    batch = next(batches)
+                    if device == "cuda":
+                        batch = {k: tuple(t.cuda() for t in v) for k, v in batch.items()}
+                    _sync(device)
+                    started = time.perf_counter()
+                    _bare_step(module, theta_opt, None, batch)
+                    _sync(device)
+                    if i >= warmup:
+                        bare.append(time.perf_counter() - started)
+                del theta_opt, batches
+            del trainer, module
+            gc.collect()
+    for key in METHODS:
+        out[f"{key}_step_seconds"] = statistics.median(iterations[key])
+        out[f"{key}_step_iqr_seconds"] = _iqr(iterations[key])
+    out["fix_bare_step_seconds"] = statistics.median(bare)
+    fix = out["fix_step_seconds"]
+    out["ratio_d_over_fix"] = out["opt_d_step_seconds"] / fix
+    out["ratio_dui_over_fix"] = out["opt_dui_step_seconds"] / fix
+    out["ratio_dui_adam_over_fix"] = out["opt_dui_adam_step_seconds"] / fix
+    out["loop_overhead_fraction"] = fix / out["fix_bare_step_seconds"] - 1.0
+    out["timed_iterations_per_method"] = len(iterations["fix"])
+
+    # ---- full-ranking evaluation of the test split
+    module = fix_module
+    cfg = cfgs["fix"]
+    datamodule = build_datamodule(cfg)
+    datamodule.split = split
+    datamodule.setup("test")
+    trainer = L.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    _sync(device)
+    started = time.perf_counter()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    _sync(device)
+    out["eval_seconds"] = time.perf_counter() - started
+    out["eval_users"] = int(datamodule.evaluators["test"].users.numel())
+    out["eval_test_auc"] = module.test_metrics.get("auc", math.nan)
+    del fix_module, module, trainer, datamodule
+
+    out["peak_rss_mb"] = _rss_mb()
+    out["torch_threads"] = torch.get_num_threads()
+    out["machine"] = _machine(device)
+    out["load_avg"] = {"before": list(load_before), "after": list(os.getloadavg())}
+    out["numpy"] = np.__version__
+    return out
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 4:
+        return 0.0
+    q = statistics.quantiles(values, n=4)
+    return q[2] - q[0]
+
+
+TABLE = (
+    ("prep_seconds", "s", 20.0),
+    ("sample_seconds_per_epoch", "s", 2.0),
+    ("fix_step_seconds", "ms", None),
+    ("opt_d_step_seconds", "ms", None),
+    ("opt_dui_step_seconds", "ms", None),
+    ("opt_dui_adam_step_seconds", "ms", None),
+    ("ratio_d_over_fix", "x", 1.2),
+    ("ratio_dui_over_fix", "x", 1.3),
+    ("ratio_dui_adam_over_fix", "x", 2.0),
+    ("loop_overhead_fraction", "%", 0.05),
+    ("eval_seconds", "s", 60.0),
+    ("peak_rss_mb", "MB", 4000.0),
+)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{'key':28s} {'value':>12s} {'target':>10s}"]
+    for key, unit, target in TABLE:
+        value = result[key]
+        scale = {"ms": 1e3, "%": 100.0}.get(unit, 1.0)
+        shown = f"{value * scale:10.2f} {unit}"
+        goal = "" if target is None else f"≤ {target * scale:g} {unit}"
+        met = "" if target is None or result["shape"] != "ml10m" else ("  ok" if value <= target else "  MISSED")
+        lines.append(f"{key:28s} {shown:>12s} {goal:>10s}{met}")
+    load = result["load_avg"]
+    lines.append(f"shape {result['shape']}, torch threads {result['torch_threads']}, load avg "
+                 f"{load['before'][0]:.2f} → {load['after'][0]:.2f}; {result['machine']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="ml10m")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "data" / "bench",
+                        help="where the synthetic ratings file is generated once (never committed)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's default)")
+    parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.generate is not None:
+        generate_file(args.generate, args.shape)
+        return 0
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available")
+    result = run(args.shape, args.device, args.cache_dir.expanduser().resolve(), args.threads)
+    from lopt.io import atomic_write_json
+
+    atomic_write_json(args.out, result)
+    print(format_table(result))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

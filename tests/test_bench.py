@@ -1,0 +1,64 @@
+"""experiments/bench.py keeps working: a tiny-shape run writes every key of issue 7, all finite.
+
+Benchmarks are not timed tests; this only checks the script end to end (subprocess, its own
+cache directory, no network)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e import REPO_ROOT
+
+BENCH = REPO_ROOT / "experiments" / "bench.py"
+
+
+def _finite_numbers(value: object) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite_numbers(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite_numbers(v) for v in value)
+    return True
+
+
+@pytest.mark.slow
+def test_bench_tiny_writes_every_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--shape", "tiny", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+         "--threads", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    missing = [k for k in bench.REQUIRED_KEYS if k not in result]
+    assert not missing, f"bench.json lacks {missing}"
+    for key in bench.REQUIRED_KEYS:
+        if key in ("machine", "shape"):
+            assert isinstance(result[key], str) and result[key]
+        else:
+            assert _finite_numbers(result[key]), (key, result[key])
+    numeric = [k for k in bench.REQUIRED_KEYS if k not in ("machine", "shape", "load_avg")]
+    for key in numeric:
+        assert isinstance(result[key], (int, float)), key
+    assert result["shape"] == "tiny"
+    assert result["torch_threads"] == 1
+    for key in ("prep_seconds", "sample_seconds_per_epoch", "fix_step_seconds", "opt_d_step_seconds",
+                "opt_dui_step_seconds", "opt_dui_adam_step_seconds", "eval_seconds", "peak_rss_mb"):
+        assert result[key] > 0, key
+    assert "ratio_dui_over_fix" in proc.stdout  # the printed table
+    # the cached data file is reused by a second run (generated once)
+    assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").rglob("ratings.dat"))
