@@ -227,7 +227,7 @@ class StepTimer:
 
 
 def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, Any]) -> None:
-    """``MFBPRModule.training_step`` (+ ``LambdaOptModule.lambda_step``) without Lightning: the same
+    """``MFBPRModule.training_step`` (+ ``LambdaOptModule.before_theta_step``) without Lightning: the same
     functions on the same module, driven by raw torch optimizers (the loop-overhead reference)."""
     from lopt.models.lambda_optim import clip_lambda_grad_
     from lopt.models.lookahead import lookahead_validation_loss

@@ -89,7 +89,7 @@ class AMFModule(FixModule):
             raise RuntimeError("AMF perturbations need the BPR gradient in .grad (run the BPR backward first)")
         return adversarial_rows(P.grad, users, self.adv_eps), adversarial_rows(Q.grad, items, self.adv_eps)
 
-    def lambda_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+    def before_theta_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
         """MFBPRModule's slot between the BPR backward (g in ``.grad``) and the Θ-step; here it adds
         α·∇_Θ BPR(Θ + Δ) to ``.grad`` (Δ from g, constant). λ is fixed: there is no Λ-step."""
         if not self.adversarial_active():

@@ -70,7 +70,8 @@ class LambdaOptModule(MFBPRModule):
     def lambda_optimizer(self) -> torch.optim.Optimizer:
         return self.optimizers()[1].optimizer
 
-    def lambda_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+    def before_theta_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+        """The Λ-step (every ``lambda_update_interval`` iterations), before the Θ-step."""
         if self.global_step % self.lambda_update_interval != 0:
             return {}
         lam_opt = self.lambda_optimizer()

@@ -2,7 +2,8 @@
 
 One iteration (method.md, "Training"):
   1. forward/backward of the non-regularized BPR loss of the training batch → g_t in ``.grad``;
-  2. the Λ-step slot (``lambda_step``; absent for λFix, the look-ahead for λOpt);
+  2. the slot before the Θ-step (``before_theta_step``): nothing for λFix, the Λ-step of λOpt,
+     the adversarial gradient of AMF;
   3. the Θ-step: add ∇_Θ Ω(B; Θ, Λ), clip the gradient norm, step the Θ optimizer.
 """
 
@@ -91,7 +92,7 @@ class MFBPRModule(RankingModule):
         self._check_finite(loss)
         self.manual_backward(loss)
 
-        lambda_logs = self.lambda_step(batch)
+        slot_logs = self.before_theta_step(batch)
 
         add_penalty_grad_(
             self.model, self.granularity, users, pos, neg, self.penalty_scope, self.penalty_scale
@@ -107,13 +108,14 @@ class MFBPRModule(RankingModule):
                 "train/penalty": reg,
                 "train/grad_norm": grad_norm,
                 "train/lr": torch.tensor(theta_opt.param_groups[0]["lr"]),
-                **lambda_logs,
+                **slot_logs,
             }
             self.log_dict(logs, on_step=True, on_epoch=False)
         return loss.detach()
 
-    def lambda_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
-        """The Λ-step slot, between the training backward and the Θ-step. λFix: absent."""
+    def before_theta_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+        """Runs between the training backward (g_t in ``.grad``) and the Θ-step; returns scalars to
+        log. λFix: nothing (the Λ-step slot is absent)."""
         return {}
 
     def _is_logging_step(self) -> bool:
