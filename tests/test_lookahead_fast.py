@@ -1,0 +1,136 @@
+"""The hand-written Adam fast path of lookahead_validation_loss equals the autograd path: same loss,
+same Λ-gradient (values to 1e-10 in float64, same sparse rows), for every granularity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from unittest import mock
+
+import pytest
+import torch
+
+from lopt.models import lookahead
+from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
+from lopt.models.lookahead import lookahead_validation_loss
+from lopt.models.mf import MatrixFactorization, bpr_loss
+from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+
+NU, NI, D = 7, 9, 4
+# repeated users/items; user 6 and item 8 absent from the train batch; users 4, 5 only in valid
+TRAIN = (torch.tensor([0, 1, 1, 2, 3, 0]), torch.tensor([1, 2, 2, 3, 4, 5]), torch.tensor([5, 6, 7, 5, 0, 2]))
+VALID = (torch.tensor([1, 4, 5, 0, 1]), torch.tensor([2, 8, 3, 1, 2]), torch.tensor([0, 1, 6, 6, 8]))
+LEARNABLE = [n for n in GRANULARITY_NAMES if n != "fix"]
+BIG_CLIP = 1e6  # a clip that never binds: the fast path must still be taken
+
+ADAMS: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
+    "adam": lambda ps: torch.optim.Adam(ps, lr=0.05),
+    "adam_amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.05, amsgrad=True),
+    "adam_maximize": lambda ps: torch.optim.Adam(ps, lr=0.05, maximize=True),
+    "adam_fused_amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.05, amsgrad=True, fused=True),
+    "adamw_wd0": lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.0, foreach=True),
+}
+
+
+def build(opt_name: str, gran_name: str, prior_steps: int, dtype: torch.dtype = torch.float64):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = MatrixFactorization(NU, NI, D, init_std=0.7).to(dtype)
+    gran = LambdaGranularity(gran_name, NU, NI, D, init=0.8).to(dtype)
+    with torch.no_grad():
+        for p in gran.parameters():
+            p.copy_(torch.rand_like(p) + 0.2)
+    opt = ADAMS[opt_name](list(model.parameters()))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(prior_steps):
+        batch = tuple(torch.randint(0, n, (6,), generator=gen) for n in (NU, NI, NI))
+        opt.zero_grad()
+        bpr_loss(*model(*batch)).backward()
+        add_penalty_grad_(model, gran, *batch, "batch", 1.0)
+        clip_grad_norm_(model, None)
+        opt.step()
+    opt.zero_grad()
+    bpr_loss(*model(*TRAIN)).backward()
+    return model, gran, opt
+
+
+def lambda_grads(model, gran, opt, clip, *, fast: bool):  # type: ignore[no-untyped-def]
+    """(loss, [(param, coalesced grad or dense grad)]) with the fast path forced on or off."""
+    gran.zero_grad(set_to_none=True)
+    calls = []
+    real = lookahead._adam_lookahead_validation_loss
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    with mock.patch.object(lookahead, "_adam_lookahead_validation_loss", spy):
+        with mock.patch.object(lookahead, "_adam_fast_path_applies", (lambda *a: False) if not fast else lookahead._adam_fast_path_applies):
+            loss = lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip)
+    assert bool(calls) == fast, "the fast path was (not) taken as intended"
+    loss.backward()
+    grads = []
+    for p in gran.parameters():
+        g = p.grad
+        grads.append(("sparse", g.coalesce()) if g.is_sparse else ("dense", g))
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("clip", [None, BIG_CLIP], ids=["noclip", "inactive_clip"])
+@pytest.mark.parametrize("prior_steps", [0, 3], ids=["first", "later"])
+@pytest.mark.parametrize("opt_name", list(ADAMS))
+@pytest.mark.parametrize("gran_name", LEARNABLE)
+def test_fast_path_equals_autograd_path(gran_name: str, opt_name: str, prior_steps: int, clip: float | None) -> None:
+    model, gran, opt = build(opt_name, gran_name, prior_steps)
+    slow_loss, slow = lambda_grads(model, gran, opt, clip, fast=False)
+    fast_loss, fast = lambda_grads(model, gran, opt, clip, fast=True)
+    assert torch.equal(fast_loss, slow_loss)  # the forward uses the same ops: bit-identical
+    nonzero = 0
+    for (kind_s, gs), (kind_f, gf) in zip(slow, fast, strict=True):
+        assert kind_s == kind_f
+        if kind_s == "sparse":
+            assert torch.equal(gs.indices(), gf.indices())  # the same rows (incl. zero-valued ones)
+            gs, gf = gs.values(), gf.values()
+        torch.testing.assert_close(gf, gs, rtol=1e-10, atol=1e-13)
+        nonzero += int((gs.abs() > (1e-8 if prior_steps else 0.0)).sum())
+    # Adam's first step moves by ≈ lr·sign(g): its Λ-dependence is through eps only (tiny, not 0)
+    assert nonzero > 0
+
+
+def test_amsgrad_branch_where_max_is_held() -> None:
+    """amsgrad with max_exp_avg_sq above v' on some entries (no Λ dependence through v there)."""
+    model, gran, opt = build("adam_amsgrad", "dui", 3)
+    state = opt.state[model.user_factors]
+    with torch.no_grad():
+        state["max_exp_avg_sq"][:, :2] += 1.0  # held max on half the entries
+    slow_loss, slow = lambda_grads(model, gran, opt, None, fast=False)
+    fast_loss, fast = lambda_grads(model, gran, opt, None, fast=True)
+    assert torch.equal(fast_loss, slow_loss)
+    for (_, gs), (_, gf) in zip(slow, fast, strict=True):
+        torch.testing.assert_close(gf.values(), gs.values(), rtol=1e-10, atol=1e-13)
+
+
+def test_float32_fast_path_close_to_autograd() -> None:
+    model, gran, opt = build("adam", "dui", 3, dtype=torch.float32)
+    _, slow = lambda_grads(model, gran, opt, None, fast=False)
+    _, fast = lambda_grads(model, gran, opt, None, fast=True)
+    for (_, gs), (_, gf) in zip(slow, fast, strict=True):
+        torch.testing.assert_close(gf.values(), gs.values(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("opt_factory", "clip", "dropout"),
+    [
+        (lambda ps: torch.optim.Adam(ps, lr=0.05), 0.05, 0.0),  # active clip
+        (lambda ps: torch.optim.Adam(ps, lr=0.05), None, 0.5),  # dropout
+        (lambda ps: torch.optim.Adam(ps, lr=0.05, weight_decay=0.01), None, 0.0),  # L2
+        (lambda ps: torch.optim.SGD(ps, lr=0.1), None, 0.0),
+    ],
+    ids=["active_clip", "dropout", "adam_l2", "sgd"],
+)
+def test_other_cases_take_the_autograd_path(opt_factory, clip, dropout) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = MatrixFactorization(NU, NI, D, init_std=0.7).double()
+    gran = LambdaGranularity("dui", NU, NI, D, init=0.8).double()
+    opt = opt_factory(list(model.parameters()))
+    bpr_loss(*model(*TRAIN)).backward()
+    with mock.patch.object(lookahead, "_adam_lookahead_validation_loss", side_effect=AssertionError("fast path taken")):
+        lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, dropout=dropout).backward()
