@@ -256,21 +256,26 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
 
 
 # --------------------------------------------------------------------------- the benchmark
-def run(shape: str, device: str, cache_dir: Path, threads: int | None) -> dict[str, Any]:
+def run(
+    shape: str, device: str, cache_dir: Path, threads: int | None, ratings: Path | None = None, batch: int | None = None
+) -> dict[str, Any]:
+    """All measurements in one process. ``ratings``: time a real MovieLens file (``u.data`` tab or
+    ``::`` ratings) instead of the synthetic ``shape`` (whose schedule is then used)."""
     import numpy as np
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    path = ensure_file(cache_dir, shape)
+    path = ratings if ratings is not None else ensure_file(cache_dir, shape)
+    batch_size = batch or BATCH[shape]
 
     import lightning.pytorch as L
     from omegaconf import OmegaConf, open_dict
 
     from lopt.data.datamodule import TRAIN_STREAM, TripleEpochs
     from lopt.data.preprocess import prepare_split
-    from lopt.data.readers import read_movielens_dat
+    from lopt.data.readers import read_movielens_dat, read_movielens_tab
     from lopt.data.sampling import NegativeSampler
     from lopt.train import _quiet_third_party, build_datamodule, build_module, build_trainer
 
@@ -279,14 +284,16 @@ def run(shape: str, device: str, cache_dir: Path, threads: int | None) -> dict[s
     warnings.filterwarnings("ignore", message=r".*(max_steps|GPU available|TPU available|LeafSpec).*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning.*")
     warmup, per_round, rounds, sample_epochs = SCHEDULES[shape]
-    out: dict[str, Any] = {"shape": shape, "device": device, "data_file": str(path)}
+    out: dict[str, Any] = {"shape": "file" if ratings else shape, "device": device, "data_file": str(path),
+                           "batch_size": batch_size}
     print(f"bench: shape {shape}, device {device}, torch threads {torch.get_num_threads()}", file=sys.stderr)
 
     # ---- preprocessing (no split cache)
     ml10m = _compose("ml10m_fix", [])
     preprocess = OmegaConf.to_container(ml10m.dataset.preprocess, resolve=True)
     started = time.perf_counter()
-    split = prepare_split(read_movielens_dat(path), **preprocess)
+    reader = read_movielens_tab if path.suffix == ".data" else read_movielens_dat
+    split = prepare_split(reader(path), **preprocess)
     out["prep_seconds"] = time.perf_counter() - started
     out["n_users"], out["n_items"] = split.n_users, split.n_items
     out["n_train"] = len(split.train_users)
@@ -296,7 +303,7 @@ def run(shape: str, device: str, cache_dir: Path, threads: int | None) -> dict[s
     started = time.perf_counter()
     sampler = NegativeSampler(split.n_items, split.train_users, split.train_items, n_users=split.n_users)
     out["sampler_build_seconds"] = time.perf_counter() - started
-    epochs = TripleEpochs(split.train_users, split.train_items, sampler, BATCH[shape], 0, TRAIN_STREAM)
+    epochs = TripleEpochs(split.train_users, split.train_items, sampler, batch_size, 0, TRAIN_STREAM)
     times = []
     for epoch in range(sample_epochs):
         started = time.perf_counter()
@@ -313,8 +320,8 @@ def run(shape: str, device: str, cache_dir: Path, threads: int | None) -> dict[s
         f"paths.output_dir={workdir}",
         f"dataset.source.path={path}",
         "dataset.source.archive=null",
-        f"data.batch_size={BATCH[shape]}",
-        f"data.valid_batch_size={BATCH[shape]}",
+        f"data.batch_size={batch_size}",
+        f"data.valid_batch_size={batch_size}",
         "data.cache=false",
     ]
     if device == "cuda":
@@ -449,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the synthetic ratings file is generated once (never committed)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's default)")
+    parser.add_argument("--ratings", type=Path, default=None,
+                        help="time a real MovieLens ratings file (u.data or ::) instead of synthetic data; "
+                             "uses --shape's schedule (e.g. --shape ml1m --ratings ../shared/data/ml-100k/u.data)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the shape's)")
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generate is not None:
@@ -459,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
-    result = run(args.shape, args.device, args.cache_dir.expanduser().resolve(), args.threads)
+    result = run(args.shape, args.device, args.cache_dir.expanduser().resolve(), args.threads,
+                 ratings=args.ratings, batch=args.batch)
     from lopt.io import atomic_write_json
 
     atomic_write_json(args.out, result)
