@@ -113,7 +113,7 @@ def test_non_finite_loss_stops_with_step(tmp_path: Path) -> None:
 def test_ml100k_fix_learns(tmp_path: Path, ml100k_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_cli(
-        ["+experiment=ml100k_fix", f"dataset.source.path={ml100k_path}", "trainer.max_epochs=3",
+        ["+experiment=ml100k_fix", f"dataset.source.path={ml100k_path}", "trainer.max_epochs=10",
          "model.dim=32", "logger=none", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
     )
