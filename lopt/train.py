@@ -158,6 +158,7 @@ def _quiet_third_party() -> None:
         r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
         r".*does not have many workers.*",
         r".*Your `(val|test)_dataloader`'s sampler has shuffling enabled.*",
+        r".*is smaller than the logging interval.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
