@@ -120,3 +120,27 @@ def test_cli_kill_and_resume(tmp_path: Path) -> None:
     run_cli([*args, "resume=true"], cwd=tmp_path)
     run_cli([*OVERRIDES, "trainer.max_epochs=6", f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path)
     assert read_metrics(run_dir)["test"] == read_metrics(tmp_path / "straight")["test"]
+
+
+class _PoisonAfterFirstEpoch(L.Callback):
+    """Makes the factors NaN at the start of epoch 1 (after a good evaluation and checkpoint)."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 1 and batch_idx == 0:
+            with torch.no_grad():
+                pl_module.model.user_factors.fill_(float("nan"))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from lopt.models.mf_module import NonFiniteLossError
+
+    original = train.build_tracking_callbacks
+    monkeypatch.setattr(train, "build_tracking_callbacks", lambda *a: [*original(*a), _PoisonAfterFirstEpoch()])
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"global step 15 \(epoch 1\); last validation metrics: auc="):
+        train.run(_cfg(run_dir, tmp_path / "data"))
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in best["state_dict"].values() if t.is_floating_point())
+    assert not (run_dir / "metrics.json").exists()
