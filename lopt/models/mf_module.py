@@ -129,7 +129,7 @@ class MFBPRModule(RankingModule):
         if not torch.isfinite(loss):
             last = ", ".join(f"{k}={v:.4f}" for k, v in self.valid_metrics.items()) or "none yet"
             raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss)}) at global step {self.global_step} "
+                f"non-finite training loss ({float(loss.detach())}) at global step {self.global_step} "
                 f"(epoch {self.current_epoch}); last validation metrics: {last}. The last good "
                 "checkpoint is kept in the run's checkpoints/ folder. Lower optimizer.lr, check "
                 "model.init_std, or set model.grad_clip_norm."
