@@ -24,10 +24,6 @@ Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PENALTY_SCOPES = ("batch", "all")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
-
-
 class MFBPRModule(RankingModule):
     """MF-BPR trained with a penalty Ω(Θ, Λ) whose Λ comes from ``granularity``.
 
@@ -117,23 +113,6 @@ class MFBPRModule(RankingModule):
         """Runs between the training backward (g_t in ``.grad``) and the Θ-step; returns scalars to
         log. λFix: nothing (the Λ-step slot is absent)."""
         return {}
-
-    def _is_logging_step(self) -> bool:
-        every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1
-        return self.global_step % every == 0
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        # One host sync per step on accelerators is avoided: there the check runs on logging steps.
-        if loss.device.type != "cpu" and not self._is_logging_step():
-            return
-        if not torch.isfinite(loss):
-            last = ", ".join(f"{k}={v:.4f}" for k, v in self.valid_metrics.items()) or "none yet"
-            raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss.detach())}) at global step {self.global_step} "
-                f"(epoch {self.current_epoch}); last validation metrics: {last}. The last good "
-                "checkpoint is kept in the run's checkpoints/ folder. Lower optimizer.lr, check "
-                "model.init_std, or set model.grad_clip_norm."
-            )
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lopt.models.mf import bpr_loss
-from lopt.models.mf_module import NonFiniteLossError, Triples
+from lopt.models.mf_module import Triples
 from lopt.models.ranking_module import RankingModule
 
 LOSSES = ("bpr", "bce")
@@ -180,19 +180,12 @@ class NeuMFModule(RankingModule):
         loss = self.batch_loss(users, pos, neg)
         reg = self.penalty(users, pos, neg) if self.lambda_value > 0 else loss.new_zeros(())
         total = loss + reg
-        if not torch.isfinite(total):
-            last = ", ".join(f"{k}={v:.4f}" for k, v in self.valid_metrics.items()) or "none yet"
-            raise NonFiniteLossError(
-                f"non-finite NeuMF training loss ({float(total)}) at global step {self.global_step} "
-                f"(epoch {self.current_epoch}); last validation metrics: {last}. Lower optimizer.lr, "
-                "model.init_std, or set model.grad_clip_norm."
-            )
+        self._check_finite(total)
         self.manual_backward(total)
         max_norm = math.inf if self.grad_clip_norm is None else float(self.grad_clip_norm)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         opt.step()
-        every = max(1, self.trainer.log_every_n_steps)
-        if self.global_step % every == 0:
+        if self._is_logging_step():
             self.log_dict(
                 {
                     f"train/{self.loss_name}_loss": loss.detach(),

@@ -15,6 +15,10 @@ import lightning.pytorch as L
 import torch
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
 class RankingModule(L.LightningModule):
     """Base class: subclasses implement ``score_users(users) -> (B, n_items)`` and training."""
 
@@ -31,6 +35,25 @@ class RankingModule(L.LightningModule):
 
     def score_users(self, users: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- training helpers
+    def _is_logging_step(self) -> bool:
+        every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1
+        return self.global_step % every == 0
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop with the step and the last validation metrics when ``loss`` is NaN/inf."""
+        # One host sync per step on accelerators is avoided: there the check runs on logging steps.
+        if loss.device.type != "cpu" and not self._is_logging_step():
+            return
+        if not torch.isfinite(loss):
+            last = ", ".join(f"{k}={v:.4f}" for k, v in self.valid_metrics.items()) or "none yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss.detach())}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}); last validation metrics: {last}. The last good "
+                "checkpoint is kept in the run's checkpoints/ folder. Lower optimizer.lr, check "
+                "model.init_std, or set model.grad_clip_norm."
+            )
 
     # ----------------------------------------------------------------------------- evaluation
     def _evaluate_block(self, users: torch.Tensor, which: str) -> None:
