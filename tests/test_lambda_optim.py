@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_
+from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_, coalesced
 from lopt.models.lookahead import lookahead_validation_loss
 from lopt.models.mf import MatrixFactorization, bpr_loss
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
@@ -195,3 +195,28 @@ def test_clip_lambda_grad_sparse_and_dense() -> None:
     torch.testing.assert_close(a[0].grad.to_dense(), b[0].grad, rtol=1e-14, atol=0)
     torch.testing.assert_close(a[1].grad, b[1].grad, rtol=1e-14, atol=0)
     assert clip_lambda_grad_(a, None).item() == pytest.approx(0.1, rel=1e-4)
+
+
+def test_coalesced_skips_the_sort_only_for_strictly_increasing_rows() -> None:
+    values = torch.randn(3, D, dtype=torch.float64)
+    sorted_rows = sparse_rows([1, 4, 6], values, NU)  # flag unset, as after autograd's accumulation
+    assert not sorted_rows.is_coalesced()
+    out = coalesced(sorted_rows)
+    assert out.is_coalesced() and out.values().data_ptr() == values.data_ptr()  # no copy
+    assert torch.equal(out.to_dense(), sorted_rows.to_dense())
+    for rows in ([4, 1, 6], [1, 4, 4]):  # unsorted, duplicated: a real coalesce
+        grad = sparse_rows(rows, values, NU)
+        out = coalesced(grad)
+        assert out.is_coalesced() and torch.equal(out.to_dense(), grad.to_dense())
+        assert out.indices()[0].tolist() == sorted(set(rows))
+
+
+def test_lambda_clip_that_does_not_bind_leaves_gradients_untouched() -> None:
+    lam = nn.Parameter(torch.rand(NU, D, dtype=torch.float64))
+    values = torch.randn(2, D, dtype=torch.float64)
+    lam.grad = sparse_rows([2, 5], values, NU)
+    norm = clip_lambda_grad_([lam], max_norm=1e9)
+    assert norm == pytest.approx(float(values.norm()))
+    assert lam.grad.is_coalesced() and torch.equal(lam.grad.values(), values)
+    clip_lambda_grad_([lam], max_norm=0.5 * float(values.norm()))  # binds: halves the values
+    torch.testing.assert_close(lam.grad.values(), values * 0.5, rtol=1e-6, atol=0.0)

@@ -24,10 +24,24 @@ from torch import nn
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
 
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """``grad.coalesce()`` for a sparse COO tensor; without the sort and copy when its row indices
+    are already strictly increasing (as the look-ahead's fast path produces them — autograd's
+    accumulation drops the coalesced flag)."""
+    if grad.is_coalesced():
+        return grad
+    if grad.sparse_dim() == 1:
+        rows = grad._indices()[0]
+        if rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all()):
+            return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True,
+                                           check_invariants=False)
+    return grad.coalesce()
+
+
 def _as_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(row indices or None for "all rows", row values) of a gradient; sparse grads are coalesced."""
     if grad.is_sparse:
-        g = grad.coalesce()
+        g = coalesced(grad)
         if g.sparse_dim() == 1:
             return g.indices()[0], g.values()
         return None, g.to_dense()
@@ -61,7 +75,7 @@ class LambdaSGD(torch.optim.Optimizer):
                 if rows is None:
                     p.add_(vals, alpha=-lr).clamp_(min=0.0)
                 else:
-                    p.index_copy_(0, rows, p[rows].add(vals, alpha=-lr).clamp_(min=0.0))
+                    p.index_copy_(0, rows, p.index_select(0, rows).add_(vals, alpha=-lr).clamp_(min=0.0))
         return loss
 
 
@@ -111,7 +125,7 @@ class LambdaAdam(torch.optim.Adam):
             buf = buffers[id(p)] = torch.zeros(p.shape, dtype=grad.dtype, device=grad.device)
         else:
             buf.zero_()
-        g = grad.coalesce()
+        g = coalesced(grad)
         if g.sparse_dim() == 1:
             buf.index_add_(0, g.indices()[0], g.values())
         else:
@@ -198,13 +212,16 @@ def clip_lambda_grad_(params: Iterable[torch.Tensor], max_norm: float | None) ->
     norms = []
     for p in params:
         if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
+            p.grad = coalesced(p.grad)
             norms.append(torch.linalg.vector_norm(p.grad.values()))
         else:
             norms.append(torch.linalg.vector_norm(p.grad))
     total = torch.linalg.vector_norm(torch.stack(norms))
     if max_norm is not None:
         coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
+        # On the CPU reading coef is free: skip scaling by exactly 1 (a pass over every gradient).
+        if coef.device.type == "cpu" and not bool(coef < 1.0):
+            return total
         for p in params:
             g = p.grad
             if g.is_sparse:
@@ -221,4 +238,4 @@ def lambda_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-__all__ = ["LambdaAdam", "LambdaSGD", "RowSparseAdam", "clip_lambda_grad_", "lambda_parameters"]
+__all__ = ["LambdaAdam", "LambdaSGD", "RowSparseAdam", "clip_lambda_grad_", "coalesced", "lambda_parameters"]
