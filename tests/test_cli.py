@@ -88,6 +88,25 @@ def test_every_granularity_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_compiled_lookahead_end_to_end(tmp_path: Path) -> None:
+    """model.compile_lookahead=true through run.py (Lightning, deterministic CPU kernels, Θ clip
+    configured): the same run as with the eager kernels, up to float rounding, and no fallback."""
+    metrics, lambdas = {}, {}
+    for name, flag in (("eager", "false"), ("compiled", "true")):
+        run_dir = tmp_path / name
+        proc = run_cli([*TINY_OVERRIDES, f"model.compile_lookahead={flag}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        assert "torch.compile of the look-ahead kernel" not in proc.stdout + proc.stderr
+        metrics[name] = _assert_results(run_dir)
+        lambdas[name] = np.load(run_dir / "lambda.npz")["user_lambda"]
+    assert metrics["compiled"]["best_epoch"] == metrics["eager"]["best_epoch"]
+    for split in ("valid", "test"):
+        for key in METRIC_KEYS:
+            assert metrics["compiled"][split][key] == pytest.approx(metrics["eager"][split][key], abs=1e-4), (split, key)
+    assert lambdas["eager"].max() > 0  # Λ was learned, so the kernels mattered
+    np.testing.assert_allclose(lambdas["compiled"], lambdas["eager"], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_experiment_with_tiny_overrides(tmp_path: Path) -> None:
     """`+experiment=` composes with the dataset/model overrides a user would add."""
     run_dir = tmp_path / "run"

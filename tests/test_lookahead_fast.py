@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 
-from lopt.models import lookahead
+from lopt.models import lookahead_fast
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
 from lopt.models.lookahead import lookahead_validation_loss
 from lopt.models.mf import MatrixFactorization, bpr_loss
@@ -52,19 +52,23 @@ def build(opt_name: str, gran_name: str, prior_steps: int, dtype: torch.dtype = 
     return model, gran, opt
 
 
-def lambda_grads(model, gran, opt, clip, *, fast: bool):  # type: ignore[no-untyped-def]
+def lambda_grads(model, gran, opt, clip, *, fast: bool, compiled: bool = False):  # type: ignore[no-untyped-def]
     """(loss, [(param, coalesced grad or dense grad)]) with the fast path forced on or off."""
     gran.zero_grad(set_to_none=True)
     calls = []
-    real = lookahead._adam_lookahead_validation_loss
+    real = lookahead_fast.validation_loss
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        return real(*args, **kwargs)
+        loss = real(*args, **kwargs)
+        if loss is not None:
+            calls.append(1)
+        return loss
 
-    with mock.patch.object(lookahead, "_adam_lookahead_validation_loss", spy):
-        with mock.patch.object(lookahead, "_adam_fast_path_applies", (lambda *a: False) if not fast else lookahead._adam_fast_path_applies):
-            loss = lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip)
+    with mock.patch.object(lookahead_fast, "validation_loss", spy):
+        with mock.patch.object(lookahead_fast, "applies", (lambda *a: False) if not fast else lookahead_fast.applies):
+            loss = lookahead_validation_loss(
+                model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, compiled=compiled
+            )
     assert bool(calls) == fast, "the fast path was (not) taken as intended"
     loss.backward()
     grads = []
@@ -132,5 +136,5 @@ def test_other_cases_take_the_autograd_path(opt_factory, clip, dropout) -> None:
     gran = LambdaGranularity("dui", NU, NI, D, init=0.8).double()
     opt = opt_factory(list(model.parameters()))
     bpr_loss(*model(*TRAIN)).backward()
-    with mock.patch.object(lookahead, "_adam_lookahead_validation_loss", side_effect=AssertionError("fast path taken")):
+    with mock.patch.object(lookahead_fast._LookaheadBPR, "apply", side_effect=AssertionError("fast path taken")):
         lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, dropout=dropout).backward()

@@ -37,6 +37,7 @@ class LambdaOptModule(MFBPRModule):
         lambda_grad_clip_norm: float | None = None,
         lambda_update_interval: int = 1,
         lookahead_dropout: float = 0.0,
+        compile_lookahead: bool = False,
         name: str = "lambda_opt",
     ) -> None:
         if not granularity.learnable:
@@ -56,10 +57,12 @@ class LambdaOptModule(MFBPRModule):
         self.lambda_grad_clip_norm = lambda_grad_clip_norm
         self.lambda_update_interval = lambda_update_interval
         self.lookahead_dropout = lookahead_dropout
+        self.compile_lookahead = bool(compile_lookahead)
         self.hparams.update(
             lambda_grad_clip_norm=lambda_grad_clip_norm,
             lambda_update_interval=lambda_update_interval,
             lookahead_dropout=lookahead_dropout,
+            compile_lookahead=self.compile_lookahead,
         )
 
     def configure_optimizers(self) -> Any:
@@ -86,6 +89,7 @@ class LambdaOptModule(MFBPRModule):
             scale=self.penalty_scale,
             clip_norm=self.grad_clip_norm,
             dropout=self.lookahead_dropout if self.training else 0.0,
+            compiled=self.compile_lookahead,
         )
         valid_loss.backward()
         lambda_grad_norm = clip_lambda_grad_(list(self.granularity.parameters()), self.lambda_grad_clip_norm)

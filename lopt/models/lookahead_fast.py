@@ -1,0 +1,370 @@
+"""The look-ahead's common case as a few fused kernels with a hand-written Λ-gradient.
+
+Θ optimizer Adam/AdamW (weight_decay 0), penalty scope "batch", Θ clip none or surely inactive,
+no look-ahead dropout (:func:`lopt.models.lookahead.lookahead_validation_loss` dispatches here).
+Then l(V; Θ̄_{t+1}(Λ)) and ∂l/∂Λ need only elementwise work on the rows the validation batch
+touches, one gather and one scatter per validation triple, and the train batch's rows for the
+clip check: O((|B| + |V|)·d), never O((|U| + |I|)·d).
+
+For a row r of one side, with c_r = 2·count_r/|B| (count_r: occurrences of r in the train batch,
+0 for rows absent from it) and s = ±1 (``maximize``):
+g = s·(g_bpr + c_r·λ_r⊙θ_r), m' = lerp(m, g, 1−β1), v' = β2·v + (1−β2)·g², ṽ = max(v_max, v')
+(amsgrad; else v'), D = sqrt(ṽ)/sqrt(1−β2^t) + eps, θ̄ = θ − α·m'/D with α = lr/(1−β1^t), and
+elementwise
+
+    ∂θ̄/∂g = −α(1−β1)/D + α·m'/D² · w·(1−β2)·g / (sqrt(ṽ)·sqrt(1−β2^t)),
+
+w = ∂ṽ/∂v' (1 if v' > v_max, ½ at a tie — torch.maximum's convention —, 0 below), the second
+term 0 where ṽ = 0 (the ``_safe_sqrt`` convention of the autograd path). The replay kernel
+returns θ̄ and K = ∂θ̄/∂λ = ∂θ̄/∂g · s·c_r·θ_r together, so the backward is ∂l/∂θ̄ ⊙ K summed to
+λ's stored shape; ∂l/∂θ̄ comes from the validation BPR (softplus' = sigmoid, scattered over the
+occurrences with ``index_add_``). Rows absent from the train batch have c_r = 0, hence K = 0.
+
+Kernels are pure tensor functions (no input is modified) run under ``no_grad``. With
+``compiled=True`` each runs through ``torch.compile`` (dynamic shapes: one compilation serves
+every batch; Adam's step-dependent constants are not specialized): one fused loop per kernel with
+the row gathers inside it, instead of ~15 separate passes each allocating a temporary. Compiling
+happens once per process and kernel (seconds; cached on disk by inductor); if it fails the
+reason is logged once and the eager kernels are used. Eagerly, the forward uses the autograd
+path's tensor ops in the same order, so its loss is bit-identical to that path's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.optim_state import group_of, scalar
+from lopt.models.regularizer import FactorModel, _unique_counts
+
+log = logging.getLogger("lopt")
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+#: The clip is known to be inactive when clip_norm / (norm + 1e-6) exceeds 1 by this margin.
+CLIP_MARGIN = 1e-4
+
+
+# ---------------------------------------------------------------------------- kernels
+def _replay_kernel(
+    theta: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor | None,
+    exp_avg_sq: torch.Tensor | None,
+    max_exp_avg_sq: torch.Tensor | None,
+    lam: torch.Tensor,
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    two_over_n: float,
+    step_size: float,
+    beta1: float,
+    beta2: float,
+    bc2_sqrt: float,
+    eps: float,
+    lam_rowwise: bool,
+    negate: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(θ̄[rows], K = ∂θ̄[rows]/∂λ[rows]), both (len(rows), d); λ is ``lam[rows]`` if ``lam_rowwise``
+    else ``lam`` broadcast ((1, k)); ``counts`` (len(rows),) are the train-batch occurrences."""
+    p = theta.index_select(0, rows)
+    coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
+    lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
+    g = grad.index_select(0, rows).add_(coef * lam_rows * p)
+    if negate:
+        g = g.neg_()
+    m = (1 - beta1) * g if exp_avg is None else exp_avg.index_select(0, rows).lerp_(g, 1 - beta1)
+    if exp_avg_sq is None:
+        v = (1 - beta2) * g * g
+    else:
+        v = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    held = None if max_exp_avg_sq is None else max_exp_avg_sq.index_select(0, rows)
+    v_hat = v if held is None else torch.maximum(held, v)
+    root = v_hat.sqrt()
+    denom = root.div(bc2_sqrt).add_(eps)
+    new = torch.addcdiv(p, m, denom, value=-step_size)
+    # ∂θ̄/∂g (module docstring), then · ∂g/∂λ = s·c_r·θ_r; in place on fresh temporaries (fewer
+    # allocations eagerly, where they dominate at this size; the same fused loop when compiled)
+    through_v = torch.mul(m, g).div_((denom * denom).mul_(root)).mul_(step_size * (1 - beta2) / bc2_sqrt)
+    if held is not None:
+        through_v = through_v.mul_(torch.where(v > held, 1.0, torch.where(v == held, 0.5, 0.0)).to(v.dtype))
+    through_v = through_v.masked_fill_(root == 0, 0.0)
+    dnew_dlam = through_v.sub_(denom.reciprocal().mul_(step_size * (1 - beta1))).mul_(coef).mul_(p)
+    return new, (dnew_dlam.neg_() if negate else dnew_dlam)
+
+
+def _clip_sq_kernel(
+    theta: torch.Tensor,
+    grad: torch.Tensor,
+    lam: torch.Tensor,
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    two_over_n: float,
+    lam_rowwise: bool,
+) -> torch.Tensor:
+    """Σ over ``rows`` of ‖g[r] + 2·count_r/|B|·λ[r]⊙θ[r]‖² (0-dim): one side's share of the squared
+    norm of the regularized Θ-gradient (the train batch's rows hold all of it)."""
+    p = theta.index_select(0, rows)
+    coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
+    lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
+    g = grad.index_select(0, rows).add_(coef * lam_rows * p)
+    return (g * g).sum()
+
+
+def _bpr_kernel(
+    new_p: torch.Tensor,
+    new_q: torch.Tensor,
+    k_u: torch.Tensor,
+    k_i: torch.Tensor,
+    user_idx: torch.Tensor,
+    pos_idx: torch.Tensor,
+    neg_idx: torch.Tensor,
+    user_terms: str,
+    item_terms: str,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The validation BPR loss (0-dim, as ``bpr_loss``) and, in the same pass, the per-triple
+    terms of its Λ-gradient (∂out/∂l = 1), one (|V|, d) tensor per side or None:
+
+    * ``"scatter"`` (row-stored λ): ∂l/∂p̄_u resp. ∂l/∂q̄_j (∂l/∂q̄_i = −∂l/∂q̄_j), to be
+      scattered onto the rows;
+    * ``"sum"`` (broadcast λ): the terms of ∂l/∂λ = Σ_t ∂l/∂θ̄[t] ⊙ K[t], to be summed over t
+      (no scatter; the sum is left to the caller: inductor's loops for a reduction over rows are
+      slow on the CPU); ``"sum_both"`` on the user side when both sides share one λ tensor: the
+      items' terms are added to the users' (the item side then returns None);
+    * ``"none"``: not needed.
+
+    softplus' as torch's softplus backward: sigmoid(x), exactly 1 above its threshold 20."""
+    pu = new_p.index_select(0, user_idx)
+    qi = new_q.index_select(0, pos_idx)
+    qj = new_q.index_select(0, neg_idx)
+    pos = (pu * qi).sum(-1)
+    neg = (pu * qj).sum(-1)
+    x = neg - pos
+    loss = F.softplus(x).mean()
+    if user_terms == "none" and item_terms == "none":
+        return loss, None, None
+    dx = (torch.where(x > 20.0, torch.ones_like(x), torch.sigmoid(x)) / x.numel()).unsqueeze(1)
+    d_user = d_item = None
+    if item_terms != "none" or user_terms == "sum_both":
+        d_item = pu * dx
+        if item_terms != "scatter":
+            d_item = d_item * (k_i.index_select(0, neg_idx) - k_i.index_select(0, pos_idx))
+    if user_terms != "none":
+        d_user = (qj - qi) * dx
+        if user_terms != "scatter":
+            d_user = d_user * k_u.index_select(0, user_idx)
+        if user_terms == "sum_both":
+            assert d_item is not None
+            d_user, d_item = d_user + d_item, None
+    return loss, d_user, d_item
+
+
+def _lambda_grad_kernel(d_new: torch.Tensor, dnew_dlam: torch.Tensor, hit: torch.Tensor, width_one: bool) -> torch.Tensor:
+    """∂l/∂λ[rows[hit]] ((len(hit), k)) from ∂l/∂θ̄[rows] and K = ∂θ̄[rows]/∂λ[rows] ((n, d) each)."""
+    prod = d_new.index_select(0, hit) * dnew_dlam.index_select(0, hit)
+    return prod.sum(1, keepdim=True) if width_one else prod
+
+
+class _Kernel:
+    """A pure tensor function, run eagerly or through ``torch.compile`` (built on first use)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self._compiled: Callable[..., Any] | None = None
+        self._failed = False
+
+    def __call__(self, compiled: bool, *args: Any) -> Any:
+        if compiled and not self._failed:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.fn, dynamic=True)
+            try:
+                return self._compiled(*args)
+            except Exception as error:  # a missing C++ compiler, an inductor bug: the math is the same eagerly
+                self._failed = True
+                log.warning(
+                    "torch.compile of the look-ahead kernel %s failed (%s: %s); using the eager kernel "
+                    "(same results, slower). Set model.compile_lookahead=false to skip compiling.",
+                    self.fn.__name__, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+                )
+        return self.fn(*args)
+
+
+REPLAY = _Kernel(_replay_kernel)
+CLIP_SQ = _Kernel(_clip_sq_kernel)
+BPR = _Kernel(_bpr_kernel)
+LAMBDA_GRAD = _Kernel(_lambda_grad_kernel)
+
+
+# ---------------------------------------------------------------------------- the fast path
+def clip_surely_inactive(norm: float, clip_norm: float) -> bool:
+    """True when the clip coefficient min(clip_norm / (norm + 1e-6), 1) is 1 with a margin that
+    rounding cannot flip: then it is a constant with a zero derivative."""
+    return math.isfinite(norm) and float(clip_norm) / (norm + 1e-6) > 1.0 + CLIP_MARGIN
+
+
+def applies(optimizer: torch.optim.Optimizer, params: tuple[nn.Parameter, ...]) -> bool:
+    """True when this fast path computes exactly what the autograd path would for ``optimizer``."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    for p in params:
+        if p.is_complex() or p.is_sparse or p.grad is None or p.grad.is_sparse:
+            return False
+        try:
+            group = group_of(optimizer, p)
+        except ValueError:
+            return False
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor) and lr.requires_grad:
+            return False
+        if scalar(group.get("weight_decay", 0.0)) != 0:
+            return False
+        if any(isinstance(t, torch.Tensor) and t.is_sparse for t in optimizer.state.get(p, {}).values()):
+            return False
+    return True
+
+
+class _Side:
+    """One side (P or Q) of a Λ-step: the validation rows, their train-batch counts, the Adam
+    constants and the λ storage; ``rows`` must be ascending and unique."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        param: nn.Parameter,
+        lam_storage: torch.Tensor,
+        lam_rowwise: bool,
+        rows: torch.Tensor,
+        batch_rows: torch.Tensor,
+        n_batch: int,
+    ) -> None:
+        group = group_of(optimizer, param)
+        state = optimizer.state.get(param, {})
+        self.param, self.state = param, state
+        self.lam_storage, self.lam_rowwise = lam_storage, lam_rowwise
+        self.rows, self.n_batch = rows, n_batch
+        self.two_over_n = 2.0 / n_batch
+        beta1, beta2 = (scalar(b) for b in group["betas"])
+        step = (scalar(state["step"]) if "step" in state else 0.0) + 1.0
+        self.adam = (
+            scalar(group["lr"]) / (1 - beta1**step), beta1, beta2, (1 - beta2**step) ** 0.5, scalar(group["eps"]),
+        )
+        self.amsgrad = bool(group.get("amsgrad", False))
+        self.negate = bool(group.get("maximize", False))
+        # the train batch's rows: all that the penalty (and the clip norm) touches
+        self.train_rows, self.train_counts = _unique_counts(batch_rows, param.shape[0])
+        found = torch.searchsorted(self.train_rows, rows).clamp_(max=max(self.train_rows.numel() - 1, 0))
+        hit_mask = self.train_rows.index_select(0, found) == rows
+        #: occurrences of each validation row in the train batch (0: absent, no Λ-dependence)
+        self.counts = torch.where(hit_mask, self.train_counts.index_select(0, found), 0)
+        #: positions (in ``rows``) of the rows the train batch penalizes: where Λ matters
+        self.hit = torch.nonzero(hit_mask, as_tuple=True)[0]
+
+    def _lam(self) -> torch.Tensor:
+        return self.lam_storage.detach()
+
+    def clip_sq(self, compiled: bool) -> torch.Tensor:
+        return CLIP_SQ(compiled, self.param.detach(), self.param.grad.detach(), self._lam(), self.train_rows,
+                       self.train_counts, self.two_over_n, self.lam_rowwise)
+
+    def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.state
+        return REPLAY(
+            compiled, self.param.detach(), self.param.grad.detach(), s.get("exp_avg"), s.get("exp_avg_sq"),
+            s.get("max_exp_avg_sq") if self.amsgrad else None, self._lam(), self.rows, self.counts,
+            self.two_over_n, *self.adam, self.lam_rowwise, self.negate,
+        )
+
+    def lambda_grad(self, terms: torch.Tensor, idx: torch.Tensor, neg_idx: torch.Tensor | None,
+                    dnew_dlam: torch.Tensor, scale: torch.Tensor, compiled: bool) -> torch.Tensor:
+        """∂l/∂(λ storage) · ``scale`` (∂out/∂l) from the side's terms of :func:`_bpr_kernel`: for a
+        broadcast storage summed to (1, k); for a row storage ∂l/∂θ̄[t] scattered onto the rows
+        (``idx``; items: + at ``neg_idx``, − at ``idx`` = the positives) and a sparse COO gradient
+        on the hit rows — the only rows whose λ the loss depends on (coalesced)."""
+        storage = self.lam_storage
+        if not self.lam_rowwise:
+            return terms.sum_to_size(storage.shape).mul_(scale)
+        d_new = dnew_dlam.new_zeros(dnew_dlam.shape)
+        if neg_idx is None:
+            d_new.index_add_(0, idx, terms)
+        else:
+            d_new.index_add_(0, neg_idx, terms).index_add_(0, idx, terms, alpha=-1)
+        values = LAMBDA_GRAD(compiled, d_new, dnew_dlam, self.hit, storage.shape[1] == 1).mul_(scale)
+        indices = self.rows.index_select(0, self.hit).unsqueeze(0)
+        return torch.sparse_coo_tensor(indices, values, storage.shape, is_coalesced=True, check_invariants=False)
+
+
+class _LookaheadBPR(torch.autograd.Function):
+    """l(V; Θ̄_{t+1}(Λ)), differentiable in the two λ storages (which may be one tensor). The
+    per-triple gradient terms are computed with the loss (one pass over the triples), the
+    scatters onto rows and the reductions in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, lam_u: torch.Tensor, lam_i: torch.Tensor, side_u: _Side, side_i: _Side,  # type: ignore[override]
+                user_idx: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, compiled: bool) -> torch.Tensor:
+        new_p, k_u = side_u.replay(compiled)
+        new_q, k_i = side_i.replay(compiled)
+        need_u, need_i = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        shared = lam_u is lam_i and not side_u.lam_rowwise
+        user_terms = ("sum_both" if shared and need_i else "sum" if not side_u.lam_rowwise else "scatter") if need_u else "none"
+        item_terms = ("none" if shared and need_u else "sum" if not side_i.lam_rowwise else "scatter") if need_i else "none"
+        loss, t_u, t_i = BPR(compiled, new_p, new_q, k_u, k_i, user_idx, pos_idx, neg_idx, user_terms, item_terms)
+        ctx.sides, ctx.compiled = (side_u, side_i), compiled
+        ctx.save_for_backward(t_u, t_i, k_u, k_i, user_idx, pos_idx, neg_idx)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        t_u, t_i, k_u, k_i, user_idx, pos_idx, neg_idx = ctx.saved_tensors
+        side_u, side_i = ctx.sides
+        grad_u = grad_i = None
+        if t_u is not None:  # with a shared λ tensor: both sides' terms (grad_i stays None)
+            grad_u = side_u.lambda_grad(t_u, user_idx, None, k_u, grad_out, ctx.compiled)
+        if t_i is not None:
+            grad_i = side_i.lambda_grad(t_i, pos_idx, neg_idx, k_i, grad_out, ctx.compiled)
+        return grad_u, grad_i, None, None, None, None, None, None
+
+
+def validation_loss(
+    model: FactorModel,
+    optimizer: torch.optim.Optimizer,
+    granularity: LambdaGranularity,
+    train_batch: Batch,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+    user_idx: torch.Tensor,
+    item_idx: torch.Tensor,
+    clip_norm: float | None,
+    compiled: bool = False,
+) -> torch.Tensor | None:
+    """l(V; Θ̄_{t+1}(Λ)) for the fast path's case (:func:`applies`, scope "batch", no dropout), or
+    None when ``clip_norm`` may bind (then the caller takes the autograd path, which simulates the
+    clip). ``user_rows``/``item_rows``: the validation batch's unique rows (ascending);
+    ``user_idx``/``item_idx``: each triple's position in them (items: positives then negatives).
+
+    The clip check runs on the CPU only (elsewhere it would cost a host sync: None is returned)."""
+    users, pos, neg = train_batch
+    n = users.numel()
+    P, Q = model.user_factors, model.item_factors
+    side_u = _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, user_rows, users, n)
+    side_i = _Side(optimizer, Q, granularity.item_storage, granularity.item_rowwise, item_rows, torch.cat([pos, neg]), n)
+    if clip_norm is not None:
+        if P.device.type != "cpu":
+            return None
+        with torch.no_grad():
+            norm = math.sqrt(float(side_u.clip_sq(compiled)) + float(side_i.clip_sq(compiled)))
+        if not clip_surely_inactive(norm, clip_norm):
+            return None
+    n_v = user_idx.numel()
+    return _LookaheadBPR.apply(
+        granularity.user_storage, granularity.item_storage, side_u, side_i,
+        user_idx, item_idx[:n_v], item_idx[n_v:], compiled,
+    )
+
+
+__all__ = ["CLIP_MARGIN", "CLIP_SQ", "applies", "clip_surely_inactive", "validation_loss"]
