@@ -90,15 +90,18 @@ LAMBDA_OPTIMIZERS: dict[str, dict[str, Any]] = {
 }
 
 
-def method_config(key: str, overrides: list[str]) -> Any:
-    """The composed config of a bench key, its Λ optimizer pinned (see LAMBDA_OPTIMIZERS)."""
+def method_config(key: str, overrides: list[str], compile_lookahead: bool | None = None) -> Any:
+    """The composed config of a bench key, its Λ optimizer pinned (see LAMBDA_OPTIMIZERS);
+    ``compile_lookahead`` (λOpt keys) replaces the experiment's ``model.compile_lookahead``."""
     from omegaconf import OmegaConf, open_dict
 
     experiment, extra = METHODS[key]
     cfg = _compose(experiment, [*extra, *overrides])
-    if key in LAMBDA_OPTIMIZERS:
-        with open_dict(cfg):
+    with open_dict(cfg):
+        if key in LAMBDA_OPTIMIZERS:
             cfg.lambda_optimizer = OmegaConf.create(LAMBDA_OPTIMIZERS[key])
+        if compile_lookahead is not None and "compile_lookahead" in cfg.model:
+            cfg.model.compile_lookahead = compile_lookahead
     return cfg
 
 REQUIRED_KEYS = (
@@ -245,7 +248,7 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
         valid_loss = lookahead_validation_loss(
             module.model, theta_opt, module.granularity, batch["train"], batch["valid"],
             scope=module.penalty_scope, scale=module.penalty_scale, clip_norm=module.grad_clip_norm,
-            dropout=module.lookahead_dropout,
+            dropout=module.lookahead_dropout, compiled=module.compile_lookahead,
         )
         valid_loss.backward()
         clip_lambda_grad_(list(module.granularity.parameters()), module.lambda_grad_clip_norm)
@@ -257,10 +260,12 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
 
 # --------------------------------------------------------------------------- the benchmark
 def run(
-    shape: str, device: str, cache_dir: Path, threads: int | None, ratings: Path | None = None, batch: int | None = None
+    shape: str, device: str, cache_dir: Path, threads: int | None, ratings: Path | None = None, batch: int | None = None,
+    compile_lookahead: bool | None = None,
 ) -> dict[str, Any]:
     """All measurements in one process. ``ratings``: time a real MovieLens file (``u.data`` tab or
-    ``::`` ratings) instead of the synthetic ``shape`` (whose schedule is then used)."""
+    ``::`` ratings) instead of the synthetic ``shape`` (whose schedule is then used);
+    ``compile_lookahead``: force the λOpt look-ahead kernels compiled or eager (None: as configured)."""
     import numpy as np
     import torch
 
@@ -326,8 +331,9 @@ def run(
     ]
     if device == "cuda":
         common.append("trainer=gpu")
-    cfgs = {key: method_config(key, common) for key in METHODS}
+    cfgs = {key: method_config(key, common, compile_lookahead) for key in METHODS}
     out["lambda_optimizers"] = {key: OmegaConf.to_container(cfg.lambda_optimizer) for key, cfg in cfgs.items() if "lambda_optimizer" in cfg}
+    out["compile_lookahead"] = {key: bool(cfg.model.compile_lookahead) for key, cfg in cfgs.items() if "compile_lookahead" in cfg.model}
     iterations: dict[str, list[float]] = {key: [] for key in METHODS}
     bare: list[float] = []
     fix_module = None
@@ -460,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="time a real MovieLens ratings file (u.data or ::) instead of synthetic data; "
                              "uses --shape's schedule (e.g. --shape ml1m --ratings ../shared/data/ml-100k/u.data)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the shape's)")
+    parser.add_argument("--compile-lookahead", choices=("config", "on", "off"), default="config",
+                        help="λOpt look-ahead kernels: as the experiment configs set it (default), or forced on/off")
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generate is not None:
@@ -470,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
+    compile_lookahead = {"config": None, "on": True, "off": False}[args.compile_lookahead]
     result = run(args.shape, args.device, args.cache_dir.expanduser().resolve(), args.threads,
-                 ratings=args.ratings, batch=args.batch)
+                 ratings=args.ratings, batch=args.batch, compile_lookahead=compile_lookahead)
     from lopt.io import atomic_write_json
 
     atomic_write_json(args.out, result)
