@@ -16,13 +16,16 @@ Everything is measured in ONE process (so the ratios compare like with like):
    ``TripleEpochs.epoch_triples``), median over a few epochs;
 4. the iteration times, from the experiment configs ``ml10m_fix`` / ``ml10m_d`` /
    ``ml10m_dui`` (d = 128, batch 10,240, Adam Θ with clip 100, LambdaSGD lr 1e-3 with Λ clip
-   100) and ``ml10m_dui`` with ``lambda_optimizer=adam`` (dense LambdaAdam, amsgrad): the
+   100, the look-ahead kernels compiled as the λOpt experiments set it — ``--compile-lookahead``
+   forces them on or off) and ``ml10m_dui`` with ``lambda_optimizer=adam`` (dense LambdaAdam,
+   amsgrad): the
    module and Trainer are built by ``lopt.train.build_module`` / ``build_trainer`` exactly as
    ``run.py`` builds them (CSV logger, log every 50 steps, checkpoint callback), and a
    ``Trainer(max_steps=…)`` runs the real ``training_step``. A callback stamps
    ``on_train_batch_start``; one iteration is the time from one stamp to the next, i.e. all a
    user pays per step (data, hooks, logging, training_step). The median after warm-up is
-   reported; the methods are run in interleaved rounds so that load drifts hit them alike;
+   reported (compiling happens in the warm-up); the methods are run in interleaved rounds
+   (``SCHEDULES``) so that load drifts hit them alike;
 5. ``loop_overhead_fraction``: the λFix iteration under the Trainer against the same step
    without Lightning (the same module pieces driven by a plain loop, :func:`_bare_step`),
    ``median(trainer) / median(bare) − 1``;
@@ -63,7 +66,7 @@ SHAPES: dict[str, tuple[int, int, int]] = {
 }
 #: Per shape: (warm-up iterations, timed iterations per round, rounds, sampling epochs).
 SCHEDULES: dict[str, tuple[int, int, int, int]] = {
-    "ml10m": (5, 20, 2, 3),
+    "ml10m": (5, 20, 3, 3),
     "ml1m": (5, 30, 2, 3),
     "tiny": (2, 5, 1, 2),
 }
