@@ -10,7 +10,6 @@ with Λ fixed, the simulated rows equal what ``optimizer.step()`` then writes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -236,32 +235,23 @@ def _train_rows(model: FactorModel, train_batch: Batch) -> tuple[torch.Tensor, t
     )
 
 
-def _clip_is_inactive(
-    model: FactorModel,
-    granularity: LambdaGranularity,
-    train_batch: Batch,
-    scale: float,
-    clip_norm: float,
-) -> bool:
+def _clip_is_inactive(model: FactorModel, granularity: LambdaGranularity, train_batch: Batch, clip_norm: float) -> bool:
     """Scope "batch", CPU only (a host sync elsewhere): True when the clip coefficient is surely 1.
 
     Then min(·, 1) is constant (1) with a zero derivative, so the look-ahead needs no graph through
-    it. Computed without autograd in O(|B|·d) (:data:`lookahead_fast.CLIP_SQ`)."""
-    P = model.user_factors
+    it. Computed without autograd in O(|B|·d) (:func:`lookahead_fast.clip_is_inactive`)."""
+    P, Q = model.user_factors, model.item_factors
     if P.device.type != "cpu":
         return False
     users, pos, neg = train_batch
-    sq = 0.0
-    with torch.no_grad():
+    sides = tuple(
+        (theta, storage, rowwise, *_unique_counts(batch_rows, theta.shape[0]))
         for theta, storage, rowwise, batch_rows in (
             (P, granularity.user_storage, granularity.user_rowwise, users),
-            (model.item_factors, granularity.item_storage, granularity.item_rowwise, torch.cat([pos, neg])),
-        ):
-            rows, counts = _unique_counts(batch_rows, theta.shape[0])
-            sq += float(lookahead_fast.CLIP_SQ(
-                False, theta.detach(), _grad_of(theta), storage.detach(), rows, counts, 2.0 / users.numel(), rowwise
-            ))
-    return lookahead_fast.clip_surely_inactive(math.sqrt(sq), clip_norm)
+            (Q, granularity.item_storage, granularity.item_rowwise, torch.cat([pos, neg])),
+        )
+    )
+    return lookahead_fast.clip_is_inactive(sides, users.numel(), clip_norm)
 
 
 def _batch_side_rows(
@@ -320,7 +310,7 @@ def lookahead_rows(
     users, pos, neg = train_batch
     gP, gQ = _grad_of(P), _grad_of(Q)
     if scope == "batch" and users.numel() > 0 and (
-        clip_norm is None or _clip_is_inactive(model, granularity, train_batch, scale, clip_norm)
+        clip_norm is None or _clip_is_inactive(model, granularity, train_batch, clip_norm)
     ):
         # Fast path: the clip coefficient is 1 (none, or surely inactive), so only the rows the batch
         # penalizes depend on Λ.

@@ -202,9 +202,21 @@ LAMBDA_GRAD = _Kernel(_lambda_grad_kernel)
 
 
 # ---------------------------------------------------------------------------- the fast path
-def clip_surely_inactive(norm: float, clip_norm: float) -> bool:
-    """True when the clip coefficient min(clip_norm / (norm + 1e-6), 1) is 1 with a margin that
-    rounding cannot flip: then it is a constant with a zero derivative."""
+#: One side for :func:`clip_is_inactive`: (Θ parameter with g_t in ``.grad``, its λ storage, whether
+#: that storage is row-wise, the train batch's unique rows of the side, their occurrence counts).
+ClipSide = tuple[nn.Parameter, torch.Tensor, bool, torch.Tensor, torch.Tensor]
+
+
+def clip_is_inactive(sides: tuple[ClipSide, ...], n_batch: int, clip_norm: float, compiled: bool = False) -> bool:
+    """True when the Θ clip coefficient min(clip_norm / (‖g + ∂Ω/∂Θ‖ + 1e-6), 1) is surely 1 (scope
+    "batch": the train batch's rows hold the whole regularized gradient), with a margin that
+    rounding cannot flip: then it is a constant with a zero derivative. A host sync."""
+    with torch.no_grad():
+        sq = sum(
+            float(CLIP_SQ(compiled, param.detach(), param.grad.detach(), storage.detach(), rows, counts, 2.0 / n_batch, rowwise))
+            for param, storage, rowwise, rows, counts in sides
+        )
+    norm = math.sqrt(sq)
     return math.isfinite(norm) and float(clip_norm) / (norm + 1e-6) > 1.0 + CLIP_MARGIN
 
 
@@ -247,7 +259,7 @@ class _Side:
         state = optimizer.state.get(param, {})
         self.param, self.state = param, state
         self.lam_storage, self.lam_rowwise = lam_storage, lam_rowwise
-        self.rows, self.n_batch = rows, n_batch
+        self.rows = rows
         self.two_over_n = 2.0 / n_batch
         beta1, beta2 = (scalar(b) for b in group["betas"])
         step = (scalar(state["step"]) if "step" in state else 0.0) + 1.0
@@ -268,9 +280,8 @@ class _Side:
     def _lam(self) -> torch.Tensor:
         return self.lam_storage.detach()
 
-    def clip_sq(self, compiled: bool) -> torch.Tensor:
-        return CLIP_SQ(compiled, self.param.detach(), self.param.grad.detach(), self._lam(), self.train_rows,
-                       self.train_counts, self.two_over_n, self.lam_rowwise)
+    def clip_side(self) -> ClipSide:
+        return self.param, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
 
     def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.state
@@ -351,15 +362,12 @@ def validation_loss(
     users, pos, neg = train_batch
     n = users.numel()
     P, Q = model.user_factors, model.item_factors
+    if clip_norm is not None and P.device.type != "cpu":
+        return None
     side_u = _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, user_rows, users, n)
     side_i = _Side(optimizer, Q, granularity.item_storage, granularity.item_rowwise, item_rows, torch.cat([pos, neg]), n)
-    if clip_norm is not None:
-        if P.device.type != "cpu":
-            return None
-        with torch.no_grad():
-            norm = math.sqrt(float(side_u.clip_sq(compiled)) + float(side_i.clip_sq(compiled)))
-        if not clip_surely_inactive(norm, clip_norm):
-            return None
+    if clip_norm is not None and not clip_is_inactive((side_u.clip_side(), side_i.clip_side()), n, clip_norm, compiled):
+        return None
     n_v = user_idx.numel()
     return _LookaheadBPR.apply(
         granularity.user_storage, granularity.item_storage, side_u, side_i,
@@ -367,4 +375,4 @@ def validation_loss(
     )
 
 
-__all__ = ["CLIP_MARGIN", "CLIP_SQ", "applies", "clip_surely_inactive", "validation_loss"]
+__all__ = ["CLIP_MARGIN", "ClipSide", "applies", "clip_is_inactive", "validation_loss"]
