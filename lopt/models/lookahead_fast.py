@@ -53,6 +53,18 @@ CLIP_MARGIN = 1e-4
 
 
 # ---------------------------------------------------------------------------- kernels
+def _regularized_grad_rows(
+    theta: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor,
+    two_over_n: float, lam_rowwise: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(θ[rows], c = 2·count/|B| as (n, 1), g[rows] + c·λ[rows]⊙θ[rows]): the rows' parameters and
+    regularized Θ-gradient (``lam`` row-stored if ``lam_rowwise``, else broadcast (1, k))."""
+    p = theta.index_select(0, rows)
+    coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
+    lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
+    return p, coef, grad.index_select(0, rows).add_(coef * lam_rows * p)
+
+
 def _replay_kernel(
     theta: torch.Tensor,
     grad: torch.Tensor,
@@ -73,10 +85,7 @@ def _replay_kernel(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(θ̄[rows], K = ∂θ̄[rows]/∂λ[rows]), both (len(rows), d); λ is ``lam[rows]`` if ``lam_rowwise``
     else ``lam`` broadcast ((1, k)); ``counts`` (len(rows),) are the train-batch occurrences."""
-    p = theta.index_select(0, rows)
-    coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
-    lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
-    g = grad.index_select(0, rows).add_(coef * lam_rows * p)
+    p, coef, g = _regularized_grad_rows(theta, grad, lam, rows, counts, two_over_n, lam_rowwise)
     if negate:
         g = g.neg_()
     m = (1 - beta1) * g if exp_avg is None else exp_avg.index_select(0, rows).lerp_(g, 1 - beta1)
@@ -110,10 +119,7 @@ def _clip_sq_kernel(
 ) -> torch.Tensor:
     """Σ over ``rows`` of ‖g[r] + 2·count_r/|B|·λ[r]⊙θ[r]‖² (0-dim): one side's share of the squared
     norm of the regularized Θ-gradient (the train batch's rows hold all of it)."""
-    p = theta.index_select(0, rows)
-    coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
-    lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
-    g = grad.index_select(0, rows).add_(coef * lam_rows * p)
+    g = _regularized_grad_rows(theta, grad, lam, rows, counts, two_over_n, lam_rowwise)[2]
     return (g * g).sum()
 
 
@@ -277,9 +283,6 @@ class _Side:
         #: positions (in ``rows``) of the rows the train batch penalizes: where Λ matters
         self.hit = torch.nonzero(hit_mask, as_tuple=True)[0]
 
-    def _lam(self) -> torch.Tensor:
-        return self.lam_storage.detach()
-
     def clip_side(self) -> ClipSide:
         return self.param, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
 
@@ -287,7 +290,7 @@ class _Side:
         s = self.state
         return REPLAY(
             compiled, self.param.detach(), self.param.grad.detach(), s.get("exp_avg"), s.get("exp_avg_sq"),
-            s.get("max_exp_avg_sq") if self.amsgrad else None, self._lam(), self.rows, self.counts,
+            s.get("max_exp_avg_sq") if self.amsgrad else None, self.lam_storage.detach(), self.rows, self.counts,
             self.two_over_n, *self.adam, self.lam_rowwise, self.negate,
         )
 
