@@ -183,6 +183,11 @@ def test_batch_scope_lambda_gradient_is_row_sparse() -> None:
     lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=SCALE, clip_norm=CLIP).backward()
     users = set(gran.lambda_user.grad.coalesce().indices()[0].tolist())
     assert users == set(TRAIN[0].tolist())
+    # a clip that cannot bind is a constant coefficient: the rows are the unclipped ones again
+    gran.zero_grad(set_to_none=True)
+    lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=SCALE, clip_norm=1e9).backward()
+    users = set(gran.lambda_user.grad.coalesce().indices()[0].tolist())
+    assert users == set(TRAIN[0].tolist()) & set(VALID[0].tolist())
 
 
 def test_dropout_is_applied_to_lookahead_embeddings() -> None:
