@@ -1,7 +1,16 @@
-"""Atomic file writes: a reader never sees a half-written file (temp file + fsync + rename)."""
+"""Atomic file writes: a reader never sees a half-written file (temp file + fsync + rename).
+
+The one helper every writer of the project uses (results, cache files, extracted downloads,
+checkpoints): the temp file lives in the target's own directory, so the final ``os.replace`` is
+a rename on one filesystem (never a copy across filesystems), and it is fsynced first, so a
+crash leaves either the old file or the complete new one. The file gets the usual mode under
+the user's umask (``0666 & ~umask``), so others sharing a folder can read it when the umask
+allows it.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,10 +19,26 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename in ``directory`` (best effort: not every platform opens directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
-    On any exception the temp file is removed and ``path`` is left untouched.
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, rename it over ``path``.
+
+    On any exception the temp file is removed and ``path`` is left untouched (a previous
+    version stays complete). A full disk (ENOSPC/EDQUOT) is re-raised as an OSError naming
+    ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,9 +53,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"no space left on the device while writing {path} "
+                          f"({os.strerror(err.errno)}); {path} was left as it was. Free space "
+                          "there (or point the run at another folder) and run again") from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 

@@ -28,11 +28,11 @@ def test_expected_dataset_configs_exist() -> None:
 
 @pytest.mark.parametrize("conf_path", DATASET_FILES, ids=lambda p: p.stem)
 def test_dataset_config_instantiates(conf_path: Path, tmp_path: Path) -> None:
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)},
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")},
                             "dataset": OmegaConf.load(conf_path)})
     if cfg.dataset.name == "custom":
         cfg.dataset.source.path = str(tmp_path / "x.csv")
-    assert set(cfg.dataset) == {"name", "source", "preprocess"}
+    assert set(cfg.dataset) - {"download"} == {"name", "source", "preprocess"}
     assert set(cfg.dataset.preprocess) == PREPROCESS_KEYS
     source = instantiate(cfg.dataset.source)
     assert callable(source.load) and callable(source.fingerprint)
@@ -125,10 +125,12 @@ def test_download_extracts_member_atomically(tmp_path: Path,
 
     monkeypatch.setattr(download, "_fetch", fake_fetch)
     target = tmp_path / "data" / "ml-1m" / "ratings.dat"
-    source = MovieLensSource(target, "dat", archive="ml-1m")
+    source = MovieLensSource(None, "dat", archive="ml-1m", default_path=target,
+                             lock_dir=tmp_path / "cache")
     assert source.load().rows() == [(1, 2, 100), (2, 3, 200)]
     assert calls == [target.parent] and target.is_file()
-    assert sorted(p.name for p in target.parent.iterdir()) == ["ratings.dat", "ratings.dat.lock"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ratings.dat"]  # no lock file beside
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["download-ml-1m.lock"]
     source.load()
     assert len(calls) == 1  # an existing file is never fetched again
 

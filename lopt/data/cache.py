@@ -13,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import errno
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ import filelock
 import numpy as np
 
 from lopt.data.types import PreparedSplit
+from lopt.io import atomic_write
 
 log = logging.getLogger("lopt.data")
 
@@ -99,7 +99,10 @@ def load_or_build(
     if not enabled:
         return build()
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _not_writable(err, cache_dir) from err
     path = cache_path(key, cache_dir, prefix)
 
     # Fast path: a complete file is visible (os.replace is atomic), no lock needed.
@@ -113,6 +116,8 @@ def load_or_build(
     lock = filelock.FileLock(str(lock_path), timeout=lock_timeout)
     try:
         lock.acquire()
+    except OSError as err:
+        raise _not_writable(err, cache_dir) from err
     except filelock.Timeout:
         raise TimeoutError(
             f"waited {lock_timeout:g} s for the cache lock {lock_path}: another process is "
@@ -136,7 +141,10 @@ def load_or_build(
             item_ids=_storable_ids(split.item_ids, "item_ids"),
         )  # the same dtypes a later load returns
         _validate(split)
-        _write_atomic(path, split, key_json)
+        try:
+            _write_atomic(path, split, key_json)
+        except OSError as err:
+            raise _not_writable(err, cache_dir) from err
         log.info(
             "cached prepared split at %s (build + write %.2f s)", path, time.perf_counter() - t0
         )
@@ -145,8 +153,20 @@ def load_or_build(
         lock.release()
 
 
+def _not_writable(err: OSError, cache_dir: Path) -> OSError:
+    """``err``, or for a read-only/forbidden cache folder a PermissionError saying what to set."""
+    if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return err
+    return PermissionError(
+        err.errno,
+        f"cannot write the prepared-split cache in {cache_dir} ({err.strerror}). If the data "
+        "folder is read-only, put the cache elsewhere with paths.cache_dir=/a/writable/folder, "
+        "or skip it with data.cache=false",
+    )
+
+
 def _write_atomic(path: Path, split: PreparedSplit, key_json: str) -> None:
-    """Write ``split`` to a temp file beside ``path``, fsync, and rename it into place."""
+    """Write ``split`` to ``path`` through :func:`lopt.io.atomic_write` (temp file, fsync, rename)."""
     arrays: dict[str, np.ndarray] = {name: getattr(split, name) for name in _SPLIT_ARRAYS}
     arrays["n_users"] = np.asarray(split.n_users, dtype=np.int64)
     arrays["n_items"] = np.asarray(split.n_items, dtype=np.int64)
@@ -154,31 +174,12 @@ def _write_atomic(path: Path, split: PreparedSplit, key_json: str) -> None:
     arrays["item_ids"] = split.item_ids
     arrays["key_json"] = np.asarray(key_json)
     arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def _save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename (best effort; not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, _save)
 
 
 def _storable_ids(ids: np.ndarray, name: str) -> np.ndarray:

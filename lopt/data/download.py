@@ -17,7 +17,9 @@ from pathlib import Path
 import pooch
 from filelock import FileLock
 
-__all__ = ["Archive", "ARCHIVES", "MOVIELENS_BASE_URL", "ensure_file"]
+from lopt.io import atomic_write
+
+__all__ = ["Archive", "ARCHIVES", "MOVIELENS_BASE_URL", "check_data_file", "ensure_file"]
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +60,43 @@ ARCHIVES: dict[str, Archive] = {
 }
 
 
-def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = "") -> Path:
-    """Return ``path`` if it exists; else download ``ARCHIVES[archive]`` into ``path``'s folder,
-    extract its member to ``path`` (atomically: a temporary name, then a rename) and return it.
+def check_data_file(path: Path, config_key: str, hint: str = "") -> Path:
+    """Return ``path`` if it is a non-empty readable file; else raise naming it and ``config_key``.
 
+    FileNotFoundError (missing), IsADirectoryError (a folder), PermissionError (unreadable),
+    ValueError (empty). Called before anything is downloaded or trained.
+    """
+    path = Path(path)
+    fix = f"Point the config at the ratings file with {config_key}=/path/to/{path.name}."
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path} ({config_key}). {fix} {hint}".strip())
+    if path.is_dir():
+        raise IsADirectoryError(f"{config_key}={path} is a directory, not a data file. "
+                                f"{fix} {hint}".strip())
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"data file {path} ({config_key}) is not readable by this user: "
+                              "fix its permissions or copy it somewhere readable")
+    if path.stat().st_size == 0:
+        raise ValueError(f"data file {path} ({config_key}) is empty (0 bytes): an interrupted "
+                         f"copy or download? Replace it with the full file. {hint}".strip())
+    return path
+
+
+def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = "",
+                lock_dir: Path | None = None) -> Path:
+    """Return ``path`` if it exists; else download ``ARCHIVES[archive]`` into ``path``'s folder,
+    extract its member to ``path`` (atomically: a temporary name, fsync, a rename) and return it.
+
+    Only for the dataset's default location under ``paths.data_dir``: a path the user gives is
+    checked with :func:`check_data_file` and never downloaded to. Parallel jobs download once,
+    under a lock file in ``lock_dir`` (the cache dir; ``path``'s folder when None).
     Raises FileNotFoundError naming the path, the URL and the Hydra override
     (``<config_key>=/path/to/file``) when there is no archive or the download fails;
     ``hint`` (e.g. where to get the file by hand) is appended to the message.
     """
     path = Path(path)
-    if path.is_file():
-        return path
+    if path.exists():
+        return check_data_file(path, config_key, hint)
     if archive is None:
         raise FileNotFoundError(
             f"data file not found: {path}. Put the file there, or point the config at it with "
@@ -77,10 +105,18 @@ def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = ""
         raise ValueError(f"unknown archive {archive!r} (dataset.source.archive); known: "
                          f"{sorted(ARCHIVES)}, or null to never download")
     spec = ARCHIVES[archive]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # parallel jobs download and extract once
+    lock_dir = Path(lock_dir) if lock_dir is not None else path.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(
+            f"cannot create {path.parent} to download {spec.url} into ({err.strerror}). Set "
+            "paths.data_dir (or $LOPT_DATA_DIR) to a writable folder, or give an existing copy "
+            f"with {config_key}=/path/to/{path.name}") from err
+    with FileLock(str(lock_dir / f"download-{archive}.lock")):  # parallel jobs fetch once
         if path.is_file():
-            return path
+            return check_data_file(path, config_key, hint)
         try:
             zip_path = _fetch(spec, path.parent)
         except Exception as err:  # network, HTTP or checksum failure: all mean "not available"
@@ -90,7 +126,7 @@ def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = ""
                 f"point the config at an existing copy with {config_key}=/path/to/{path.name}. "
                 f"{hint}".strip()) from err
         _extract(Path(zip_path), spec.member, path)
-    return path
+    return check_data_file(path, config_key, hint)
 
 
 def _fetch(spec: Archive, folder: Path) -> str:
@@ -103,17 +139,16 @@ def _fetch(spec: Archive, folder: Path) -> str:
 
 
 def _extract(zip_path: Path, member: str, target: Path) -> None:
-    """Copy ``member`` of ``zip_path`` to ``target`` through a temporary file and a rename."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            if member not in zf.namelist():
-                raise FileNotFoundError(f"{zip_path} has no member {member!r} (it has "
-                                        f"{zf.namelist()[:10]}); delete the zip to download "
-                                        "it again")
+    """Copy ``member`` of ``zip_path`` to ``target`` through :func:`lopt.io.atomic_write`."""
+    with zipfile.ZipFile(zip_path) as zf:
+        if member not in zf.namelist():
+            raise FileNotFoundError(f"{zip_path} has no member {member!r} (it has "
+                                    f"{zf.namelist()[:10]}); delete the zip to download "
+                                    "it again")
+
+        def _copy(tmp: Path) -> None:
             with zf.open(member) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+        atomic_write(target, _copy)
     log.info("extracted %s from %s to %s", member, zip_path, target)

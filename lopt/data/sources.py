@@ -4,7 +4,11 @@ Each source has ``load() -> pl.DataFrame`` (the canonical ``user, item, timestam
 :mod:`lopt.data.readers`) and ``fingerprint() -> str`` (a stable hex identity of the raw data
 and parse options, for cache keys: resolved path + size + mtime_ns for files, all parameters
 for synthetic data). Constructors only validate their arguments (errors name the config key
-``dataset.source.<key>``); files are touched (and downloaded) by ``load``/``fingerprint``.
+``dataset.source.<key>``); files are touched (and downloaded) by ``load``/``fingerprint``, which
+the DataModule calls before anything is trained. A file the user names is read as it is: a
+missing, empty, unreadable file or a folder is an error naming it, and nothing is ever
+downloaded under a user's filename (only MovieLens's default location under
+``paths.data_dir`` is filled from the GroupLens archive).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from lopt.data import readers, synthetic
-from lopt.data.download import ARCHIVES, ensure_file
+from lopt.data.download import ARCHIVES, check_data_file, ensure_file
 
 __all__ = ["MovieLensSource", "AmazonFoodSource", "CustomSource", "SyntheticSource"]
 
@@ -49,12 +53,17 @@ class _FileSource:
 
     archive: str | None = None
     hint: str = ""
+    #: Whether a missing ``path`` may be downloaded (only the dataset's default location).
+    downloadable: bool = False
+    lock_dir: Path | None = None
 
     def __init__(self, path: str | Path) -> None:
         self.path = _path(path)
 
     def _file(self) -> Path:
-        return ensure_file(self.path, self.archive, f"{_KEY}.path", self.hint)
+        if self.downloadable and self.archive is not None:
+            return ensure_file(self.path, self.archive, f"{_KEY}.path", self.hint, self.lock_dir)
+        return check_data_file(self.path, f"{_KEY}.path", self.hint)
 
     def load(self) -> pl.DataFrame:
         """The canonical frame (downloads the archive first when the file is missing)."""
@@ -80,19 +89,37 @@ class _FileSource:
 
 class MovieLensSource(_FileSource):
     """A MovieLens ratings file: ``tab`` (u.data), ``dat`` (ratings.dat, ``::``) or ``csv``
-    (ratings.csv). ``archive`` (a key of :data:`lopt.data.download.ARCHIVES`, or None) is
-    downloaded and extracted to ``path`` when the file is missing."""
+    (ratings.csv).
+
+    ``path``: the user's file, read as is (never downloaded to); None → ``default_path`` (the
+    dataset's place under ``paths.data_dir``), which is filled from ``archive`` (a key of
+    :data:`lopt.data.download.ARCHIVES`) when it is missing and ``download`` is true. The
+    download's lock file lives in ``lock_dir`` (the cache dir).
+    """
 
     _READERS = {"tab": readers.read_movielens_tab, "dat": readers.read_movielens_dat,
                 "csv": readers.read_movielens_csv}
 
-    def __init__(self, path: str | Path, format: str, archive: str | None = None) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path | None, format: str, archive: str | None = None,
+                 default_path: str | Path | None = None, download: bool = True,
+                 lock_dir: str | Path | None = None) -> None:
+        user_path = path is not None and str(path) not in ("", "???")
+        if not user_path and default_path is None:
+            raise ValueError(f"{_KEY}.path is not set (and there is no {_KEY}.default_path): "
+                             f"give the ratings file, e.g. {_KEY}.path=/path/to/u.data")
+        super().__init__(path if user_path else default_path)
         self.format = _choice("format", format, tuple(self._READERS))
         if archive is not None and archive not in ARCHIVES:
             raise ValueError(f"{_KEY}.archive must be one of {sorted(ARCHIVES)} or null, "
                              f"got {archive!r}")
+        if not isinstance(download, bool):
+            raise ValueError(f"dataset.download must be true or false, got {download!r}")
         self.archive = archive
+        self.downloadable = download and not user_path
+        self.lock_dir = None if lock_dir is None else Path(str(lock_dir)).expanduser()
+        if not user_path and not download:
+            self.hint = ("dataset.download=false: nothing is downloaded; put the file there, or "
+                         f"give it with {_KEY}.path=/path/to/{self.path.name}.")
 
     def _read(self, file: Path) -> pl.DataFrame:
         return self._READERS[self.format](file)
