@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.checkpointing import CheckpointOnSignal
+from lopt import lifecycle
+from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.types import PreparedSplit
 from lopt.io import atomic_write, atomic_write_json
@@ -109,7 +108,7 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
-    callbacks.append(CheckpointOnSignal(output_dir / CHECKPOINT_DIR / "last.ckpt"))
+    callbacks += [CheckpointOnSignal(output_dir / CHECKPOINT_DIR / "last.ckpt"), TrainClock()]
     interactive = sys.stderr.isatty()
     if interactive:
         callbacks.append(RichProgressBar())
@@ -117,6 +116,7 @@ def build_trainer(
     # Under SLURM, submitit requeues preempted/timed-out jobs (and train.py resumes from
     # last.ckpt); Lightning's own requeue would compete with it.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    plugins.append(AtomicCheckpointIO())  # temp file beside the target + fsync + rename
     trainer = instantiate(
         cfg.trainer,
         plugins=plugins,
@@ -128,25 +128,6 @@ def build_trainer(
         enable_model_summary=interactive,
     )
     return trainer, best
-
-
-def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``last.ckpt`` of this output directory when resuming: asked for (``resume=true``) or a
-    SLURM restart (a requeued job re-runs with the same config and output directory and
-    ``SLURM_RESTART_COUNT`` ≥ 1). A restart before the first checkpoint starts afresh."""
-    last = output_dir / CHECKPOINT_DIR / "last.ckpt"
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    if cfg.resume and not last.is_file():
-        raise FileNotFoundError(
-            f"resume=true but there is no checkpoint at {last}. Point hydra.run.dir at the "
-            "output directory of the run to continue, or drop resume=true."
-        )
-    if (cfg.resume or restarts > 0) and last.is_file():
-        log.info("resumed from %s (SLURM_RESTART_COUNT=%d)", last, restarts)
-        return str(last)
-    if restarts > 0:
-        log.info("SLURM restart %d but no %s yet: starting from scratch", restarts, last)
-    return None
 
 
 def _quiet_third_party() -> None:
@@ -252,19 +233,20 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, select the best-validation checkpoint, test it and write the results contract."""
     _quiet_third_party()
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    cfg, output_dir, ckpt_path = lifecycle.start_run(cfg, Path(cfg.paths.output_dir), CHECKPOINT_DIR)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
-    split = datamodule.load_split()
+    with lifecycle.stop_before_training(output_dir):
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        split = datamodule.load_split()
+        lifecycle.check_split(cfg, split)
     module = build_module(cfg, split.n_users, split.n_items)
     trainer, best = build_trainer(cfg, output_dir, split)
 
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, output_dir))
-    train_seconds = time.perf_counter() - started
+    with lifecycle.stop_on_signal(trainer, output_dir, resuming=ckpt_path is not None):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_seconds = lifecycle.train_seconds(trainer)
     _ensure_final_validation(trainer, module, datamodule, best)
 
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
