@@ -29,6 +29,7 @@ from lopt.tracking.results import (
     METRICS,
     Selection,
     find_runs,
+    find_unfinished_runs,
     ordered_methods,
     paired_wilcoxon,
     select_configurations,
@@ -203,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown)
     if latex is not None:
         print(latex)
+    unfinished = find_unfinished_runs(args.results_dir)
+    if unfinished:  # interrupted/failed/running runs: not in the table
+        print(f"ignored {len(unfinished)} unfinished run(s) (no metrics.json):", file=sys.stderr)
+        for run_dir in unfinished:
+            print(f"  {run_dir}", file=sys.stderr)
     if args.out is not None:
         atomic_write(args.out, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
         if latex is not None:

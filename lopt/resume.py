@@ -193,6 +193,7 @@ def prepare_output_dir(cfg: DictConfig, output_dir: Path, last_checkpoint: Path)
         return RunStart(cfg, resuming=True)
     saved = record["config"]
     saved_overrides = list(record.get("overrides") or [])
+    _restore_hydra_files(output_dir, saved, saved_overrides)  # whatever happens next
     if overrides is not None:
         new = _without_start_flags(overrides)
         merged = _merge_overrides(saved_overrides, new)

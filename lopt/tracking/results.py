@@ -27,7 +27,10 @@ PAPER_METHODS: tuple[str, ...] = (
 )
 #: Config keys that do not change what is learned (ignored when grouping runs into configurations).
 NON_CONFIG_KEYS: tuple[str, ...] = ("seed", "paths", "logger", "tracking", "resume", "checkpoint", "hydra")
-NON_CONFIG_PATHS: tuple[tuple[str, ...], ...] = (("dataset", "source", "path"), ("data", "cache"))
+NON_CONFIG_PATHS: tuple[tuple[str, ...], ...] = (
+    ("dataset", "source", "path"), ("dataset", "source", "default_path"), ("dataset", "source", "lock_dir"),
+    ("dataset", "source", "download"), ("dataset", "download"), ("data", "cache"), ("overwrite",),
+)
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,23 @@ def find_runs(root: str | Path) -> list[Run]:
 
             print(f"skipping {run_dir}: {error}", file=sys.stderr)
             continue
-        if not isinstance(metrics, dict) or "test" not in metrics:
+        if not isinstance(metrics, dict) or not metrics.get("test"):
             continue
         runs.append(Run(run_dir, metrics, config if isinstance(config, dict) else {}))
     return runs
+
+
+def find_unfinished_runs(root: str | Path) -> list[Path]:
+    """Run directories under ``root`` (sorted) that started but did not finish: a Hydra
+    ``.hydra/config.yaml`` or a ``checkpoints/`` folder, and no ``metrics.json`` with test
+    metrics (interrupted, failed or still running). :func:`find_runs` leaves them out."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    finished = {run.path for run in find_runs(root)}
+    started = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    started |= {p.parent for p in root.rglob("checkpoints") if p.is_dir()}
+    return sorted(d for d in started if d not in finished)
 
 
 @dataclass(frozen=True)
