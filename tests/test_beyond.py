@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from lopt.eval import RankingEvaluator
-from lopt.eval.beyond import flatten_beyond, gini, popularity_percentile, quantile_buckets
+from lopt.eval.beyond import (
+    flatten_beyond,
+    gini,
+    popularity_percentile,
+    quantile_buckets,
+)
 from tests.test_evaluator import make_split
 
 

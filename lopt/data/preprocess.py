@@ -342,7 +342,8 @@ def item_order(item_ids: np.ndarray) -> np.ndarray:
 class SplitRows(NamedTuple):
     """Row indices (int64) into the arrays given to :func:`split_leave_ratio_out`.
 
-    Each array is ordered by (user, timestamp, item); together they partition ``0..n-1``.
+    Each array is ordered by (user, timestamp, item) — ``random_user``: by (user, draw) — so
+    its order depends on the data only; together they partition ``0..n-1``.
     """
 
     train: np.ndarray
@@ -505,17 +506,11 @@ def split_interactions(
     global_order = _order_by(major, user_key, _item_key(items, item_rank))
     n_test = int(floor_times(np.array([n]), test_frac)[0])
     n_valid = int(floor_times(np.array([n - n_test]), valid_frac)[0])
-    train = np.sort(global_order[: n - n_test - n_valid])
-    valid = np.sort(global_order[n - n_test - n_valid : n - n_test])
-    test = np.sort(global_order[n - n_test :])
-    return SplitRows(train, valid, test)
-
-    # Per sorted row: its rank in the user's timeline, against the user's cut points.
-    position = np.arange(n, dtype=np.int64) - np.repeat(starts, sizes)
-    is_test = position >= np.repeat(n_rest, sizes)
-    is_valid = (position >= np.repeat(n_rest - n_valid, sizes)) & ~is_test
-    is_train = ~(is_test | is_valid)
-    return SplitRows(order[is_train], order[is_valid], order[is_test])
+    part = np.zeros(n, dtype=np.int8)  # 0 train, 1 valid, 2 test, by row
+    part[global_order[n - n_test - n_valid : n - n_test]] = 1
+    part[global_order[n - n_test :]] = 2
+    in_order = part[order]  # each part listed in canonical (user, timestamp, item) order
+    return SplitRows(order[in_order == 0], order[in_order == 1], order[in_order == 2])
 
 
 # --------------------------------------------------------------------------- pipeline

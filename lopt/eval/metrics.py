@@ -161,7 +161,7 @@ def positive_ranks(
     _check_ties(ties)
     _check_inputs(scores, positives, candidates)
     device = scores.device
-    n_rows, n_items = scores.shape
+    n_rows = scores.shape[0]
     # (B,) int64 counts; summing bool as int32 halves the temporary (n_items < 2**31).
     n_pos = positives.sum(dim=1, dtype=torch.int32).long()
     n_cand = candidates.sum(dim=1, dtype=torch.int32).long()
