@@ -16,7 +16,8 @@ from filelock import FileLock
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, run_cli
 from tests.test_reproduce_table import load_script
 
-STANDARD = ["protocol=standard", "eval.ks=[5,20]", "seed=0,1"]
+STANDARD = ["protocol=standard", "eval.ks=[5,20]", "seed=0,1", "logger=csv"]
+TINY = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,9 @@ def standard_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             return root / "results"
         shutil.rmtree(root / "results", ignore_errors=True)
         results = root / "results"
-        run_cli(["-m", *TINY_OVERRIDES, *STANDARD, "model=fix", "model.lambda_value=0,0.01",
+        run_cli(["-m", *TINY, *STANDARD, "model=fix", "model.lambda_value=0,0.01",
                  f"hydra.sweep.dir={results / 'fix'}"], cwd=root)
-        run_cli(["-m", *TINY_OVERRIDES, *STANDARD, "tracking.trajectories.every_n_steps=3",
+        run_cli(["-m", *TINY, *STANDARD, "tracking.trajectories.every_n_steps=3",
                  f"hydra.sweep.dir={results / 'dui'}"], cwd=root)
         (root / "DONE").write_text("ok")
     return results
@@ -54,6 +55,9 @@ def test_runs_record_protocol_metrics_and_beyond(standard_runs: Path) -> None:
     assert sum(row["users"] for row in beyond["user_quintiles"]) == pl.read_parquet(
         next((standard_runs / "dui").glob("*/per_user_test.parquet"))).height
     assert "recall@20" in beyond["item_quintiles"][0] and "ndcg@20" in beyond["user_quintiles"][0]
+    logged = pl.read_csv(next((standard_runs / "dui").glob("*/csv/metrics.csv")))
+    assert logged["test_beyond/coverage@20"].drop_nulls().to_list() == [beyond["coverage@20"]]
+    assert "test_beyond/item_q1/recall@5" in logged.columns
 
 
 @pytest.mark.slow
