@@ -1,6 +1,10 @@
 """The paper's Figures 2, 7 and 8 from a folder of finished runs (PNG + the data behind as CSV).
 
     python experiments/figures.py RESULTS_DIR [--out DIR] [--metric auc] [--select-metric auc]
+        [--fig2-metrics auc,hr@50,ndcg@50]
+
+Metrics are picked by name, any key the runs' metrics.json have (e.g. ``--metric ndcg@20
+--fig2-metrics recall@20,ndcg@20`` for standard-protocol runs).
 
 Per dataset found under RESULTS_DIR:
 - ``fig2_<dataset>``: test metrics against λ of the MF-λFix runs (mean ± std over seeds; log-x,
@@ -32,16 +36,18 @@ import polars as pl  # noqa: E402
 from lopt.io import atomic_write  # noqa: E402
 from lopt.tracking.results import (  # noqa: E402
     FIX_METHOD,
-    METRICS,
     Run,
     Selection,
+    available_metrics,
+    check_metrics,
     find_runs,
+    metric_title,
     per_user_metrics,
     select_configurations,
 )
 from lopt.tracking.trajectories import MEAN_DIM, TRAJECTORY_FILE  # noqa: E402
 
-TITLES = {"auc": "AUC", "hr@50": "HR@50", "hr@100": "HR@100", "ndcg@50": "NDCG@50", "ndcg@100": "NDCG@100"}
+#: Figure 2's panels when the runs have them (the paper's); otherwise AUC and the first two others.
 FIG2_METRICS = ("auc", "hr@50", "ndcg@50")
 LAMBDA_OPT_ORDER = ("MF-λOpt-DUI", "MF-λOpt-DU", "MF-λOpt-DI", "MF-λOpt-D")
 STRATUM_COLOURS = {"sparse": "tab:red", "median": "tab:orange", "active": "tab:blue"}
@@ -62,13 +68,23 @@ def _learned_methods(selections: dict[tuple[str, str], Selection], dataset: str)
 
 
 # ------------------------------------------------------------------------------ Figure 2
-def fig2_frame(runs: Sequence[Run], dataset: str) -> pl.DataFrame:
+def default_fig2_metrics(runs: Sequence[Run]) -> list[str]:
+    """The paper's panels if the runs have them all, else AUC (if present) and two other metrics."""
+    have = available_metrics(runs)
+    if all(m in have for m in FIG2_METRICS):
+        return list(FIG2_METRICS)
+    rest = [m for m in have if m != "auc"]
+    return ([m for m in ("auc",) if m in have] + rest)[:3]
+
+
+def fig2_frame(runs: Sequence[Run], dataset: str, metrics: Sequence[str] | None = None) -> pl.DataFrame:
     """Test metrics of the dataset's λFix runs by λ: mean, std (sample; NaN for one seed), n."""
+    metrics = available_metrics(runs) if metrics is None else metrics
     rows = [
         {"dataset": dataset, "lambda": r.lambda_value, "seed": r.seed, "metric": m, "value": r.value("test", m)}
         for r in runs
         if r.dataset == dataset and r.method == FIX_METHOD and r.lambda_value is not None
-        for m in METRICS
+        for m in metrics
     ]
     if not rows:
         return pl.DataFrame()
@@ -90,13 +106,14 @@ def lambda_positions(lambdas: np.ndarray) -> tuple[np.ndarray, float | None]:
     return x, (zero_at if np.any(lambdas <= 0) else None)
 
 
-def figure2(runs: Sequence[Run], selections: dict[tuple[str, str], Selection], dataset: str, out: Path) -> Path | None:
-    frame = fig2_frame(runs, dataset)
+def figure2(runs: Sequence[Run], selections: dict[tuple[str, str], Selection], dataset: str, out: Path,
+            metrics: Sequence[str] = FIG2_METRICS) -> Path | None:
+    frame = fig2_frame(runs, dataset, metrics)
     if frame.height == 0:
         return None
     learned = _learned_methods(selections, dataset)
-    fig, axes = plt.subplots(1, len(FIG2_METRICS), figsize=(4.2 * len(FIG2_METRICS), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], FIG2_METRICS, strict=True):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
         part = frame.filter(pl.col("metric") == metric).sort("lambda")
         lambdas = part["lambda"].to_numpy().astype(np.float64)
         x, zero_at = lambda_positions(lambdas)
@@ -111,8 +128,8 @@ def figure2(runs: Sequence[Run], selections: dict[tuple[str, str], Selection], d
         ax.set_xticks(ticks)
         ax.set_xticklabels(["0" if zero_at is not None and t == zero_at else f"{t:g}" for t in ticks], rotation=45)
         ax.set_xlabel("λ (MF-λFix, log scale; 0 at the left)")
-        ax.set_ylabel(f"test {TITLES[metric]}")
-        ax.set_title(f"{dataset}: {TITLES[metric]} vs λ")
+        ax.set_ylabel(f"test {metric_title(metric)}")
+        ax.set_title(f"{dataset}: {metric_title(metric)} vs λ")
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Figure 2 — sensitivity of MF-λFix to λ")
@@ -178,7 +195,7 @@ def figure7(selections: dict[tuple[str, str], Selection], dataset: str, metric: 
     ax.set_xticks(buckets["bucket"].to_numpy())
     ax.set_xticklabels([f"{lab}\n({n} users)" for lab, n in zip(buckets["label"], buckets["users"], strict=True)], fontsize=8)
     ax.set_xlabel("user training frequency (quintile buckets: sparse → active)")
-    ax.set_ylabel(f"relative gain in test {TITLES[metric]} over {FIX_METHOD} (%)")
+    ax.set_ylabel(f"relative gain in test {metric_title(metric)} over {FIX_METHOD} (%)")
     ax.set_title(f"Figure 7 — {dataset}: gain of λOpt over the validation-selected λFix by user frequency")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
@@ -228,17 +245,25 @@ def figure8(runs: Sequence[Run], dataset: str, out: Path) -> Path | None:
     return _save(fig, csv, out, f"fig8_{dataset}")
 
 
-def make_figures(results_dir: Path, out: Path, metric: str = "auc", select_metric: str = "auc") -> list[Path]:
-    """Every figure that the runs under ``results_dir`` allow; returns the PNG paths."""
+def make_figures(results_dir: Path, out: Path, metric: str = "auc", select_metric: str = "auc",
+                 fig2_metrics: Sequence[str] | None = None) -> list[Path]:
+    """Every figure that the runs under ``results_dir`` allow; returns the PNG paths. Metrics are
+    keys of the runs' metrics.json (SystemExit naming the option when no run has one)."""
     runs = find_runs(results_dir)
     if not runs:
         raise SystemExit(f"no finished runs (metrics.json + .hydra/config.yaml) under {results_dir}")
+    try:
+        check_metrics([metric], runs, "test", "--metric")
+        check_metrics([select_metric], runs, "valid", "--select-metric")
+        panels = check_metrics(fig2_metrics, runs, "test", "--fig2-metrics") if fig2_metrics else default_fig2_metrics(runs)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     selections = select_configurations(runs, select_metric)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset in sorted({r.dataset for r in runs}):
         for name, make in (
-            ("Figure 2 (needs MF-λFix runs)", lambda: figure2(runs, selections, dataset, out)),
+            ("Figure 2 (needs MF-λFix runs)", lambda: figure2(runs, selections, dataset, out, panels)),
             ("Figure 7 (needs MF-λFix and MF-λOpt runs)", lambda: figure7(selections, dataset, metric, out)),
             (f"Figure 8 (needs a run with {TRAJECTORY_FILE})", lambda: figure8(runs, dataset, out)),
         ):
@@ -257,11 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/figures)")
-    parser.add_argument("--metric", default="auc", choices=METRICS, help="metric of Figure 7 (default auc)")
-    parser.add_argument("--select-metric", default="auc", choices=METRICS, help="validation metric selecting λFix's λ")
+    parser.add_argument("--metric", default="auc", help="test metric key of Figure 7 (default auc)")
+    parser.add_argument("--select-metric", default="auc", help="validation metric key selecting λFix's λ (default auc)")
+    parser.add_argument("--fig2-metrics", default=None,
+                        help="comma-separated metric keys of Figure 2's panels (default: auc,hr@50,ndcg@50 when present)")
     args = parser.parse_args(argv)
+    panels = [m.strip() for m in args.fig2_metrics.split(",") if m.strip()] if args.fig2_metrics else None
     try:
-        make_figures(args.results_dir, args.out or args.results_dir / "figures", args.metric, args.select_metric)
+        make_figures(args.results_dir, args.out or args.results_dir / "figures", args.metric, args.select_metric, panels)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

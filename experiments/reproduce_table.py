@@ -1,6 +1,14 @@
-"""The paper's results table from a folder of finished runs, the paper's numbers beside ours.
+"""Results tables from a folder of finished runs (the paper's numbers beside ours on its protocol).
 
     python experiments/reproduce_table.py RESULTS_DIR [--out table.md] [--latex] [--select-metric auc]
+        [--metrics recall@20,ndcg@20] [--layout auto|paper|generic]
+
+Layouts: ``paper`` puts the paper's value beside each of our cells (meaningful for runs on the
+paper's "lambdaopt" protocol); ``generic`` shows our values only, for any metric keys. ``auto``
+(default) is ``paper`` when every run is on the lambdaopt protocol, else ``generic``. Runs on
+different protocols are never mixed: each (dataset, protocol) gets its own table. ``--metrics``
+picks the columns (default: every metric the runs have, the paper's first), ``--select-metric``
+any validation metric key the runs have.
 
 Finds every run under RESULTS_DIR (single runs and multirun jobs: any folder with metrics.json
 and .hydra/config.yaml), groups runs by dataset and method, and per (dataset, method) keeps the
@@ -25,11 +33,16 @@ import yaml
 
 from lopt.io import atomic_write
 from lopt.tracking.results import (
+    DEFAULT_PROTOCOL,
     FIX_METHOD,
     METRICS,
+    Run,
     Selection,
+    available_metrics,
+    check_metrics,
     find_runs,
     find_unfinished_runs,
+    metric_title,
     ordered_methods,
     paired_wilcoxon,
     select_configurations,
@@ -37,7 +50,7 @@ from lopt.tracking.results import (
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.yaml"
 PAPER_DATASETS = ("amazon_food", "ml10m")
-METRIC_TITLES = {"auc": "AUC", "hr@50": "HR@50", "hr@100": "HR@100", "ndcg@50": "NDCG@50", "ndcg@100": "NDCG@100"}
+LAYOUTS = ("auto", "paper", "generic")
 MISSING = "—"
 
 
@@ -83,13 +96,14 @@ def build_rows(
     dataset: str,
     paper: dict[str, dict[str, float]],
     methods: Sequence[str],
+    metrics: Sequence[str] = METRICS,
 ) -> list[dict[str, Any]]:
     """One row per method: ours (mean ± std, n seeds) and the paper's value for every metric."""
     rows = []
     for method in methods:
         selection = selections.get((dataset, method))
         row: dict[str, Any] = {"method": method, "n": len(selection.runs) if selection else 0}
-        for metric in METRICS:
+        for metric in metrics:
             row[metric] = _cell(selection, metric)
             row[f"{metric} (paper)"] = _fmt(paper.get(method, {}).get(metric, math.nan))
         rows.append(row)
@@ -97,7 +111,8 @@ def build_rows(
 
 
 def significance_rows(
-    selections: dict[tuple[str, str], Selection], dataset: str, methods: Sequence[str]
+    selections: dict[tuple[str, str], Selection], dataset: str, methods: Sequence[str],
+    metrics: Sequence[str] = METRICS,
 ) -> list[dict[str, Any]]:
     """Per method with runs (not λFix): Δ mean per-user metric vs λFix and the Wilcoxon p-value."""
     fix = selections.get((dataset, FIX_METHOD))
@@ -109,7 +124,7 @@ def significance_rows(
         if selection is None or method == FIX_METHOD:
             continue
         row: dict[str, Any] = {"method": method}
-        for metric in METRICS:
+        for metric in metrics:
             delta, p, n = paired_wilcoxon(selection.runs, fix.runs, metric)
             row[metric] = f"{'+' if delta >= 0 else ''}{_fmt(delta)} (p={_fmt_p(p)})" if math.isfinite(delta) else MISSING
             row["users"] = n
@@ -142,50 +157,82 @@ def latex_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
     )
 
 
-def render(results_dir: Path, select_metric: str = "auc", latex: bool = False) -> tuple[str, str | None]:
-    """(Markdown report, LaTeX tables or None) for the runs under ``results_dir``."""
-    if select_metric not in METRICS:
-        raise SystemExit(f"--select-metric must be one of {', '.join(METRICS)}, got {select_metric!r}")
+def resolve_layout(layout: str, runs: Sequence[Run]) -> str:
+    """``paper`` or ``generic``; ``auto`` is ``paper`` when every run is on the lambdaopt protocol."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "auto":
+        return "paper" if all(r.protocol == DEFAULT_PROTOCOL for r in runs) else "generic"
+    return layout
+
+
+def render(
+    results_dir: Path,
+    select_metric: str = "auc",
+    latex: bool = False,
+    metrics: Sequence[str] | None = None,
+    layout: str = "auto",
+) -> tuple[str, str | None]:
+    """(Markdown report, LaTeX tables or None) for the runs under ``results_dir``.
+
+    ``metrics``: the columns (default: every test metric the runs have, the paper's first);
+    ``layout``: see the module docstring. Raises SystemExit naming the option on a metric key
+    that no run has."""
     runs = find_runs(results_dir)
     if not runs:
         raise SystemExit(f"no finished runs (metrics.json + .hydra/config.yaml) under {results_dir}")
-    selections = select_configurations(runs, select_metric)
+    try:
+        check_metrics([select_metric], runs, "valid", "--select-metric")
+        columns = check_metrics(metrics, runs, "test", "--metrics") if metrics else available_metrics(runs)
+        layout = resolve_layout(layout, runs)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     paper, aliases = load_paper()
-    datasets = sorted({d for d, _ in selections}, key=lambda d: (aliases.get(d, d) not in PAPER_DATASETS, d))
-    methods = ordered_methods(m for _, m in selections)
+    protocols = sorted({r.protocol for r in runs}, key=lambda p: (p != DEFAULT_PROTOCOL, p))
     header = ["Method", "seeds"]
-    for metric in METRICS:
-        header += [METRIC_TITLES[metric], f"{METRIC_TITLES[metric]} (paper)"]
-    sig_header = ["Method", *(f"Δ{METRIC_TITLES[m]}" for m in METRICS), "users"]
+    for metric in columns:
+        header += [metric_title(metric), f"{metric_title(metric)} (paper)"] if layout == "paper" else [metric_title(metric)]
+    sig_header = ["Method", *(f"Δ{metric_title(m)}" for m in columns), "users"]
 
+    beside = "; paper values beside" if layout == "paper" else ""
     md = [
         f"# Results from {results_dir}",
         "",
         f"{len(runs)} runs. Test metrics of the configuration with the best mean validation "
-        f"{select_metric} over seeds (mean ± sample std over seeds); paper values beside; {MISSING} = no run.",
+        f"{select_metric} over seeds (mean ± sample std over seeds){beside}; {MISSING} = no run.",
     ]
     tex: list[str] = []
-    for dataset in datasets:
-        paper_ds = paper.get(aliases.get(dataset, dataset), {})
-        rows = build_rows(selections, dataset, paper_ds, methods)
-        table_rows = [[r["method"], r["n"] or MISSING, *(x for m in METRICS for x in (r[m], r[f"{m} (paper)"]))] for r in rows]
-        md += ["", f"## {dataset}", "", markdown_table(header, table_rows), ""]
-        notes = [_selection_note(selections[(dataset, m)]) for m in methods if (dataset, m) in selections]
-        md += ["Selection (validation only):", "", *(f"- {n}" for n in notes)]
-        sig = significance_rows(selections, dataset, methods)
-        if sig:
-            md += [
-                "",
-                f"Paired Wilcoxon signed-rank test over users vs {FIX_METHOD} (two-sided; per-user test "
-                "metrics averaged over each method's seeds, users joined by raw id): mean per-user Δ (p).",
-                "",
-                markdown_table(sig_header, [[r["method"], *(r[m] for m in METRICS), r["users"]] for r in sig]),
-            ]
-        if latex:
-            tex.append(latex_table(header, table_rows, f"{dataset}: test metrics (ours vs paper)"))
+    for protocol in protocols:
+        protocol_runs = [r for r in runs if r.protocol == protocol]
+        selections = select_configurations(protocol_runs, select_metric)
+        datasets = sorted({d for d, _ in selections}, key=lambda d: (aliases.get(d, d) not in PAPER_DATASETS, d))
+        methods = ordered_methods(m for _, m in selections)
+        for dataset in datasets:
+            title = dataset if len(protocols) == 1 else f"{dataset} ({protocol} protocol)"
+            paper_ds = paper.get(aliases.get(dataset, dataset), {}) if layout == "paper" else {}
+            rows = build_rows(selections, dataset, paper_ds, methods, columns)
+            if layout == "paper":
+                table_rows = [[r["method"], r["n"] or MISSING, *(x for m in columns for x in (r[m], r[f"{m} (paper)"]))] for r in rows]
+            else:
+                table_rows = [[r["method"], r["n"] or MISSING, *(r[m] for m in columns)] for r in rows if r["n"]]
+            md += ["", f"## {title}", "", markdown_table(header, table_rows), ""]
+            notes = [_selection_note(selections[(dataset, m)]) for m in methods if (dataset, m) in selections]
+            md += ["Selection (validation only):", "", *(f"- {n}" for n in notes)]
+            sig = significance_rows(selections, dataset, methods, columns)
             if sig:
-                tex.append(latex_table(sig_header, [[r["method"], *(r[m] for m in METRICS), r["users"]] for r in sig],
-                                       f"{dataset}: paired Wilcoxon vs {FIX_METHOD}"))
+                md += [
+                    "",
+                    f"Paired Wilcoxon signed-rank test over users vs {FIX_METHOD} (two-sided; per-user test "
+                    "metrics averaged over each method's seeds, users joined by raw id): mean per-user Δ (p).",
+                    "",
+                    markdown_table(sig_header, [[r["method"], *(r[m] for m in columns), r["users"]] for r in sig]),
+                ]
+            if latex:
+                what = "ours vs paper" if layout == "paper" else "ours"
+                tex.append(latex_table(header, table_rows, f"{title}: test metrics ({what})"))
+                if sig:
+                    tex.append(latex_table(sig_header, [[r["method"], *(r[m] for m in columns), r["users"]] for r in sig],
+                                           f"{title}: paired Wilcoxon vs {FIX_METHOD}"))
     return "\n".join(md) + "\n", ("\n\n".join(tex) + "\n") if latex else None
 
 
@@ -194,10 +241,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results_dir", type=Path, help="folder holding finished runs (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here (and FILE.tex with --latex)")
     parser.add_argument("--latex", action="store_true", help="also emit LaTeX tables")
-    parser.add_argument("--select-metric", default="auc", choices=METRICS, help="validation metric that selects a configuration (default auc)")
+    parser.add_argument("--select-metric", default="auc",
+                        help="validation metric key that selects a configuration, any the runs have (default auc)")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated test metric keys to show, e.g. recall@20,ndcg@20 (default: all the runs have)")
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS,
+                        help="paper: the paper's values beside ours (its protocol); generic: ours only; auto (default): "
+                             "paper when every run is on the lambdaopt protocol")
     args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
-        markdown, latex = render(args.results_dir, args.select_metric, args.latex)
+        markdown, latex = render(args.results_dir, args.select_metric, args.latex, metrics, args.layout)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from lopt import lifecycle
 from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.types import PreparedSplit
+from lopt.eval.beyond import log_beyond
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.ranking_module import RankingModule
@@ -62,6 +63,10 @@ def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
         seed=cfg.seed,
         valid_triples="lambda_optimizer" in cfg,
         ks=tuple(cfg.eval.ks),
+        protocol=cfg.protocol.name,
+        split=OmegaConf.to_container(cfg.protocol.split, resolve=True),
+        ties=cfg.eval.ties,
+        valid_candidates=cfg.eval.valid_candidates,
     )
 
 
@@ -180,11 +185,13 @@ def write_results(
         "granularity": cfg.granularity.name if "granularity" in cfg else ("fix" if cfg.model.name == "fix" else None),
         "lambda_value": cfg.model.get("lambda_value"),
         "dataset": cfg.dataset.name,
+        "protocol": cfg.protocol.name,
         "seed": cfg.seed,
         "train_seconds": train_seconds,
         "n_users": split.n_users,
         "n_items": split.n_items,
         "output_dir": str(output_dir),
+        "beyond": datamodule.test_beyond(module.test_per_user),
     }
     atomic_write_json(output_dir / "metrics.json", metrics)
 
@@ -251,5 +258,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
     metrics = write_results(cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds)
+    log_beyond(trainer.loggers, metrics["beyond"], trainer.global_step)
     print_summary(metrics, output_dir)
     return metrics

@@ -37,11 +37,12 @@ def make_split(n_users: int = 30, n_items: int = 25, seed: int = 0) -> PreparedS
     )
 
 
-def dense_masks(split: PreparedSplit, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+def dense_masks(split: PreparedSplit, which: str, valid_candidates: str = "clean") -> tuple[torch.Tensor, torch.Tensor]:
     pos = np.zeros((split.n_users, split.n_items), dtype=bool)
     pos[getattr(split, f"{which}_users"), getattr(split, f"{which}_items")] = True
     seen = np.zeros_like(pos)
-    for name in ("train", "valid", "test"):
+    clean_valid = which == "valid" and valid_candidates == "clean"
+    for name in ("train", "valid") if clean_valid else ("train", "valid", "test"):
         seen[getattr(split, f"{name}_users"), getattr(split, f"{name}_items")] = True
     return torch.from_numpy(pos), torch.from_numpy(~seen)
 
@@ -60,11 +61,38 @@ def test_masks_and_users(which):
     got_pos, got_cand = ev.masks(users)
     assert torch.equal(got_pos, pos[users])
     assert torch.equal(got_cand, cand[users])
-    # candidates exclude train, valid and test items alike
+    # candidates exclude train and valid items; test items only when the test split is ranked
     for name in ("train", "valid", "test"):
         u = torch.from_numpy(getattr(split, f"{name}_users").astype(np.int64))
         i = torch.from_numpy(getattr(split, f"{name}_items").astype(np.int64))
-        assert not cand[u, i].any()
+        if name == "test" and which == "valid":
+            assert cand[u, i].all()  # unknown at selection time: test items are candidates
+        else:
+            assert not cand[u, i].any()
+
+
+def test_valid_candidates_clean_and_paper():
+    split = make_split(seed=5)
+    clean = RankingEvaluator(split, "valid")
+    paper = RankingEvaluator(split, "valid", valid_candidates="paper")
+    users = torch.arange(split.n_users)
+    _, cand_clean = clean.masks(users)
+    _, cand_paper = paper.masks(users)
+    test = torch.zeros(split.n_users, split.n_items, dtype=torch.bool)
+    test[torch.from_numpy(split.test_users.astype(np.int64)), torch.from_numpy(split.test_items.astype(np.int64))] = True
+    assert test.any()
+    assert torch.equal(cand_clean, cand_paper | test)  # the only difference: test items
+    assert not (cand_paper & test).any()
+    # the test split's candidates never include test items, whatever the option
+    _, cand_test = RankingEvaluator(split, "test", valid_candidates="clean").masks(users)
+    assert not (cand_test & test).any()
+    # a scorer ranking test items first, valid items next: perfect only if test items are removed
+    valid_pos, _ = clean.masks(users)
+    scores = 2.0 * test.double() + valid_pos.double()
+    assert paper.evaluate(lambda u: scores[u])["auc"] == 1.0
+    assert clean.evaluate(lambda u: scores[u])["auc"] < 1.0
+    with pytest.raises(ValueError, match="eval.valid_candidates"):
+        RankingEvaluator(split, "valid", valid_candidates="none")
 
 
 @pytest.mark.parametrize("which", ["valid", "test"])

@@ -10,8 +10,9 @@ import torch
 from lopt.eval import metric_names, ranking_metrics
 
 
-def brute_force(scores, positives, candidates, ks) -> dict[str, list[float]]:
-    """Literal per-user, per-pair evaluation of the protocol's formulas."""
+def brute_force(scores, positives, candidates, ks, ties="pessimistic") -> dict[str, list[float]]:
+    """Literal per-user, per-pair evaluation of the protocol's formulas (``ties="paper"``: the
+    paper's optimistic rank, a tied candidate does not count against the positive)."""
     out: dict[str, list[float]] = {name: [] for name in metric_names(ks)}
     for s, p, c in zip(scores.tolist(), positives.tolist(), candidates.tolist(), strict=True):
         P = [i for i, flag in enumerate(p) if flag]
@@ -20,7 +21,10 @@ def brute_force(scores, positives, candidates, ks) -> dict[str, list[float]]:
             for name in out:
                 out[name].append(math.nan)
             continue
-        rank = {i: 1 + sum(1 for j in N if s[j] > s[i]) for i in P}
+        if ties == "pessimistic":
+            rank = {i: 1 + sum(1 for j in N if s[j] >= s[i]) for i in P}
+        else:
+            rank = {i: 1 + sum(1 for j in N if s[j] > s[i]) for i in P}
         won = sum(1 for i in P for j in N if s[i] > s[j])
         out["auc"].append(won / (len(P) * len(N)) if N else math.nan)
         for k in ks:
@@ -72,6 +76,10 @@ def test_matches_brute_force(dtype, score_range):
     seed = 7 + (score_range or 0)
     scores, pos, cand = random_case(24, 60, dtype, seed=seed, score_range=score_range)
     assert_matches(ranking_metrics(scores, pos, cand, ks), brute_force(scores, pos, cand, ks))
+    assert_matches(
+        ranking_metrics(scores, pos, cand, ks, ties="paper"),
+        brute_force(scores, pos, cand, ks, ties="paper"),
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -89,12 +97,31 @@ def test_hand_computed_example():
     pos = torch.tensor([[True, False, True, False, False, False]])  # P = {0 (s=3), 2 (s=2)}
     cand = torch.tensor([[False, True, False, True, True, True]])  # N = {1, 3, 4, 5}; 0,2 excluded
     # item 0: greater = {4} -> rank 2; smaller = {1, 3, 5} -> 3
-    # item 2: greater = {4} (item 3 ties, does not count) -> rank 2; smaller = {1, 5} -> 2
-    out = ranking_metrics(s, pos, cand, ks=(1, 2))
+    # item 2: greater = {4}, tied = {3} (counts against it) -> rank 3; smaller = {1, 5} -> 2
+    out = ranking_metrics(s, pos, cand, ks=(1, 2, 3))
     assert out["auc"].item() == pytest.approx(5 / 8)
     assert out["hr@1"].item() == 0.0 and out["ndcg@1"].item() == 0.0
-    assert out["hr@2"].item() == 1.0
-    assert out["ndcg@2"].item() == pytest.approx(1 / math.log2(3))
+    assert out["hr@2"].item() == 0.5 and out["hr@3"].item() == 1.0
+    assert out["ndcg@2"].item() == pytest.approx(0.5 / math.log2(3))
+    assert out["ndcg@3"].item() == pytest.approx(0.5 / math.log2(3) + 0.5 / math.log2(4))
+    # the paper's optimistic rule ranks item 2 second (the tie with item 3 counts for it)
+    paper = ranking_metrics(s, pos, cand, ks=(2,), ties="paper")
+    assert paper["hr@2"].item() == 1.0 and paper["auc"].item() == pytest.approx(5 / 8)
+    assert paper["ndcg@2"].item() == pytest.approx(1 / math.log2(3))
+
+
+def test_constant_scorer_gets_zero():
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(20, 300, generator=g)  # ~210 candidates per user, more than any K
+    pos, cand = u < 0.2, u > 0.3
+    scores = torch.full((20, 300), 0.25)
+    out = ranking_metrics(scores, pos, cand, ks=(1, 50, 100))
+    for name, values in out.items():
+        assert torch.all(values == 0.0), name
+    # the paper's rule puts every positive first: HR = NDCG = 1, AUC 0
+    paper = ranking_metrics(scores, pos, cand, ks=(1, 50), ties="paper")
+    assert torch.all(paper["hr@1"] == 1.0) and torch.all(paper["ndcg@50"] == 1.0)
+    assert torch.all(paper["auc"] == 0.0)
 
 
 def test_no_positives_and_no_candidates():
@@ -180,6 +207,8 @@ def test_errors():
         ranking_metrics(s, ~m, ~m)
     with pytest.raises(ValueError, match="ks"):
         ranking_metrics(s, m, m, ks=(0,))
+    with pytest.raises(ValueError, match="eval.ties"):
+        ranking_metrics(s, m, m, ties="optimistic")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

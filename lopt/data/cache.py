@@ -31,7 +31,7 @@ log = logging.getLogger("lopt.data")
 
 #: Bumped whenever the stored layout or the meaning of a prepared split changes; part of the
 #: file name, so old caches are simply not found.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Default seconds to wait for another process's build before giving up.
 DEFAULT_LOCK_TIMEOUT_S = 1800.0
 

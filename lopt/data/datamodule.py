@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lopt.data.cache import load_or_build
-from lopt.data.preprocess import prepare_split
+from lopt.data.preprocess import SPLIT_RULE_VERSION, prepare_split
 from lopt.data.sampling import NegativeSampler
 from lopt.data.types import PreparedSplit
 from lopt.eval.evaluator import RankingEvaluator
@@ -140,6 +140,9 @@ class InteractionDataModule(L.LightningDataModule):
     """Loads (or builds and caches) the prepared split and serves triple batches and user blocks.
 
     ``valid_triples=True`` adds validation triples to every training batch (λOpt's Λ-step).
+    ``protocol``: "lambdaopt" or "standard" (the metrics); ``split``: ``{"kind": …, "seed": …}``
+    (see :func:`lopt.data.preprocess.split_interactions`; None = the paper's temporal split);
+    ``ties`` and ``valid_candidates``: see :class:`lopt.eval.evaluator.RankingEvaluator`.
     """
 
     def __init__(
@@ -154,6 +157,10 @@ class InteractionDataModule(L.LightningDataModule):
         seed: int,
         valid_triples: bool,
         ks: tuple[int, ...] = (50, 100),
+        protocol: str = "lambdaopt",
+        split: dict[str, Any] | None = None,
+        ties: str = "pessimistic",
+        valid_candidates: str = "clean",
     ) -> None:
         super().__init__()
         self.source = source
@@ -166,6 +173,10 @@ class InteractionDataModule(L.LightningDataModule):
         self.seed = seed
         self.valid_triples = valid_triples
         self.ks = tuple(ks)
+        self.protocol = protocol
+        self.split_spec = {"kind": "temporal_user", **dict(split or {})}
+        self.ties = ties
+        self.valid_candidates = valid_candidates
         self.split: PreparedSplit | None = None
         self.evaluators: dict[str, RankingEvaluator] = {}
         self._train_batches: TrainBatches | None = None
@@ -173,19 +184,36 @@ class InteractionDataModule(L.LightningDataModule):
     def load_split(self) -> PreparedSplit:
         """The prepared split (built once, then read from the on-disk cache)."""
         if self.split is None:
-            key = {"source": self.source.fingerprint(), "preprocess": self.preprocess}
             self.split = load_or_build(
-                key,
-                lambda: prepare_split(self.source.load(), **self.preprocess),
+                self.cache_key(),
+                lambda: prepare_split(
+                    self.source.load(),
+                    **self.preprocess,
+                    split_kind=self.split_spec["kind"],
+                    split_seed=int(self.split_spec.get("seed", 0)),
+                ),
                 self.cache_dir,
                 enabled=self.cache,
             )
         return self.split
 
+    def cache_key(self) -> dict[str, Any]:
+        """The prepared split's cache key: source identity, preprocessing, split kind and rule."""
+        split = {"kind": self.split_spec["kind"], "rule": SPLIT_RULE_VERSION}
+        if split["kind"] == "random_user":
+            split["seed"] = int(self.split_spec.get("seed", 0))
+        return {"source": self.source.fingerprint(), "preprocess": self.preprocess, "split": split}
+
     def setup(self, stage: str | None = None) -> None:
         split = self.load_split()
         if not self.evaluators:
-            self.evaluators = {which: RankingEvaluator(split, which, self.ks) for which in ("valid", "test")}
+            self.evaluators = {
+                which: RankingEvaluator(
+                    split, which, self.ks, protocol=self.protocol, ties=self.ties,
+                    valid_candidates=self.valid_candidates,
+                )
+                for which in ("valid", "test")
+            }
         if self._train_batches is None:
             train_sampler = NegativeSampler(
                 split.n_items, split.train_users, split.train_items, n_users=split.n_users
@@ -224,4 +252,10 @@ class InteractionDataModule(L.LightningDataModule):
         return UserBlocks(self.evaluators["valid"].users, self.eval_batch_users)
 
     def test_dataloader(self) -> UserBlocks:
+        # Every test pass also gathers the beyond-accuracy statistics (see test_beyond).
+        self.evaluators["test"].track_beyond()
         return UserBlocks(self.evaluators["test"].users, self.eval_batch_users)
+
+    def test_beyond(self, per_user: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The beyond-accuracy block of the latest test pass (``per_user``: its per-user metrics)."""
+        return self.evaluators["test"].beyond_summary(per_user)

@@ -1,26 +1,48 @@
-"""Blockwise evaluation of a split under the lambdaopt protocol.
+"""Blockwise evaluation of a split under the lambdaopt or the standard protocol.
 
 :class:`RankingEvaluator` precomputes, once, two CSR structures over users: the positives of the
-evaluated split (valid or test) and every interacted item (train ∪ valid ∪ test). For a block of
+evaluated split (valid or test) and the items excluded from the user's ranking. For a block of
 users and their dense (B, n_items) scores it scatters both into (B, n_items) masks on the scores'
-device (positives P_u; candidates N_u = items never interacted with) and calls
-:func:`lopt.eval.metrics.ranking_metrics`. Memory is bounded by the block: no (n_users, n_items)
-tensor is ever built.
+device (positives P_u; candidates N_u = the other rankable items) and computes the protocol's
+metrics (:mod:`lopt.eval.metrics`; both protocols share the same exact ranking kernel). Memory
+is bounded by the block: no (n_users, n_items) tensor is ever built.
+
+Candidates (protocol.md): for the test split, items outside the user's train ∪ valid ∪ test;
+for the valid split, items outside train ∪ valid — the test split is unknown at selection time,
+so test items are candidates (``valid_candidates="paper"``: also remove them, as the paper's code
+did). Under the standard protocol the ranked list is P_u ∪ N_u: all items outside the user's
+train (valid split) or train ∪ valid (test split).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from lopt.data.types import PreparedSplit
-from lopt.eval.metrics import _check_ks, metric_names, ranking_metrics
+from lopt.eval.beyond import BeyondAccuracy
+from lopt.eval.metrics import (
+    PROTOCOLS,
+    Protocol,
+    Ties,
+    _check_ks,
+    _check_ties,
+    _output_dtype,
+    lambdaopt_from_ranks,
+    metric_names,
+    positive_ranks,
+    standard_from_ranks,
+)
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "RankingEvaluator"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "VALID_CANDIDATES", "RankingEvaluator"]
+
+#: ``eval.valid_candidates``: "clean" (test items are candidates when ranking the valid split)
+#: or "paper" (the paper's code: they are removed, so selection peeks at the test split).
+VALID_CANDIDATES: tuple[str, ...] = ("clean", "paper")
 
 #: Users per block. At ML-10M shape (69,878 x 10,677, 128-dim factors) a full test evaluation
 #: took ~41 CPU-seconds single-threaded on the 2-core dev box (1024 and 2048 equally fast);
@@ -58,7 +80,9 @@ class RankingEvaluator:
     Attributes:
         users: (n_eval,) int64 CPU tensor, ascending, of the users with ≥1 positive in the split.
         n_users, n_items: shape of the score matrix rows/columns.
-        ks: the HR/NDCG cut-offs.
+        ks: the metric cut-offs.
+        protocol: "lambdaopt" (AUC, HR@K, NDCG@K) or "standard" (see :mod:`lopt.eval.metrics`).
+        ties: "pessimistic" or "paper" (the paper's optimistic rank).
         metric_names: keys of every returned dict, in order.
     """
 
@@ -67,19 +91,38 @@ class RankingEvaluator:
         split: PreparedSplit,
         which: Literal["valid", "test"],
         ks: Sequence[int] = (50, 100),
+        *,
+        protocol: Protocol = "lambdaopt",
+        ties: Ties = "pessimistic",
+        valid_candidates: str = "clean",
     ) -> None:
         if which not in ("valid", "test"):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r} (config key protocol.name)")
+        if valid_candidates not in VALID_CANDIDATES:
+            raise ValueError(
+                f"valid_candidates must be one of {VALID_CANDIDATES}, got {valid_candidates!r} "
+                "(config key eval.valid_candidates)"
+            )
         self.which = which
         self.ks = _check_ks(ks)
-        self.metric_names = metric_names(self.ks)
+        self.protocol = protocol
+        self.ties = _check_ties(ties)
+        self.valid_candidates = valid_candidates
+        self.metric_names = metric_names(self.ks, protocol)
         self.n_users = int(split.n_users)
         self.n_items = int(split.n_items)
+        self._item_frequency = split.item_train_frequency()
+        self._user_frequency = split.user_train_frequency()
+        self.beyond: BeyondAccuracy | None = None
 
         pos_users = getattr(split, f"{which}_users")
         pos_items = getattr(split, f"{which}_items")
-        all_users = np.concatenate([split.train_users, split.valid_users, split.test_users])
-        all_items = np.concatenate([split.train_items, split.valid_items, split.test_items])
+        # Items removed from the user's ranking besides the positives themselves.
+        parts = ["train", "valid"] if which == "valid" and valid_candidates == "clean" else ["train", "valid", "test"]
+        all_users = np.concatenate([getattr(split, f"{p}_users") for p in parts])
+        all_items = np.concatenate([getattr(split, f"{p}_items") for p in parts])
         for name, arr, bound in (
             ("users", all_users, self.n_users),
             ("items", all_items, self.n_items),
@@ -106,7 +149,8 @@ class RankingEvaluator:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(positives, candidates): two (B, n_items) bool masks on ``device`` for ``users`` (B,).
 
-        positives = the split's held-out items; candidates = items outside train ∪ valid ∪ test.
+        positives = the split's held-out items; candidates = the other rankable items (module
+        docstring).
         """
         device = torch.device(device)
         users = self._check_users(users).to(device)
@@ -143,7 +187,30 @@ class RankingEvaluator:
                 "= (len(users), n_items)"
             )
         positives, candidates = self.masks(users, scores.device)
-        return ranking_metrics(scores, positives, candidates, self.ks)
+        out_dtype = _output_dtype(scores.device)
+        ranks = positive_ranks(scores, positives, candidates, self.ties, with_items=self.beyond is not None)
+        if ranks is None:
+            nan = torch.full((users.numel(),), math.nan, dtype=out_dtype, device=scores.device)
+            return {name: nan.clone() for name in self.metric_names}
+        if self.protocol == "lambdaopt":
+            metrics = lambdaopt_from_ranks(ranks, self.ks, out_dtype)
+            rank = ranks.above + 1
+        else:
+            metrics = standard_from_ranks(ranks, self.ks, out_dtype)
+            rank = ranks.list_rank
+        if self.beyond is not None:
+            assert ranks.items is not None
+            self.beyond.observe(scores, positives | candidates, ranks.items, rank, ranks.real)
+        return metrics
+
+    # ---------------------------------------------------------- beyond accuracy
+    def track_beyond(self) -> None:
+        """Start a fresh beyond-accuracy accumulation (fed by every later :meth:`block_metrics`)."""
+        self.beyond = BeyondAccuracy(self._item_frequency, self._user_frequency, self.ks)
+
+    def beyond_summary(self, per_user: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The beyond-accuracy block of the blocks seen since :meth:`track_beyond` ({} if none)."""
+        return {} if self.beyond is None else self.beyond.summary(per_user)
 
     def evaluate_per_user(
         self,

@@ -19,7 +19,11 @@ import numpy as np
 import polars as pl
 from omegaconf import OmegaConf
 
+#: The paper's table columns (the lambdaopt protocol at K = 50, 100), in its order.
 METRICS: tuple[str, ...] = ("auc", "hr@50", "hr@100", "ndcg@50", "ndcg@100")
+#: Protocol of a run whose metrics.json predates the protocol key.
+DEFAULT_PROTOCOL = "lambdaopt"
+_TITLES = {"auc": "AUC", "mrr": "MRR", "hr": "HR", "ndcg": "NDCG", "recall": "Recall", "precision": "Precision", "map": "MAP"}
 FIX_METHOD = "MF-λFix"
 #: The paper table's rows, in its order; other methods found are appended after these.
 PAPER_METHODS: tuple[str, ...] = (
@@ -58,6 +62,11 @@ class Run:
     def lambda_value(self) -> float | None:
         value = self.metrics.get("lambda_value")
         return None if value is None else float(value)
+
+    @property
+    def protocol(self) -> str:
+        """The evaluation protocol of the run (``lambdaopt`` for runs that predate the key)."""
+        return str(self.metrics.get("protocol") or DEFAULT_PROTOCOL)
 
     def value(self, split: str, metric: str) -> float:
         """``metrics.json[split][metric]`` as a float (NaN when absent)."""
@@ -116,6 +125,32 @@ def find_unfinished_runs(root: str | Path) -> list[Path]:
     started = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     started |= {p.parent for p in root.rglob("checkpoints") if p.is_dir()}
     return sorted(d for d in started if d not in finished)
+
+
+def metric_title(key: str) -> str:
+    """Display name of a metric key: ``auc`` → AUC, ``ndcg@20`` → NDCG@20, ``recall@10`` → Recall@10."""
+    name, at, k = key.partition("@")
+    return f"{_TITLES.get(name, name)}{at}{k}"
+
+
+def available_metrics(runs: Iterable[Run], split: str = "test", prefer: Sequence[str] = METRICS) -> list[str]:
+    """The metric keys present in ``metrics.json[split]`` of any run: those of ``prefer`` first
+    (in its order), then the others in order of first appearance."""
+    seen: dict[str, None] = {}
+    for run in runs:
+        for key in (run.metrics.get(split) or {}):
+            seen.setdefault(str(key), None)
+    return [m for m in prefer if m in seen] + [m for m in seen if m not in prefer]
+
+
+def check_metrics(requested: Sequence[str], runs: Sequence[Run], split: str, option: str) -> list[str]:
+    """``requested`` if every key is in some run's ``split`` metrics; ValueError naming the
+    option and the keys the runs have otherwise."""
+    have = available_metrics(runs, split)
+    missing = [m for m in requested if m not in have]
+    if missing:
+        raise ValueError(f"{option}: no run has {split} metric(s) {missing}; the runs have {', '.join(have) or 'none'}")
+    return list(requested)
 
 
 @dataclass(frozen=True)
