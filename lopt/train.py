@@ -1,6 +1,6 @@
 """One run: compose → data → module → fit → best-validation checkpoint → test → results files.
 
-Results contract (architecture.md) in the run's output directory:
+Results contract (docs/results.md) in the run's output directory:
 ``metrics.json``, ``per_user_test.parquet``, ``lambda.npz`` (learned-Λ runs), ``checkpoints/``,
 and Hydra's ``.hydra/config.yaml``.
 """

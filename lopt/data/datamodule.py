@@ -35,7 +35,7 @@ class TripleEpochs:
     """Shuffled (users, pos, neg) int64 triples of one split, drawn afresh for every epoch.
 
     Epoch ``e`` is a pure function of ``(seed, stream, e)``: a permutation and one uniform
-    negative per positive (protocol.md).
+    negative per positive (docs/protocol.md).
     """
 
     def __init__(
