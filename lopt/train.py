@@ -256,6 +256,7 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, select the best-validation checkpoint, test it and write the results contract."""
     _quiet_third_party()
+    check_accelerator(cfg)  # before any data work
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -35,7 +35,8 @@ def test_piped_run_logs_a_line_per_epoch_and_progress_within(tmp_path: Path) -> 
     assert re.search(r"epoch 1/3  batch 1/\d+  step \d+  train_loss", out)
     assert re.search(r"valid evaluation: batch 1/\d+", out) and re.search(r"test evaluation: batch 1/\d+", out)
     assert re.search(r"valid \(after epoch 3\)  auc=", out)  # the final, unscheduled evaluation
-    assert "preprocess split" in out  # preprocessing reports its stages
+    assert "reading SyntheticSource" in out and "read 3,000 interactions" in out  # the source, then
+    assert "preprocess split" in out  # each preprocessing stage
     assert "\r" not in proc.stderr and "━" not in out  # no progress bar in a pipe
 
 

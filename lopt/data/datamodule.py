@@ -10,12 +10,14 @@ at the right batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
+import polars as pl
 import torch
 
 from lopt.data.cache import load_or_build
@@ -176,11 +178,21 @@ class InteractionDataModule(L.LightningDataModule):
             key = {"source": self.source.fingerprint(), "preprocess": self.preprocess}
             self.split = load_or_build(
                 key,
-                lambda: prepare_split(self.source.load(), **self.preprocess),
+                lambda: prepare_split(self._read_source(), **self.preprocess),
                 self.cache_dir,
                 enabled=self.cache,
             )
         return self.split
+
+    def _read_source(self) -> pl.DataFrame:
+        """The source's canonical frame, with a log line before and after (large files take a
+        while, and a batch job's log should say what it is doing)."""
+        name = getattr(self.source, "path", None) or type(self.source).__name__
+        log.info("reading %s (the prepared split is cached afterwards)", name)
+        started = time.perf_counter()
+        frame = self.source.load()
+        log.info("read %s interactions in %.1f s", f"{frame.height:,}", time.perf_counter() - started)
+        return frame
 
     def setup(self, stage: str | None = None) -> None:
         split = self.load_split()

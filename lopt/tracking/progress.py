@@ -2,9 +2,9 @@
 
 A batch job (SLURM, nohup, ``docker run`` without ``-t``) has no terminal, so a progress bar
 prints nothing useful there. :class:`LogProgress` writes one line per training epoch instead —
-epoch, global step, mean train loss, the Λ-step's validation loss (λOpt, its last logged value), the validation
-metrics when the epoch was evaluated, elapsed time and an ETA — and, within epochs and
-evaluations that take longer than ``every_n_seconds``, a line each time that much has passed.
+epoch, global step, mean train loss, the Λ-step's validation loss (λOpt, its last logged
+value), the validation metrics when the epoch was evaluated, elapsed time and an ETA — and,
+within epochs and evaluations longer than ``every_n_seconds``, a line each time that passes.
 The train loss is summed on the device; the host reads it once per line, so no step syncs.
 """
 
