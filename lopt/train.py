@@ -91,7 +91,9 @@ def build_trainer(
     """The Lightning Trainer with the callbacks of ``cfg.callbacks`` (the best-validation
     checkpoint among them, returned too), the tracking callbacks and the signal checkpoint."""
     check_accelerator(cfg)
-    configured = instantiate_callbacks(cfg.get("callbacks"))
+    # The callbacks' paths (${paths.output_dir}/checkpoints) resolve against this run's directory.
+    scoped = OmegaConf.merge(cfg, {"paths": {"output_dir": str(output_dir)}})
+    configured = instantiate_callbacks(scoped.get("callbacks"))
     best = best_checkpoint(configured)
     callbacks: list[L.Callback] = [*configured.values(), *build_tracking_callbacks(cfg, split, output_dir)]
     if cfg.checkpoint.every_n_train_steps > 0:

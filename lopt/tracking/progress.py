@@ -83,7 +83,7 @@ class LogProgress(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.monotonic()
         self._first_epoch = trainer.current_epoch  # > 0 when resumed
-        log.info("training: %s epochs, %s steps per epoch", trainer.max_epochs, self._batches(trainer))
+        log.info("training: %s epochs, %s steps per epoch", self._epochs(trainer), self._batches(trainer) or "?")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = self._last_line = time.monotonic()
@@ -108,14 +108,14 @@ class LogProgress(L.Callback):
             eta = (now - self._epoch_started) * (1 / fraction - 1) if fraction > 0 else None
             log.info(
                 "epoch %d/%s  batch %d/%s  step %d  train_loss %s  epoch ETA %s",
-                trainer.current_epoch + 1, trainer.max_epochs, done, total or "?", trainer.global_step,
+                trainer.current_epoch + 1, self._epochs(trainer), done, total or "?", trainer.global_step,
                 self._mean_loss(), format_seconds(eta) if eta is not None else "?",
             )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = time.monotonic()
         epoch = trainer.current_epoch
-        parts = [f"epoch {epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}", f"train_loss {self._mean_loss()}"]
+        parts = [f"epoch {epoch + 1}/{self._epochs(trainer)}", f"step {trainer.global_step}", f"train_loss {self._mean_loss()}"]
         lookahead = _scalar(self._lookahead)
         if lookahead is not None:
             parts.append(f"lookahead_valid_loss {lookahead:.4f}")
@@ -134,6 +134,10 @@ class LogProgress(L.Callback):
         if self._loss_sum is None or self._loss_count == 0:
             return "n/a"
         return f"{float(self._loss_sum.cpu()) / self._loss_count:.4f}"
+
+    @staticmethod
+    def _epochs(trainer: L.Trainer) -> int | str:
+        return trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
 
     @staticmethod
     def _batches(trainer: L.Trainer) -> int | None:
