@@ -88,7 +88,7 @@ class LogProgress(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = self._last_line = time.monotonic()
         self._loss_sum, self._loss_count = None, 0
-        self._evaluated = self._lookahead = None
+        self._evaluated = None  # the Λ-step loss stays the last logged one, across epochs
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -96,7 +96,7 @@ class LogProgress(L.Callback):
             loss = loss.detach()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
-        if (trainer.global_step - 1) % max(1, trainer.log_every_n_steps) == 0:  # the module just logged
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:  # the module just logged
             value = trainer.callback_metrics.get(LOOKAHEAD_KEY)
             if value is not None:
                 self._lookahead = value  # a device tensor: read on the next line only
