@@ -1,25 +1,58 @@
 # The two commands of the README:
 #   make run    set everything up, then run the default job (python run.py)
 #   make test   set everything up, then run the whole test suite
-PYTHON ?= python3
+#
+# lopt needs Python 3.11. The first of these creates .venv/: $(PYTHON) when given on the command
+# line (make run PYTHON=/opt/py311/bin/python3), else python3.11, else python3 when it is 3.11,
+# else uv (which fetches a 3.11). Otherwise setup stops and says what to install.
+# torch: PyPI's Linux wheel is the CUDA build; for a CPU-only install
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TORCH_INDEX ?=
+
+IS_PY311 = $(shell command -v $(1) >/dev/null 2>&1 && $(1) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1 && echo $(1))
+ifdef PYTHON
+  PY311 := $(call IS_PY311,$(PYTHON))
+  ifeq ($(PY311),)
+    $(error PYTHON=$(PYTHON) is not a Python 3.11 (lopt requires 3.11): point PYTHON at a python3.11)
+  endif
+else
+  PY311 := $(or $(call IS_PY311,python3.11),$(call IS_PY311,python3))
+endif
+UV := $(if $(PY311),,$(shell command -v uv 2>/dev/null))
+NO_PYTHON := lopt needs Python 3.11, and neither python3.11 nor a python3 of version 3.11 nor uv is on PATH. \
+Install one of them: python3.11 (Debian/Ubuntu: apt install python3.11 python3.11-venv; macOS: brew install python@3.11; \
+or conda create -n lopt python=3.11), or uv (https://docs.astral.sh/uv/), or name one: make run PYTHON=/path/to/python3.11
+
+ifneq ($(PY311),)
+  MAKE_VENV := $(PY311) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip
+  PIP       := $(BIN)/python -m pip install --quiet
+else ifneq ($(UV),)
+  MAKE_VENV := $(UV) venv --quiet --python 3.11 $(VENV)
+  PIP       := $(UV) pip install --quiet --python $(BIN)/python
+endif
+TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 # Byte-code caching roughly halves the import time of lightning (about 8 s -> 3 s a process).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast clean which-python
 
 setup: $(STAMP)
 
-# torch first, pinned: its local CPU wheel satisfies the pin; anything looser pulls a CUDA build.
+# torch first, pinned (pyproject.toml pins the same release), from TORCH_INDEX when given.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(if $(MAKE_VENV),true,echo "$(NO_PYTHON)" >&2; exit 1)
+	$(MAKE_VENV)
+	$(PIP) $(TORCH_FLAGS) torch==2.13.0
+	$(PIP) -e '.[dev]'
 	touch $(STAMP)
+
+# Which interpreter setup would use (the Makefile's own test reads it).
+which-python:
+	@echo "$(if $(PY311),$(PY311),$(if $(UV),uv $(UV),none))"
 
 run: setup
 	$(BIN)/python run.py $(ARGS)

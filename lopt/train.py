@@ -1,6 +1,6 @@
 """One run: compose → data → module → fit → best-validation checkpoint → test → results files.
 
-Results contract (architecture.md) in the run's output directory:
+Results contract (docs/results.md) in the run's output directory:
 ``metrics.json``, ``per_user_test.parquet``, ``lambda.npz`` (learned-Λ runs), ``checkpoints/``,
 and Hydra's ``.hydra/config.yaml``.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ import numpy as np
 import polars as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from lopt import lifecycle
+from lopt.callbacks import best_checkpoint, instantiate_callbacks
 from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.types import PreparedSplit
@@ -90,19 +92,14 @@ def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
 def build_trainer(
     cfg: DictConfig, output_dir: Path, split: PreparedSplit
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """The Lightning Trainer with the best-validation checkpoint callback (also saves last.ckpt)."""
-    monitor = f"valid/{cfg.eval.monitor}"
-    best = ModelCheckpoint(
-        dirpath=output_dir / CHECKPOINT_DIR,
-        filename=BEST_NAME,
-        monitor=monitor,
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    callbacks: list[L.Callback] = [best, *build_tracking_callbacks(cfg, split, output_dir)]
+    """The Lightning Trainer with the callbacks of ``cfg.callbacks`` (the best-validation
+    checkpoint among them, returned too), the tracking callbacks and the signal checkpoint."""
+    check_accelerator(cfg)
+    # The callbacks' paths (${paths.output_dir}/checkpoints) resolve against this run's directory.
+    scoped = OmegaConf.merge(cfg, {"paths": {"output_dir": str(output_dir)}})
+    configured = instantiate_callbacks(scoped.get("callbacks"))
+    best = best_checkpoint(configured)
+    callbacks: list[L.Callback] = [*configured.values(), *build_tracking_callbacks(cfg, split, output_dir)]
     if cfg.checkpoint.every_n_train_steps > 0:
         callbacks.append(
             ModelCheckpoint(
@@ -114,9 +111,7 @@ def build_trainer(
             )
         )
     callbacks += [CheckpointOnSignal(output_dir / CHECKPOINT_DIR / "last.ckpt"), TrainClock()]
-    interactive = sys.stderr.isatty()
-    if interactive:
-        callbacks.append(RichProgressBar())
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
     logger = build_logger(cfg, output_dir)
     # Under SLURM, submitit requeues preempted/timed-out jobs (and train.py resumes from
     # last.ckpt); Lightning's own requeue would compete with it.
@@ -129,10 +124,21 @@ def build_trainer(
         logger=logger,
         default_root_dir=str(output_dir),
         check_val_every_n_epoch=cfg.eval.every_n_epochs,
-        enable_progress_bar=interactive,
-        enable_model_summary=interactive,
+        enable_progress_bar=has_bar,
+        enable_model_summary=has_bar,
     )
     return trainer, best
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """Stop early, with the fix, when ``trainer=gpu`` is asked for on a machine without a GPU."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"trainer.accelerator={accelerator} but PyTorch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). "
+            "Run on the CPU with trainer=cpu, or install a CUDA build of torch (see README)."
+        )
 
 
 def _quiet_third_party() -> None:
@@ -240,6 +246,7 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, select the best-validation checkpoint, test it and write the results contract."""
     _quiet_third_party()
+    check_accelerator(cfg)  # before any data work
     cfg, output_dir, ckpt_path = lifecycle.start_run(cfg, Path(cfg.paths.output_dir), CHECKPOINT_DIR)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -261,3 +268,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log_beyond(trainer.loggers, metrics["beyond"], trainer.global_step)
     print_summary(metrics, output_dir)
     return metrics
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``from lopt import train; train([...])`` the Python API (:func:`lopt.api.train`)
+    while ``lopt.train`` stays this module (``from lopt.train import run`` keeps working)."""
+
+    def __call__(self, overrides: Any = (), **kwargs: Any) -> dict[str, Any]:
+        from lopt.api import train
+
+        return train(overrides, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -16,7 +16,7 @@ SHARED_ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"
 
 @pytest.fixture(scope="session")
 def ml100k_path() -> Path:
-    """The real MovieLens-100K ratings (never committed: read from ../shared)."""
+    """The real MovieLens-100K ratings (never committed: read from ../shared/data)."""
     if not SHARED_ML100K.is_file():
         pytest.skip(f"ml-100k not available at {SHARED_ML100K} (the shared data folder is absent)")
     return SHARED_ML100K

@@ -75,7 +75,7 @@ def test_every_config_key_is_read_by_code() -> None:
     constructor argument of its ``_target_``) or read by name somewhere in ``lopt/`` or run.py."""
     source = "\n".join(p.read_text() for p in (REPO_ROOT / "lopt").rglob("*.py")) + (REPO_ROOT / "run.py").read_text()
     interpolations = "\n".join(p.read_text() for p in CONF.rglob("*.yaml"))
-    instantiated_groups = {"optimizer", "lambda_optimizer", "trainer", "logger", "model"}
+    instantiated_groups = {"optimizer", "lambda_optimizer", "trainer", "logger", "model", "callbacks"}
     unused = []
     for path in sorted(CONF.rglob("*.yaml")):
         group = path.parent.relative_to(CONF).as_posix()

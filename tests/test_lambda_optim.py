@@ -117,7 +117,7 @@ def test_row_sparse_adam_uses_per_row_step_count() -> None:
 
 
 def _lambda_opt_iteration(model, gran, theta_opt, lam_opt, train, valid) -> None:  # type: ignore[no-untyped-def]
-    """One λOpt iteration (method.md steps 1–3) with batch scope."""
+    """One λOpt iteration (docs/method.md steps 1–3) with batch scope."""
     theta_opt.zero_grad()
     bpr_loss(*model(*train)).backward()
     lam_opt.zero_grad()

@@ -1,4 +1,4 @@
-"""The invariant of method.md: with Λ fixed, the row-wise look-ahead equals the real Θ-step, and its
+"""The invariant of docs/method.md: with Λ fixed, the row-wise look-ahead equals the real Θ-step, and its
 Λ-gradient equals finite differences."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def build(
 
 
 def real_step(model, gran, opt, batch, scope: str, clip: float | None) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """The real Θ-step of method.md: BPR backward, + ∇_ΘΩ, clip, optimizer.step(). Returns the norm."""
+    """The real Θ-step of docs/method.md: BPR backward, + ∇_ΘΩ, clip, optimizer.step(). Returns the norm."""
     opt.zero_grad()
     bpr_loss(*model(*batch)).backward()
     add_penalty_grad_(model, gran, *batch, scope, SCALE)

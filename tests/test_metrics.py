@@ -1,4 +1,4 @@
-"""ranking_metrics against a plain-Python transcription of protocol.md's Metrics definitions."""
+"""ranking_metrics against a plain-Python transcription of docs/protocol.md's Metrics definitions."""
 
 from __future__ import annotations
 

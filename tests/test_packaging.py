@@ -252,3 +252,45 @@ def test_normalization_sees_drift():
     """The comparison ignores spelling but not versions."""
     assert normalized("Hydra_Core >=1.3.8, <1.4") == normalized("hydra-core<1.4,>=1.3.8")
     assert normalized("numpy>=2.0,<3") != normalized("numpy>=2.1,<3")
+
+
+#: Import name → distribution name, where they differ.
+DISTRIBUTION_OF = {"hydra": "hydra-core", "yaml": "pyyaml"}
+#: Declared but never imported by name, each for a stated reason.
+NOT_IMPORTED = {
+    "hydra-submitit-launcher": "a Hydra plugin, selected by hydra/launcher=local|slurm",
+    "rich": "Lightning's RichProgressBar (callbacks.progress) needs it",
+}
+
+
+def _third_party_imports(paths: list[Path]) -> set[str]:
+    """Top-level modules imported anywhere in ``paths`` (nested imports included) that are not
+    the standard library or lopt/tests themselves."""
+    import ast
+    import sys
+
+    names: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    local = {"lopt", "tests", "e2e", "bench", "run"}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in local}
+
+
+def test_declared_dependencies_are_exactly_the_imported_ones():
+    """Runtime code (lopt/, run.py, experiments/) imports exactly [project.dependencies] (less the
+    NOT_IMPORTED ones); the tests need nothing beyond those and the dev extra."""
+    project = pyproject()["project"]
+    declared = {canonicalize_name(Requirement(d).name) for d in project["dependencies"]}
+    dev = {canonicalize_name(Requirement(d).name) for d in project["optional-dependencies"]["dev"]}
+    runtime = [*(REPO_ROOT / "lopt").rglob("*.py"), REPO_ROOT / "run.py", *(REPO_ROOT / "experiments").rglob("*.py")]
+    imported = {canonicalize_name(DISTRIBUTION_OF.get(n, n)) for n in _third_party_imports(runtime)}
+    assert imported == declared - set(NOT_IMPORTED), (
+        f"imported but not declared: {sorted(imported - declared)}; "
+        f"declared but not imported: {sorted(declared - imported - set(NOT_IMPORTED))}"
+    )
+    tested = {canonicalize_name(DISTRIBUTION_OF.get(n, n)) for n in _third_party_imports(list((REPO_ROOT / "tests").rglob("*.py")))}
+    assert tested <= declared | dev, f"tests import undeclared packages: {sorted(tested - declared - dev)}"

@@ -146,7 +146,7 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_paper_results_match_method_md(table: ModuleType) -> None:
-    """paper_results.yaml holds the table of method.md (spot checks of every row's AUC)."""
+    """paper_results.yaml holds the table of docs/method.md (spot checks of every row's AUC)."""
     paper, aliases = table.load_paper()
     assert paper["amazon_food"]["MF-λOpt-DUI"] == {"auc": 0.8743, "hr@50": 0.4470, "hr@100": 0.5251, "ndcg@50": 0.2946, "ndcg@100": 0.2920}
     assert paper["ml10m"]["MF-λFix"]["auc"] == 0.9497 and paper["ml10m"]["NeuMF"]["ndcg@100"] == 0.0865

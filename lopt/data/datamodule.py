@@ -10,12 +10,14 @@ at the right batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
+import polars as pl
 import torch
 
 from lopt.data.cache import load_or_build
@@ -35,7 +37,7 @@ class TripleEpochs:
     """Shuffled (users, pos, neg) int64 triples of one split, drawn afresh for every epoch.
 
     Epoch ``e`` is a pure function of ``(seed, stream, e)``: a permutation and one uniform
-    negative per positive (protocol.md).
+    negative per positive (docs/protocol.md).
     """
 
     def __init__(
@@ -187,7 +189,7 @@ class InteractionDataModule(L.LightningDataModule):
             self.split = load_or_build(
                 self.cache_key(),
                 lambda: prepare_split(
-                    self.source.load(),
+                    self._read_source(),
                     **self.preprocess,
                     split_kind=self.split_spec["kind"],
                     split_seed=int(self.split_spec.get("seed", 0)),
@@ -203,6 +205,16 @@ class InteractionDataModule(L.LightningDataModule):
         if split["kind"] == "random_user":
             split["seed"] = int(self.split_spec.get("seed", 0))
         return {"source": self.source.fingerprint(), "preprocess": self.preprocess, "split": split}
+
+    def _read_source(self) -> pl.DataFrame:
+        """The source's canonical frame, with a log line before and after (large files take a
+        while, and a batch job's log should say what it is doing)."""
+        name = getattr(self.source, "path", None) or type(self.source).__name__
+        log.info("reading %s (the prepared split is cached afterwards)", name)
+        started = time.perf_counter()
+        frame = self.source.load()
+        log.info("read %s interactions in %.1f s", f"{frame.height:,}", time.perf_counter() - started)
+        return frame
 
     def setup(self, stage: str | None = None) -> None:
         split = self.load_split()

@@ -1,6 +1,6 @@
 """Preprocessing of the canonical interaction frame: dedupe → filter → re-index → split.
 
-Implements the "lambdaopt" protocol (``shared/design/protocol.md``):
+Implements the "lambdaopt" protocol (docs/protocol.md):
 
 1. keep (user, item, timestamp); drop duplicate (user, item) pairs, keeping the earliest;
 2. filter once: items with ≥ ``min_users_per_item`` distinct users, then users with

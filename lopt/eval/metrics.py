@@ -1,4 +1,4 @@
-"""Exact per-user ranking metrics of both evaluation protocols (see docs: protocol.md, Metrics).
+"""Exact per-user ranking metrics of both evaluation protocols (docs/protocol.md, Metrics).
 
 For a user u with positives P_u and candidates N_u (disjoint item sets) and scores s:
 

@@ -1,4 +1,4 @@
-"""Λ at a granularity, broadcast to λU (|U|×d) and λI (|I|×d) (method.md, "Regularizer and its
+"""Λ at a granularity, broadcast to λU (|U|×d) and λI (|I|×d) (docs/method.md, "Regularizer and its
 granularities").
 
 Storage per name (``s`` = one tensor shared by users and items; "fixed" = a buffer at ``init``):

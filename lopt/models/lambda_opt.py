@@ -1,4 +1,4 @@
-"""MF-λOpt: MF-BPR whose fine-grained Λ is learned by a validation look-ahead (method.md).
+"""MF-λOpt: MF-BPR whose fine-grained Λ is learned by a validation look-ahead (docs/method.md).
 
 Per iteration: one training forward/backward (g_t), then every ``lambda_update_interval``
 iterations a Λ-step — the validation loss of the exact row-wise look-ahead Θ̄_{t+1}(Λ),

@@ -1,4 +1,4 @@
-"""Optimizers for Λ (method.md, step 2: "clip, step the Λ optimizer (SGD or Adam), clamp Λ ≥ 0").
+"""Optimizers for Λ (docs/method.md, step 2: "clip, step the Λ optimizer (SGD or Adam), clamp Λ ≥ 0").
 
 All three keep Λ ≥ 0 after every step (projection onto [0, ∞) of every entry they touch) and save
 their state through ``state_dict`` like any ``torch.optim.Optimizer``. Row-stored Λ

@@ -1,4 +1,4 @@
-"""Exact, differentiable, row-wise look-ahead Θ̄_{t+1}(Λ) (method.md, "Doing it at the cost of one
+"""Exact, differentiable, row-wise look-ahead Θ̄_{t+1}(Λ) (docs/method.md, "Doing it at the cost of one
 training step").
 
 Every supported Θ optimizer is row-separable, so the new value of ``param[rows]`` depends only on

@@ -1,4 +1,4 @@
-"""MF-BPR core: user and item factor matrices and their scores (method.md, "Model")."""
+"""MF-BPR core: user and item factor matrices and their scores (docs/method.md, "Model")."""
 
 from __future__ import annotations
 
@@ -46,5 +46,5 @@ def triple_scores(
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-    """(1/B) Σ softplus(−(ŷ_ui − ŷ_uj)) — the BPR loss of method.md, a scalar."""
+    """(1/B) Σ softplus(−(ŷ_ui − ŷ_uj)) — the BPR loss of docs/method.md, a scalar."""
     return torch.nn.functional.softplus(neg_scores - pos_scores).mean()

@@ -1,6 +1,6 @@
 """MF-BPR as LightningModules with manual optimization: MF-λFix and the shared loop of λOpt.
 
-One iteration (method.md, "Training"):
+One iteration (docs/method.md, "Training"):
   1. forward/backward of the non-regularized BPR loss of the training batch → g_t in ``.grad``;
   2. the slot before the Θ-step (``before_theta_step``): nothing for λFix, the Λ-step of λOpt,
      the adversarial gradient of AMF;

@@ -2,7 +2,7 @@
 
 Validation and test loops iterate blocks of users (see ``lopt.data.datamodule.UserBlocks``);
 each block is scored against all items and turned into per-user metrics by the datamodule's
-``RankingEvaluator`` (protocol.md, "lambdaopt" metrics). The aggregated means are logged as
+``RankingEvaluator`` (docs/protocol.md, "lambdaopt" metrics). The aggregated means are logged as
 ``valid/<metric>`` and ``test/<metric>``; per-user values are kept for the results files.
 """
 

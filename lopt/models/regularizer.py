@@ -1,4 +1,4 @@
-"""The regularizer Ω(B; Θ, Λ) of method.md, its Θ-gradient, and the Θ grad-norm clip.
+"""The regularizer Ω(B; Θ, Λ) of docs/method.md, its Θ-gradient, and the Θ grad-norm clip.
 
 Scopes (config ``regularizer.scope``):
 

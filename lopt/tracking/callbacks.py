@@ -38,6 +38,7 @@ from lopt.tracking.trajectories import (
     choose_tracked,
     thin_steps,
 )
+from lopt.tracking.wandb_plots import per_dim_image, trajectory_image, trajectory_table_chart
 
 log = logging.getLogger("lopt")
 
@@ -69,9 +70,18 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def _dashboard_stat(key: str) -> bool:
+    """Λ statistics W&B plots as scalar series: each side's mean and quantiles (``lambda/user/q50``).
+    The per-dimension means go to W&B as one image per evaluation instead of 2·d series."""
+    leaf = key.rsplit("/", 1)[-1]
+    return "/dim_mean/" not in key and (leaf == "mean" or leaf.startswith("q"))
+
+
 class LambdaStatsCallback(L.Callback):
-    """Λ statistics per side every ``every_n_steps`` Θ-steps (and at each epoch end) to all
-    loggers under ``lambda/<side>/<stat>``; a W&B histogram of each side's λ per epoch."""
+    """Λ statistics per side every ``every_n_steps`` Θ-steps (and at each epoch end) under
+    ``lambda/<side>/<stat>``: all of them to the CSV logger; to W&B each side's mean and quantiles,
+    a histogram of each side's λ per epoch (a histogram-over-time panel) and, per evaluation, one
+    image of the per-dimension means (``lambda/per_dim``)."""
 
     def __init__(
         self,
@@ -103,8 +113,9 @@ class LambdaStatsCallback(L.Callback):
                 self._samples[side] = quantile_sample(storage.numel(), self.max_quantile_values, self.seed, storage.device)
             stats = lambda_statistics(storage, self.quantiles, self.per_dim, self._samples[side])
             metrics.update({f"lambda/{side}/{k}": v for k, v in stats.items()})
+        dashboard = {k: v for k, v in metrics.items() if _dashboard_stat(k)}
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(dashboard if isinstance(logger, WandbLogger) else metrics, step=step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         granularity = learnable_granularity(pl_module)
@@ -128,11 +139,28 @@ class LambdaStatsCallback(L.Callback):
         for logger in runs:
             logger.experiment.log(payload)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is None or not self.per_dim or trainer.sanity_checking:
+            return
+        runs = wandb_loggers(trainer)
+        if not runs:
+            return
+        import wandb
+
+        means = [side_storage(granularity, side).float().mean(0).cpu().numpy() for side in SIDES]
+        width = granularity.dim
+        means = [np.broadcast_to(m, (width,)) if m.shape[0] != width else m for m in means]
+        image = wandb.Image(per_dim_image(means[0], means[1], trainer.global_step), caption="per-dimension mean λ")
+        for logger in runs:
+            logger.experiment.log({"trainer/global_step": trainer.global_step, "lambda/per_dim": image})
+
 
 class LambdaTrajectoryCallback(L.Callback):
     """Records the λ of tracked users/items every ``every_n_steps`` Θ-steps (plus the first and
     the last step) into ``<output_dir>/lambda_trajectories.parquet`` (rewritten atomically at
-    each evaluation and at the end), and to W&B as one line per tracked entity and a table."""
+    each evaluation and at the end), and to W&B as a line plot per evaluation (one labelled line
+    per tracked entity) and, at the end, one table with its line chart."""
 
     def __init__(
         self,
@@ -201,6 +229,9 @@ class LambdaTrajectoryCallback(L.Callback):
             self._log_wandb(logger, trainer.global_step, with_table=final)
 
     def _log_wandb(self, logger: WandbLogger, step: int, with_table: bool) -> None:
+        """``lambda_traj/plot``: the trajectories so far as one image (the panel's step slider
+        shows each evaluation's); at the end also ``lambda_traj/lines``, the line chart over one
+        table of all recorded (thinned) points."""
         import wandb
 
         means = self._frame.filter(pl.col("dim") == MEAN_DIM)
@@ -208,23 +239,12 @@ class LambdaTrajectoryCallback(L.Callback):
             return
         keep = thin_steps(means["step"].to_numpy(), self.wandb_max_points)
         means = means.filter(pl.col("step").is_in(keep.tolist())).sort("side", "stratum", "frequency", "entity_id", "step")
-        payload: dict[str, Any] = {"trainer/global_step": step}
-        for side in SIDES:
-            part = means.filter(pl.col("side") == side)
-            if part.height == 0:
-                continue
-            wide = part.pivot(on="entity_id", index="step", values="value", sort_columns=False).sort("step")
-            entities = part.unique(["entity_id"], maintain_order=True)
-            keys, ys = [], []
-            for entity, raw, freq, stratum in entities.select("entity_id", "raw_id", "frequency", "stratum").iter_rows():
-                keys.append(f"{stratum} {side} {raw} (n={freq})")
-                ys.append(wide[str(entity)].fill_null(strategy="forward").to_list())
-            payload[f"lambda_traj/{side}"] = wandb.plot.line_series(
-                xs=wide["step"].to_list(), ys=ys, keys=keys,
-                title=f"λ of tracked {side}s (mean over dimensions)", xname="step",
-            )
+        payload: dict[str, Any] = {
+            "trainer/global_step": step,
+            "lambda_traj/plot": wandb.Image(trajectory_image(means, step), caption="λ of tracked users and items"),
+        }
         if with_table:
-            payload["lambda_traj/table"] = wandb.Table(columns=means.columns, data=[list(r) for r in means.iter_rows()])
+            payload["lambda_traj/lines"] = trajectory_table_chart(means)
         logger.experiment.log(payload)
 
 
@@ -293,6 +313,8 @@ class WandbRunCallback(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "test":
+            for logger in wandb_loggers(trainer):  # the tested (best) checkpoint's epoch
+                logger.experiment.summary["best_epoch"] = getattr(pl_module, "valid_epoch", None)
             self._finish(trainer, exit_code=0)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -1,8 +1,8 @@
 """Experiment loggers from the ``logger`` config group (CSV, none, Weights & Biases).
 
 W&B (``logger=wandb``) never needs a server: the mode is chosen before ``wandb.init`` —
-``logger.mode`` when set, else ``$WANDB_MODE``, else ``online`` when an API key is configured
-(``$WANDB_API_KEY`` or a netrc entry for the W&B host) and ``offline`` otherwise. An online init
+``logger.mode`` when set, else ``$WANDB_MODE``, else ``online`` when wandb's own credential lookup
+finds a key (``wandb login``, ``$WANDB_API_KEY``, …) and ``offline`` otherwise. An online init
 that cannot reach the server within ``logger.init_timeout`` seconds falls back to offline. The
 fallback is announced once per process; the ``wandb sync DIR`` command of an offline run is
 printed when the run is finished (:func:`finish_wandb`, called by the tracking callbacks).
@@ -12,11 +12,9 @@ Jobs of one Hydra multirun share a W&B group named after the sweep directory.
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
@@ -37,53 +35,82 @@ def is_wandb_config(logger_cfg: Any) -> bool:
     return bool(logger_cfg) and str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
 
 
-def wandb_api_key_configured(env: dict[str, str] | None = None) -> bool:
-    """Whether W&B would find credentials: ``$WANDB_API_KEY``, ``$WANDB_IDENTITY_TOKEN_FILE`` or a
-    netrc entry (``$NETRC`` or ``~/.netrc``) for the host of ``$WANDB_BASE_URL`` (api.wandb.ai)."""
-    env = dict(os.environ) if env is None else env
-    if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
-    path = Path(env.get("NETRC") or Path.home() / ".netrc").expanduser()
-    if not path.is_file():
-        return False
+def wandb_credentials_found() -> tuple[bool, str | None]:
+    """(found, why not) — whether wandb itself finds credentials for its configured server.
+
+    Asks wandb's own lookup (the one ``wandb.init`` uses: ``$WANDB_API_KEY``,
+    ``$WANDB_IDENTITY_TOKEN_FILE``, the settings files, the netrc entry ``wandb login`` wrote for
+    the server of ``$WANDB_BASE_URL`` or the settings), without a prompt and without the network.
+    """
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
     try:
-        entry = netrc.netrc(str(path)).authenticators(host)
-    except (netrc.NetrcParseError, OSError):
-        return False
-    return bool(entry and entry[2])
+        settings = wandb_setup.singleton().settings
+        host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)
+        auth = wbauth.authenticate_session(host=host, source="lopt", prompt=False, verify=False, update_session=False)
+    except Exception as error:  # noqa: BLE001 - a malformed key or base URL: say so, log offline
+        return False, f"W&B credentials unusable ({error})"
+    if auth is None:
+        return False, f"no W&B credentials for {host} (run `wandb login`, or set WANDB_API_KEY)"
+    return True, None
 
 
-def resolve_wandb_mode(configured: str | None, env: dict[str, str] | None = None) -> tuple[str, str | None]:
+def resolve_wandb_mode(
+    configured: str | None, env: dict[str, str] | None = None, credentials: tuple[bool, str | None] | None = None
+) -> tuple[str, str | None]:
     """(mode, why the run is offline — None unless the mode is ``offline``).
 
     ``configured`` (``logger.mode``) wins, then ``$WANDB_MODE``; ``online`` (asked for or the
-    default) without credentials becomes ``offline``.
+    default) without credentials becomes ``offline``. ``credentials``: the answer of
+    :func:`wandb_credentials_found`, asked only when the mode would be online.
     """
     env = dict(os.environ) if env is None else env
     mode = configured or env.get("WANDB_MODE") or "online"
     mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode not in WANDB_MODES:
         raise ValueError(f"logger.mode (or $WANDB_MODE) must be one of {WANDB_MODES} or null, got {mode!r}")
-    if mode == "online" and not wandb_api_key_configured(env):
-        return "offline", "no W&B API key (WANDB_API_KEY or a netrc entry)"
+    if mode == "online":
+        found, why = credentials if credentials is not None else wandb_credentials_found()
+        return ("online", None) if found else ("offline", why)
     if mode == "offline":
         return mode, "logger.mode=offline" if configured else "WANDB_MODE=offline"
     return mode, None
 
 
 def _hydra_job() -> tuple[str | None, str | None, str | None]:
-    """(sweep dir, job number, override dirname) of the current Hydra job; sweep dir/job number
-    are None outside a multirun (or outside Hydra)."""
+    """(sweep dir, job number, the job's swept values) of the current Hydra job; all None
+    outside a multirun (or outside Hydra)."""
     if not HydraConfig.initialized():
         return None, None, None
     hydra_cfg = HydraConfig.get()
     num = OmegaConf.select(hydra_cfg, "job.num", default=None)
     mode = str(OmegaConf.select(hydra_cfg, "mode", default=""))
-    overrides = OmegaConf.select(hydra_cfg, "job.override_dirname", default=None)
     if num is None or not mode.endswith("MULTIRUN"):
-        return None, None, overrides
-    return str(OmegaConf.select(hydra_cfg, "sweep.dir", default="")), str(num), overrides
+        return None, None, None
+    sweep_dir = str(OmegaConf.select(hydra_cfg, "sweep.dir", default=""))
+    job_overrides = list(OmegaConf.select(hydra_cfg, "overrides.task", default=None) or [])
+    swept = swept_values(job_overrides, sweep_dir, OmegaConf.select(hydra_cfg, "sweeper.params", default=None))
+    if swept is None:  # the sweep's command line is unknown: all of the job's overrides
+        swept = OmegaConf.select(hydra_cfg, "job.override_dirname", default=None)
+    return sweep_dir, str(num), swept
+
+
+def swept_values(job_overrides: list[str], sweep_dir: str, sweeper_params: Any = None) -> str | None:
+    """The job's overrides of the keys its sweep varies, e.g. ``"seed=1,model.lambda_value=0.01"``:
+    keys given several values on the command line (``<sweep dir>/multirun.yaml``) or in
+    ``hydra.sweeper.params``. None when multirun.yaml is absent."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    original = list(OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=None) or [])
+    parsed = OverridesParser.create().parse_overrides(original)
+    keys = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    keys |= {str(k) for k in (sweeper_params or {})}
+    bare = {k.lstrip("+~") for k in keys}
+    return ",".join(o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in bare)
 
 
 def sweep_group(sweep_dir: str | None) -> str | None:
@@ -110,11 +137,11 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger | bool:
 
     node = cfg.logger
     mode, reason = resolve_wandb_mode(node.get("mode"))
-    sweep_dir, job_num, overrides = _hydra_job()
+    sweep_dir, job_num, swept = _hydra_job()
     group = node.get("group") or sweep_group(sweep_dir)
     name = node.get("name")
     if name is None and job_num is not None:
-        name = f"{job_num}:{overrides}" if overrides else job_num
+        name = f"{job_num}:{swept}" if swept else job_num
     kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in LOPT_WANDB_KEYS}
     kwargs.pop("_target_", None)
     save_dir = Path(kwargs.get("save_dir") or output_dir)
@@ -132,7 +159,9 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger | bool:
         )
         # Lightning passes anonymous=None, which W&B 0.31 only warns about.
         getattr(logger, "_wandb_init", {}).pop("anonymous", None)
-        _ = logger.experiment  # start the run now, so failures surface here and not mid-training
+        run = logger.experiment  # start the run now, so failures surface here and not mid-training
+        if run_mode != "disabled":
+            define_dashboard_metrics(run, list(cfg.eval.ks))
         return logger
 
     if reason is not None and not _announced_offline:
@@ -147,6 +176,15 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger | bool:
             wandb.finish(exit_code=1)
         log.warning("W&B: online init failed (%s) → logging offline", error)
         return make("offline")
+
+
+def define_dashboard_metrics(run: Any, ks: list[int]) -> None:
+    """The run summary keeps the best validation value of each metric (AUC, HR@K, NDCG@K), not
+    the last; ``epoch`` (a counter) gets no panel of its own. ``best_epoch`` is added to the
+    summary after the test (the tested checkpoint's epoch)."""
+    for name in ["auc", *(f"{metric}@{k}" for k in ks for metric in ("hr", "ndcg"))]:
+        run.define_metric(f"valid/{name}", summary="max")
+    run.define_metric("epoch", hidden=True)
 
 
 def finish_wandb(logger: WandbLogger, exit_code: int = 0) -> Path | None:

@@ -2,7 +2,7 @@
 seed aggregation, per-user metrics (used by ``experiments/reproduce_table.py`` and ``figures.py``).
 
 A run is a directory holding ``metrics.json`` and ``.hydra/config.yaml`` (the results contract of
-architecture.md); single runs and multirun jobs are found alike, at any depth.
+docs/results.md); single runs and multirun jobs are found alike, at any depth.
 """
 
 from __future__ import annotations

@@ -2,14 +2,16 @@
 # Reproduces experiments/results/ml100k/: every ml-100k cell of the paper's table, 3 seeds, then
 # the table and the figures. Runs land in $RUNS (not committed: checkpoints are large).
 #   bash experiments/results/ml100k/run_all.sh [/path/to/ml-100k/u.data]
+# Without an argument the ml100k dataset's own path is used (downloaded there on first use).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-DATA=${1:-../shared/data/ml-100k/u.data}
+DATA=${1:-}
 RUNS=${RUNS:-data/results/ml100k}
 OUT=experiments/results/ml100k
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two sweeps share the 2 cores
-common=(dataset=ml100k dataset.source.path="$DATA" logger=csv seed=0,1,2)
+common=(dataset=ml100k logger=csv seed=0,1,2)
+if [[ -n "$DATA" ]]; then common+=(dataset.source.path="$DATA"); fi
 
 # λFix: the paper's 8-value λ grid (the experiment's sweeper params) × 3 seeds.
 $PY run.py -m +experiment=ml100k_fix "${common[@]}" hydra.sweep.dir="$RUNS/fix" > "$RUNS.fix.log" 2>&1 &
