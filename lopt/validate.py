@@ -81,11 +81,13 @@ def check_config(cfg: DictConfig) -> None:
     else:
         from lopt.eval.metrics import metric_names
 
-        names = metric_names(tuple(ks))
+        protocol = OmegaConf.select(cfg, "protocol.name", default="lambdaopt")
+        names = metric_names(tuple(ks), protocol)
         monitor = OmegaConf.select(cfg, "eval.monitor")
         if isinstance(monitor, str) and monitor not in names:
             problems.append(f"eval.monitor={monitor} is not a metric the run reports: with "
-                            f"eval.ks={list(ks)} it must be one of {names} (add its K to eval.ks)")
+                            f"protocol={protocol} and eval.ks={list(ks)} it must be one of {names} "
+                            "(add its K to eval.ks)")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

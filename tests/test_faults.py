@@ -258,6 +258,12 @@ def test_config_check_names_key_and_expected_type(override: str, message: str) -
         check_config(_cfg([override]))
 
 
+def test_monitor_is_checked_against_the_protocols_metrics() -> None:
+    check_config(_cfg(["protocol=standard", "eval.monitor=recall@20"]))
+    with pytest.raises(ConfigError, match=r"eval\.monitor=recall@20 is not a metric .* protocol=lambdaopt"):
+        check_config(_cfg(["eval.monitor=recall@20"]))
+
+
 def test_every_shipped_config_passes_the_check() -> None:
     check_config(_cfg([]))
     for experiment in sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")):
