@@ -134,3 +134,13 @@ def test_unknown_split_kind():
     users, items, ts = _hand()
     with pytest.raises(ValueError, match="protocol.split.kind"):
         split_interactions(users, items, ts, "by_rating", 0.2, 0.25)
+
+
+def test_ml100k_split_ignores_row_order(ml100k_path) -> None:
+    """Real data: many same-second ratings per user; any row order gives the same split."""
+    frame = read_movielens_tab(ml100k_path)
+    a = prepare_split(frame, **PAPER)
+    b = prepare_split(frame[np.random.default_rng(1).permutation(frame.height)], **PAPER)
+    for part in ("train", "valid", "test"):
+        assert np.array_equal(getattr(a, f"{part}_users"), getattr(b, f"{part}_users")), part
+        assert np.array_equal(getattr(a, f"{part}_items"), getattr(b, f"{part}_items")), part
