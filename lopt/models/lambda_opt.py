@@ -94,4 +94,6 @@ class LambdaOptModule(MFBPRModule):
         valid_loss.backward()
         lambda_grad_norm = clip_lambda_grad_(list(self.granularity.parameters()), self.lambda_grad_clip_norm)
         lam_opt.step()
+        # Λ ≥ 0 is the module's guarantee, not the optimizer's: any torch optimizer may be configured.
+        self.granularity.project_()
         return {"train/lookahead_valid_loss": valid_loss.detach(), "train/lambda_grad_norm": lambda_grad_norm}
