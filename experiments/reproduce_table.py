@@ -27,7 +27,9 @@ from lopt.io import atomic_write
 from lopt.tracking.results import (
     FIX_METHOD,
     METRICS,
+    MixedProvenanceError,
     Selection,
+    check_provenance,
     find_runs,
     ordered_methods,
     paired_wilcoxon,
@@ -194,12 +196,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here (and FILE.tex with --latex)")
     parser.add_argument("--latex", action="store_true", help="also emit LaTeX tables")
     parser.add_argument("--select-metric", default="auc", choices=METRICS, help="validation metric that selects a configuration (default auc)")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="tabulate runs made by different git commits or on different prepared splits (listed on stderr)")
     args = parser.parse_args(argv)
     try:
+        mixed = check_provenance(find_runs(args.results_dir), allow_mixed=args.allow_mixed)
         markdown, latex = render(args.results_dir, args.select_metric, args.latex)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, MixedProvenanceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if mixed:
+        print(f"warning (--allow-mixed): {mixed}", file=sys.stderr)
     print(markdown)
     if latex is not None:
         print(latex)

@@ -31,6 +31,7 @@ from lopt.data.types import PreparedSplit
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.ranking_module import RankingModule
+from lopt.provenance import collect_provenance, log_provenance
 from lopt.tracking.callbacks import build_tracking_callbacks
 from lopt.tracking.loggers import build_logger
 
@@ -187,8 +188,10 @@ def write_results(
     datamodule: InteractionDataModule,
     best_epoch: int | None,
     train_seconds: float,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics."""
+    """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics.
+    ``provenance`` (``lopt.provenance.collect_provenance``) goes into metrics.json as is."""
     split = datamodule.load_split()
     metrics: dict[str, Any] = {
         "test": module.test_metrics,
@@ -204,6 +207,7 @@ def write_results(
         "n_users": split.n_users,
         "n_items": split.n_items,
         "output_dir": str(output_dir),
+        "provenance": provenance,
     }
     atomic_write_json(output_dir / "metrics.json", metrics)
 
@@ -261,6 +265,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split = datamodule.load_split()
     module = build_module(cfg, split.n_users, split.n_items)
     trainer, best = build_trainer(cfg, output_dir, split)
+    provenance = collect_provenance(cfg, datamodule.split_fingerprint(), trainer.strategy.root_device)
+    log_provenance(trainer.loggers, provenance)
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, output_dir))
@@ -268,6 +274,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _ensure_final_validation(trainer, module, datamodule, best)
 
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
-    metrics = write_results(cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds)
+    metrics = write_results(cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds, provenance)
     print_summary(metrics, output_dir)
     return metrics

@@ -18,7 +18,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 
-from lopt.data.cache import load_or_build
+from lopt.data.cache import load_or_build, split_fingerprint
 from lopt.data.preprocess import prepare_split
 from lopt.data.sampling import NegativeSampler
 from lopt.data.types import PreparedSplit
@@ -170,12 +170,19 @@ class InteractionDataModule(L.LightningDataModule):
         self.evaluators: dict[str, RankingEvaluator] = {}
         self._train_batches: TrainBatches | None = None
 
+    def split_key(self) -> dict[str, Any]:
+        """The prepared split's cache key: the source's identity and the preprocessing parameters."""
+        return {"source": self.source.fingerprint(), "preprocess": self.preprocess}
+
+    def split_fingerprint(self) -> str:
+        """Identifies the prepared split (see ``lopt.data.cache.split_fingerprint``)."""
+        return split_fingerprint(self.split_key())
+
     def load_split(self) -> PreparedSplit:
         """The prepared split (built once, then read from the on-disk cache)."""
         if self.split is None:
-            key = {"source": self.source.fingerprint(), "preprocess": self.preprocess}
             self.split = load_or_build(
-                key,
+                self.split_key(),
                 lambda: prepare_split(self.source.load(), **self.preprocess),
                 self.cache_dir,
                 enabled=self.cache,
