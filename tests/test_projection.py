@@ -91,3 +91,19 @@ def test_config_with_torch_adam_for_lambda_builds_and_projects() -> None:
     module = build_module(cfg, NU, NI)
     assert min(_fit(module)) >= 0.0
     assert type(module.lambda_optimizer()) is torch.optim.Adam
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "row_sparse_adam"])
+def test_lopts_own_optimizers_project_themselves(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lopt's Λ optimizers keep Λ ≥ 0 on their own, so the module's full pass over Λ is skipped for
+    them — and only for them (a plain torch optimizer is projected at every Λ-step)."""
+    calls = []
+    original = LambdaGranularity.project_
+    monkeypatch.setattr(LambdaGranularity, "project_", lambda self: (calls.append(1), original(self)))
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "granularity=dui", f"lambda_optimizer={name}", "lambda_optimizer.lr=0.5", f"model.dim={D}",
+            "model.init_std=0.5", "granularity.init=0.01", "model.lambda_grad_clip_norm=null"])
+    module = build_module(cfg, NU, NI)
+    assert min(_fit(module)) >= 0.0 and calls == []
+    assert min(_fit(_module("d"))) >= 0.0 and len(calls) == STEPS
