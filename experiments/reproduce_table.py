@@ -36,10 +36,12 @@ from lopt.tracking.results import (
     DEFAULT_PROTOCOL,
     FIX_METHOD,
     METRICS,
+    MixedProvenanceError,
     Run,
     Selection,
     available_metrics,
     check_metrics,
+    check_provenance,
     find_runs,
     find_unfinished_runs,
     metric_title,
@@ -248,13 +250,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layout", default="auto", choices=LAYOUTS,
                         help="paper: the paper's values beside ours (its protocol); generic: ours only; auto (default): "
                              "paper when every run is on the lambdaopt protocol")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="tabulate runs made by different git commits or on different prepared splits (listed on stderr)")
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
+        mixed = check_provenance(find_runs(args.results_dir), allow_mixed=args.allow_mixed)
         markdown, latex = render(args.results_dir, args.select_metric, args.latex, metrics, args.layout)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, MixedProvenanceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if mixed:
+        print(f"warning (--allow-mixed): {mixed}", file=sys.stderr)
     print(markdown)
     if latex is not None:
         print(latex)

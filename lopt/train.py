@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ from lopt.eval.beyond import log_beyond
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.ranking_module import RankingModule
+from lopt.provenance import collect_provenance, log_provenance
 from lopt.tracking.callbacks import build_tracking_callbacks
 from lopt.tracking.loggers import build_logger
 
@@ -52,8 +54,9 @@ def method_label(cfg: DictConfig) -> str:
     return {"sgda": "SGDA", "amf": "AMF", "neumf": "NeuMF"}.get(name, name)
 
 
-def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
-    """The DataModule of ``cfg.dataset`` with ``cfg.data``'s batch settings."""
+def build_datamodule(cfg: DictConfig, train_on_valid: bool = False) -> InteractionDataModule:
+    """The DataModule of ``cfg.dataset`` with ``cfg.data``'s batch settings; ``train_on_valid``:
+    the refit control's fit on train ∪ valid (see :func:`refit_on_train_and_valid`)."""
     return InteractionDataModule(
         source=instantiate(cfg.dataset.source),
         preprocess=OmegaConf.to_container(cfg.dataset.preprocess, resolve=True),
@@ -63,12 +66,14 @@ def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
         valid_batch_size=cfg.data.valid_batch_size,
         eval_batch_users=cfg.data.eval_batch_users,
         seed=cfg.seed,
-        valid_triples="lambda_optimizer" in cfg,
+        valid_triples="lambda_optimizer" in cfg and not train_on_valid,
         ks=tuple(cfg.eval.ks),
         protocol=cfg.protocol.name,
         split=OmegaConf.to_container(cfg.protocol.split, resolve=True),
         ties=cfg.eval.ties,
         valid_candidates=cfg.eval.valid_candidates,
+        train_on_valid=train_on_valid,
+        lambda_split_ratio=cfg.model.lambda_split_ratio if control_applies(cfg, "inner") else None,
     )
 
 
@@ -86,7 +91,11 @@ def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
         )
     if "lambda_optimizer" in cfg:
         extra["lambda_optimizer"] = instantiate(cfg.lambda_optimizer)
-    return instantiate(cfg.model, **extra)
+    model_cfg: Any = cfg.model
+    if "lambda_split_ratio" in model_cfg:  # read by the datamodule (control=inner), not a module argument
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+        del model_cfg["lambda_split_ratio"]
+    return instantiate(model_cfg, **extra)
 
 
 def build_trainer(
@@ -172,6 +181,83 @@ def _ensure_final_validation(
         best.best_model_path, best.best_model_score = str(path), torch.tensor(score)
 
 
+CONTROLS = ("none", "refit", "inner")
+
+
+def control_applies(cfg: DictConfig, name: str) -> bool:
+    """Whether the control ``name`` (config group ``control``) changes this run: ``refit`` applies
+    to models without a Λ-step (λFix, AMF, NeuMF), ``inner`` to models with one (λOpt, SGDA);
+    the others run the paper's protocol under either switch."""
+    chosen = cfg.control.name
+    if chosen not in CONTROLS:
+        raise ValueError(f"control.name must be one of {', '.join(CONTROLS)}, got {chosen!r} (config group `control`)")
+    if chosen != name:
+        return False
+    learns_lambda = "lambda_optimizer" in cfg
+    if name == "refit":
+        return not learns_lambda
+    if name == "inner":
+        return learns_lambda
+    return True
+
+
+def control_record(cfg: DictConfig, datamodule: InteractionDataModule) -> dict[str, Any]:
+    """The ``control`` block of metrics.json: the switch, whether it changed this run, and (inner)
+    how many interactions the Θ and Λ streams drew from."""
+    name = cfg.control.name
+    record: dict[str, Any] = {"name": name, "applied": name != "none" and control_applies(cfg, name)}
+    if name == "inner" and record["applied"]:
+        batches = datamodule.train_dataloader()
+        record.update(
+            lambda_split_ratio=float(cfg.model.lambda_split_ratio),
+            theta_interactions=len(batches.train.users),
+            lambda_interactions=len(batches.valid.users) if batches.valid is not None else 0,
+        )
+    return record
+
+
+def refit_on_train_and_valid(cfg: DictConfig, output_dir: Path, epochs: int) -> tuple[RankingModule, float]:
+    """The refit control's second fit: the same config and seed trained afresh on train ∪ valid for
+    ``epochs`` epochs (those of the checkpoint selected on valid), without validation, then tested.
+    Returns the tested module and its training seconds."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg, train_on_valid=True)
+    datamodule.setup("fit")
+    split = datamodule.load_split()
+    module = build_module(cfg, split.n_users, split.n_items)
+    trainer = instantiate(
+        cfg.trainer,
+        max_epochs=epochs,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(output_dir / "refit"),
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - started
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return module, seconds
+
+
+def apply_refit(cfg: DictConfig, output_dir: Path, selected: RankingModule, record: dict[str, Any]) -> RankingModule:
+    """Under ``control=refit`` (models without a Λ-step): refit on train ∪ valid for the selected
+    checkpoint's epochs (``best_epoch + 1``); the returned module carries the refit's test metrics
+    and the selection's valid metrics. ``record`` gains the refit's epochs, seconds and the
+    selected checkpoint's own test metrics. Otherwise ``selected`` is returned unchanged."""
+    if not control_applies(cfg, "refit"):
+        return selected
+    epochs = int(selected.valid_epoch) + 1
+    log.info("control=refit: training afresh on train ∪ valid for %d epochs", epochs)
+    refit, seconds = refit_on_train_and_valid(cfg, output_dir, epochs)
+    refit.valid_metrics, refit.valid_epoch = dict(selected.valid_metrics), selected.valid_epoch
+    record.update(epochs=epochs, train_seconds=seconds, selection_test=dict(selected.test_metrics))
+    return refit
+
+
 def write_results(
     cfg: DictConfig,
     output_dir: Path,
@@ -179,8 +265,12 @@ def write_results(
     datamodule: InteractionDataModule,
     best_epoch: int | None,
     train_seconds: float,
+    provenance: dict[str, Any] | None = None,
+    control: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics."""
+    """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics.
+    ``provenance`` (``lopt.provenance.collect_provenance``) and ``control`` (:func:`control_record`)
+    go into metrics.json as they are."""
     split = datamodule.load_split()
     metrics: dict[str, Any] = {
         "test": module.test_metrics,
@@ -198,6 +288,8 @@ def write_results(
         "n_items": split.n_items,
         "output_dir": str(output_dir),
         "beyond": datamodule.test_beyond(module.test_per_user),
+        "provenance": provenance,
+        "control": control,
     }
     atomic_write_json(output_dir / "metrics.json", metrics)
 
@@ -257,6 +349,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lifecycle.check_split(cfg, split)
     module = build_module(cfg, split.n_users, split.n_items)
     trainer, best = build_trainer(cfg, output_dir, split)
+    provenance = collect_provenance(cfg, datamodule.split_fingerprint(), trainer.strategy.root_device)
+    log_provenance(trainer.loggers, provenance)
 
     with lifecycle.stop_on_signal(trainer, output_dir, resuming=ckpt_path is not None):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -264,7 +358,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _ensure_final_validation(trainer, module, datamodule, best)
 
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
-    metrics = write_results(cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds)
+    control = control_record(cfg, datamodule)
+    module = apply_refit(cfg, output_dir, module, control)
+    metrics = write_results(
+        cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds, provenance, control
+    )
     log_beyond(trainer.loggers, metrics["beyond"], trainer.global_step)
     print_summary(metrics, output_dir)
     return metrics

@@ -70,11 +70,17 @@ def canonical_key_json(key: Mapping[str, Any]) -> str:
         ) from err
 
 
+def split_fingerprint(key: Mapping[str, Any]) -> str:
+    """``v<FORMAT_VERSION>-<sha256 of the canonical key JSON>``: identifies the prepared split of
+    ``key`` (source identity + preprocessing) and the meaning of its format; the cache file's name."""
+    digest = hashlib.sha256(canonical_key_json(key).encode("ascii")).hexdigest()
+    return f"v{FORMAT_VERSION}-{digest}"
+
+
 def cache_path(key: Mapping[str, Any], cache_dir: Path, prefix: str = "split") -> Path:
     """Path of the cache file for ``key``: ``<prefix>-v<FORMAT_VERSION>-<sha256>.npz``."""
-    digest = hashlib.sha256(canonical_key_json(key).encode("ascii")).hexdigest()
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", prefix).strip("._") or "split"
-    return Path(cache_dir) / f"{safe}-v{FORMAT_VERSION}-{digest}.npz"
+    return Path(cache_dir) / f"{safe}-{split_fingerprint(key)}.npz"
 
 
 def load_or_build(

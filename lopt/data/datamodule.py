@@ -20,7 +20,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from lopt.data.cache import load_or_build
+from lopt.data.cache import load_or_build, split_fingerprint
+from lopt.data.controls import fit_arrays
 from lopt.data.preprocess import SPLIT_RULE_VERSION, prepare_split
 from lopt.data.sampling import NegativeSampler
 from lopt.data.types import PreparedSplit
@@ -145,6 +146,9 @@ class InteractionDataModule(L.LightningDataModule):
     ``protocol``: "lambdaopt" or "standard" (the metrics); ``split``: ``{"kind": …, "seed": …}``
     (see :func:`lopt.data.preprocess.split_interactions`; None = the paper's temporal split);
     ``ties`` and ``valid_candidates``: see :class:`lopt.eval.evaluator.RankingEvaluator`.
+    The controls (``lopt.data.controls``): ``train_on_valid=True`` trains on train ∪ valid (no
+    Λ-step possible); ``lambda_split_ratio`` draws the Λ-step's triples from the latest part of
+    each user's train interactions instead of the valid split, and trains Θ on the rest.
     """
 
     def __init__(
@@ -163,8 +167,12 @@ class InteractionDataModule(L.LightningDataModule):
         split: dict[str, Any] | None = None,
         ties: str = "pessimistic",
         valid_candidates: str = "clean",
+        train_on_valid: bool = False,
+        lambda_split_ratio: float | None = None,
     ) -> None:
         super().__init__()
+        if train_on_valid and valid_triples:
+            raise ValueError("a fit on train ∪ valid has no validation triples left for a Λ-step")
         self.source = source
         self.preprocess = dict(preprocess)
         self.cache_dir = Path(cache_dir)
@@ -179,9 +187,15 @@ class InteractionDataModule(L.LightningDataModule):
         self.split_spec = {"kind": "temporal_user", **dict(split or {})}
         self.ties = ties
         self.valid_candidates = valid_candidates
+        self.train_on_valid = train_on_valid
+        self.lambda_split_ratio = lambda_split_ratio
         self.split: PreparedSplit | None = None
         self.evaluators: dict[str, RankingEvaluator] = {}
         self._train_batches: TrainBatches | None = None
+
+    def split_fingerprint(self) -> str:
+        """Identifies the prepared split (see ``lopt.data.cache.split_fingerprint``)."""
+        return split_fingerprint(self.cache_key())
 
     def load_split(self) -> PreparedSplit:
         """The prepared split (built once, then read from the on-disk cache)."""
@@ -227,25 +241,31 @@ class InteractionDataModule(L.LightningDataModule):
                 for which in ("valid", "test")
             }
         if self._train_batches is None:
+            arrays = fit_arrays(split, train_on_valid=self.train_on_valid, lambda_split_ratio=self.lambda_split_ratio)
             train_sampler = NegativeSampler(
-                split.n_items, split.train_users, split.train_items, n_users=split.n_users
+                split.n_items, arrays.train_users, arrays.train_items, n_users=split.n_users
             )
             train = TripleEpochs(
-                split.train_users, split.train_items, train_sampler, self.batch_size, self.seed, TRAIN_STREAM
+                arrays.train_users, arrays.train_items, train_sampler, self.batch_size, self.seed, TRAIN_STREAM
             )
             valid = None
             if self.valid_triples:
-                if len(split.valid_users) == 0:
-                    raise ValueError(
-                        "λOpt needs validation triples but the valid split is empty; raise "
-                        "dataset.preprocess.valid_ratio or use a dataset with more interactions per user"
+                if len(arrays.lambda_users) == 0:
+                    where = (
+                        "the Λ-split is empty; raise model.lambda_split_ratio"
+                        if self.lambda_split_ratio is not None
+                        else "the valid split is empty; raise dataset.preprocess.valid_ratio"
                     )
-                seen_users = np.concatenate([split.train_users, split.valid_users])
-                seen_items = np.concatenate([split.train_items, split.valid_items])
-                valid_sampler = NegativeSampler(split.n_items, seen_users, seen_items, n_users=split.n_users)
+                    raise ValueError(
+                        f"λOpt needs validation triples but {where} or use a dataset with more "
+                        "interactions per user"
+                    )
+                valid_sampler = NegativeSampler(
+                    split.n_items, arrays.lambda_seen_users, arrays.lambda_seen_items, n_users=split.n_users
+                )
                 valid = TripleEpochs(
-                    split.valid_users,
-                    split.valid_items,
+                    arrays.lambda_users,
+                    arrays.lambda_items,
                     valid_sampler,
                     self.valid_batch_size,
                     self.seed,

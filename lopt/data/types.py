@@ -19,7 +19,8 @@ class PreparedSplit:
     Every ``*_users``/``*_items`` array is int32 of equal length per split, ids in
     ``[0, n_users)`` / ``[0, n_items)``. Within a split the pairs are unique and the three
     splits are disjoint. ``user_ids[k]`` / ``item_ids[k]`` is the raw id of index ``k``
-    (int64 or unicode numpy arrays).
+    (int64 or unicode numpy arrays). ``prepare_split`` stores each split's pairs grouped by
+    ascending user, each user's pairs in time order (``lopt.data.controls.carve_latest`` relies on it).
     """
 
     train_users: np.ndarray

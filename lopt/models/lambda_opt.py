@@ -14,9 +14,14 @@ from typing import Any
 import torch
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import clip_lambda_grad_
+from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_
 from lopt.models.lookahead import lookahead_validation_loss
 from lopt.models.mf_module import MFBPRModule, Triples
+
+
+#: Λ optimizers that project every entry they update onto [0, ∞) themselves (exact types: a
+#: subclass may change ``step``); the module skips its own full pass over Λ after them.
+SELF_PROJECTING: tuple[type[torch.optim.Optimizer], ...] = (LambdaSGD, LambdaAdam, RowSparseAdam)
 
 
 class LambdaOptModule(MFBPRModule):
@@ -94,4 +99,8 @@ class LambdaOptModule(MFBPRModule):
         valid_loss.backward()
         lambda_grad_norm = clip_lambda_grad_(list(self.granularity.parameters()), self.lambda_grad_clip_norm)
         lam_opt.step()
+        # Λ ≥ 0 is the module's guarantee, whatever the optimizer: after any optimizer but lopt's
+        # own projected ones (which clamp every entry they write), Λ is clamped here.
+        if type(lam_opt) not in SELF_PROJECTING:
+            self.granularity.project_()
         return {"train/lookahead_valid_loss": valid_loss.detach(), "train/lambda_grad_norm": lambda_grad_norm}

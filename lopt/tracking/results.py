@@ -264,3 +264,50 @@ def paired_wilcoxon(method: Sequence[Run], baseline: Sequence[Run], metric: str)
     if n < 2 or not np.any(diff != 0):
         return mean, math.nan, n
     return mean, float(wilcoxon(diff, zero_method="wilcox", alternative="two-sided").pvalue), n
+
+
+#: Provenance keys that must agree across the runs of one table (different code or different data).
+PROVENANCE_MUST_MATCH: tuple[str, ...] = ("git_commit", "split_fingerprint")
+
+
+class MixedProvenanceError(ValueError):
+    """Runs made by different commits or on different prepared splits were put in one table."""
+
+
+def provenance_differences(runs: Sequence[Run], keys: Sequence[str] = PROVENANCE_MUST_MATCH) -> dict[str, dict[str, list[Path]]]:
+    """For each of ``keys`` on which ``runs`` disagree: value → the run folders holding it.
+
+    A run without a ``provenance`` block (made before lopt recorded it) has the value
+    ``"unknown"``; a run outside a git checkout has git_commit ``"null"``."""
+    differences = {}
+    for key in keys:
+        by_value: dict[str, list[Path]] = {}
+        for run in runs:
+            block = run.metrics.get("provenance")
+            value = "unknown" if not isinstance(block, dict) else str(block.get(key)) if block.get(key) is not None else "null"
+            by_value.setdefault(value, []).append(run.path)
+        if len(by_value) > 1:
+            differences[key] = by_value
+    return differences
+
+
+def check_provenance(runs: Sequence[Run], allow_mixed: bool = False) -> str | None:
+    """None when every run shares one commit and one split fingerprint. Otherwise a report of
+    which runs differ: raised as :class:`MixedProvenanceError` unless ``allow_mixed``, else
+    returned (for a warning)."""
+    differences = provenance_differences(runs)
+    if not differences:
+        return None
+    lines = []
+    for key, by_value in differences.items():
+        lines.append(f"runs differ in {key}:")
+        for value, paths in sorted(by_value.items(), key=lambda item: (-len(item[1]), item[0])):
+            lines.append(f"  {value} ({len(paths)} run{'s' if len(paths) > 1 else ''}):")
+            lines += [f"    {path}" for path in paths]
+    report = "\n".join(lines)
+    if not allow_mixed:
+        raise MixedProvenanceError(
+            f"{report}\nrefusing to mix runs from different commits or prepared splits in one table: "
+            "re-run them with one code version on one split, or pass --allow-mixed"
+        )
+    return report

@@ -1,0 +1,127 @@
+"""Re-run the best configuration of finished Optuna studies (``+tune=…``) for several seeds.
+
+    python experiments/rerun_best.py STUDY_DIR [STUDY_DIR …] [--seeds 0,1,2,3,4] [--out DIR]
+                                     [--dry-run] [OVERRIDE …]
+
+STUDY_DIR is the sweep folder of ``python run.py -m +experiment=… +tune=…``: it holds Optuna's
+``optimization_results.yaml`` (best_params) and the trials' ``N/.hydra/hydra.yaml`` (the study's
+command line). For each study this launches one multirun::
+
+    python run.py -m <the study's overrides, +tune=X → +budget=equal> <best_params> seed=<seeds> <OVERRIDE …>
+
+so the re-runs keep the study's experiment, data, launcher and equal budget (epochs, early
+stopping), with the best hyper-parameters fixed. OVERRIDEs are appended to every study's command,
+e.g. ``control=refit`` or ``hydra/launcher=slurm hydra.launcher.partition=gpu``: one command
+re-runs a whole block of methods. Each study's runs go to ``DIR/<experiment>`` (``--out``, by
+default ``<STUDY_DIR>-best``); ``--dry-run`` prints the commands only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_FILE = "optimization_results.yaml"
+#: Config groups/nodes of a study that a re-run leaves out (the sweeper and its settings).
+STUDY_ONLY = ("tune", "study")
+#: Hydra overrides of a study that a re-run sets itself.
+HYDRA_REPLACED = ("hydra.sweep.dir", "hydra.mode", "hydra.sweeper")
+
+
+def override_key(override: str) -> str:
+    """The key of a Hydra override: ``+tune=fix`` → ``tune``, ``~a.b`` → ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _under(key: str, roots: Sequence[str]) -> bool:
+    return any(key == root or key.startswith(root + ".") or key.startswith(root + "/") for root in roots)
+
+
+def study_command_line(study_dir: Path) -> tuple[list[str], list[str]]:
+    """(task overrides, hydra overrides) of the study's command line, read from a trial's hydra.yaml
+    (the trial's own sampled values are among the task overrides)."""
+    trials = sorted(p for p in study_dir.glob("*/.hydra/hydra.yaml") if p.parent.parent.name.isdigit())
+    if not trials:
+        raise FileNotFoundError(f"{study_dir} holds no trial (N/.hydra/hydra.yaml): is it the sweep folder of a study?")
+    overrides = yaml.safe_load(trials[0].read_text(encoding="utf-8"))["hydra"]["overrides"]
+    return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
+
+
+def best_params(study_dir: Path) -> dict[str, object]:
+    """Optuna's best_params of the study (``optimization_results.yaml``)."""
+    path = study_dir / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the study in {study_dir} has not finished")
+    results = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(results, dict) or "best_params" not in results:
+        raise ValueError(f"{path} has no best_params (a multi-objective study cannot be re-run by this script)")
+    return dict(results["best_params"])
+
+
+def _label(task: Sequence[str], fallback: str) -> str:
+    for override in task:
+        if override_key(override) == "experiment":
+            return override.split("=", 1)[1].replace("/", "_")
+    return fallback
+
+
+def rerun_command(study_dir: Path, seeds: str, out: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The ``run.py -m`` command that re-runs the study's best configuration for ``seeds``."""
+    task, hydra_overrides = study_command_line(study_dir)
+    params = best_params(study_dir)
+    replaced = {override_key(o) for o in extra}  # given again for the re-run: theirs win
+    overrides = []
+    for override in task:
+        key = override_key(override)
+        if key == "tune":
+            overrides.append("+budget=equal")
+        elif key in params or key in replaced or key == "seed" or _under(key, STUDY_ONLY):
+            continue
+        else:
+            overrides.append(override)
+    overrides += [f"{key}={value}" for key, value in params.items() if key not in replaced]
+    overrides += [
+        o for o in hydra_overrides if not _under(override_key(o), HYDRA_REPLACED) and override_key(o) not in replaced
+    ]
+    overrides += [f"seed={seeds}", f"hydra.sweep.dir={out / _label(task, study_dir.name)}", *extra]
+    return [sys.executable, str(REPO_ROOT / "run.py"), "-m", *overrides]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("studies", nargs="+", help="study sweep folders, then Hydra overrides for every re-run")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
+    parser.add_argument("--out", type=Path, default=None, help="root of the re-runs' sweep folders (default <STUDY_DIR>-best)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_intermixed_args(argv)
+    studies = [Path(s) for s in args.studies if "=" not in s]
+    extra = [s for s in args.studies if "=" in s]
+    if not studies:
+        parser.error("give at least one study folder")
+    try:
+        commands = [
+            rerun_command(study, args.seeds, args.out or study.with_name(study.name + "-best"), extra)
+            for study in studies
+        ]
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for command in commands:
+        print(shlex.join(command), flush=True)
+        if not args.dry_run:
+            code = subprocess.run(command, check=False).returncode
+            if code != 0:
+                print(f"error: the re-run exited with {code}", file=sys.stderr)
+                return code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
