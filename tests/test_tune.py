@@ -48,6 +48,9 @@ def test_every_method_gets_the_same_study_and_budget(experiment: str) -> None:
     assert (sweeper.n_trials, sweeper.n_jobs, sweeper.sampler.seed) == (20, 2, 0)
     assert cfg.trainer.max_epochs == cfg.budget.max_epochs == 80
     assert cfg.eval.monitor == "auc" and cfg.eval.every_n_epochs == 1
+    # The same early stopping for every method, on the selection metric.
+    stopping = cfg.callbacks.early_stopping
+    assert stopping.patience == cfg.budget.patience == 10 and stopping.monitor == "valid/auc"
 
 
 def test_log_uniform_lambda_space_of_fix() -> None:
