@@ -70,11 +70,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint file's contents (``weights_only=True``)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
-
-
 def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` is not an intact checkpoint (None when it is): torch checkpoints are zip
     archives, so a truncated or torn file fails the archive's CRC check."""
