@@ -22,9 +22,10 @@ import logging
 import signal
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as L
 import torch
