@@ -22,9 +22,10 @@ import logging
 import signal
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as L
 import torch
@@ -68,11 +69,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint file's contents (``weights_only=True``)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
 def checkpoint_problem(path: Path) -> str | None:

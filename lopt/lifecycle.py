@@ -32,7 +32,7 @@ from lopt.checkpointing import (
 from lopt.resume import CsvLogKeeper, prepare_output_dir, resume_command
 from lopt.validate import check_config, check_split
 
-__all__ = ["start_run", "stop_before_training", "stop_on_signal", "train_seconds", "check_split"]
+__all__ = ["check_split", "start_run", "stop_before_training", "stop_on_signal", "train_seconds"]
 
 log = logging.getLogger("lopt")
 

@@ -223,7 +223,7 @@ def prepare_output_dir(cfg: DictConfig, output_dir: Path, last_checkpoint: Path)
     record["config"]["resume"] = False
     record["overrides"] = _merge_overrides(saved_overrides, allowed_overrides)
     record.setdefault("resumes", []).append({
-        "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "overrides": allowed_overrides,
         "changed": {k: [old, value] for k, (old, value) in changes.items()},
     })
@@ -260,6 +260,7 @@ class CsvLogKeeper(L.Callback):
             dict_writer = csv.DictWriter(out, fieldnames=header)
             dict_writer.writeheader()
             dict_writer.writerows(rows)
-            atomic_write(path, lambda tmp, data=out.getvalue(): tmp.write_text(data, encoding="utf-8"))
+            data = out.getvalue()
+            atomic_write(path, lambda tmp, data=data: tmp.write_text(data, encoding="utf-8"))
             writer.metrics_keys = list(header)
         self.kept = []

@@ -65,7 +65,7 @@ def _patched_cli(cwd: Path, patch: str, args: list[str], timeout: float = 600) -
         "runpy.run_path(sys.argv[0], run_name='__main__')\n"
     )
     return subprocess.run([sys.executable, str(launcher), *args], cwd=cwd, env=_env(cwd),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _signal_at_step(signame: str, step: int) -> str:
@@ -271,7 +271,9 @@ def test_every_shipped_config_passes_the_check() -> None:
 
 
 def _split(n_train: int = 4, n_valid: int = 2, n_test: int = 2, n_items: int = 5) -> PreparedSplit:
-    part = lambda n: np.zeros(n, dtype=np.int32)  # noqa: E731
+    def part(n: int) -> np.ndarray:
+        return np.zeros(n, dtype=np.int32)
+
     return PreparedSplit(part(n_train), part(n_train), part(n_valid), part(n_valid), part(n_test), part(n_test),
                          n_users=1, n_items=n_items, user_ids=np.arange(1), item_ids=np.arange(n_items))
 
@@ -342,7 +344,8 @@ def test_checkpoint_write_hitting_a_full_disk_keeps_the_previous_file(tmp_path: 
 
 def test_cache_write_hitting_a_full_disk_names_the_file(tmp_path: Path, monkeypatch) -> None:
     from lopt.data import cache
-    from tests.test_cache import KEY, _split as cache_split
+    from tests.test_cache import KEY
+    from tests.test_cache import _split as cache_split
 
     def enospc(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -143,7 +145,8 @@ def test_trajectory_parquet_matches_checkpointed_lambda(finished_runs) -> None: 
     snapshots = sorted((run / "lambda_snapshots").glob("epoch_*.npz"))
     assert [p.name for p in snapshots] == ["epoch_000.npz", "epoch_001.npz"]
     with np.load(snapshots[-1]) as snap:
-        assert snap["user_lambda"].shape == (120, 8) and snap["item_lambda"].shape == (80, 8)
+        sizes = json.loads((run / "metrics.json").read_text())
+        assert snap["user_lambda"].shape == (sizes["n_users"], 8) and snap["item_lambda"].shape == (sizes["n_items"], 8)
     fix_run = finished_runs / "fix_sweep" / "0"
     assert not (fix_run / "lambda_trajectories.parquet").exists()  # no learned Λ: nothing tracked
 

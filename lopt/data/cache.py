@@ -11,9 +11,9 @@ that fails validation (truncated, corrupt, wrong key) is logged and rebuilt.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
-import errno
 import logging
 import re
 import time
