@@ -19,6 +19,7 @@ from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import MatrixFactorization, bpr_loss
 from lopt.models.ranking_module import RankingModule
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_, penalty
+from lopt.models.sparse_optim import is_row_sparse
 
 Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PENALTY_SCOPES = ("batch", "all")
@@ -28,7 +29,8 @@ class MFBPRModule(RankingModule):
     """MF-BPR trained with a penalty Ω(Θ, Λ) whose Λ comes from ``granularity``.
 
     With the non-learnable ``fix`` granularity this is the paper's MF-λFix; subclasses fill the
-    Λ-step slot. ``optimizer`` builds the Θ optimizer from the parameters (a Hydra partial).
+    Λ-step slot. ``optimizer`` builds the Θ optimizer from the parameters (a Hydra partial); a
+    row-sparse one (:mod:`lopt.models.sparse_optim`) makes the factor gradients row-sparse.
     """
 
     def __init__(
@@ -47,8 +49,14 @@ class MFBPRModule(RankingModule):
         super().__init__()
         if penalty_scope not in PENALTY_SCOPES:
             raise ValueError(f"model.penalty_scope must be one of {PENALTY_SCOPES}, got {penalty_scope!r}")
+        sparse = is_row_sparse(optimizer)
+        if sparse and penalty_scope != "batch":
+            raise ValueError(
+                "a row-sparse Θ optimizer (optimizer=sparse_adam|sparse_adagrad|sparse_sgd) needs "
+                f"model.penalty_scope=batch (got {penalty_scope!r}: it penalizes every row every step)"
+            )
         self.automatic_optimization = False
-        self.model = MatrixFactorization(n_users, n_items, dim, init_std)
+        self.model = MatrixFactorization(n_users, n_items, dim, init_std, sparse_grad=sparse)
         self.granularity = granularity
         self.make_theta_optimizer = optimizer
         self.penalty_scope = penalty_scope
