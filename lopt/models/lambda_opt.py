@@ -14,9 +14,8 @@ from typing import Any
 import torch
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import clip_lambda_grad_
-from lopt.models.lookahead import lookahead_validation_loss
 from lopt.models.mf_module import MFBPRModule, Triples
+from lopt.models.steps import lambda_step
 
 
 class LambdaOptModule(MFBPRModule):
@@ -77,21 +76,18 @@ class LambdaOptModule(MFBPRModule):
         """The Λ-step (every ``lambda_update_interval`` iterations), before the Θ-step."""
         if self.global_step % self.lambda_update_interval != 0:
             return {}
-        lam_opt = self.lambda_optimizer()
-        lam_opt.zero_grad(set_to_none=True)
-        valid_loss = lookahead_validation_loss(
+        valid_loss, lambda_grad_norm = lambda_step(
             self.model,
             self.theta_optimizer(),
+            self.lambda_optimizer(),
             self.granularity,
             batch["train"],
             batch["valid"],
             scope=self.penalty_scope,
             scale=self.penalty_scale,
             clip_norm=self.grad_clip_norm,
+            lambda_clip_norm=self.lambda_grad_clip_norm,
             dropout=self.lookahead_dropout if self.training else 0.0,
             compiled=self.compile_lookahead,
         )
-        valid_loss.backward()
-        lambda_grad_norm = clip_lambda_grad_(list(self.granularity.parameters()), self.lambda_grad_clip_norm)
-        lam_opt.step()
-        return {"train/lookahead_valid_loss": valid_loss.detach(), "train/lambda_grad_norm": lambda_grad_norm}
+        return {"train/lookahead_valid_loss": valid_loss, "train/lambda_grad_norm": lambda_grad_norm}

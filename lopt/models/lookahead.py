@@ -22,7 +22,7 @@ from lopt.models import lookahead_fast
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import bpr_loss
 from lopt.models.optim_state import group_of, scalar, unwrap
-from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseOptimizer, RowSparseSGD, row_grad
+from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, row_grad
 from lopt.models.regularizer import (
     FactorModel,
     _occurrences,
