@@ -66,9 +66,10 @@ def sparse_triple_scores(
     n = users.numel()
     user_rows, user_idx = _unique_inverse(users, user_factors.shape[0])
     item_rows, item_idx = _unique_inverse(torch.cat([pos_items, neg_items]), item_factors.shape[0])
-    p_rows = F.embedding(user_rows, user_factors, sparse=True)
-    q_rows = F.embedding(item_rows, item_factors, sparse=True)
-    return triple_scores(p_rows, q_rows, user_idx, item_idx[:n], item_idx[n:])
+    p = F.embedding(user_rows, user_factors, sparse=True).index_select(0, user_idx)
+    q = F.embedding(item_rows, item_factors, sparse=True)
+    # index_select: its backward is an index_add_ (advanced indexing's accumulating index_put_ sorts)
+    return (p * q.index_select(0, item_idx[:n])).sum(-1), (p * q.index_select(0, item_idx[n:])).sum(-1)
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
