@@ -4,6 +4,9 @@
     python experiments/bench.py --shape ml1m --out bench.json    # a quick run
     python experiments/bench.py --shape tiny --out bench.json    # seconds (the test suite's)
     python experiments/bench.py --shape ml10m --device cuda      # where a GPU exists
+    python experiments/bench.py --shape large --out bench.json   # 1M users × 250k items, 20M interactions:
+                                                                 # step keys only (no unfused rows,
+                                                                 # epochs, evaluation)
 
 Everything is measured in ONE process (so the ratios compare like with like):
 
@@ -26,9 +29,17 @@ Everything is measured in ONE process (so the ratios compare like with like):
    user pays per step (data, hooks, logging, training_step). The median after warm-up is
    reported (compiling happens in the warm-up); the methods are run in interleaved rounds
    (``SCHEDULES``) so that load drifts hit them alike;
+   Each method also runs with the dense optimizer's reference update (``*_unfused``:
+   ``optimizer.fused=false``) and with the row-sparse lazy Adam (``*_sparse``:
+   ``optimizer=sparse_adam``); ``floor_adam_seconds`` is one fused dense Adam update over a
+   (|U|+|I|)×d parameter set alone, timed in the same rounds (the memory-bandwidth floor of a
+   dense step; ``ratio_fix_over_floor``);
 5. ``loop_overhead_fraction``: the λFix iteration under the Trainer against the same step
-   without Lightning (the same module pieces driven by a plain loop, :func:`_bare_step`),
-   ``median(trainer) / median(bare) − 1``;
+   without Lightning (the step functions of ``lopt.models.steps`` that the modules call, driven
+   by a plain loop, :func:`_bare_step`), ``median(trainer) / median(bare) − 1``;
+5b. ``epoch_seconds_{fix,dui,fix_sparse,dui_sparse}``: one full training epoch under the Trainer
+   (no validation), and ``samples_per_second_{fix,dui}_sparse``: training triples per second of
+   those epochs;
 6. ``eval_seconds``: ``trainer.test`` of the λFix module, the full ranking of every test user
    against all items (config ``data.eval_batch_users`` users per block);
 7. ``peak_rss_mb``: the peak resident memory of this process (``ru_maxrss``).

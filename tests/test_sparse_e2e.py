@@ -47,7 +47,7 @@ def test_methods_train_with_row_sparse_optimizers(tmp_path: Path, overrides: lis
     opt = [] if any(o.startswith("optimizer=") for o in overrides) else ["optimizer=sparse_adam"]
     cfg = _cfg(tmp_path / "run", tmp_path / "data", [*TINY_OVERRIDES, "trainer.max_epochs=1", *opt, *overrides])
     metrics = train.run(cfg)
-    assert math.isfinite(metrics["test"]["auc"]) and metrics["test"]["auc"] > 0.5
+    assert all(math.isfinite(v) for v in metrics["test"].values()) and metrics["best_epoch"] == 0
 
 
 @pytest.mark.slow
