@@ -77,12 +77,17 @@ def build_datamodule(cfg: DictConfig, train_on_valid: bool = False) -> Interacti
     )
 
 
+#: Θ optimizers SGDA accepts: plain SGD, dense or row-sparse.
+SGDA_OPTIMIZERS = ("torch.optim.SGD", "lopt.models.sparse_optim.RowSparseSGD")
+
+
 def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
     """Instantiate ``cfg.model`` with the data sizes and the config groups it pulled in."""
-    if cfg.model.name == "sgda" and cfg.optimizer._target_ != "torch.optim.SGD":
+    if cfg.model.name == "sgda" and cfg.optimizer._target_ not in SGDA_OPTIMIZERS:
         raise ValueError(
-            "model=sgda is Rendle's SGD-based adaptive regularization: add optimizer=sgd "
-            f"(got optimizer._target_={cfg.optimizer._target_}), or use +experiment=<dataset>_sgda"
+            "model=sgda is Rendle's SGD-based adaptive regularization: add optimizer=sgd (or its row-sparse "
+            f"form optimizer=sparse_sgd) (got optimizer._target_={cfg.optimizer._target_}), or use "
+            "+experiment=<dataset>_sgda"
         )
     extra: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "optimizer": instantiate(cfg.optimizer)}
     if "granularity" in cfg:

@@ -23,6 +23,7 @@ import torch
 
 from lopt.models.mf import bpr_loss, triple_scores
 from lopt.models.mf_module import FixModule, Triples
+from lopt.models.sparse_optim import is_row_sparse
 
 
 def adversarial_rows(grad: torch.Tensor, rows: torch.Tensor, eps: float) -> torch.Tensor:
@@ -68,6 +69,11 @@ class AMFModule(FixModule):
             raise ValueError(f"model.adv_alpha (α, the adversarial loss weight) must be ≥ 0, got {adv_alpha}")
         if pretrain_epochs < 0:
             raise ValueError(f"model.pretrain_epochs must be ≥ 0, got {pretrain_epochs}")
+        if is_row_sparse(optimizer):
+            raise ValueError(
+                "model=amf does not support a row-sparse Θ optimizer (optimizer=sparse_adam|sparse_adagrad|"
+                "sparse_sgd): its adversarial perturbation reads the dense BPR gradient; use optimizer=adam"
+            )
         super().__init__(
             n_users, n_items, dim, init_std, optimizer, lambda_value,
             penalty_scope=penalty_scope, penalty_scale=penalty_scale, grad_clip_norm=grad_clip_norm, name=name,

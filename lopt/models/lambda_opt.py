@@ -14,14 +14,8 @@ from typing import Any
 import torch
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_
-from lopt.models.lookahead import lookahead_validation_loss
 from lopt.models.mf_module import MFBPRModule, Triples
-
-
-#: Λ optimizers that project every entry they update onto [0, ∞) themselves (exact types: a
-#: subclass may change ``step``); the module skips its own full pass over Λ after them.
-SELF_PROJECTING: tuple[type[torch.optim.Optimizer], ...] = (LambdaSGD, LambdaAdam, RowSparseAdam)
+from lopt.models.steps import lambda_step
 
 
 class LambdaOptModule(MFBPRModule):
@@ -82,25 +76,18 @@ class LambdaOptModule(MFBPRModule):
         """The Λ-step (every ``lambda_update_interval`` iterations), before the Θ-step."""
         if self.global_step % self.lambda_update_interval != 0:
             return {}
-        lam_opt = self.lambda_optimizer()
-        lam_opt.zero_grad(set_to_none=True)
-        valid_loss = lookahead_validation_loss(
+        valid_loss, lambda_grad_norm = lambda_step(
             self.model,
             self.theta_optimizer(),
+            self.lambda_optimizer(),
             self.granularity,
             batch["train"],
             batch["valid"],
             scope=self.penalty_scope,
             scale=self.penalty_scale,
             clip_norm=self.grad_clip_norm,
+            lambda_clip_norm=self.lambda_grad_clip_norm,
             dropout=self.lookahead_dropout if self.training else 0.0,
             compiled=self.compile_lookahead,
         )
-        valid_loss.backward()
-        lambda_grad_norm = clip_lambda_grad_(list(self.granularity.parameters()), self.lambda_grad_clip_norm)
-        lam_opt.step()
-        # Λ ≥ 0 is the module's guarantee, whatever the optimizer: after any optimizer but lopt's
-        # own projected ones (which clamp every entry they write), Λ is clamped here.
-        if type(lam_opt) not in SELF_PROJECTING:
-            self.granularity.project_()
-        return {"train/lookahead_valid_loss": valid_loss.detach(), "train/lambda_grad_norm": lambda_grad_norm}
+        return {"train/lookahead_valid_loss": valid_loss, "train/lambda_grad_norm": lambda_grad_norm}

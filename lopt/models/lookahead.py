@@ -10,6 +10,7 @@ with Λ fixed, the simulated rows equal what ``optimizer.step()`` then writes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from lopt.models import lookahead_fast
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import bpr_loss
 from lopt.models.optim_state import group_of, scalar, unwrap
+from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, row_grad
 from lopt.models.regularizer import (
     FactorModel,
     _occurrences,
@@ -33,6 +35,8 @@ from lopt.models.regularizer import (
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 SUPPORTED_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "Adagrad")
+#: lopt's row-sparse Θ optimizers (lopt.models.sparse_optim), replayed exactly too.
+SUPPORTED_ROW_SPARSE: tuple[str, ...] = ("RowSparseAdam", "RowSparseAdagrad", "RowSparseSGD")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -146,7 +150,67 @@ def _adagrad_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: t
     return p - clr * (grad / (_safe_sqrt(acc) + eps))
 
 
+def _touched(param: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
+    """(len(rows), 1) bool: which ``rows`` the row-sparse optimizer's step will touch — those held by
+    ``param.grad`` (all rows for a dense gradient)."""
+    grad_rows, _ = row_grad(_grad_of(param))
+    if grad_rows is None:
+        return torch.ones(rows.numel(), 1, dtype=torch.bool, device=rows.device)
+    if grad_rows.numel() == 0:
+        return torch.zeros(rows.numel(), 1, dtype=torch.bool, device=rows.device)
+    found = torch.searchsorted(grad_rows, rows).clamp_(max=grad_rows.numel() - 1)
+    return (grad_rows.index_select(0, found) == rows).unsqueeze(1)
+
+
+def _row_step_counts(state: dict[str, Any], rows: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The rows' step counts after this step's increment, (len(rows), 1) in p's dtype."""
+    counts = state.get("step")
+    before = torch.zeros(rows.numel(), dtype=p.dtype, device=p.device) if counts is None else _rows_of(counts.to(p.device), rows).to(p.dtype)
+    return (before + 1).unsqueeze(1)
+
+
+def _row_sparse_adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """:class:`RowSparseAdam`: the lazy update on touched rows, the row unchanged elsewhere."""
+    group = group_of(optimizer, param)
+    state = optimizer.state.get(param, {})
+    lr, eps = scalar(group["lr"]), scalar(group["eps"])
+    beta1, beta2 = (scalar(b) for b in group["betas"])
+    p = _rows_of(param.detach(), rows)
+    s = _row_step_counts(state, rows, p)
+    m = _state_rows(state, "exp_avg", rows)
+    v = _state_rows(state, "exp_avg_sq", rows)
+    m = (1 - beta1) * grad if m is None else m.lerp(grad, 1 - beta1)
+    v = (1 - beta2) * grad * grad if v is None else torch.addcmul(v * beta2, grad, grad, value=1 - beta2)
+    step_size = lr / (1 - torch.pow(beta1, s))
+    denom = _safe_sqrt(v) / (1 - torch.pow(beta2, s)).sqrt() + eps
+    return torch.where(_touched(param, rows), p - (m / denom) * step_size, p)
+
+
+def _row_sparse_adagrad_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """:class:`RowSparseAdagrad`: Adagrad on touched rows (per-row lr decay), unchanged elsewhere."""
+    group = group_of(optimizer, param)
+    state = optimizer.state.get(param, {})
+    lr, lr_decay, eps = scalar(group["lr"]), scalar(group["lr_decay"]), scalar(group["eps"])
+    p = _rows_of(param.detach(), rows)
+    s = _row_step_counts(state, rows, p)
+    acc = _state_rows(state, "sum", rows)
+    if acc is None:
+        acc = torch.full_like(p, scalar(group["initial_accumulator_value"]))
+    acc = torch.addcmul(acc, grad, grad)
+    clr = lr / (1 + (s - 1) * lr_decay)
+    return torch.where(_touched(param, rows), p - (grad / (_safe_sqrt(acc) + eps)) * clr, p)
+
+
+def _row_sparse_sgd_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """:class:`RowSparseSGD`: θ − lr·g on touched rows (an untouched row has g = 0 anyway)."""
+    p = _rows_of(param.detach(), rows)
+    return torch.where(_touched(param, rows), p - scalar(group_of(optimizer, param)["lr"]) * grad, p)
+
+
 _SIMULATORS: dict[type, Callable[..., torch.Tensor]] = {
+    RowSparseAdam: _row_sparse_adam_rows,
+    RowSparseAdagrad: _row_sparse_adagrad_rows,
+    RowSparseSGD: _row_sparse_sgd_rows,
     torch.optim.SGD: _sgd_rows,
     torch.optim.Adam: _adam_rows,
     torch.optim.AdamW: _adam_rows,
@@ -172,7 +236,8 @@ def simulate_step_rows(
     if simulator is None:
         raise NotImplementedError(
             f"look-ahead cannot simulate the Θ optimizer {type(optimizer).__module__}.{type(optimizer).__qualname__} "
-            f"(config group `optimizer`); supported: torch.optim.{', torch.optim.'.join(SUPPORTED_OPTIMIZERS)}"
+            f"(config group `optimizer`); supported: torch.optim.{', torch.optim.'.join(SUPPORTED_OPTIMIZERS)}, "
+            f"lopt.models.sparse_optim.{', lopt.models.sparse_optim.'.join(SUPPORTED_ROW_SPARSE)}"
         )
     if param.is_complex():
         raise NotImplementedError("look-ahead supports real-valued parameters only (got a complex one)")
@@ -194,9 +259,23 @@ def _grad_of(p: nn.Parameter) -> torch.Tensor:
             "look-ahead needs the non-regularized BPR gradient g_t in user_factors.grad / item_factors.grad "
             "(run one backward of the training loss first)"
         )
-    if p.grad.is_sparse:
-        raise NotImplementedError("look-ahead needs dense Θ gradients")
     return p.grad.detach()
+
+
+def _grad_rows(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
+    """g_t[rows] ((len(rows), d)) of a dense or row-sparse Θ gradient (rows it lacks are zero)."""
+    grad = _grad_of(p)
+    if not grad.is_sparse:
+        return _rows_of(grad, rows)
+    grad_rows, values = row_grad(grad)
+    if grad_rows is not None and grad_rows.numel() == rows.numel() and torch.equal(grad_rows, rows):
+        return values.clone()
+    out = values.new_zeros((rows.numel(), *values.shape[1:]))
+    if grad_rows is None or grad_rows.numel() == 0:
+        return out
+    found = torch.searchsorted(grad_rows, rows).clamp_(max=grad_rows.numel() - 1)
+    hit = torch.nonzero(grad_rows.index_select(0, found) == rows, as_tuple=True)[0]
+    return out.index_copy_(0, hit, _rows_of(values, _rows_of(found, hit)))
 
 
 def _clip_coefficient(
@@ -221,7 +300,7 @@ def _clip_coefficient(
         users, pos, neg = train_batch
         urows, irows = _train_rows(model, train_batch)
         pu, pi = penalty_grad_rows(model, granularity, users, pos, neg, scope, scale, urows, irows)
-        sq = (_rows_of(gP, urows) + pu).square().sum() + (_rows_of(gQ, irows) + pi).square().sum()
+        sq = (_grad_rows(P, urows) + pu).square().sum() + (_grad_rows(Q, irows) + pi).square().sum()
     norm = _safe_sqrt(sq)
     return (float(clip_norm) / (norm + 1e-6)).clamp(max=1.0)
 
@@ -244,6 +323,8 @@ def _clip_is_inactive(model: FactorModel, granularity: LambdaGranularity, train_
     if P.device.type != "cpu":
         return False
     users, pos, neg = train_batch
+    if _grad_of(P).is_sparse or _grad_of(Q).is_sparse:
+        return _sparse_clip_is_inactive(model, granularity, train_batch, clip_norm)
     sides = tuple(
         (theta, storage, rowwise, *_unique_counts(batch_rows, theta.shape[0]))
         for theta, storage, rowwise, batch_rows in (
@@ -252,6 +333,24 @@ def _clip_is_inactive(model: FactorModel, granularity: LambdaGranularity, train_
         )
     )
     return lookahead_fast.clip_is_inactive(sides, users.numel(), clip_norm)
+
+
+@torch.no_grad()
+def _sparse_clip_is_inactive(model: FactorModel, granularity: LambdaGranularity, train_batch: Batch, clip_norm: float) -> bool:
+    """:func:`_clip_is_inactive` for row-sparse Θ gradients (the same sum over the train rows and
+    the same margin as :func:`lookahead_fast.clip_is_inactive`)."""
+    users, pos, neg = train_batch
+    n, sq = users.numel(), 0.0
+    for theta, lam_fn, batch_rows in (
+        (model.user_factors, granularity.user_lambda, users),
+        (model.item_factors, granularity.item_lambda, torch.cat([pos, neg])),
+    ):
+        rows, counts = _unique_counts(batch_rows, theta.shape[0])
+        coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n)
+        g = _grad_rows(theta, rows).add_(coef * lam_fn(rows).detach() * _rows_of(theta.detach(), rows))
+        sq += float((g * g).sum())
+    norm = math.sqrt(sq)
+    return math.isfinite(norm) and float(clip_norm) / (norm + 1e-6) > 1.0 + lookahead_fast.CLIP_MARGIN
 
 
 def _batch_side_rows(
@@ -267,7 +366,6 @@ def _batch_side_rows(
     Rows absent from the batch have g = 0 and no penalty: their simulated step does not depend on
     Λ and is computed without a graph; only the rows the batch penalizes carry one. The values
     equal :func:`simulate_step_rows` of g[rows] + ∂Ω/∂Θ[rows] (:func:`penalty_grad_rows`)."""
-    grad = _grad_of(param)
     counts = _occurrences(batch_rows, rows, param.shape[0])
     hit_mask = counts > 0
     hit = torch.nonzero(hit_mask, as_tuple=True)[0]
@@ -275,13 +373,13 @@ def _batch_side_rows(
     # ∂Ω/∂Θ on the hit rows: 2·c_r/|B| · λ[r] ⊙ Θ[r] (regularizer._side_grad_rows' expression).
     coef = _rows_of(counts, hit).to(param.dtype).unsqueeze(1) * (2.0 / n_batch)
     penalty_rows = coef * lam_fn(hit_rows) * _rows_of(param.detach(), hit_rows)
-    new_hit = simulate_step_rows(optimizer, param, hit_rows, _rows_of(grad, hit_rows) + penalty_rows)
+    new_hit = simulate_step_rows(optimizer, param, hit_rows, _grad_rows(param, hit_rows) + penalty_rows)
     if hit.numel() == rows.numel():
         return new_hit
     miss = torch.nonzero(~hit_mask, as_tuple=True)[0]
     miss_rows = _rows_of(rows, miss)
     with torch.no_grad():
-        new_miss = simulate_step_rows(optimizer, param, miss_rows, _rows_of(grad, miss_rows))
+        new_miss = simulate_step_rows(optimizer, param, miss_rows, _grad_rows(param, miss_rows))
     out = new_miss.new_empty((rows.numel(), *new_miss.shape[1:])).index_copy_(0, miss, new_miss)
     return out.index_copy(0, hit, new_hit)
 
@@ -309,6 +407,11 @@ def lookahead_rows(
     P, Q = model.user_factors, model.item_factors
     users, pos, neg = train_batch
     gP, gQ = _grad_of(P), _grad_of(Q)
+    if scope == "all" and (gP.is_sparse or gQ.is_sparse):
+        raise ValueError(
+            "a row-sparse Θ optimizer (optimizer=sparse_*) needs model.penalty_scope=batch: "
+            "scope 'all' penalizes every row every step"
+        )
     if scope == "batch" and users.numel() > 0 and (
         clip_norm is None or _clip_is_inactive(model, granularity, train_batch, clip_norm)
     ):
@@ -319,8 +422,8 @@ def lookahead_rows(
         new_q = _batch_side_rows(theta_optimizer, Q, granularity.item_lambda, item_rows, torch.cat([pos, neg]), n)
         return new_p, new_q
     pu, pi = penalty_grad_rows(model, granularity, users, pos, neg, scope, scale, user_rows, item_rows)
-    grad_u = _rows_of(gP, user_rows) + pu
-    grad_i = _rows_of(gQ, item_rows) + pi
+    grad_u = _grad_rows(P, user_rows) + pu
+    grad_i = _grad_rows(Q, item_rows) + pi
     if clip_norm is not None:
         coef = _clip_coefficient(model, granularity, train_batch, scope, scale, clip_norm)
         grad_u, grad_i = grad_u * coef, grad_i * coef

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class MatrixFactorization(nn.Module):
     """Θ = (P, Q), P ∈ R^{n_users×dim}, Q ∈ R^{n_items×dim}; ŷ(u, i) = p_u · q_i. No biases.
 
     Both matrices are initialized i.i.d. N(0, init_std²) from torch's global RNG (seeded by the
-    run). Gradients are dense (the paper's optimizers are dense and row-separable).
+    run). Gradients are dense (the paper's optimizers are dense and row-separable), or with
+    ``sparse_grad`` row-sparse: a sparse COO tensor over the batch's unique rows (ascending), so
+    no dense (rows × dim) gradient is allocated (for :mod:`lopt.models.sparse_optim`).
     """
 
-    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float) -> None:
+    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, sparse_grad: bool = False) -> None:
         super().__init__()
         if n_users <= 0 or n_items <= 0 or dim <= 0:
             raise ValueError(f"MatrixFactorization needs positive sizes, got {n_users=}, {n_items=}, {dim=}")
         self.n_users, self.n_items, self.dim = n_users, n_items, dim
         self.user_factors = nn.Parameter(torch.randn(n_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(n_items, dim) * init_std)
+        self.sparse_grad = bool(sparse_grad)
 
     def forward(
         self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of a triple batch: (B,), (B,) for ŷ(u, i) and ŷ(u, j)."""
+        if self.sparse_grad:
+            return sparse_triple_scores(self.user_factors, self.item_factors, users, pos_items, neg_items)
         return triple_scores(self.user_factors, self.item_factors, users, pos_items, neg_items)
 
     @torch.no_grad()
@@ -43,6 +49,27 @@ def triple_scores(
     """ŷ(u, i), ŷ(u, j) for index tensors of equal length B, from any (rows × dim) factor tensors."""
     p = user_factors[users]
     return (p * item_factors[pos_items]).sum(-1), (p * item_factors[neg_items]).sum(-1)
+
+
+def sparse_triple_scores(
+    user_factors: torch.Tensor,
+    item_factors: torch.Tensor,
+    users: torch.Tensor,
+    pos_items: torch.Tensor,
+    neg_items: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`triple_scores` whose backward gives each table a row-sparse gradient: the batch's
+    unique rows (ascending, one entry each) are gathered once by ``F.embedding(sparse=True)``,
+    then expanded to the triples (their gradients summed per row by the gather's backward)."""
+    from lopt.models.regularizer import _unique_inverse
+
+    n = users.numel()
+    user_rows, user_idx = _unique_inverse(users, user_factors.shape[0])
+    item_rows, item_idx = _unique_inverse(torch.cat([pos_items, neg_items]), item_factors.shape[0])
+    p = F.embedding(user_rows, user_factors, sparse=True).index_select(0, user_idx)
+    q = F.embedding(item_rows, item_factors, sparse=True)
+    # index_select: its backward is an index_add_ (advanced indexing's accumulating index_put_ sorts)
+    return (p * q.index_select(0, item_idx[:n])).sum(-1), (p * q.index_select(0, item_idx[n:])).sum(-1)
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:

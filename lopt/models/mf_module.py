@@ -16,9 +16,11 @@ from typing import Any
 import torch
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.mf import MatrixFactorization, bpr_loss
+from lopt.models.mf import MatrixFactorization
 from lopt.models.ranking_module import RankingModule
-from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_, penalty
+from lopt.models.regularizer import penalty
+from lopt.models.sparse_optim import is_row_sparse
+from lopt.models.steps import theta_step, train_loss
 
 Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PENALTY_SCOPES = ("batch", "all")
@@ -28,7 +30,8 @@ class MFBPRModule(RankingModule):
     """MF-BPR trained with a penalty Ω(Θ, Λ) whose Λ comes from ``granularity``.
 
     With the non-learnable ``fix`` granularity this is the paper's MF-λFix; subclasses fill the
-    Λ-step slot. ``optimizer`` builds the Θ optimizer from the parameters (a Hydra partial).
+    Λ-step slot. ``optimizer`` builds the Θ optimizer from the parameters (a Hydra partial); a
+    row-sparse one (:mod:`lopt.models.sparse_optim`) makes the factor gradients row-sparse.
     """
 
     def __init__(
@@ -47,8 +50,14 @@ class MFBPRModule(RankingModule):
         super().__init__()
         if penalty_scope not in PENALTY_SCOPES:
             raise ValueError(f"model.penalty_scope must be one of {PENALTY_SCOPES}, got {penalty_scope!r}")
+        sparse = is_row_sparse(optimizer)
+        if sparse and penalty_scope != "batch":
+            raise ValueError(
+                "a row-sparse Θ optimizer (optimizer=sparse_adam|sparse_adagrad|sparse_sgd) needs "
+                f"model.penalty_scope=batch (got {penalty_scope!r}: it penalizes every row every step)"
+            )
         self.automatic_optimization = False
-        self.model = MatrixFactorization(n_users, n_items, dim, init_std)
+        self.model = MatrixFactorization(n_users, n_items, dim, init_std, sparse_grad=sparse)
         self.granularity = granularity
         self.make_theta_optimizer = optimizer
         self.penalty_scope = penalty_scope
@@ -83,18 +92,16 @@ class MFBPRModule(RankingModule):
         # Stepping through Lightning's wrapper counts Θ-steps as global steps (Λ-steps are not).
         theta_opt = self._lightning_theta_optimizer()
         theta_opt.zero_grad(set_to_none=False)
-        pos_scores, neg_scores = self.model(users, pos, neg)
-        loss = bpr_loss(pos_scores, neg_scores)
+        loss = train_loss(self.model, batch["train"])
         self._check_finite(loss)
         self.manual_backward(loss)
 
         slot_logs = self.before_theta_step(batch)
 
-        add_penalty_grad_(
-            self.model, self.granularity, users, pos, neg, self.penalty_scope, self.penalty_scale
+        grad_norm = theta_step(
+            self.model, theta_opt, self.granularity, batch["train"],
+            scope=self.penalty_scope, scale=self.penalty_scale, clip_norm=self.grad_clip_norm,
         )
-        grad_norm = clip_grad_norm_(self.model, self.grad_clip_norm)
-        theta_opt.step()
 
         if self._is_logging_step():
             with torch.no_grad():

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from lopt.models.mf import bpr_loss
 from lopt.models.mf_module import Triples
 from lopt.models.ranking_module import RankingModule
+from lopt.models.sparse_optim import is_row_sparse
 
 LOSSES = ("bpr", "bce")
 
@@ -132,6 +133,11 @@ class NeuMFModule(RankingModule):
             raise ValueError(f"model.lambda_value must be ≥ 0, got {lambda_value}")
         if score_block_elements <= 0:
             raise ValueError(f"model.score_block_elements must be positive, got {score_block_elements}")
+        if is_row_sparse(optimizer):
+            raise ValueError(
+                "model=neumf does not support a row-sparse Θ optimizer (optimizer=sparse_adam|sparse_adagrad|"
+                "sparse_sgd): its MLP layers and embeddings are trained with dense gradients; use optimizer=adam"
+            )
         self.automatic_optimization = False
         self.model = NeuMF(n_users, n_items, dim, list(mlp_layers), init_std)
         self.make_theta_optimizer = optimizer

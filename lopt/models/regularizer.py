@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lopt.models.granularity import LambdaGranularity
+from lopt.models.lambda_optim import coalesced
 
 SCOPES: tuple[str, ...] = ("batch", "all")
 
@@ -158,9 +159,21 @@ def penalty_grad_rows(
 def _ensure_grad(p: nn.Parameter) -> torch.Tensor:
     if p.grad is None:
         p.grad = torch.zeros_like(p)
-    if p.grad.is_sparse:
-        raise ValueError("add_penalty_grad_ needs dense Θ gradients (MatrixFactorization produces dense ones)")
     return p.grad
+
+
+def _sparse_rows_add(grad: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A row-sparse gradient plus ``values`` on ``rows`` (ascending, unique): a coalesced sparse COO
+    tensor. When the gradient holds exactly those rows (the batch's, as the sparse forward gives
+    them) the values are added row by row; otherwise indices are merged by a coalesce."""
+    g = coalesced(grad)
+    g_rows = g.indices()[0]
+    if g_rows.numel() == rows.numel() and torch.equal(g_rows, rows):
+        return torch.sparse_coo_tensor(g.indices(), g.values() + values, g.shape, is_coalesced=True, check_invariants=False)
+    merged = torch.sparse_coo_tensor(
+        torch.cat([g.indices(), rows.unsqueeze(0)], 1), torch.cat([g.values(), values]), g.shape
+    )
+    return merged.coalesce()
 
 
 @torch.no_grad()
@@ -175,9 +188,18 @@ def add_penalty_grad_(
 ) -> None:
     """Add ∂Ω/∂Θ (at the current Λ, no autograd graph) to ``user_factors.grad`` / ``item_factors.grad``
     in place (a missing grad starts at zero). Scope "batch": index_add_ on the batch's unique rows,
-    O(|B|·d); scope "all": dense, O((|U|+|I|)·d). This is the regularization part of the real Θ-step."""
+    O(|B|·d); scope "all": dense, O((|U|+|I|)·d). This is the regularization part of the real Θ-step.
+
+    Row-sparse gradients (``MatrixFactorization(sparse_grad=True)``) stay row-sparse: the penalty's
+    rows join the same sparse gradient (scope "batch" only: scope "all" touches every row)."""
     P, Q = model.user_factors, model.item_factors
     gP, gQ = _ensure_grad(P), _ensure_grad(Q)
+    if gP.is_sparse or gQ.is_sparse:
+        if check_scope(scope) == "all":
+            raise ValueError(
+                "a row-sparse Θ optimizer (optimizer=sparse_*) needs model.penalty_scope=batch: "
+                "scope 'all' penalizes every row every step"
+            )
     if check_scope(scope) == "all":
         gP.add_((2.0 * scale) * granularity.user_lambda(None).detach() * P.detach())
         gQ.add_((2.0 * scale) * granularity.item_lambda(None).detach() * Q.detach())
@@ -191,6 +213,9 @@ def add_penalty_grad_(
     ):
         rows, counts = _unique_counts(batch_rows, theta.shape[0])
         coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n)
+        if grad.is_sparse:
+            theta.grad = _sparse_rows_add(grad, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows))
+            continue
         grad.index_add_(0, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows))
 
 
@@ -198,8 +223,12 @@ def add_penalty_grad_(
 def clip_grad_norm_(model: FactorModel, max_norm: float | None) -> torch.Tensor:
     """Clip the Θ gradient (``user_factors.grad``, ``item_factors.grad``) to total L2 norm
     ``max_norm`` in place, exactly as ``torch.nn.utils.clip_grad_norm_``: grads *= min(max_norm /
-    (norm + 1e-6), 1). ``max_norm=None``: no clipping. Returns the total norm before clipping."""
-    grads = [p.grad for p in (model.user_factors, model.item_factors) if p.grad is not None]
+    (norm + 1e-6), 1). ``max_norm=None``: no clipping. Returns the total norm before clipping.
+    Row-sparse gradients are coalesced (rows summed first) and scaled on their values."""
+    params = [p for p in (model.user_factors, model.item_factors) if p.grad is not None]
+    if any(p.grad.is_sparse for p in params):
+        return _clip_sparse_grad_norm_(params, max_norm)
+    grads = [p.grad for p in params]
     if not grads:
         return torch.zeros((), dtype=model.user_factors.dtype, device=model.user_factors.device)
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
@@ -209,6 +238,27 @@ def clip_grad_norm_(model: FactorModel, max_norm: float | None) -> torch.Tensor:
         if coef.device.type != "cpu" or bool(coef < 1.0):
             for g in grads:
                 g.mul_(coef)
+    return total
+
+
+def _clip_sparse_grad_norm_(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """:func:`clip_grad_norm_` for gradients of which some are row-sparse."""
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = coalesced(p.grad)
+    total = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad.values() if p.grad.is_sparse else p.grad) for p in params])
+    )
+    if max_norm is not None:
+        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
+        if coef.device.type != "cpu" or bool(coef < 1.0):
+            for p in params:
+                g = p.grad
+                if g.is_sparse:
+                    p.grad = torch.sparse_coo_tensor(g.indices(), g.values() * coef, g.shape, is_coalesced=True,
+                                                     check_invariants=False)
+                else:
+                    g.mul_(coef)
     return total
 
 

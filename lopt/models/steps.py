@@ -1,0 +1,88 @@
+"""The MF-BPR iteration's steps as pure functions (method.md, "Training"), shared by the
+LightningModules (:mod:`lopt.models.mf_module`, :mod:`lopt.models.lambda_opt`) and by the
+benchmark's plain loop, so that what is timed without Lightning is the very step that trains.
+
+One iteration: :func:`train_loss` (then its backward → g_t in ``.grad``), :func:`lambda_step`
+(λOpt), :func:`theta_step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_
+from lopt.models.lookahead import lookahead_validation_loss
+from lopt.models.mf import MatrixFactorization, bpr_loss
+from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+
+Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def train_loss(model: MatrixFactorization, train_batch: Triples) -> torch.Tensor:
+    """The non-regularized BPR loss of the training batch (0-dim, with a graph to Θ)."""
+    users, pos, neg = train_batch
+    return bpr_loss(*model(users, pos, neg))
+
+
+#: Λ optimizers that project every entry they update onto [0, ∞) themselves (exact types: a
+#: subclass may change ``step``); :func:`lambda_step` skips its own full pass over Λ after them.
+SELF_PROJECTING: tuple[type[torch.optim.Optimizer], ...] = (LambdaSGD, LambdaAdam, RowSparseAdam)
+
+
+def lambda_step(
+    model: MatrixFactorization,
+    theta_optimizer: torch.optim.Optimizer,
+    lambda_optimizer: Any,
+    granularity: LambdaGranularity,
+    train_batch: Triples,
+    valid_batch: Triples,
+    *,
+    scope: str,
+    scale: float,
+    clip_norm: float | None,
+    lambda_clip_norm: float | None,
+    dropout: float,
+    compiled: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Λ-step: the validation loss of the exact look-ahead Θ̄_{t+1}(Λ), its Λ-gradient, the Λ
+    clip and the Λ optimizer's step. Needs g_t (the training backward) in the factors' ``.grad``;
+    reads it and the Θ optimizer's state, never writes them. Returns (the look-ahead validation
+    loss, the Λ-gradient norm before clipping), both detached."""
+    lambda_optimizer.zero_grad(set_to_none=True)
+    valid_loss = lookahead_validation_loss(
+        model, theta_optimizer, granularity, train_batch, valid_batch,
+        scope=scope, scale=scale, clip_norm=clip_norm, dropout=dropout, compiled=compiled,
+    )
+    valid_loss.backward()
+    lambda_grad_norm = clip_lambda_grad_(list(granularity.parameters()), lambda_clip_norm)
+    lambda_optimizer.step()
+    # Λ ≥ 0 is guaranteed here, whatever the optimizer: after any optimizer but lopt's own projected
+    # ones (which clamp every entry they write), Λ is clamped onto [0, ∞).
+    if type(lambda_optimizer) not in SELF_PROJECTING:
+        granularity.project_()
+    return valid_loss.detach(), lambda_grad_norm
+
+
+def theta_step(
+    model: MatrixFactorization,
+    theta_optimizer: Any,
+    granularity: LambdaGranularity,
+    train_batch: Triples,
+    *,
+    scope: str,
+    scale: float,
+    clip_norm: float | None,
+) -> torch.Tensor:
+    """The Θ-step: add ∇_Θ Ω(B; Θ, Λ) to g_t in ``.grad``, clip the gradient norm, step the Θ
+    optimizer (a torch optimizer or Lightning's wrapper of one). Returns the norm before clipping."""
+    users, pos, neg = train_batch
+    add_penalty_grad_(model, granularity, users, pos, neg, scope, scale)
+    grad_norm = clip_grad_norm_(model, clip_norm)
+    theta_optimizer.step()
+    return grad_norm
+
+
+__all__ = ["lambda_step", "theta_step", "train_loss"]

@@ -1,0 +1,247 @@
+"""Row-sparse Θ optimizers and fused dense ones: the look-ahead replays them exactly (the invariant
+of method.md, for every granularity), the Λ-gradient matches finite differences, gradients stay
+row-sparse end to end, untouched rows keep value and state, and state round-trips."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
+from lopt.models.lookahead import lookahead_rows, lookahead_validation_loss
+from lopt.models.mf import MatrixFactorization, bpr_loss
+from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, is_row_sparse
+
+NU, NI, D = 7, 9, 4
+SCALE = 0.3
+CLIP = 0.05
+TRAIN = (torch.tensor([0, 1, 1, 2, 3, 0]), torch.tensor([1, 2, 2, 3, 4, 5]), torch.tensor([5, 6, 7, 5, 0, 2]))
+VALID = (torch.tensor([1, 4, 5, 0, 1]), torch.tensor([2, 8, 3, 1, 2]), torch.tensor([0, 1, 6, 6, 8]))
+
+SPARSE: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
+    "sparse_adam": lambda ps: RowSparseAdam(ps, lr=0.05),
+    "sparse_adagrad": lambda ps: RowSparseAdagrad(ps, lr=0.1, lr_decay=0.05, initial_accumulator_value=0.1),
+    "sparse_sgd": lambda ps: RowSparseSGD(ps, lr=0.1),
+}
+FUSED: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
+    "adam_fused": lambda ps: torch.optim.Adam(ps, lr=0.05, fused=True),
+    "adam_fused_amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.05, amsgrad=True, fused=True),
+    "adagrad_fused": lambda ps: torch.optim.Adagrad(ps, lr=0.1, lr_decay=0.01, fused=True),
+    "sgd_fused": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=True),
+}
+ALL = {**SPARSE, **FUSED}
+
+
+def random_batch(gen: torch.Generator, n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.randint(0, NU, (n,), generator=gen), torch.randint(0, NI, (n,), generator=gen), torch.randint(0, NI, (n,), generator=gen))
+
+
+def real_step(model, gran, opt, batch, scope: str, clip: float | None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    opt.zero_grad()
+    bpr_loss(*model(*batch)).backward()
+    add_penalty_grad_(model, gran, *batch, scope, SCALE)
+    norm = clip_grad_norm_(model, clip)
+    opt.step()
+    return norm
+
+
+def build(opt_name: str, gran_name: str, scope: str, clip: float | None, prior_steps: int):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    sparse = opt_name in SPARSE
+    model = MatrixFactorization(NU, NI, D, init_std=0.7, sparse_grad=sparse).double()
+    gran = LambdaGranularity(gran_name, NU, NI, D, init=0.8).double()
+    with torch.no_grad():
+        for p in gran.parameters():
+            p.copy_(torch.rand_like(p) + 0.2)
+    opt = ALL[opt_name](list(model.parameters()))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(prior_steps):
+        real_step(model, gran, opt, random_batch(gen, n=3), scope, clip)  # small batches: rows left behind
+    return model, gran, opt
+
+
+def _scopes(opt_name: str) -> list[str]:
+    return ["batch"] if opt_name in SPARSE else ["batch", "all"]
+
+
+CASES = [(o, s) for o in ALL for s in _scopes(o)]
+
+
+@pytest.mark.parametrize("prior_steps", [0, 3], ids=["first", "later"])
+@pytest.mark.parametrize("clip", [None, CLIP], ids=["noclip", "clip"])
+@pytest.mark.parametrize("gran_name", GRANULARITY_NAMES)
+@pytest.mark.parametrize(("opt_name", "scope"), CASES, ids=[f"{o}-{s}" for o, s in CASES])
+def test_lookahead_equals_real_step(opt_name: str, scope: str, gran_name: str, clip: float | None, prior_steps: int) -> None:
+    model, gran, opt = build(opt_name, gran_name, scope, clip, prior_steps)
+    P, Q = model.user_factors, model.item_factors
+    opt.zero_grad()
+    bpr_loss(*model(*TRAIN)).backward()
+    assert P.grad.is_sparse == (opt_name in SPARSE)
+    user_rows = torch.unique(VALID[0])
+    item_rows = torch.unique(torch.cat([VALID[1], VALID[2]]))
+    with torch.no_grad():
+        la_p, la_q = lookahead_rows(model, opt, gran, TRAIN, user_rows, item_rows, scope=scope, scale=SCALE, clip_norm=clip)
+        la_loss = lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope=scope, scale=SCALE, clip_norm=clip)
+    add_penalty_grad_(model, gran, *TRAIN, scope, SCALE)
+    norm = clip_grad_norm_(model, clip)
+    if clip is not None:
+        assert norm > 2 * clip
+    opt.step()
+    torch.testing.assert_close(la_p, P.detach()[user_rows], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(la_q, Q.detach()[item_rows], rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        real_loss = bpr_loss(*model(*VALID))
+    torch.testing.assert_close(la_loss, real_loss, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("clip", [None, CLIP], ids=["noclip", "clip"])
+@pytest.mark.parametrize("opt_name", ["sparse_adam", "sparse_adagrad", "adam_fused"])
+@pytest.mark.parametrize("gran_name", [n for n in GRANULARITY_NAMES if n != "fix"])
+def test_lambda_gradient_matches_finite_differences(gran_name: str, opt_name: str, clip: float | None) -> None:
+    model, gran, opt = build(opt_name, gran_name, "batch", clip, prior_steps=3)
+    opt.zero_grad()
+    bpr_loss(*model(*TRAIN)).backward()
+
+    def loss() -> torch.Tensor:
+        return lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=SCALE, clip_norm=clip)
+
+    gran.zero_grad(set_to_none=True)
+    loss().backward()
+    h, checked_nonzero = 1e-5, 0
+    for p in gran.parameters():
+        analytic = p.grad.to_dense()
+        for r in [r for r in (0, 1, 2, 4, 6, 8) if r < p.shape[0]]:
+            for k in sorted({0, p.shape[1] - 1}):
+                with torch.no_grad():
+                    orig = p[r, k].item()
+                    p[r, k] = orig + h
+                    up = loss().item()
+                    p[r, k] = orig - h
+                    down = loss().item()
+                    p[r, k] = orig
+                fd = (up - down) / (2 * h)
+                assert analytic[r, k].item() == pytest.approx(fd, rel=1e-5, abs=2e-9), (p.shape, r, k, fd)
+                checked_nonzero += abs(fd) > 1e-8
+    assert checked_nonzero > 0
+
+
+def test_gradient_is_row_sparse_end_to_end() -> None:
+    """Forward, penalty and clip keep the Θ gradient a sparse tensor on the batch's unique rows."""
+    model, gran, opt = build("sparse_adam", "dui", "batch", None, prior_steps=0)
+    opt.zero_grad()
+    bpr_loss(*model(*TRAIN)).backward()
+    add_penalty_grad_(model, gran, *TRAIN, "batch", SCALE)
+    clip_grad_norm_(model, CLIP)
+    for param, rows in ((model.user_factors, TRAIN[0]), (model.item_factors, torch.cat([TRAIN[1], TRAIN[2]]))):
+        assert param.grad.is_sparse and param.grad.is_coalesced()
+        assert param.grad.indices()[0].tolist() == torch.unique(rows).tolist()
+    # the same values as the dense gradient of the same step
+    dense, gran_d, _ = build("adam_fused", "dui", "batch", None, prior_steps=0)
+    bpr_loss(*dense(*TRAIN)).backward()
+    add_penalty_grad_(dense, gran_d, *TRAIN, "batch", SCALE)
+    clip_grad_norm_(dense, CLIP)
+    torch.testing.assert_close(model.user_factors.grad.to_dense(), dense.user_factors.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(model.item_factors.grad.to_dense(), dense.item_factors.grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("opt_name", list(SPARSE))
+def test_untouched_rows_keep_value_and_state(opt_name: str) -> None:
+    model, gran, opt = build(opt_name, "dui", "batch", None, prior_steps=2)
+    P = model.user_factors
+    before = P.detach().clone()
+    state = {k: v.clone() for k, v in opt.state[P].items()}
+    real_step(model, gran, opt, TRAIN, "batch", None)
+    untouched = torch.tensor([r for r in range(NU) if r not in set(TRAIN[0].tolist())])
+    touched = torch.unique(TRAIN[0])
+    assert torch.equal(P.detach()[untouched], before[untouched])
+    assert not torch.equal(P.detach()[touched], before[touched])
+    for k, v in opt.state[P].items():
+        assert torch.equal(v[untouched], state[k][untouched])
+    if "step" in state:
+        assert torch.equal(opt.state[P]["step"][touched], state["step"][touched] + 1)
+
+
+def test_sparse_adam_equals_adam_when_every_row_is_touched() -> None:
+    """Lazy Adam differs from Adam only through untouched rows: with dense gradients (every row
+    touched every step) the per-row step counts equal the global one and the two coincide."""
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_a, opt_b = RowSparseAdam([a], lr=0.05), torch.optim.Adam([b], lr=0.05)
+    for _ in range(4):
+        g = torch.randn(5, 3, dtype=torch.float64)
+        a.grad, b.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_sparse_adam_is_lazy_unlike_adam() -> None:
+    """A row touched once and then left alone stops under lazy Adam but keeps moving under Adam."""
+    model_s, gran, opt_s = build("sparse_adam", "fix", "batch", None, prior_steps=0)
+    real_step(model_s, gran, opt_s, TRAIN, "batch", None)
+    after_first = model_s.user_factors.detach()[0].clone()
+    other = (torch.tensor([4]), torch.tensor([8]), torch.tensor([3]))
+    real_step(model_s, gran, opt_s, other, "batch", None)
+    assert torch.equal(model_s.user_factors.detach()[0], after_first)
+    torch.manual_seed(0)
+    model_d = MatrixFactorization(NU, NI, D, init_std=0.7).double()
+    opt_d = torch.optim.Adam(model_d.parameters(), lr=0.05)
+    real_step(model_d, gran, opt_d, TRAIN, "batch", None)
+    moved = model_d.user_factors.detach()[0].clone()
+    real_step(model_d, gran, opt_d, other, "batch", None)
+    assert not torch.equal(model_d.user_factors.detach()[0], moved)
+
+
+def test_sparse_adagrad_without_decay_equals_adagrad() -> None:
+    torch.manual_seed(0)
+    model_s = MatrixFactorization(NU, NI, D, init_std=0.7, sparse_grad=True).double()
+    model_d = MatrixFactorization(NU, NI, D, init_std=0.7).double()
+    model_d.load_state_dict(model_s.state_dict())
+    gran = LambdaGranularity("fix", NU, NI, D, init=0.1).double()
+    opt_s = RowSparseAdagrad(model_s.parameters(), lr=0.1, initial_accumulator_value=0.1)
+    opt_d = torch.optim.Adagrad(model_d.parameters(), lr=0.1, initial_accumulator_value=0.1)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        batch = random_batch(gen, n=3)
+        real_step(model_s, gran, opt_s, batch, "batch", None)
+        real_step(model_d, gran, opt_d, batch, "batch", None)
+    torch.testing.assert_close(model_s.user_factors, model_d.user_factors, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(model_s.item_factors, model_d.item_factors, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("opt_name", list(SPARSE))
+def test_state_dict_round_trips(opt_name: str) -> None:
+    model, gran, opt = build(opt_name, "dui", "batch", None, prior_steps=3)
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_opt = opt.state_dict()
+    torch.save(saved_opt, buf := __import__("io").BytesIO())
+    buf.seek(0)
+    fresh = MatrixFactorization(NU, NI, D, init_std=0.7, sparse_grad=True).double()
+    fresh.load_state_dict(saved_model)
+    fresh_opt = SPARSE[opt_name](list(fresh.parameters()))
+    fresh_opt.load_state_dict(torch.load(buf))
+    if opt_name != "sparse_sgd":
+        assert fresh_opt.state[fresh.user_factors]["step"].dtype == torch.int64
+    real_step(model, gran, opt, TRAIN, "batch", None)
+    real_step(fresh, gran, fresh_opt, TRAIN, "batch", None)
+    assert torch.equal(model.user_factors, fresh.user_factors)
+    assert torch.equal(model.item_factors, fresh.item_factors)
+
+
+def test_scope_all_is_refused_with_the_config_key() -> None:
+    model, gran, opt = build("sparse_adam", "dui", "batch", None, prior_steps=0)
+    bpr_loss(*model(*TRAIN)).backward()
+    with pytest.raises(ValueError, match="penalty_scope=batch"):
+        add_penalty_grad_(model, gran, *TRAIN, "all", SCALE)
+
+
+def test_is_row_sparse_reads_hydra_partials() -> None:
+    import functools
+
+    assert is_row_sparse(functools.partial(RowSparseAdam, lr=1e-3))
+    assert is_row_sparse(RowSparseAdagrad)
+    assert not is_row_sparse(functools.partial(torch.optim.Adam, lr=1e-3))
