@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from lopt.checkpointing import CheckpointOnSignal
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.types import PreparedSplit
-from lopt.eval.beyond import log_beyond
+from lopt.eval.beyond import BeyondLogger
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.ranking_module import RankingModule
@@ -103,7 +103,7 @@ def build_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [best, *build_tracking_callbacks(cfg, split, output_dir)]
+    callbacks: list[L.Callback] = [best, *build_tracking_callbacks(cfg, split, output_dir), BeyondLogger.callback()]
     if cfg.checkpoint.every_n_train_steps > 0:
         callbacks.append(
             ModelCheckpoint(
@@ -276,6 +276,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
     metrics = write_results(cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds)
-    log_beyond(trainer.loggers, metrics["beyond"], trainer.global_step)
     print_summary(metrics, output_dir)
     return metrics

@@ -170,3 +170,21 @@ def log_beyond(loggers: Sequence[Any], beyond: dict[str, Any], step: int) -> Non
     for logger in loggers:
         logger.log_metrics(flat, step=step)
         logger.save()
+
+
+class BeyondLogger:
+    """Lightning callback factory: at the end of every test pass, log the beyond-accuracy block
+    of the datamodule's test evaluator (before loggers such as W&B close their run)."""
+
+    @staticmethod
+    def callback() -> Any:
+        import lightning.pytorch as L
+
+        class _LogBeyond(L.Callback):
+            def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+                datamodule = trainer.datamodule
+                if datamodule is None or not hasattr(datamodule, "test_beyond"):
+                    return
+                log_beyond(trainer.loggers, datamodule.test_beyond(pl_module.test_per_user), trainer.global_step)
+
+        return _LogBeyond()
