@@ -30,12 +30,11 @@ from lopt.callbacks import best_checkpoint, instantiate_callbacks
 from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.types import PreparedSplit
-from lopt.eval.beyond import log_beyond
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.ranking_module import RankingModule
 from lopt.provenance import collect_provenance, log_provenance
-from lopt.tracking.callbacks import build_tracking_callbacks
+from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks
 from lopt.tracking.loggers import build_logger
 
 log = logging.getLogger("lopt")
@@ -113,7 +112,7 @@ def build_trainer(
     scoped = OmegaConf.merge(cfg, {"paths": {"output_dir": str(output_dir)}})
     configured = instantiate_callbacks(scoped.get("callbacks"))
     best = best_checkpoint(configured)
-    callbacks: list[L.Callback] = [*configured.values(), *build_tracking_callbacks(cfg, split, output_dir)]
+    callbacks: list[L.Callback] = [*configured.values(), *build_tracking_callbacks(cfg, split, output_dir), LogBeyond()]
     if cfg.checkpoint.every_n_train_steps > 0:
         callbacks.append(
             ModelCheckpoint(
@@ -368,7 +367,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = write_results(
         cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds, provenance, control
     )
-    log_beyond(trainer.loggers, metrics["beyond"], trainer.global_step)
     print_summary(metrics, output_dir)
     return metrics
 

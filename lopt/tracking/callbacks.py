@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lopt.data.types import PreparedSplit
 from lopt.io import atomic_write
+from lopt.eval.beyond import log_beyond
 from lopt.models.granularity import LambdaGranularity
 from lopt.tracking.lambda_stats import (
     SIDES,
@@ -365,3 +366,14 @@ def build_tracking_callbacks(cfg: DictConfig, split: PreparedSplit, output_dir: 
     if is_wandb_config(cfg.get("logger")):
         callbacks.append(WandbRunCallback(watch=cfg.logger.get("watch"), watch_log_freq=cfg.logger.get("watch_log_freq") or 500))
     return callbacks
+
+
+class LogBeyond(L.Callback):
+    """At the end of every test pass, log the beyond-accuracy block of the datamodule's test
+    evaluator (before loggers such as W&B close their run at test teardown)."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "test_beyond"):
+            return
+        log_beyond(trainer.loggers, datamodule.test_beyond(pl_module.test_per_user), trainer.global_step)
