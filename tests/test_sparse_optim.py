@@ -1,5 +1,5 @@
 """Row-sparse Θ optimizers and fused dense ones: the look-ahead replays them exactly (the invariant
-of method.md, for every granularity), the Λ-gradient matches finite differences, gradients stay
+of docs/method.md, for every granularity), the Λ-gradient matches finite differences, gradients stay
 row-sparse end to end, untouched rows keep value and state, and state round-trips."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ device (positives P_u; candidates N_u = the other rankable items) and computes t
 metrics (:mod:`lopt.eval.metrics`; both protocols share the same exact ranking kernel). Memory
 is bounded by the block: no (n_users, n_items) tensor is ever built.
 
-Candidates (protocol.md): for the test split, items outside the user's train ∪ valid ∪ test;
+Candidates (docs/protocol.md): for the test split, items outside the user's train ∪ valid ∪ test;
 for the valid split, items outside train ∪ valid — the test split is unknown at selection time,
 so test items are candidates (``valid_candidates="paper"``: also remove them, as the paper's code
 did). Under the standard protocol the ranked list is P_u ∪ N_u: all items outside the user's

@@ -1,4 +1,4 @@
-"""The MF-BPR iteration's steps as pure functions (method.md, "Training"), shared by the
+"""The MF-BPR iteration's steps as pure functions (docs/method.md, "Training"), shared by the
 LightningModules (:mod:`lopt.models.mf_module`, :mod:`lopt.models.lambda_opt`) and by the
 benchmark's plain loop, so that what is timed without Lightning is the very step that trains.
 
