@@ -6,7 +6,8 @@
 Layouts: ``paper`` puts the paper's value beside each of our cells (meaningful for runs on the
 paper's "lambdaopt" protocol); ``generic`` shows our values only, for any metric keys. ``auto``
 (default) is ``paper`` when every run is on the lambdaopt protocol, else ``generic``. Runs on
-different protocols are never mixed: each (dataset, protocol) gets its own table. ``--metrics``
+different protocols or fairness controls are never mixed: each (dataset, protocol, control) gets
+its own table. ``--metrics``
 picks the columns (default: every metric the runs have, the paper's first), ``--select-metric``
 any validation metric key the runs have.
 
@@ -204,13 +205,17 @@ def render(
         f"{select_metric} over seeds (mean ± sample std over seeds){beside}; {MISSING} = no run.",
     ]
     tex: list[str] = []
-    for protocol in protocols:
-        protocol_runs = [r for r in runs if r.protocol == protocol]
-        selections = select_configurations(protocol_runs, select_metric)
+    controls = {r.control for r in runs}
+    blocks = sorted({(r.protocol, r.control) for r in runs},
+                    key=lambda b: (b[0] != DEFAULT_PROTOCOL, b[0], b[1] != "none", b[1]))
+    for protocol, control in blocks:
+        block_runs = [r for r in runs if (r.protocol, r.control) == (protocol, control)]
+        selections = select_configurations(block_runs, select_metric)
         datasets = sorted({d for d, _ in selections}, key=lambda d: (aliases.get(d, d) not in PAPER_DATASETS, d))
         methods = ordered_methods(m for _, m in selections)
+        qualifiers = [f"{protocol} protocol"] * (len(protocols) > 1) + [f"control={control}"] * (controls != {"none"})
         for dataset in datasets:
-            title = dataset if len(protocols) == 1 else f"{dataset} ({protocol} protocol)"
+            title = f"{dataset} ({', '.join(qualifiers)})" if qualifiers else dataset
             paper_ds = paper.get(aliases.get(dataset, dataset), {}) if layout == "paper" else {}
             rows = build_rows(selections, dataset, paper_ds, methods, columns)
             if layout == "paper":

@@ -68,6 +68,12 @@ class Run:
         """The evaluation protocol of the run (``lambdaopt`` for runs that predate the key)."""
         return str(self.metrics.get("protocol") or DEFAULT_PROTOCOL)
 
+    @property
+    def control(self) -> str:
+        """The fairness control of the run (``none``: the paper's protocol; also for runs that
+        predate the key)."""
+        return str((self.metrics.get("control") or {}).get("name") or "none")
+
     def value(self, split: str, metric: str) -> float:
         """``metrics.json[split][metric]`` as a float (NaN when absent)."""
         raw = (self.metrics.get(split) or {}).get(metric)
