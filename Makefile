@@ -38,7 +38,7 @@ TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 # Byte-code caching roughly halves the import time of lightning (about 8 s -> 3 s a process).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup run test test-fast clean which-python
+.PHONY: setup run test test-fast lint clean which-python
 
 setup: $(STAMP)
 
@@ -62,6 +62,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): lint and formatting, as CI checks them.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

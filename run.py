@@ -1,8 +1,8 @@
 """lopt's entry point: compose the Hydra config, then hand it to ``lopt.train.run``.
 
-    python run.py                                   # MF-λOpt-DUI on the built-in synthetic data
-    python run.py +experiment=ml10m_dui             # one cell of the paper's table
-    python run.py -m +experiment=ml100k_fix         # the paper's λ grid for MF-λFix
+python run.py                                   # MF-λOpt-DUI on the built-in synthetic data
+python run.py +experiment=ml10m_dui             # one cell of the paper's table
+python run.py -m +experiment=ml100k_fix         # the paper's λ grid for MF-λFix
 """
 
 from __future__ import annotations

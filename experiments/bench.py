@@ -109,13 +109,22 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "opt_dui_adam_sparse": ("ml10m_dui", ["model.lambda_grad_clip_norm=100.0", "optimizer=sparse_adam"]),
 }
 #: Keys timed over one full epoch (``epoch_seconds_<suffix>``), not at STEP_ONLY_SHAPES.
-EPOCH_KEYS: dict[str, str] = {"fix": "fix", "opt_dui": "dui", "fix_sparse": "fix_sparse", "opt_dui_sparse": "dui_sparse"}
+EPOCH_KEYS: dict[str, str] = {
+    "fix": "fix",
+    "opt_dui": "dui",
+    "fix_sparse": "fix_sparse",
+    "opt_dui_sparse": "dui_sparse",
+}
 #: The Λ optimizer of each λOpt key, set explicitly (whatever the experiment config picks): the
 #: paper's ML-10M LambdaSGD lr 1e-3, and dense LambdaAdam (amsgrad, the paper's Amazon setting).
 _LAMBDA_SGD = {"_target_": "lopt.models.lambda_optim.LambdaSGD", "_partial_": True, "lr": 1e-3}
 _LAMBDA_ADAM = {
-    "_target_": "lopt.models.lambda_optim.LambdaAdam", "_partial_": True, "lr": 1e-2,
-    "betas": [0.9, 0.999], "eps": 1e-8, "amsgrad": True,
+    "_target_": "lopt.models.lambda_optim.LambdaAdam",
+    "_partial_": True,
+    "lr": 1e-2,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "amsgrad": True,
 }
 LAMBDA_OPTIMIZERS: dict[str, dict[str, Any]] = {
     f"{base}{suffix}": lam
@@ -137,6 +146,7 @@ def method_config(key: str, overrides: list[str], compile_lookahead: bool | None
         if compile_lookahead is not None and "compile_lookahead" in cfg.model:
             cfg.model.compile_lookahead = compile_lookahead
     return cfg
+
 
 REQUIRED_KEYS = (
     "prep_seconds",
@@ -291,14 +301,27 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
     loss.backward()
     if lambda_opt is not None:
         lambda_step(
-            module.model, theta_opt, lambda_opt, module.granularity, batch["train"], batch["valid"],
-            scope=module.penalty_scope, scale=module.penalty_scale, clip_norm=module.grad_clip_norm,
-            lambda_clip_norm=module.lambda_grad_clip_norm, dropout=module.lookahead_dropout,
+            module.model,
+            theta_opt,
+            lambda_opt,
+            module.granularity,
+            batch["train"],
+            batch["valid"],
+            scope=module.penalty_scope,
+            scale=module.penalty_scale,
+            clip_norm=module.grad_clip_norm,
+            lambda_clip_norm=module.lambda_grad_clip_norm,
+            dropout=module.lookahead_dropout,
             compiled=module.compile_lookahead,
         )
     theta_step(
-        module.model, theta_opt, module.granularity, batch["train"],
-        scope=module.penalty_scope, scale=module.penalty_scale, clip_norm=module.grad_clip_norm,
+        module.model,
+        theta_opt,
+        module.granularity,
+        batch["train"],
+        scope=module.penalty_scope,
+        scale=module.penalty_scale,
+        clip_norm=module.grad_clip_norm,
     )
 
 
@@ -344,7 +367,12 @@ class EpochTimer:
 
 # --------------------------------------------------------------------------- the benchmark
 def run(
-    shape: str, device: str, cache_dir: Path, threads: int | None, ratings: Path | None = None, batch: int | None = None,
+    shape: str,
+    device: str,
+    cache_dir: Path,
+    threads: int | None,
+    ratings: Path | None = None,
+    batch: int | None = None,
     compile_lookahead: bool | None = None,
 ) -> dict[str, Any]:
     """All measurements in one process. ``ratings``: time a real MovieLens file (``u.data`` tab or
@@ -372,8 +400,12 @@ def run(
     warnings.filterwarnings("ignore", message=r".*(max_steps|GPU available|TPU available|LeafSpec).*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning.*")
     warmup, per_round, rounds, sample_epochs = SCHEDULES[shape]
-    out: dict[str, Any] = {"shape": "file" if ratings else shape, "device": device, "data_file": str(path),
-                           "batch_size": batch_size}
+    out: dict[str, Any] = {
+        "shape": "file" if ratings else shape,
+        "device": device,
+        "data_file": str(path),
+        "batch_size": batch_size,
+    }
     print(f"bench: shape {shape}, device {device}, torch threads {torch.get_num_threads()}", file=sys.stderr)
 
     # ---- preprocessing (no split cache)
@@ -417,8 +449,12 @@ def run(
     step_only = shape in STEP_ONLY_SHAPES and ratings is None
     methods = [key for key in METHODS if not (step_only and key.endswith("_unfused"))]
     cfgs = {key: method_config(key, common, compile_lookahead) for key in methods}
-    out["lambda_optimizers"] = {key: OmegaConf.to_container(cfg.lambda_optimizer) for key, cfg in cfgs.items() if "lambda_optimizer" in cfg}
-    out["compile_lookahead"] = {key: bool(cfg.model.compile_lookahead) for key, cfg in cfgs.items() if "compile_lookahead" in cfg.model}
+    out["lambda_optimizers"] = {
+        key: OmegaConf.to_container(cfg.lambda_optimizer) for key, cfg in cfgs.items() if "lambda_optimizer" in cfg
+    }
+    out["compile_lookahead"] = {
+        key: bool(cfg.model.compile_lookahead) for key, cfg in cfgs.items() if "compile_lookahead" in cfg.model
+    }
     iterations: dict[str, list[float]] = {key: [] for key in methods}
     bare: list[float] = []
     floor: list[float] = []
@@ -444,7 +480,8 @@ def run(
                 fix_module = module
             print(
                 f"  round {round_} {key:13s} median {statistics.median(timer.iterations()[warmup:]) * 1e3:8.1f} ms",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             if key == "fix" and not step_only:
                 # The same step without Lightning: same module, its own raw optimizers, same batches.
@@ -506,8 +543,11 @@ def run(
         trainer.fit(module, datamodule=datamodule)
         out[f"epoch_seconds_{suffix}"] = epoch_timer.seconds[0]
         out[f"epoch_iterations_{suffix}"] = int(trainer.global_step)
-        print(f"  epoch {key:13s} {epoch_timer.seconds[0]:8.1f} s ({trainer.global_step} iterations)",
-              file=sys.stderr, flush=True)
+        print(
+            f"  epoch {key:13s} {epoch_timer.seconds[0]:8.1f} s ({trainer.global_step} iterations)",
+            file=sys.stderr,
+            flush=True,
+        )
         del trainer, module, datamodule
         gc.collect()
     for suffix in ("fix_sparse", "dui_sparse"):
@@ -520,8 +560,12 @@ def run(
     datamodule.split = split
     datamodule.setup("test")
     trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     _sync(device)
     started = time.perf_counter()
@@ -615,8 +659,10 @@ def format_table(result: dict[str, Any]) -> str:
         goal = "" if target is None else f"{'≥' if at_least else '≤'} {target * scale:g} {unit}"
         lines.append(f"{key:28s} {shown:>12s} {goal:>10s}{met}")
     load = result["load_avg"]
-    lines.append(f"shape {result['shape']}, torch threads {result['torch_threads']}, load avg "
-                 f"{load['before'][0]:.2f} → {load['after'][0]:.2f}; {result['machine']}")
+    lines.append(
+        f"shape {result['shape']}, torch threads {result['torch_threads']}, load avg "
+        f"{load['before'][0]:.2f} → {load['after'][0]:.2f}; {result['machine']}"
+    )
     return "\n".join(lines)
 
 
@@ -625,16 +671,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="ml10m")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "data" / "bench",
-                        help="where the synthetic ratings file is generated once (never committed)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's default)")
-    parser.add_argument("--ratings", type=Path, default=None,
-                        help="time a real MovieLens ratings file (u.data or ::) instead of synthetic data; "
-                             "uses --shape's schedule (e.g. --shape ml1m --ratings ../shared/data/ml-100k/u.data)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=REPO_ROOT / "data" / "bench",
+        help="where the synthetic ratings file is generated once (never committed)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    parser.add_argument(
+        "--ratings",
+        type=Path,
+        default=None,
+        help="time a real MovieLens ratings file (u.data or ::) instead of synthetic data; "
+        "uses --shape's schedule (e.g. --shape ml1m --ratings ../shared/data/ml-100k/u.data)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the shape's)")
-    parser.add_argument("--compile-lookahead", choices=("config", "on", "off"), default="config",
-                        help="λOpt look-ahead kernels: as the experiment configs set it (default), or forced on/off")
+    parser.add_argument(
+        "--compile-lookahead",
+        choices=("config", "on", "off"),
+        default="config",
+        help="λOpt look-ahead kernels: as the experiment configs set it (default), or forced on/off",
+    )
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generate is not None:
@@ -646,8 +703,15 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
     compile_lookahead = {"config": None, "on": True, "off": False}[args.compile_lookahead]
-    result = run(args.shape, args.device, args.cache_dir.expanduser().resolve(), args.threads,
-                 ratings=args.ratings, batch=args.batch, compile_lookahead=compile_lookahead)
+    result = run(
+        args.shape,
+        args.device,
+        args.cache_dir.expanduser().resolve(),
+        args.threads,
+        ratings=args.ratings,
+        batch=args.batch,
+        compile_lookahead=compile_lookahead,
+    )
     from lopt.io import atomic_write_json
 
     atomic_write_json(args.out, result)

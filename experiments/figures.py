@@ -64,7 +64,9 @@ def _save(fig: plt.Figure, frame: pl.DataFrame, out: Path, stem: str) -> Path:
 
 def _learned_methods(selections: dict[tuple[str, str], Selection], dataset: str) -> list[str]:
     found = [m for d, m in selections if d == dataset and m != FIX_METHOD and m.startswith("MF-λOpt")]
-    return sorted(found, key=lambda m: (LAMBDA_OPT_ORDER.index(m) if m in LAMBDA_OPT_ORDER else len(LAMBDA_OPT_ORDER), m))
+    return sorted(
+        found, key=lambda m: (LAMBDA_OPT_ORDER.index(m) if m in LAMBDA_OPT_ORDER else len(LAMBDA_OPT_ORDER), m)
+    )
 
 
 # ------------------------------------------------------------------------------ Figure 2
@@ -106,8 +108,13 @@ def lambda_positions(lambdas: np.ndarray) -> tuple[np.ndarray, float | None]:
     return x, (zero_at if np.any(lambdas <= 0) else None)
 
 
-def figure2(runs: Sequence[Run], selections: dict[tuple[str, str], Selection], dataset: str, out: Path,
-            metrics: Sequence[str] = FIG2_METRICS) -> Path | None:
+def figure2(
+    runs: Sequence[Run],
+    selections: dict[tuple[str, str], Selection],
+    dataset: str,
+    out: Path,
+    metrics: Sequence[str] = FIG2_METRICS,
+) -> Path | None:
     frame = fig2_frame(runs, dataset, metrics)
     if frame.height == 0:
         return None
@@ -118,7 +125,9 @@ def figure2(runs: Sequence[Run], selections: dict[tuple[str, str], Selection], d
         lambdas = part["lambda"].to_numpy().astype(np.float64)
         x, zero_at = lambda_positions(lambdas)
         std = np.nan_to_num(part["std"].to_numpy().astype(np.float64), nan=0.0)
-        ax.errorbar(x, part["mean"].to_numpy(), yerr=std, marker="o", capsize=3, color="black", label=f"{FIX_METHOD} (test)")
+        ax.errorbar(
+            x, part["mean"].to_numpy(), yerr=std, marker="o", capsize=3, color="black", label=f"{FIX_METHOD} (test)"
+        )
         for k, method in enumerate(learned):
             mean, _, n = selections[(dataset, method)].mean_std("test", metric)
             if n:
@@ -147,7 +156,9 @@ def frequency_buckets(frequency: np.ndarray, n_buckets: int = 5) -> tuple[np.nda
     return bucket, edges
 
 
-def fig7_frame(selections: dict[tuple[str, str], Selection], dataset: str, metric: str, n_buckets: int = 5) -> pl.DataFrame:
+def fig7_frame(
+    selections: dict[tuple[str, str], Selection], dataset: str, metric: str, n_buckets: int = 5
+) -> pl.DataFrame:
     """Per λOpt method and frequency bucket: users, mean λFix / method metric, gain, relative gain (%)."""
     fix = selections.get((dataset, FIX_METHOD))
     learned = _learned_methods(selections, dataset)
@@ -156,26 +167,40 @@ def fig7_frame(selections: dict[tuple[str, str], Selection], dataset: str, metri
     base = per_user_metrics(fix.runs, metric)
     rows = []
     for method in learned:
-        joined = per_user_metrics(selections[(dataset, method)].runs, metric).join(base, on="raw_user_id", suffix="_fix")
+        joined = per_user_metrics(selections[(dataset, method)].runs, metric).join(
+            base, on="raw_user_id", suffix="_fix"
+        )
         if joined.height == 0:
             continue
         bucket, edges = frequency_buckets(joined["train_frequency"].to_numpy(), n_buckets)
         grouped = (
             joined.with_columns(pl.Series("bucket", bucket))
             .group_by("bucket")
-            .agg(pl.len().alias("users"), pl.col("value_fix").mean().alias("fix"), pl.col("value").mean().alias("method"))
+            .agg(
+                pl.len().alias("users"), pl.col("value_fix").mean().alias("fix"), pl.col("value").mean().alias("method")
+            )
             .sort("bucket")
         )
         for b, users, fix_mean, method_mean in grouped.iter_rows():
             lo = int(math.ceil(edges[b]))
             last = b == len(edges) - 2  # buckets are [lo, hi) except the last, [lo, hi]
             hi = int(math.floor(edges[b + 1])) if last else int(math.ceil(edges[b + 1])) - 1
-            rows.append({
-                "dataset": dataset, "method": method, "metric": metric, "bucket": int(b),
-                "freq_lo": lo, "freq_hi": hi, "label": f"{lo}–{hi}" if hi > lo else f"{lo}", "users": users,
-                "fix": fix_mean, "value": method_mean, "gain": method_mean - fix_mean,
-                "rel_gain_pct": 100.0 * (method_mean - fix_mean) / fix_mean if fix_mean else math.nan,
-            })
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "metric": metric,
+                    "bucket": int(b),
+                    "freq_lo": lo,
+                    "freq_hi": hi,
+                    "label": f"{lo}–{hi}" if hi > lo else f"{lo}",
+                    "users": users,
+                    "fix": fix_mean,
+                    "value": method_mean,
+                    "gain": method_mean - fix_mean,
+                    "rel_gain_pct": 100.0 * (method_mean - fix_mean) / fix_mean if fix_mean else math.nan,
+                }
+            )
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
@@ -189,11 +214,18 @@ def figure7(selections: dict[tuple[str, str], Selection], dataset: str, metric: 
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
         part = frame.filter(pl.col("method") == method).sort("bucket")
-        ax.bar(part["bucket"].to_numpy() + (k - (len(methods) - 1) / 2) * width, part["rel_gain_pct"].to_numpy(),
-               width=width, label=method, color=f"C{k}")
+        ax.bar(
+            part["bucket"].to_numpy() + (k - (len(methods) - 1) / 2) * width,
+            part["rel_gain_pct"].to_numpy(),
+            width=width,
+            label=method,
+            color=f"C{k}",
+        )
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(buckets["bucket"].to_numpy())
-    ax.set_xticklabels([f"{lab}\n({n} users)" for lab, n in zip(buckets["label"], buckets["users"], strict=True)], fontsize=8)
+    ax.set_xticklabels(
+        [f"{lab}\n({n} users)" for lab, n in zip(buckets["label"], buckets["users"], strict=True)], fontsize=8
+    )
     ax.set_xlabel("user training frequency (quintile buckets: sparse → active)")
     ax.set_ylabel(f"relative gain in test {metric_title(metric)} over {FIX_METHOD} (%)")
     ax.set_title(f"Figure 7 — {dataset}: gain of λOpt over the validation-selected λFix by user frequency")
@@ -228,12 +260,18 @@ def figure8(runs: Sequence[Run], dataset: str, out: Path) -> Path | None:
     for ax, side in zip(axes[0], ("user", "item"), strict=True):
         part = frame.filter(pl.col("side") == side)
         seen: set[str] = set()
-        for (entity,), series in part.sort("step").group_by(["entity_id"], maintain_order=True):
+        for (_entity,), series in part.sort("step").group_by(["entity_id"], maintain_order=True):
             stratum = series["stratum"][0]
             label = f"{stratum}" if stratum not in seen else None
             seen.add(stratum)
-            ax.plot(series["step"].to_numpy(), series["value"].to_numpy(), color=STRATUM_COLOURS.get(stratum, "gray"),
-                    label=label, linewidth=1.2, alpha=0.85)
+            ax.plot(
+                series["step"].to_numpy(),
+                series["value"].to_numpy(),
+                color=STRATUM_COLOURS.get(stratum, "gray"),
+                label=label,
+                linewidth=1.2,
+                alpha=0.85,
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel(f"λ of the {side} (mean over dimensions)")
         ax.set_title(f"{side}s tracked by training-frequency stratum")
@@ -245,8 +283,13 @@ def figure8(runs: Sequence[Run], dataset: str, out: Path) -> Path | None:
     return _save(fig, csv, out, f"fig8_{dataset}")
 
 
-def make_figures(results_dir: Path, out: Path, metric: str = "auc", select_metric: str = "auc",
-                 fig2_metrics: Sequence[str] | None = None) -> list[Path]:
+def make_figures(
+    results_dir: Path,
+    out: Path,
+    metric: str = "auc",
+    select_metric: str = "auc",
+    fig2_metrics: Sequence[str] | None = None,
+) -> list[Path]:
     """Every figure that the runs under ``results_dir`` allow; returns the PNG paths. Metrics are
     keys of the runs' metrics.json (SystemExit naming the option when no run has one)."""
     runs = find_runs(results_dir)
@@ -255,7 +298,9 @@ def make_figures(results_dir: Path, out: Path, metric: str = "auc", select_metri
     try:
         check_metrics([metric], runs, "test", "--metric")
         check_metrics([select_metric], runs, "valid", "--select-metric")
-        panels = check_metrics(fig2_metrics, runs, "test", "--fig2-metrics") if fig2_metrics else default_fig2_metrics(runs)
+        panels = (
+            check_metrics(fig2_metrics, runs, "test", "--fig2-metrics") if fig2_metrics else default_fig2_metrics(runs)
+        )
     except ValueError as error:
         raise SystemExit(str(error)) from None
     selections = select_configurations(runs, select_metric)
@@ -263,9 +308,12 @@ def make_figures(results_dir: Path, out: Path, metric: str = "auc", select_metri
     written = []
     for dataset in sorted({r.dataset for r in runs}):
         for name, make in (
-            ("Figure 2 (needs MF-λFix runs)", lambda: figure2(runs, selections, dataset, out, panels)),
-            ("Figure 7 (needs MF-λFix and MF-λOpt runs)", lambda: figure7(selections, dataset, metric, out)),
-            (f"Figure 8 (needs a run with {TRAJECTORY_FILE})", lambda: figure8(runs, dataset, out)),
+            ("Figure 2 (needs MF-λFix runs)", lambda dataset=dataset: figure2(runs, selections, dataset, out, panels)),
+            (
+                "Figure 7 (needs MF-λFix and MF-λOpt runs)",
+                lambda dataset=dataset: figure7(selections, dataset, metric, out),
+            ),
+            (f"Figure 8 (needs a run with {TRAJECTORY_FILE})", lambda dataset=dataset: figure8(runs, dataset, out)),
         ):
             path = make()
             if path is None:
@@ -284,12 +332,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/figures)")
     parser.add_argument("--metric", default="auc", help="test metric key of Figure 7 (default auc)")
     parser.add_argument("--select-metric", default="auc", help="validation metric key selecting λFix's λ (default auc)")
-    parser.add_argument("--fig2-metrics", default=None,
-                        help="comma-separated metric keys of Figure 2's panels (default: auc,hr@50,ndcg@50 when present)")
+    parser.add_argument(
+        "--fig2-metrics",
+        default=None,
+        help="comma-separated metric keys of Figure 2's panels (default: auc,hr@50,ndcg@50 when present)",
+    )
     args = parser.parse_args(argv)
     panels = [m.strip() for m in args.fig2_metrics.split(",") if m.strip()] if args.fig2_metrics else None
     try:
-        make_figures(args.results_dir, args.out or args.results_dir / "figures", args.metric, args.select_metric, panels)
+        make_figures(
+            args.results_dir, args.out or args.results_dir / "figures", args.metric, args.select_metric, panels
+        )
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -86,7 +86,9 @@ def _selection_note(selection: Selection) -> str:
     seeds = ", ".join(str(s) for s in selection.seeds)
     if selection.n_configs == 1:
         return f"{selection.method}: 1 configuration, seeds [{seeds}]"
-    scores = "; ".join(f"{label}: {_fmt(score)} ({n} seed{'s' if n > 1 else ''})" for label, score, n in selection.candidates)
+    scores = "; ".join(
+        f"{label}: {_fmt(score)} ({n} seed{'s' if n > 1 else ''})" for label, score, n in selection.candidates
+    )
     chosen = f"λ={selection.lambda_value:g}" if selection.lambda_value is not None else "best"
     return (
         f"{selection.method}: {chosen} selected by mean valid {selection.select_metric} over seeds "
@@ -114,7 +116,9 @@ def build_rows(
 
 
 def significance_rows(
-    selections: dict[tuple[str, str], Selection], dataset: str, methods: Sequence[str],
+    selections: dict[tuple[str, str], Selection],
+    dataset: str,
+    methods: Sequence[str],
     metrics: Sequence[str] = METRICS,
 ) -> list[dict[str, Any]]:
     """Per method with runs (not λFix): Δ mean per-user metric vs λFix and the Wilcoxon p-value."""
@@ -129,7 +133,9 @@ def significance_rows(
         row: dict[str, Any] = {"method": method}
         for metric in metrics:
             delta, p, n = paired_wilcoxon(selection.runs, fix.runs, metric)
-            row[metric] = f"{'+' if delta >= 0 else ''}{_fmt(delta)} (p={_fmt_p(p)})" if math.isfinite(delta) else MISSING
+            row[metric] = (
+                f"{'+' if delta >= 0 else ''}{_fmt(delta)} (p={_fmt_p(p)})" if math.isfinite(delta) else MISSING
+            )
             row["users"] = n
         rows.append(row)
     return rows
@@ -144,8 +150,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _latex_escape(text: str) -> str:
     return (
-        str(text).replace("λ", r"$\lambda$").replace("Δ", r"$\Delta$").replace("±", r"$\pm$").replace("—", "--").replace("%", r"\%")
-        .replace("_", r"\_").replace("#", r"\#")
+        str(text)
+        .replace("λ", r"$\lambda$")
+        .replace("Δ", r"$\Delta$")
+        .replace("±", r"$\pm$")
+        .replace("—", "--")
+        .replace("%", r"\%")
+        .replace("_", r"\_")
+        .replace("#", r"\#")
     )
 
 
@@ -154,9 +166,19 @@ def latex_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
     spec = "l" + "r" * (len(header) - 1)
     body = [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in rows]
     return "\n".join(
-        [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
-         r"\toprule", " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule", *body,
-         r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\caption{{{_latex_escape(caption)}}}",
+            rf"\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            " & ".join(_latex_escape(h) for h in header) + r" \\",
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+        ]
     )
 
 
@@ -194,7 +216,9 @@ def render(
     protocols = sorted({r.protocol for r in runs}, key=lambda p: (p != DEFAULT_PROTOCOL, p))
     header = ["Method", "seeds"]
     for metric in columns:
-        header += [metric_title(metric), f"{metric_title(metric)} (paper)"] if layout == "paper" else [metric_title(metric)]
+        header += (
+            [metric_title(metric), f"{metric_title(metric)} (paper)"] if layout == "paper" else [metric_title(metric)]
+        )
     sig_header = ["Method", *(f"Δ{metric_title(m)}" for m in columns), "users"]
 
     beside = "; paper values beside" if layout == "paper" else ""
@@ -206,8 +230,9 @@ def render(
     ]
     tex: list[str] = []
     controls = {r.control for r in runs}
-    blocks = sorted({(r.protocol, r.control) for r in runs},
-                    key=lambda b: (b[0] != DEFAULT_PROTOCOL, b[0], b[1] != "none", b[1]))
+    blocks = sorted(
+        {(r.protocol, r.control) for r in runs}, key=lambda b: (b[0] != DEFAULT_PROTOCOL, b[0], b[1] != "none", b[1])
+    )
     for protocol, control in blocks:
         block_runs = [r for r in runs if (r.protocol, r.control) == (protocol, control)]
         selections = select_configurations(block_runs, select_metric)
@@ -219,7 +244,10 @@ def render(
             paper_ds = paper.get(aliases.get(dataset, dataset), {}) if layout == "paper" else {}
             rows = build_rows(selections, dataset, paper_ds, methods, columns)
             if layout == "paper":
-                table_rows = [[r["method"], r["n"] or MISSING, *(x for m in columns for x in (r[m], r[f"{m} (paper)"]))] for r in rows]
+                table_rows = [
+                    [r["method"], r["n"] or MISSING, *(x for m in columns for x in (r[m], r[f"{m} (paper)"]))]
+                    for r in rows
+                ]
             else:
                 table_rows = [[r["method"], r["n"] or MISSING, *(r[m] for m in columns)] for r in rows if r["n"]]
             md += ["", f"## {title}", "", markdown_table(header, table_rows), ""]
@@ -238,25 +266,45 @@ def render(
                 what = "ours vs paper" if layout == "paper" else "ours"
                 tex.append(latex_table(header, table_rows, f"{title}: test metrics ({what})"))
                 if sig:
-                    tex.append(latex_table(sig_header, [[r["method"], *(r[m] for m in columns), r["users"]] for r in sig],
-                                           f"{title}: paired Wilcoxon vs {FIX_METHOD}"))
+                    tex.append(
+                        latex_table(
+                            sig_header,
+                            [[r["method"], *(r[m] for m in columns), r["users"]] for r in sig],
+                            f"{title}: paired Wilcoxon vs {FIX_METHOD}",
+                        )
+                    )
     return "\n".join(md) + "\n", ("\n\n".join(tex) + "\n") if latex else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results_dir", type=Path, help="folder holding finished runs (searched recursively)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here (and FILE.tex with --latex)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the Markdown here (and FILE.tex with --latex)"
+    )
     parser.add_argument("--latex", action="store_true", help="also emit LaTeX tables")
-    parser.add_argument("--select-metric", default="auc",
-                        help="validation metric key that selects a configuration, any the runs have (default auc)")
-    parser.add_argument("--metrics", default=None,
-                        help="comma-separated test metric keys to show, e.g. recall@20,ndcg@20 (default: all the runs have)")
-    parser.add_argument("--layout", default="auto", choices=LAYOUTS,
-                        help="paper: the paper's values beside ours (its protocol); generic: ours only; auto (default): "
-                             "paper when every run is on the lambdaopt protocol")
-    parser.add_argument("--allow-mixed", action="store_true",
-                        help="tabulate runs made by different git commits or on different prepared splits (listed on stderr)")
+    parser.add_argument(
+        "--select-metric",
+        default="auc",
+        help="validation metric key that selects a configuration, any the runs have (default auc)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated test metric keys to show, e.g. recall@20,ndcg@20 (default: all the runs have)",
+    )
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        choices=LAYOUTS,
+        help="paper: the paper's values beside ours (its protocol); generic: ours only; auto (default): "
+        "paper when every run is on the lambdaopt protocol",
+    )
+    parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="tabulate runs made by different git commits or on different prepared splits (listed on stderr)",
+    )
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:

@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("studies", nargs="+", help="study sweep folders, then Hydra overrides for every re-run")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
-    parser.add_argument("--out", type=Path, default=None, help="root of the re-runs' sweep folders (default <STUDY_DIR>-best)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="root of the re-runs' sweep folders (default <STUDY_DIR>-best)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_intermixed_args(argv)
     studies = [Path(s) for s in args.studies if "=" not in s]

@@ -16,7 +16,9 @@ from omegaconf import DictConfig
 CHECKPOINT_NODE = "model_checkpoint"
 
 
-def early_stopping(monitor: str, patience: int | None, min_delta: float = 0.0, mode: str = "max") -> EarlyStopping | None:
+def early_stopping(
+    monitor: str, patience: int | None, min_delta: float = 0.0, mode: str = "max"
+) -> EarlyStopping | None:
     """Lightning's EarlyStopping on ``monitor``, or None (off) when ``patience`` is None."""
     if patience is None:
         return None

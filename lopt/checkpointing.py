@@ -63,8 +63,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
-    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -91,25 +92,34 @@ def resume_checkpoint(checkpoint_dir: Path, last_name: str = "last.ckpt") -> Pat
     last = checkpoint_dir / last_name
     for stale in checkpoint_dir.glob(".*.ckpt.*.tmp"):
         stale.unlink(missing_ok=True)
-    start_over = ("start over with overwrite=true (without resume=true), or run into another "
-                  "hydra.run.dir")
+    start_over = "start over with overwrite=true (without resume=true), or run into another hydra.run.dir"
     if not last.is_file():
         raise FileNotFoundError(
             f"resume=true but there is no checkpoint at {last}. Point hydra.run.dir at the "
-            f"output directory of the run to continue, or {start_over}.")
+            f"output directory of the run to continue, or {start_over}."
+        )
     problem = checkpoint_problem(last)
     if problem is None:
         return last
-    others = sorted((p for p in checkpoint_dir.glob("*.ckpt") if p.name != last_name),
-                    key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    others = sorted(
+        (p for p in checkpoint_dir.glob("*.ckpt") if p.name != last_name),
+        key=lambda p: p.stat().st_mtime_ns,
+        reverse=True,
+    )
     for candidate in others:
         if checkpoint_problem(candidate) is None:
-            log.warning("%s is corrupt (%s): resuming from %s, the newest intact checkpoint "
-                        "(training repeats the steps after it)", last, problem, candidate)
+            log.warning(
+                "%s is corrupt (%s): resuming from %s, the newest intact checkpoint "
+                "(training repeats the steps after it)",
+                last,
+                problem,
+                candidate,
+            )
             return candidate
     raise RuntimeError(
         f"{last} is corrupt ({problem}) and {checkpoint_dir} holds no other intact checkpoint "
-        f"to fall back to: {start_over}.")
+        f"to fall back to: {start_over}."
+    )
 
 
 class TrainClock(L.Callback):
@@ -157,8 +167,10 @@ class CheckpointOnSignal(L.Callback):
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
         self._interrupted = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
-        log.warning("Ctrl-C: saving %s after the current batch, then stopping (Ctrl-C again "
-                    "to stop at once, without saving)", self.path)
+        log.warning(
+            "Ctrl-C: saving %s after the current batch, then stopping (Ctrl-C again to stop at once, without saving)",
+            self.path,
+        )
 
     def _install(self, signum: int, handler: Callable[[int, FrameType | None], None]) -> None:
         try:

@@ -56,9 +56,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(err.errno, f"no space left on the device while writing {path} "
-                          f"({os.strerror(err.errno)}); {path} was left as it was. Free space "
-                          "there (or point the run at another folder) and run again") from err
+            raise OSError(
+                err.errno,
+                f"no space left on the device while writing {path} "
+                f"({os.strerror(err.errno)}); {path} was left as it was. Free space "
+                "there (or point the run at another folder) and run again",
+            ) from err
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -54,11 +54,15 @@ def start_run(cfg: DictConfig, output_dir: Path, checkpoint_dir: str) -> tuple[D
 
 def _announce(stop: RunInterrupted, output_dir: Path) -> None:
     if stop.checkpoint is not None:
-        message = (f"{stop.signame}: saved {stop.checkpoint}; stopping (exit status {stop.code}). "
-                   f"Continue with:\n  {resume_command(output_dir)}")
+        message = (
+            f"{stop.signame}: saved {stop.checkpoint}; stopping (exit status {stop.code}). "
+            f"Continue with:\n  {resume_command(output_dir)}"
+        )
     else:
-        message = (f"{stop.signame}: stopped before training started, nothing to resume (exit "
-                   f"status {stop.code}); run the same command again (add overwrite=true).")
+        message = (
+            f"{stop.signame}: stopped before training started, nothing to resume (exit "
+            f"status {stop.code}); run the same command again (add overwrite=true)."
+        )
     print(message, file=sys.stderr, flush=True)
 
 
@@ -110,8 +114,12 @@ def stop_on_signal(trainer: L.Trainer, output_dir: Path, resuming: bool) -> Iter
         if saver is None or not saver.interrupted:
             raise
         stop = RunInterrupted("SIGINT", EXIT_SIGINT, None)
-        print(f"SIGINT: stopped at once (exit status {stop.code}); continue from the last "
-              f"checkpoint with:\n  {resume_command(output_dir)}", file=sys.stderr, flush=True)
+        print(
+            f"SIGINT: stopped at once (exit status {stop.code}); continue from the last "
+            f"checkpoint with:\n  {resume_command(output_dir)}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise stop from exit_
 
 

@@ -103,12 +103,14 @@ def recommend(
             parts_rank.append(rank[keep])
     user = torch.cat(parts_user).numpy()
     item = torch.cat(parts_item).numpy()
-    return pl.DataFrame({
-        "raw_user_id": split.user_ids[user],
-        "rank": torch.cat(parts_rank).numpy().astype(np.int32),
-        "raw_item_id": split.item_ids[item],
-        "score": torch.cat(parts_score).numpy(),
-    })
+    return pl.DataFrame(
+        {
+            "raw_user_id": split.user_ids[user],
+            "rank": torch.cat(parts_rank).numpy().astype(np.int32),
+            "raw_item_id": split.item_ids[item],
+            "score": torch.cat(parts_score).numpy(),
+        }
+    )
 
 
 def load_best_module(cfg: DictConfig, run_dir: Path, n_users: int, n_items: int) -> torch.nn.Module:
@@ -125,14 +127,23 @@ def load_best_module(cfg: DictConfig, run_dir: Path, n_users: int, n_items: int)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("run_dir", type=Path, help="a finished run's output directory")
     parser.add_argument("--k", type=int, default=20, help="recommendations per user (default 20)")
-    parser.add_argument("--users", type=Path, default=None, help="file of raw user ids, one per line (default: every user)")
-    parser.add_argument("--out", type=Path, default=None, help="output parquet (default RUN_DIR/recommendations.parquet)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="the run's paths.data_dir (default: LOPT_DATA_DIR, else <the run's working dir>/data)")
+    parser.add_argument(
+        "--users", type=Path, default=None, help="file of raw user ids, one per line (default: every user)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output parquet (default RUN_DIR/recommendations.parquet)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the run's paths.data_dir (default: LOPT_DATA_DIR, else <the run's working dir>/data)",
+    )
     parser.add_argument("--block-users", type=int, default=DEFAULT_BLOCK_USERS, help="users scored at once")
     args = parser.parse_args(argv)
     try:
@@ -140,8 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cfg = load_run_config(args.run_dir, args.data_dir)
         split = build_datamodule(cfg).load_split()
-        users = (read_user_file(args.users, split.user_ids) if args.users is not None
-                 else np.arange(split.n_users, dtype=np.int64))
+        users = (
+            read_user_file(args.users, split.user_ids)
+            if args.users is not None
+            else np.arange(split.n_users, dtype=np.int64)
+        )
         module = load_best_module(cfg, args.run_dir, split.n_users, split.n_items)
         frame = recommend(module, split, users, args.k, args.block_users)
     except (FileNotFoundError, ValueError) as error:

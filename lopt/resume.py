@@ -176,20 +176,20 @@ def prepare_output_dir(cfg: DictConfig, output_dir: Path, last_checkpoint: Path)
             raise FileExistsError(
                 f"the output directory {output_dir} already holds a run ({names}). Continue it "
                 f"with `{resume_command(output_dir)}`, replace it with overwrite=true, or choose "
-                "another hydra.run.dir")
+                "another hydra.run.dir"
+            )
         if previous:
             log.warning("overwrite=true: clearing %s (%s)", output_dir, ", ".join(p.name for p in previous))
             _clear(previous)
         output_dir.mkdir(parents=True, exist_ok=True)
         config = OmegaConf.to_container(cfg, resolve=False)
-        _write_yaml(output_dir / RECORD, {"config": config,
-                                          "overrides": _without_start_flags(overrides or []),
-                                          "resumes": []})
+        _write_yaml(
+            output_dir / RECORD, {"config": config, "overrides": _without_start_flags(overrides or []), "resumes": []}
+        )
         return RunStart(cfg, resuming=False)
 
     if record is None:  # a run directory written without a record: run the config as given
-        log.warning("%s has no %s: resuming with the config given on the command line",
-                    output_dir, RECORD)
+        log.warning("%s has no %s: resuming with the config given on the command line", output_dir, RECORD)
         return RunStart(cfg, resuming=True)
     saved = record["config"]
     saved_overrides = list(record.get("overrides") or [])
@@ -208,7 +208,8 @@ def prepare_output_dir(cfg: DictConfig, output_dir: Path, last_checkpoint: Path)
             f"resume=true continues the run recorded in {output_dir / RECORD}; these overrides "
             f"change its config:\n  {listed}\nDrop them (the recorded config is reloaded, no need "
             f"to repeat the original overrides), or start a new run. A resume may change only "
-            f"{', '.join(RESUMABLE_CHANGES)}.")
+            f"{', '.join(RESUMABLE_CHANGES)}."
+        )
     resumed = OmegaConf.create(saved)
     with open_dict(resumed):
         for key, (_, value) in changes.items():
@@ -222,11 +223,13 @@ def prepare_output_dir(cfg: DictConfig, output_dir: Path, last_checkpoint: Path)
     record["config"] = OmegaConf.to_container(resumed, resolve=False)
     record["config"]["resume"] = False
     record["overrides"] = _merge_overrides(saved_overrides, allowed_overrides)
-    record.setdefault("resumes", []).append({
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "overrides": allowed_overrides,
-        "changed": {k: [old, value] for k, (old, value) in changes.items()},
-    })
+    record.setdefault("resumes", []).append(
+        {
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "overrides": allowed_overrides,
+            "changed": {k: [old, value] for k, (old, value) in changes.items()},
+        }
+    )
     _write_yaml(output_dir / RECORD, record)
     _restore_hydra_files(output_dir, record["config"], record["overrides"])
     # metrics.json describes a finished run: until this segment finishes, the run is not.

@@ -102,9 +102,7 @@ def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
     return instantiate(model_cfg, **extra)
 
 
-def build_trainer(
-    cfg: DictConfig, output_dir: Path, split: PreparedSplit
-) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: DictConfig, output_dir: Path, split: PreparedSplit) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Lightning Trainer with the callbacks of ``cfg.callbacks`` (the best-validation
     checkpoint among them, returned too), the tracking callbacks and the signal checkpoint."""
     check_accelerator(cfg)
@@ -364,9 +362,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
     control = control_record(cfg, datamodule)
     module = apply_refit(cfg, output_dir, module, control)
-    metrics = write_results(
-        cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds, provenance, control
-    )
+    metrics = write_results(cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds, provenance, control)
     print_summary(metrics, output_dir)
     return metrics
 

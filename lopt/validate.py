@@ -28,8 +28,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(float(value)))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 _Rule = tuple[str, Callable[[Any], bool], str]
@@ -73,11 +72,16 @@ def check_config(cfg: DictConfig) -> None:
         if not test(value):
             problems.append(f"{key} must be {expected}, got {_shown(value)}")
     ks = OmegaConf.select(cfg, "eval.ks")
-    ks_ok = (isinstance(ks, ListConfig) and len(ks) > 0 and len(set(ks)) == len(ks)
-             and all(_is_int(k) and k >= 1 for k in ks))
+    ks_ok = (
+        isinstance(ks, ListConfig)
+        and len(ks) > 0
+        and len(set(ks)) == len(ks)
+        and all(_is_int(k) and k >= 1 for k in ks)
+    )
     if not ks_ok:
-        problems.append(f"eval.ks must be a non-empty list of distinct integers ≥ 1, e.g. "
-                        f"eval.ks=[50,100], got {_shown(ks)}")
+        problems.append(
+            f"eval.ks must be a non-empty list of distinct integers ≥ 1, e.g. eval.ks=[50,100], got {_shown(ks)}"
+        )
     else:
         from lopt.eval.metrics import metric_names
 
@@ -85,9 +89,11 @@ def check_config(cfg: DictConfig) -> None:
         names = metric_names(tuple(ks), protocol)
         monitor = OmegaConf.select(cfg, "eval.monitor")
         if isinstance(monitor, str) and monitor not in names:
-            problems.append(f"eval.monitor={monitor} is not a metric the run reports: with "
-                            f"protocol={protocol} and eval.ks={list(ks)} it must be one of {names} "
-                            "(add its K to eval.ks)")
+            problems.append(
+                f"eval.monitor={monitor} is not a metric the run reports: with "
+                f"protocol={protocol} and eval.ks={list(ks)} it must be one of {names} "
+                "(add its K to eval.ks)"
+            )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -102,11 +108,14 @@ def check_split(cfg: DictConfig, split: PreparedSplit) -> None:
                 f"{split.n_items} items after preprocessing): every model needs train, valid and "
                 "test interactions. Check dataset.preprocess.test_ratio / valid_ratio (the "
                 "latest ⌊n·ratio⌋ interactions of each user are held out, so users need enough "
-                "interactions) and the min_* filters")
+                "interactions) and the min_* filters"
+            )
     too_big = [k for k in cfg.eval.ks if k > split.n_items]
     if too_big:
-        problems.append(f"eval.ks={list(cfg.eval.ks)} has K={too_big} above the {split.n_items} "
-                        f"items of dataset {cfg.dataset.name} (HR@K would be 1 by construction): "
-                        f"use cut-offs ≤ {split.n_items}")
+        problems.append(
+            f"eval.ks={list(cfg.eval.ks)} has K={too_big} above the {split.n_items} "
+            f"items of dataset {cfg.dataset.name} (HR@K would be 1 by construction): "
+            f"use cut-offs ≤ {split.n_items}"
+        )
     if problems:
         raise ConfigError("cannot train on this split:\n  " + "\n  ".join(problems))

@@ -24,14 +24,19 @@ TINY_OVERRIDES = [
 ]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict[str, str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 600, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``python run.py ARGS`` from ``cwd`` (data cache under cwd); raise with output on failure."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "LOPT_DATA_DIR": str(cwd / "data"), **(env or {})}
     full_env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run.py"), *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

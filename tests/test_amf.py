@@ -29,24 +29,45 @@ def _batches(n: int, seed: int = 0) -> list[dict[str, tuple[torch.Tensor, torch.
 def _fit(module: L.LightningModule, batches: list, epochs: int = 1) -> None:
     """Train ``module`` on ``batches`` (one epoch = all of them) in float64, no validation."""
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, precision="64-true", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=1,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
 
 
 def _amf(seed: int = 3, **kw) -> AMFModule:
-    args = dict(dim=D, init_std=0.3, optimizer=functools.partial(torch.optim.Adam, lr=0.05),
-                lambda_value=0.01, adv_eps=0.5, adv_alpha=1.0, pretrain_epochs=0, grad_clip_norm=100.0)
+    args = dict(
+        dim=D,
+        init_std=0.3,
+        optimizer=functools.partial(torch.optim.Adam, lr=0.05),
+        lambda_value=0.01,
+        adv_eps=0.5,
+        adv_alpha=1.0,
+        pretrain_epochs=0,
+        grad_clip_norm=100.0,
+    )
     args.update(kw)
     torch.manual_seed(seed)
     return AMFModule(NU, NI, **args)
 
 
 def _fix(seed: int = 3, **kw) -> FixModule:
-    args = dict(dim=D, init_std=0.3, optimizer=functools.partial(torch.optim.Adam, lr=0.05),
-                lambda_value=0.01, grad_clip_norm=100.0)
+    args = dict(
+        dim=D,
+        init_std=0.3,
+        optimizer=functools.partial(torch.optim.Adam, lr=0.05),
+        lambda_value=0.01,
+        grad_clip_norm=100.0,
+    )
     args.update(kw)
     torch.manual_seed(seed)
     return FixModule(NU, NI, **args)
@@ -74,7 +95,9 @@ def test_module_perturbations_use_bpr_gradient_rows() -> None:
     user_rows, item_rows = torch.unique(users), torch.unique(torch.cat([pos, neg]))
     dp, dq = module.perturbations(user_rows, item_rows)
     for delta in (dp, dq):
-        assert torch.allclose(torch.linalg.vector_norm(delta, dim=1), torch.full((len(delta),), 0.5, dtype=torch.float64))
+        assert torch.allclose(
+            torch.linalg.vector_norm(delta, dim=1), torch.full((len(delta),), 0.5, dtype=torch.float64)
+        )
     gp = module.model.user_factors.grad[user_rows]
     assert torch.allclose(dp, 0.5 * gp / gp.norm(dim=1, keepdim=True))
 
@@ -84,8 +107,15 @@ def test_one_step_is_the_apr_objective(scope: str) -> None:
     """One SGD step equals −lr·∇[BPR(Θ) + α·BPR(Θ+Δ) + λΩ(Θ)] with Δ = ε·g/‖g‖ per row, held fixed."""
     # λ and scale dyadic: the fixed-λ buffer is created in float32 before the float64 cast
     lr, lam, eps, alpha, scale = 0.3, 2.0**-6, 0.4, 0.8, 0.5
-    module = _amf(optimizer=functools.partial(torch.optim.SGD, lr=lr), lambda_value=lam, adv_eps=eps,
-                  adv_alpha=alpha, grad_clip_norm=None, penalty_scope=scope, penalty_scale=scale)
+    module = _amf(
+        optimizer=functools.partial(torch.optim.SGD, lr=lr),
+        lambda_value=lam,
+        adv_eps=eps,
+        adv_alpha=alpha,
+        grad_clip_norm=None,
+        penalty_scope=scope,
+        penalty_scale=scale,
+    )
     P0 = module.model.user_factors.detach().double().clone()
     Q0 = module.model.item_factors.detach().double().clone()
     batch = _batches(1)
@@ -104,8 +134,11 @@ def test_one_step_is_the_apr_objective(scope: str) -> None:
         omega = (P[users].square().sum() + Q[pos].square().sum() + Q[neg].square().sum()) / B
     else:
         omega = scale * (P.square().sum() + Q.square().sum())
-    total = (bpr_loss(*triple_scores(P, Q, users, pos, neg))
-             + alpha * bpr_loss(*triple_scores(P + dP, Q + dQ, users, pos, neg)) + lam * omega)
+    total = (
+        bpr_loss(*triple_scores(P, Q, users, pos, neg))
+        + alpha * bpr_loss(*triple_scores(P + dP, Q + dQ, users, pos, neg))
+        + lam * omega
+    )
     tP, tQ = torch.autograd.grad(total, [P, Q])
     assert torch.allclose(module.model.user_factors.detach(), P0 - lr * tP, rtol=0, atol=1e-12)
     assert torch.allclose(module.model.item_factors.detach(), Q0 - lr * tQ, rtol=0, atol=1e-12)

@@ -59,8 +59,14 @@ def test_baseline_learns_on_ml100k(name: str, ml100k_path: Path, ml100k_workdir:
     # gets there in the few epochs a test can afford. The adversary runs for the last 2 epochs.
     extra = ["model.pretrain_epochs=2", "optimizer.lr=1e-2"] if name == "amf" else []
     run_cli(
-        [f"+experiment=ml100k_{name}", f"dataset.source.path={ml100k_path}", f"trainer.max_epochs={ML100K_EPOCHS}",
-         "logger=none", *extra, f"hydra.run.dir={run_dir}"],
+        [
+            f"+experiment=ml100k_{name}",
+            f"dataset.source.path={ml100k_path}",
+            f"trainer.max_epochs={ML100K_EPOCHS}",
+            "logger=none",
+            *extra,
+            f"hydra.run.dir={run_dir}",
+        ],
         cwd=ml100k_workdir,
     )
     metrics = _check_run(run_dir, BASELINES[name], "ml100k")

@@ -38,9 +38,22 @@ def test_bench_tiny_writes_every_key(tmp_path) -> None:  # type: ignore[no-untyp
         sys.path.remove(str(BENCH.parent))
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--shape", "tiny", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
-         "--threads", "1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(BENCH),
+            "--shape",
+            "tiny",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--threads",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -56,8 +69,16 @@ def test_bench_tiny_writes_every_key(tmp_path) -> None:  # type: ignore[no-untyp
         assert isinstance(result[key], (int, float)), key
     assert result["shape"] == "tiny"
     assert result["torch_threads"] == 1
-    for key in ("prep_seconds", "sample_seconds_per_epoch", "fix_step_seconds", "opt_d_step_seconds",
-                "opt_dui_step_seconds", "opt_dui_adam_step_seconds", "eval_seconds", "peak_rss_mb"):
+    for key in (
+        "prep_seconds",
+        "sample_seconds_per_epoch",
+        "fix_step_seconds",
+        "opt_d_step_seconds",
+        "opt_dui_step_seconds",
+        "opt_dui_adam_step_seconds",
+        "eval_seconds",
+        "peak_rss_mb",
+    ):
         assert result[key] > 0, key
     assert "ratio_dui_over_fix" in proc.stdout  # the printed table
     # the cached data file is reused by a second run (generated once)

@@ -36,9 +36,7 @@ def _split(string_ids: bool = False, seed: int = 0) -> PreparedSplit:
     (tu, ti), (vu, vi), (su, si) = part(30), part(6), part(0)
     if string_ids:
         user_ids = np.array([f"user-{k}é" for k in range(n_users)])
-        item_ids = np.array(
-            [f"B00{k}" for k in range(n_items)], dtype=object
-        )  # object → stored as unicode
+        item_ids = np.array([f"B00{k}" for k in range(n_items)], dtype=object)  # object → stored as unicode
     else:
         user_ids = np.arange(n_users, dtype=np.int64) * 10
         item_ids = np.arange(n_items, dtype=np.int64) + 1000
@@ -74,9 +72,7 @@ class _Counter:
 def test_round_trip_and_second_call_skips_build(tmp_path: Path, string_ids: bool) -> None:
     build = _Counter(_split(string_ids))
     first = load_or_build(KEY, build, tmp_path)
-    second = load_or_build(
-        dict(reversed(list(KEY.items()))), build, tmp_path
-    )  # same key, other order
+    second = load_or_build(dict(reversed(list(KEY.items()))), build, tmp_path)  # same key, other order
     assert build.calls == 1
     _assert_equal(first, build.split)
     _assert_equal(second, build.split)
@@ -108,9 +104,7 @@ def test_prefix_is_readable_and_sanitized(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "other_key"])
-def test_corrupt_cache_file_is_rebuilt(
-    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_corrupt_cache_file_is_rebuilt(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
     build = _Counter(_split())
     load_or_build(KEY, build, tmp_path)
     path = cache_path(KEY, tmp_path)
@@ -128,9 +122,7 @@ def test_corrupt_cache_file_is_rebuilt(
         again = load_or_build(KEY, build, tmp_path)
     assert build.calls == 2
     _assert_equal(again, build.split)
-    assert any(
-        "rebuilding" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records
-    )
+    assert any("rebuilding" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
     _assert_equal(load_or_build(KEY, build, tmp_path), build.split)  # the rebuilt file is valid
     assert build.calls == 2
 
@@ -169,9 +161,7 @@ def test_invalid_build_result_is_not_cached(tmp_path: Path) -> None:
 def test_lock_timeout_names_the_lock_file(tmp_path: Path) -> None:
     lock_path = Path(str(cache_path(KEY, tmp_path)) + ".lock")
     ready, release = mp.get_context("spawn").Event(), mp.get_context("spawn").Event()
-    holder = mp.get_context("spawn").Process(
-        target=_hold_lock, args=(str(lock_path), ready, release)
-    )
+    holder = mp.get_context("spawn").Process(target=_hold_lock, args=(str(lock_path), ready, release))
     holder.start()
     try:
         assert ready.wait(60)
@@ -210,11 +200,7 @@ def _digest(split: PreparedSplit) -> str:
         "test_items",
     ):
         h.update(getattr(split, name).tobytes())
-    h.update(
-        repr(
-            (split.n_users, split.n_items, split.user_ids.tolist(), split.item_ids.tolist())
-        ).encode()
-    )
+    h.update(repr((split.n_users, split.n_items, split.user_ids.tolist(), split.item_ids.tolist())).encode())
     return h.hexdigest()
 
 
@@ -231,10 +217,7 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
     barrier, results = ctx.Barrier(4), ctx.Queue()
     marker = tmp_path / "builds.txt"
     cache_dir = tmp_path / "cache"
-    procs = [
-        ctx.Process(target=_worker, args=(str(cache_dir), str(marker), barrier, results))
-        for _ in range(4)
-    ]
+    procs = [ctx.Process(target=_worker, args=(str(cache_dir), str(marker), barrier, results)) for _ in range(4)]
     for p in procs:
         p.start()
     digests = [results.get(timeout=120) for _ in procs]

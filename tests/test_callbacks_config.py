@@ -33,7 +33,13 @@ def test_default_group_has_checkpoint_and_progress_and_no_early_stopping(monkeyp
     built = instantiate_callbacks(nodes)
     assert list(built) == ["model_checkpoint", "progress"]
     best = best_checkpoint(built)
-    assert (best.monitor, best.mode, best.filename, best.save_last, best.save_top_k) == ("valid/auc", "max", "best", True, 1)
+    assert (best.monitor, best.mode, best.filename, best.save_last, best.save_top_k) == (
+        "valid/auc",
+        "max",
+        "best",
+        True,
+        1,
+    )
     assert best.dirpath == "/tmp/out/checkpoints"
     assert isinstance(built["progress"], LogProgress)
 
@@ -76,8 +82,13 @@ def test_early_stopping_stops_a_tiny_run(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "run"
     metrics = train(
-        [*TINY_OVERRIDES, "trainer.max_epochs=20", "callbacks.early_stopping.patience=1",
-         "callbacks.early_stopping.min_delta=1.0", f"hydra.run.dir={out}"],
+        [
+            *TINY_OVERRIDES,
+            "trainer.max_epochs=20",
+            "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.min_delta=1.0",
+            f"hydra.run.dir={out}",
+        ],
         configure_logging=False,
     )
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -61,7 +61,9 @@ def test_fix_multirun_two_lambdas(tmp_path: Path) -> None:
         ["-m", *TINY_OVERRIDES, "model=fix", "model.dim=8", "model.lambda_value=0,0.01", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
     )
-    found = sorted((read_metrics(sweep / str(n))["lambda_value"], read_metrics(sweep / str(n))["method"]) for n in (0, 1))
+    found = sorted(
+        (read_metrics(sweep / str(n))["lambda_value"], read_metrics(sweep / str(n))["method"]) for n in (0, 1)
+    )
     assert found == [(0.0, "MF-λFix"), (0.01, "MF-λFix")]
     for n in (0, 1):
         _assert_results(sweep / str(n))
@@ -73,8 +75,14 @@ def test_every_granularity_end_to_end(tmp_path: Path) -> None:
     """One multirun (one process, the basic launcher) over all eight granularities."""
     sweep = tmp_path / "sweep"
     run_cli(
-        ["-m", *TINY_OVERRIDES, f"granularity={','.join(GRANULARITIES)}", "granularity.init=0.01",
-         "lambda_optimizer.lr=0.5", f"hydra.sweep.dir={sweep}"],
+        [
+            "-m",
+            *TINY_OVERRIDES,
+            f"granularity={','.join(GRANULARITIES)}",
+            "granularity.init=0.01",
+            "lambda_optimizer.lr=0.5",
+            f"hydra.sweep.dir={sweep}",
+        ],
         cwd=tmp_path,
     )
     for n, name in enumerate(GRANULARITIES):
@@ -100,7 +108,10 @@ def test_compiled_lookahead_end_to_end(tmp_path: Path) -> None:
     assert metrics["compiled"]["best_epoch"] == metrics["eager"]["best_epoch"]
     for split in ("valid", "test"):
         for key in METRIC_KEYS:
-            assert metrics["compiled"][split][key] == pytest.approx(metrics["eager"][split][key], abs=1e-4), (split, key)
+            assert metrics["compiled"][split][key] == pytest.approx(metrics["eager"][split][key], abs=1e-4), (
+                split,
+                key,
+            )
     assert lambdas["eager"].max() > 0  # Λ was learned, so the kernels mattered
     np.testing.assert_allclose(lambdas["compiled"], lambdas["eager"], rtol=1e-3, atol=1e-6)
 
@@ -118,9 +129,18 @@ def test_experiment_with_tiny_overrides(tmp_path: Path) -> None:
 def test_non_finite_loss_stops_with_step(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = run_cli(
-        [*TINY_OVERRIDES, "model=fix", "trainer.max_epochs=6", "optimizer=sgd", "optimizer.lr=1e30",
-         "model.grad_clip_norm=null", "model.init_std=1.0", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, check=False,
+        [
+            *TINY_OVERRIDES,
+            "model=fix",
+            "trainer.max_epochs=6",
+            "optimizer=sgd",
+            "optimizer.lr=1e30",
+            "model.grad_clip_norm=null",
+            "model.init_std=1.0",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode != 0
     assert "non-finite training loss" in proc.stderr and "global step" in proc.stderr
@@ -131,8 +151,14 @@ def test_non_finite_loss_stops_with_step(tmp_path: Path) -> None:
 def test_ml100k_fix_learns(tmp_path: Path, ml100k_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_cli(
-        ["+experiment=ml100k_fix", f"dataset.source.path={ml100k_path}", "trainer.max_epochs=10",
-         "model.dim=32", "logger=none", f"hydra.run.dir={run_dir}"],
+        [
+            "+experiment=ml100k_fix",
+            f"dataset.source.path={ml100k_path}",
+            "trainer.max_epochs=10",
+            "model.dim=32",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+        ],
         cwd=tmp_path,
     )
     metrics = _assert_results(run_dir)
@@ -144,8 +170,17 @@ def test_ml100k_fix_learns(tmp_path: Path, ml100k_path: Path) -> None:
 def test_fix_experiment_sweeps_the_paper_grid_by_default(tmp_path: Path) -> None:
     """`-m +experiment=<dataset>_fix` with no λ given runs the paper's 8-value grid."""
     sweep = tmp_path / "sweep"
-    run_cli(["-m", "+experiment=ml100k_fix", *TINY_OVERRIDES, "model.dim=8", "trainer.max_epochs=1",
-             f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    run_cli(
+        [
+            "-m",
+            "+experiment=ml100k_fix",
+            *TINY_OVERRIDES,
+            "model.dim=8",
+            "trainer.max_epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     runs = [read_metrics(p.parent) for p in sweep.glob("*/metrics.json")]
     assert sorted(m["lambda_value"] for m in runs) == [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10]
     assert {m["dataset"] for m in runs} == {"synthetic"}  # command-line groups win over the experiment's

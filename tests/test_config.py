@@ -101,7 +101,10 @@ def test_unknown_key_fails_before_training(tmp_path: Path) -> None:
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run.py"), "model.no_such_key=1", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "no_such_key" in proc.stderr
@@ -112,7 +115,10 @@ def test_unknown_key_fails_before_training(tmp_path: Path) -> None:
 def test_unknown_group_option_fails(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run.py"), "granularity=nope", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "nope" in proc.stderr and "dui" in proc.stderr  # Hydra lists the available options

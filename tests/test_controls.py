@@ -30,9 +30,17 @@ def test_carve_latest_matches_a_per_user_brute_force() -> None:
             rows = np.flatnonzero(users == user)
             n_carved = int(len(rows) * ratio)
             expected = np.zeros(len(rows), dtype=bool)
-            expected[len(rows) - n_carved:] = True
+            expected[len(rows) - n_carved :] = True
             assert np.array_equal(mask[rows], expected), (ratio, user)
-    assert carve_latest(np.array([0, 0, 0, 0, 1, 2, 2]), 0.25).tolist() == [False, False, False, True, False, False, False]
+    assert carve_latest(np.array([0, 0, 0, 0, 1, 2, 2]), 0.25).tolist() == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_carve_latest_rejects_bad_input() -> None:
@@ -47,10 +55,12 @@ def test_lambda_split_is_the_latest_train_interactions_of_each_user() -> None:
     """On a prepared split, every carved pair of a user is at least as late as every pair Θ keeps."""
     rng = np.random.default_rng(1)
     n = 4000
-    frame = pl.DataFrame({"user": rng.integers(0, 60, n), "item": rng.integers(0, 300, n),
-                          "timestamp": rng.integers(0, 10**6, n)})
-    split = prepare_split(frame, min_users_per_item=0, min_items_per_user=0, iterative=False,
-                          test_ratio=0.2, valid_ratio=0.25)
+    frame = pl.DataFrame(
+        {"user": rng.integers(0, 60, n), "item": rng.integers(0, 300, n), "timestamp": rng.integers(0, 10**6, n)}
+    )
+    split = prepare_split(
+        frame, min_users_per_item=0, min_items_per_user=0, iterative=False, test_ratio=0.2, valid_ratio=0.25
+    )
     # the time of each pair, as the split's dedupe keeps it: its earliest
     time_of = {(u, i): t for u, i, t in frame.group_by("user", "item").agg(pl.col("timestamp").min()).iter_rows()}
     arrays = fit_arrays(split, lambda_split_ratio=0.25)
@@ -67,7 +77,8 @@ def test_lambda_split_is_the_latest_train_interactions_of_each_user() -> None:
 
     refit = fit_arrays(split, train_on_valid=True)
     assert _pairs(refit.train_users, refit.train_items) == _pairs(split.train_users, split.train_items) | _pairs(
-        split.valid_users, split.valid_items)
+        split.valid_users, split.valid_items
+    )
     assert len(refit.lambda_users) == 0
     with pytest.raises(ValueError, match="pick one"):
         fit_arrays(split, train_on_valid=True, lambda_split_ratio=0.25)
@@ -117,8 +128,19 @@ def test_refit_control_end_to_end(tmp_path: Path) -> None:
     epoch, selected checkpoint's test), the reported test is that of a model trained on
     train ∪ valid for best_epoch + 1 epochs."""
     sweep = tmp_path / "sweep"
-    run_cli(["-m", *TINY_OVERRIDES, "model=fix", "model.lambda_value=0.01", "trainer.max_epochs=3", "seed=2",
-             "control=none,refit", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    run_cli(
+        [
+            "-m",
+            *TINY_OVERRIDES,
+            "model=fix",
+            "model.lambda_value=0.01",
+            "trainer.max_epochs=3",
+            "seed=2",
+            "control=none,refit",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     paper, refit = read_metrics(sweep / "0"), read_metrics(sweep / "1")
     assert paper["control"] == {"name": "none", "applied": False}
     block = refit["control"]
@@ -134,8 +156,17 @@ def test_refit_control_end_to_end(tmp_path: Path) -> None:
 def test_inner_control_end_to_end(tmp_path: Path) -> None:
     """λOpt-DUI under control=inner learns Λ on the carved Λ-split; the valid split only selects."""
     sweep = tmp_path / "sweep"
-    run_cli(["-m", *TINY_OVERRIDES, "granularity.init=0.01", "lambda_optimizer.lr=0.5", "control=none,inner",
-             f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    run_cli(
+        [
+            "-m",
+            *TINY_OVERRIDES,
+            "granularity.init=0.01",
+            "lambda_optimizer.lr=0.5",
+            "control=none,inner",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     paper, inner = read_metrics(sweep / "0"), read_metrics(sweep / "1")
     block = inner["control"]
     assert block["name"] == "inner" and block["applied"] is True and block["lambda_split_ratio"] == 0.25

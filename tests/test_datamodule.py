@@ -10,13 +10,19 @@ from lopt.data.sources import SyntheticSource
 
 
 def _datamodule(tmp_path, valid_triples=True, seed=0, epoch_box=None) -> InteractionDataModule:
-    source = SyntheticSource(n_users=60, n_items=50, n_interactions=1500, rank=4, user_alpha=0.6,
-                             item_alpha=0.9, noise=0.3, seed=1)
+    source = SyntheticSource(
+        n_users=60, n_items=50, n_interactions=1500, rank=4, user_alpha=0.6, item_alpha=0.9, noise=0.3, seed=1
+    )
     dm = InteractionDataModule(
         source=source,
         preprocess=dict(min_users_per_item=0, min_items_per_user=0, iterative=False, test_ratio=0.2, valid_ratio=0.25),
-        cache_dir=tmp_path / "cache", cache=True, batch_size=64, valid_batch_size=50, eval_batch_users=16,
-        seed=seed, valid_triples=valid_triples,
+        cache_dir=tmp_path / "cache",
+        cache=True,
+        batch_size=64,
+        valid_batch_size=50,
+        eval_batch_users=16,
+        seed=seed,
+        valid_triples=valid_triples,
     )
     dm.setup("fit")
     if epoch_box is not None:
@@ -94,8 +100,10 @@ def test_mid_epoch_state_resumes_at_the_next_batch(tmp_path) -> None:
 def test_evaluation_blocks_cover_users_with_positives(tmp_path) -> None:
     dm = _datamodule(tmp_path, valid_triples=False)
     split = dm.load_split()
-    for which, loader, users in (("valid", dm.val_dataloader(), split.valid_users),
-                                 ("test", dm.test_dataloader(), split.test_users)):
+    for _which, loader, users in (
+        ("valid", dm.val_dataloader(), split.valid_users),
+        ("test", dm.test_dataloader(), split.test_users),
+    ):
         blocks = list(loader)
         assert all(len(b) <= 16 for b in blocks)
         assert torch.cat(blocks).tolist() == sorted(set(users.tolist()))
@@ -103,13 +111,19 @@ def test_evaluation_blocks_cover_users_with_positives(tmp_path) -> None:
 
 
 def test_empty_valid_split_is_a_clear_error(tmp_path) -> None:
-    source = SyntheticSource(n_users=30, n_items=40, n_interactions=300, rank=4, user_alpha=0.6,
-                             item_alpha=0.9, noise=0.3, seed=1)
+    source = SyntheticSource(
+        n_users=30, n_items=40, n_interactions=300, rank=4, user_alpha=0.6, item_alpha=0.9, noise=0.3, seed=1
+    )
     dm = InteractionDataModule(
         source=source,
         preprocess=dict(min_users_per_item=0, min_items_per_user=0, iterative=False, test_ratio=0.2, valid_ratio=0.0),
-        cache_dir=tmp_path / "cache", cache=False, batch_size=64, valid_batch_size=64, eval_batch_users=16,
-        seed=0, valid_triples=True,
+        cache_dir=tmp_path / "cache",
+        cache=False,
+        batch_size=64,
+        valid_batch_size=64,
+        eval_batch_users=16,
+        seed=0,
+        valid_triples=True,
     )
     with pytest.raises(ValueError, match="valid_ratio"):
         dm.setup("fit")

@@ -79,7 +79,9 @@ def test_valid_candidates_clean_and_paper():
     _, cand_clean = clean.masks(users)
     _, cand_paper = paper.masks(users)
     test = torch.zeros(split.n_users, split.n_items, dtype=torch.bool)
-    test[torch.from_numpy(split.test_users.astype(np.int64)), torch.from_numpy(split.test_items.astype(np.int64))] = True
+    test[torch.from_numpy(split.test_users.astype(np.int64)), torch.from_numpy(split.test_items.astype(np.int64))] = (
+        True
+    )
     assert test.any()
     assert torch.equal(cand_clean, cand_paper | test)  # the only difference: test items
     assert not (cand_paper & test).any()
@@ -113,12 +115,8 @@ def test_blocks_equal_full_matrix(which, dtype):
     direct = ev.block_metrics(everyone, scores)
     assert math.isnan(direct["auc"][0].item())
     for name in full:
-        torch.testing.assert_close(
-            direct[name][ev.users], full[name], rtol=0, atol=0, equal_nan=True
-        )
-    assert ev.evaluate(lambda users: scores[users], block_size=4) == pytest.approx(
-        RankingEvaluator.aggregate(full)
-    )
+        torch.testing.assert_close(direct[name][ev.users], full[name], rtol=0, atol=0, equal_nan=True)
+    assert ev.evaluate(lambda users: scores[users], block_size=4) == pytest.approx(RankingEvaluator.aggregate(full))
 
 
 def test_aggregate_ignores_nan():

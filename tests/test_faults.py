@@ -38,8 +38,14 @@ from lopt.validate import ConfigError, check_config, check_split
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
 
 # Tiny λOpt-DUI run: 15 training batches per epoch, so steps 7 and 20 are mid-epoch.
-RUN = [*TINY_OVERRIDES, "trainer.max_epochs=3", "data.batch_size=128", "data.valid_batch_size=96", "seed=3",
-       "logger=csv"]
+RUN = [
+    *TINY_OVERRIDES,
+    "trainer.max_epochs=3",
+    "data.batch_size=128",
+    "data.valid_batch_size=96",
+    "seed=3",
+    "logger=csv",
+]
 U_DATA = "1\t10\t5\t100\n1\t11\t4\t101\n2\t10\t3\t102\n"
 
 
@@ -64,8 +70,15 @@ def _patched_cli(cwd: Path, patch: str, args: list[str], timeout: float = 600) -
         f"sys.argv = [{str(REPO_ROOT / 'run.py')!r}, *sys.argv[1:]]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')\n"
     )
-    return subprocess.run([sys.executable, str(launcher), *args], cwd=cwd, env=_env(cwd),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, str(launcher), *args],
+        cwd=cwd,
+        env=_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _signal_at_step(signame: str, step: int) -> str:
@@ -142,8 +155,14 @@ def served_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path
 
 
 def _ml100k(tmp_path: Path, path: Path | None, **kw) -> MovieLensSource:
-    return MovieLensSource(path, "tab", archive="ml-100k", default_path=tmp_path / "data" / "ml-100k" / "u.data",
-                           lock_dir=tmp_path / "cache", **kw)
+    return MovieLensSource(
+        path,
+        "tab",
+        archive="ml-100k",
+        default_path=tmp_path / "data" / "ml-100k" / "u.data",
+        lock_dir=tmp_path / "cache",
+        **kw,
+    )
 
 
 def test_missing_user_path_is_named_and_never_downloaded(tmp_path: Path, served_archive: list) -> None:
@@ -192,8 +211,12 @@ def test_download_false_names_the_default_path(tmp_path: Path, served_archive: l
 @pytest.mark.slow
 def test_cli_missing_data_path_fails_before_training(tmp_path: Path) -> None:
     typo = tmp_path / "no" / "u.data"
-    proc = run_cli(["dataset=ml100k", f"dataset.source.path={typo}", f"hydra.run.dir={tmp_path / 'run'}"],
-                   cwd=tmp_path, check=False, timeout=120)
+    proc = run_cli(
+        ["dataset=ml100k", f"dataset.source.path={typo}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        check=False,
+        timeout=120,
+    )
     _fails_before_training(proc, tmp_path / "run", f"data file not found: {typo}")
     assert not typo.parent.exists() and not (tmp_path / "data" / "ml-100k").exists()
 
@@ -274,8 +297,18 @@ def _split(n_train: int = 4, n_valid: int = 2, n_test: int = 2, n_items: int = 5
     def part(n: int) -> np.ndarray:
         return np.zeros(n, dtype=np.int32)
 
-    return PreparedSplit(part(n_train), part(n_train), part(n_valid), part(n_valid), part(n_test), part(n_test),
-                         n_users=1, n_items=n_items, user_ids=np.arange(1), item_ids=np.arange(n_items))
+    return PreparedSplit(
+        part(n_train),
+        part(n_train),
+        part(n_valid),
+        part(n_valid),
+        part(n_test),
+        part(n_test),
+        n_users=1,
+        n_items=n_items,
+        user_ids=np.arange(1),
+        item_ids=np.arange(n_items),
+    )
 
 
 @pytest.mark.parametrize("part", ["train", "valid", "test"])
@@ -293,8 +326,12 @@ def test_cut_off_above_the_number_of_items_is_refused() -> None:
 
 @pytest.mark.slow
 def test_cli_bad_type_fails_before_any_data(tmp_path: Path) -> None:
-    proc = run_cli([*TINY_OVERRIDES, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}"],
-                   cwd=tmp_path, check=False, timeout=120)
+    proc = run_cli(
+        [*TINY_OVERRIDES, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        check=False,
+        timeout=120,
+    )
     _fails_before_training(proc, tmp_path / "run", "data.batch_size must be an integer ≥ 1, got 'abc' (str)")
     assert not (tmp_path / "data").exists()
 
@@ -310,8 +347,9 @@ def test_cli_bad_type_fails_before_any_data(tmp_path: Path) -> None:
 )
 @pytest.mark.slow
 def test_cli_bad_split_fails_before_the_first_step(tmp_path: Path, overrides: list[str], message: str) -> None:
-    proc = run_cli([*TINY_OVERRIDES, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
-                   check=False, timeout=180)
+    proc = run_cli(
+        [*TINY_OVERRIDES, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, check=False, timeout=180
+    )
     _fails_before_training(proc, tmp_path / "run", message)
 
 
@@ -502,8 +540,7 @@ def test_resume_refuses_config_changes_and_records_a_longer_schedule(tmp_path: P
     first = read_metrics(run_dir)
     config_before = (run_dir / ".hydra" / "config.yaml").read_text()
 
-    refused = run_cli(["resume=true", "model.dim=16", "seed=4", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                      check=False)
+    refused = run_cli(["resume=true", "model.dim=16", "seed=4", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=False)
     assert refused.returncode != 0
     assert "model.dim: 8 (recorded) → 16" in refused.stderr and "seed: 0 (recorded) → 4" in refused.stderr
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config_before  # the record is intact

@@ -20,7 +20,10 @@ def test_figures_written(finished_runs: Path, tmp_path: Path) -> None:  # noqa: 
     out = tmp_path / "figs"
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "experiments" / "figures.py"), str(finished_runs), "--out", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     for stem in ("fig2_synthetic", "fig7_synthetic", "fig8_synthetic"):
@@ -35,7 +38,10 @@ def test_figures_written(finished_runs: Path, tmp_path: Path) -> None:  # noqa: 
     assert set(fig7["method"].to_list()) == {"MF-λOpt-DUI", "MF-λOpt-DU"}
     assert fig7.group_by("method").agg(pl.col("users").sum())["users"].to_list() == [120, 120]  # every user in a bucket
     fig8 = pl.read_csv(out / "fig8_synthetic.csv")
-    assert set(fig8["stratum"].to_list()) == {"sparse", "median", "active"} and set(fig8["side"].to_list()) == {"user", "item"}
+    assert set(fig8["stratum"].to_list()) == {"sparse", "median", "active"} and set(fig8["side"].to_list()) == {
+        "user",
+        "item",
+    }
     assert fig8["method"].unique().to_list() == ["MF-λOpt-DUI"]
 
 

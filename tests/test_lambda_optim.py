@@ -65,8 +65,12 @@ def test_lambda_adam_equals_torch_adam_then_clamp(amsgrad: bool, weight_decay: f
     shapes = [(NU, D), (1, D), (1, 1)]
     mine = [nn.Parameter(torch.rand(s, dtype=torch.float64) * 0.05) for s in shapes]
     ref = [nn.Parameter(p.detach().clone()) for p in mine]
-    opt = LambdaAdam(mine, lr=0.01, betas=(0.8, 0.99), eps=1e-8, amsgrad=amsgrad, weight_decay=weight_decay, **{kernel: True})
-    ropt = torch.optim.Adam(ref, lr=0.01, betas=(0.8, 0.99), eps=1e-8, amsgrad=amsgrad, weight_decay=weight_decay, foreach=False)
+    opt = LambdaAdam(
+        mine, lr=0.01, betas=(0.8, 0.99), eps=1e-8, amsgrad=amsgrad, weight_decay=weight_decay, **{kernel: True}
+    )
+    ropt = torch.optim.Adam(
+        ref, lr=0.01, betas=(0.8, 0.99), eps=1e-8, amsgrad=amsgrad, weight_decay=weight_decay, foreach=False
+    )
     for step in range(6):
         for p, q in zip(mine, ref, strict=True):
             g = torch.randn_like(p)
@@ -137,10 +141,14 @@ def test_absent_user_keeps_lambda_only_with_row_sparse_adam(lam_opt_name: str) -
     theta_opt = torch.optim.Adam(model.parameters(), lr=0.05)
     lam_opt = FACTORIES[lam_opt_name](list(gran.parameters()))
     # iteration 1: user 3 in both batches (gets λ-gradient and moments); user 6 never appears
-    first = ((torch.tensor([3, 1, 0]), torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])),
-             (torch.tensor([3, 1]), torch.tensor([1, 2]), torch.tensor([0, 7])))
-    later = ((torch.tensor([0, 1, 2, 1]), torch.tensor([1, 2, 3, 8]), torch.tensor([4, 5, 6, 0])),
-             (torch.tensor([1, 2, 5]), torch.tensor([1, 2, 3]), torch.tensor([0, 7, 4])))
+    first = (
+        (torch.tensor([3, 1, 0]), torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])),
+        (torch.tensor([3, 1]), torch.tensor([1, 2]), torch.tensor([0, 7])),
+    )
+    later = (
+        (torch.tensor([0, 1, 2, 1]), torch.tensor([1, 2, 3, 8]), torch.tensor([4, 5, 6, 0])),
+        (torch.tensor([1, 2, 5]), torch.tensor([1, 2, 3]), torch.tensor([0, 7, 4])),
+    )
     _lambda_opt_iteration(model, gran, theta_opt, lam_opt, *first)
     lam3 = gran.lambda_user.detach()[3].clone()
     assert not torch.equal(lam3, torch.full((D,), 0.5, dtype=torch.float64)), "user 3 must have moved in iteration 1"
@@ -162,7 +170,10 @@ def test_state_dict_round_trip(name: str) -> None:
     torch.manual_seed(0)
     a = [nn.Parameter(torch.rand(NU, D, dtype=torch.float64)), nn.Parameter(torch.rand(1, D, dtype=torch.float64))]
     opt = FACTORIES[name](a)
-    grads = [[sparse_rows([1, 2, 1], torch.randn(3, D, dtype=torch.float64), NU), torch.randn(1, D, dtype=torch.float64)] for _ in range(3)]
+    grads = [
+        [sparse_rows([1, 2, 1], torch.randn(3, D, dtype=torch.float64), NU), torch.randn(1, D, dtype=torch.float64)]
+        for _ in range(3)
+    ]
     for g in grads[:2]:
         a[0].grad, a[1].grad = g
         opt.step()

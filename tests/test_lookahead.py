@@ -28,16 +28,29 @@ OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer
     "adam_l2": lambda ps: torch.optim.Adam(ps, lr=0.05, weight_decay=0.05, foreach=True),
     "adam_amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.05, amsgrad=True),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1),
-    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+    "adagrad": lambda ps: torch.optim.Adagrad(
+        ps, lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1
+    ),
 }
 
 
 def random_batch(gen: torch.Generator, n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.randint(0, NU, (n,), generator=gen), torch.randint(0, NI, (n,), generator=gen), torch.randint(0, NI, (n,), generator=gen))
+    return (
+        torch.randint(0, NU, (n,), generator=gen),
+        torch.randint(0, NI, (n,), generator=gen),
+        torch.randint(0, NI, (n,), generator=gen),
+    )
 
 
 def build(
-    opt_name: str, gran_name: str, dtype: torch.dtype, scope: str, clip: float | None, prior_steps: int, *, scheduler: bool = False
+    opt_name: str,
+    gran_name: str,
+    dtype: torch.dtype,
+    scope: str,
+    clip: float | None,
+    prior_steps: int,
+    *,
+    scheduler: bool = False,
 ) -> tuple[MatrixFactorization, LambdaGranularity, torch.optim.Optimizer]:
     """A tiny model, a Λ with distinct positive entries, and an optimizer whose state was built by
     ``prior_steps`` real Θ-steps (and whose lr a scheduler changed, if asked)."""
@@ -80,7 +93,9 @@ def check_invariant(opt_name, gran_name, dtype, scope, clip, prior_steps, *, sch
     user_rows = torch.unique(VALID[0])
     item_rows = torch.unique(torch.cat([VALID[1], VALID[2]]))
     with torch.no_grad():
-        la_p, la_q = lookahead_rows(model, opt, gran, TRAIN, user_rows, item_rows, scope=scope, scale=SCALE, clip_norm=clip)
+        la_p, la_q = lookahead_rows(
+            model, opt, gran, TRAIN, user_rows, item_rows, scope=scope, scale=SCALE, clip_norm=clip
+        )
         la_loss = lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope=scope, scale=SCALE, clip_norm=clip)
     # the look-ahead reads g_t and the optimizer state, never writes them
     assert torch.equal(P.grad, g_before[0]) and torch.equal(Q.grad, g_before[1])
@@ -111,8 +126,12 @@ STEP_CASES = [
 @pytest.mark.parametrize("clip", [None, CLIP], ids=["noclip", "clip"])
 @pytest.mark.parametrize("scope", ["batch", "all"])
 @pytest.mark.parametrize("gran_name", GRANULARITY_NAMES)
-@pytest.mark.parametrize(("opt_name", "prior_steps"), STEP_CASES, ids=[f"{n}-{'first' if p == 0 else 'later'}" for n, p in STEP_CASES])
-def test_lookahead_equals_real_step_float64(opt_name: str, prior_steps: int, gran_name: str, scope: str, clip: float | None) -> None:
+@pytest.mark.parametrize(
+    ("opt_name", "prior_steps"), STEP_CASES, ids=[f"{n}-{'first' if p == 0 else 'later'}" for n, p in STEP_CASES]
+)
+def test_lookahead_equals_real_step_float64(
+    opt_name: str, prior_steps: int, gran_name: str, scope: str, clip: float | None
+) -> None:
     check_invariant(opt_name, gran_name, torch.float64, scope, clip, prior_steps, rtol=1e-10, atol=1e-12)
 
 
@@ -138,7 +157,9 @@ LEARNABLE = [n for n in GRANULARITY_NAMES if n != "fix"]
 @pytest.mark.parametrize("opt_name", ["sgd_momentum", "adam"])
 @pytest.mark.parametrize("scope", ["batch", "all"])
 @pytest.mark.parametrize("gran_name", LEARNABLE)
-def test_lambda_gradient_matches_finite_differences(gran_name: str, scope: str, opt_name: str, clip: float | None) -> None:
+def test_lambda_gradient_matches_finite_differences(
+    gran_name: str, scope: str, opt_name: str, clip: float | None
+) -> None:
     model, gran, opt = build(opt_name, gran_name, torch.float64, scope, clip, prior_steps=3)
     opt.zero_grad()
     bpr_loss(*model(*TRAIN)).backward()

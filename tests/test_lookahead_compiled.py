@@ -83,15 +83,22 @@ def test_no_recompilation_from_step_to_step() -> None:
     for step in range(6):
         gen = torch.Generator().manual_seed(step)
         n_train, n_valid = 24 + 3 * step, 18 + 2 * step
-        train = (torch.arange(n_train) % n_users, torch.randint(0, n_items, (n_train,), generator=gen),
-                 torch.randint(0, n_items, (n_train,), generator=gen))
-        valid = (torch.arange(4, 4 + n_valid) % n_users, torch.randint(0, n_items, (n_valid,), generator=gen),
-                 torch.randint(0, n_items, (n_valid,), generator=gen))
+        train = (
+            torch.arange(n_train) % n_users,
+            torch.randint(0, n_items, (n_train,), generator=gen),
+            torch.randint(0, n_items, (n_train,), generator=gen),
+        )
+        valid = (
+            torch.arange(4, 4 + n_valid) % n_users,
+            torch.randint(0, n_items, (n_valid,), generator=gen),
+            torch.randint(0, n_items, (n_valid,), generator=gen),
+        )
         opt.zero_grad()
         bpr_loss(*model(*train)).backward()
         lam_opt.zero_grad()
-        lookahead_validation_loss(model, opt, gran, train, valid, scope="batch", scale=1.0, clip_norm=BIG_CLIP,
-                                  compiled=True).backward()
+        lookahead_validation_loss(
+            model, opt, gran, train, valid, scope="batch", scale=1.0, clip_norm=BIG_CLIP, compiled=True
+        ).backward()
         lam_opt.step()
         add_penalty_grad_(model, gran, *train, "batch", 1.0)
         clip_grad_norm_(model, BIG_CLIP)
@@ -109,6 +116,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, ca
     def broken_compile(fn, **kwargs):  # type: ignore[no-untyped-def]
         def call(*args):  # type: ignore[no-untyped-def]
             raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found (simulated)")
+
         return call
 
     for name in KERNELS:

@@ -137,4 +137,6 @@ def test_other_cases_take_the_autograd_path(opt_factory, clip, dropout) -> None:
     opt = opt_factory(list(model.parameters()))
     bpr_loss(*model(*TRAIN)).backward()
     with mock.patch.object(lookahead_fast._LookaheadBPR, "apply", side_effect=AssertionError("fast path taken")):
-        lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, dropout=dropout).backward()
+        lookahead_validation_loss(
+            model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, dropout=dropout
+        ).backward()

@@ -31,8 +31,9 @@ def _make(tmp_path: Path, target: str, fakes: dict[str, str], *args: str) -> sub
     work.mkdir(exist_ok=True)
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(REPO_ROOT / name, work / name)
-    return subprocess.run([MAKE, "-s", target, *args], cwd=work, env={"PATH": str(bin_dir)},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [MAKE, "-s", target, *args], cwd=work, env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_python3_of_another_version_stops_with_what_to_install(tmp_path: Path) -> None:

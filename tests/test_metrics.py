@@ -29,9 +29,7 @@ def brute_force(scores, positives, candidates, ks, ties="pessimistic") -> dict[s
         out["auc"].append(won / (len(P) * len(N)) if N else math.nan)
         for k in ks:
             out[f"hr@{k}"].append(sum(1 for i in P if rank[i] <= k) / len(P))
-            out[f"ndcg@{k}"].append(
-                sum(1 / math.log2(1 + rank[i]) for i in P if rank[i] <= k) / len(P)
-            )
+            out[f"ndcg@{k}"].append(sum(1 / math.log2(1 + rank[i]) for i in P if rank[i] <= k) / len(P))
     return out
 
 
@@ -41,7 +39,11 @@ def assert_matches(got: dict[str, torch.Tensor], want: dict[str, list[float]]) -
         expected = torch.tensor(values, dtype=torch.float64)
         assert got[name].dtype == torch.float64
         torch.testing.assert_close(
-            got[name].cpu(), expected, rtol=1e-12, atol=1e-12, equal_nan=True,
+            got[name].cpu(),
+            expected,
+            rtol=1e-12,
+            atol=1e-12,
+            equal_nan=True,
             msg=lambda m, name=name: f"{name}: {m}",
         )
 
@@ -85,9 +87,7 @@ def test_matches_brute_force(dtype, score_range):
 @pytest.mark.parametrize("seed", range(5))
 def test_matches_brute_force_many_positives_ties(seed):
     ks = (2, 5, 40)
-    scores, pos, cand = random_case(
-        16, 40, torch.float32, seed, score_range=2, p_pos=0.5, p_seen=0.1
-    )
+    scores, pos, cand = random_case(16, 40, torch.float32, seed, score_range=2, p_pos=0.5, p_seen=0.1)
     assert_matches(ranking_metrics(scores, pos, cand, ks), brute_force(scores, pos, cand, ks))
 
 

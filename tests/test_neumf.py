@@ -15,8 +15,15 @@ NU, NI, D, LAYERS = 9, 23, 6, [8, 6, 4]
 
 
 def _module(seed: int = 0, **kw) -> NeuMFModule:
-    args = dict(dim=D, mlp_layers=LAYERS, init_std=0.3, optimizer=functools.partial(torch.optim.Adam, lr=0.01),
-                loss="bpr", lambda_value=0.0, grad_clip_norm=100.0)
+    args = dict(
+        dim=D,
+        mlp_layers=LAYERS,
+        init_std=0.3,
+        optimizer=functools.partial(torch.optim.Adam, lr=0.01),
+        loss="bpr",
+        lambda_value=0.0,
+        grad_clip_norm=100.0,
+    )
     args.update(kw)
     torch.manual_seed(seed)
     return NeuMFModule(NU, NI, **args)
@@ -24,8 +31,15 @@ def _module(seed: int = 0, **kw) -> NeuMFModule:
 
 def _fit(module: L.LightningModule, batches: list, epochs: int) -> None:
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
 
@@ -84,9 +98,20 @@ def test_penalty_is_batch_form_over_both_towers() -> None:
     module = _module(lambda_value=0.5).double()
     users, pos, neg = torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([3, 1])
     m = module.model
-    expected = 0.5 / 2 * sum(
-        t[r].square().sum() for t, r in ((m.user_gmf, users), (m.user_mlp, users), (m.item_gmf, pos),
-                                         (m.item_mlp, pos), (m.item_gmf, neg), (m.item_mlp, neg))
+    expected = (
+        0.5
+        / 2
+        * sum(
+            t[r].square().sum()
+            for t, r in (
+                (m.user_gmf, users),
+                (m.user_mlp, users),
+                (m.item_gmf, pos),
+                (m.item_mlp, pos),
+                (m.item_gmf, neg),
+                (m.item_mlp, neg),
+            )
+        )
     )
     assert torch.allclose(module.penalty(users, pos, neg), expected)
 
@@ -100,7 +125,7 @@ def test_training_reduces_the_loss_on_a_tiny_problem(loss: str) -> None:
     low = users < 5
     pos = torch.where(low, torch.randint(0, 10, (n,), generator=g), torch.randint(10, NI, (n,), generator=g))
     neg = torch.where(low, torch.randint(10, NI, (n,), generator=g), torch.randint(0, 10, (n,), generator=g))
-    batches = [{"train": (users[k:k + 64], pos[k:k + 64], neg[k:k + 64])} for k in range(0, n, 64)]
+    batches = [{"train": (users[k : k + 64], pos[k : k + 64], neg[k : k + 64])} for k in range(0, n, 64)]
     module = _module(loss=loss, lambda_value=1e-4, init_std=0.1)
     with torch.no_grad():
         before = module.batch_loss(users, pos, neg).item()
@@ -118,9 +143,13 @@ def test_training_reduces_the_loss_on_a_tiny_problem(loss: str) -> None:
 
 @pytest.mark.parametrize(
     ("kw", "key"),
-    [({"loss": "mse"}, "model.loss"), ({"lambda_value": -1.0}, "model.lambda_value"),
-     ({"mlp_layers": [7, 4]}, "model.mlp_layers"), ({"mlp_layers": [8]}, "model.mlp_layers"),
-     ({"score_block_elements": 0}, "model.score_block_elements")],
+    [
+        ({"loss": "mse"}, "model.loss"),
+        ({"lambda_value": -1.0}, "model.lambda_value"),
+        ({"mlp_layers": [7, 4]}, "model.mlp_layers"),
+        ({"mlp_layers": [8]}, "model.mlp_layers"),
+        ({"score_block_elements": 0}, "model.score_block_elements"),
+    ],
 )
 def test_bad_settings_name_the_config_key(kw: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):

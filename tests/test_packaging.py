@@ -28,8 +28,24 @@ DOCKERFILES = [REPO_ROOT / "docker" / "Dockerfile", REPO_ROOT / "docker" / "Dock
 ENVIRONMENT_YML = REPO_ROOT / "environment.yml"
 
 INSTRUCTIONS = {
-    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
-    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
 }
 
 
@@ -117,8 +133,12 @@ def buildable_files(rel: str) -> list[str] | None:
     """Files at or under REL that a fresh clone will have once committed: tracked ones and
     untracked ones that git does not ignore. None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", rel],
-                             cwd=REPO_ROOT, capture_output=True, timeout=30)
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", rel],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -157,7 +177,7 @@ def test_dockerfile_structure(dockerfile):
             except json.JSONDecodeError as err:
                 pytest.fail(f"{path}:{line}: {keyword} exec form is not valid JSON: {err}")
     entrypoints = [json.loads(t) for _, k, t in instructions if k == "ENTRYPOINT"]
-    assert entrypoints == [["python", "run.py"]], f"{path}: ENTRYPOINT must be [\"python\", \"run.py\"]"
+    assert entrypoints == [["python", "run.py"]], f'{path}: ENTRYPOINT must be ["python", "run.py"]'
     workdirs = [t for _, k, t in instructions if k == "WORKDIR"]
     assert workdirs, f"{path}: no WORKDIR"
     env = " ".join(t for _, k, t in instructions if k == "ENV")
@@ -190,7 +210,8 @@ def test_copy_sources_exist_in_the_repository(dockerfile):
             files = buildable_files(resolved.relative_to(REPO_ROOT).as_posix())
             assert files is None or files, (
                 f"{path}:{line}: {keyword} source '{source}' holds no file git would commit (empty or "
-                "ignored), so a fresh clone cannot build the image")
+                "ignored), so a fresh clone cannot build the image"
+            )
 
 
 def test_dockerfile_versions_match_pyproject(dockerfile):
@@ -200,11 +221,13 @@ def test_dockerfile_versions_match_pyproject(dockerfile):
     python = args.get("PYTHON_VERSION")
     assert python, f"{path}: declare the Python version as ARG PYTHON_VERSION=<x.y>"
     assert Version(python) in requires_python, (
-        f"{path}: PYTHON_VERSION={python} does not satisfy requires-python '{requires_python}'")
+        f"{path}: PYTHON_VERSION={python} does not satisfy requires-python '{requires_python}'"
+    )
     from_lines = [expand(t, args) for _, k, t in instructions if k == "FROM"]
     runs = expand(" ".join(t for _, k, t in instructions if k == "RUN"), args)
     assert f"python:{python}" in from_lines[0] or f"python{python}" in runs, (
-        f"{path}: neither the base image ({from_lines[0]}) nor a RUN installs Python {python}")
+        f"{path}: neither the base image ({from_lines[0]}) nor a RUN installs Python {python}"
+    )
     torch = args.get("TORCH_VERSION")
     assert torch, f"{path}: declare the torch version as ARG TORCH_VERSION=<x.y.z>"
     assert Version(torch) == torch_pin(), f"{path}: TORCH_VERSION={torch} but pyproject pins torch=={torch_pin()}"
@@ -216,7 +239,8 @@ def test_dockerfile_versions_match_pyproject(dockerfile):
     else:
         assert index.group(1).startswith("cu"), f"{path}: the CUDA image installs torch from '{index.group(1)}'"
         assert "nvidia/cuda" in from_lines[0] and "runtime" in from_lines[0], (
-            f"{path}: base image {from_lines[0]} is not a CUDA runtime image")
+            f"{path}: base image {from_lines[0]} is not a CUDA runtime image"
+        )
 
 
 def test_environment_yml_python_and_torch_match_pyproject():
@@ -227,25 +251,31 @@ def test_environment_yml_python_and_torch_match_pyproject():
     version = re.sub(r"^python\s*=+\s*", "", pythons[0])
     requires_python = SpecifierSet(pyproject()["project"]["requires-python"])
     assert Version(version) in requires_python, (
-        f"{ENVIRONMENT_YML}: python={version} does not satisfy requires-python '{requires_python}'")
+        f"{ENVIRONMENT_YML}: python={version} does not satisfy requires-python '{requires_python}'"
+    )
     assert "pip" in env["dependencies"], f"{ENVIRONMENT_YML}: list pip among the conda dependencies"
-    torch = [r for r in environment_pip() if not r.startswith("-") and canonicalize_name(Requirement(r).name) == "torch"]
+    torch = [
+        r for r in environment_pip() if not r.startswith("-") and canonicalize_name(Requirement(r).name) == "torch"
+    ]
     assert torch and Requirement(torch[0]).specifier == SpecifierSet(f"=={torch_pin()}"), (
-        f"{ENVIRONMENT_YML}: torch must be pinned to =={torch_pin()} like pyproject, found {torch}")
+        f"{ENVIRONMENT_YML}: torch must be pinned to =={torch_pin()} like pyproject, found {torch}"
+    )
 
 
 def test_environment_yml_lists_exactly_the_pyproject_dependencies():
     pip = environment_pip()
     options = [r for r in pip if r.startswith("-")]
     assert any(re.fullmatch(r"-e\s+\.(\[[\w,-]+\])?", o) for o in options), (
-        f"{ENVIRONMENT_YML}: the pip section must install the project itself with `-e .`")
+        f"{ENVIRONMENT_YML}: the pip section must install the project itself with `-e .`"
+    )
     from_env = {normalized(r) for r in pip if not r.startswith("-")}
     from_pyproject = {normalized(r) for r in pyproject()["project"]["dependencies"]}
     missing = sorted(from_pyproject - from_env)
     extra = sorted(from_env - from_pyproject)
     assert not missing and not extra, (
         "environment.yml and pyproject.toml [project.dependencies] differ; update environment.yml.\n"
-        f"  in pyproject only: {missing}\n  in environment.yml only: {extra}")
+        f"  in pyproject only: {missing}\n  in environment.yml only: {extra}"
+    )
 
 
 def test_normalization_sees_drift():
@@ -296,5 +326,8 @@ def test_declared_dependencies_are_exactly_the_imported_ones():
         f"imported but not declared: {sorted(imported - declared)}; "
         f"declared but not imported: {sorted(declared - imported - set(NOT_IMPORTED))}"
     )
-    tested = {canonicalize_name(DISTRIBUTION_OF.get(n, n)) for n in _third_party_imports(list((REPO_ROOT / "tests").rglob("*.py")))}
+    tested = {
+        canonicalize_name(DISTRIBUTION_OF.get(n, n))
+        for n in _third_party_imports(list((REPO_ROOT / "tests").rglob("*.py")))
+    }
     assert tested <= declared | dev, f"tests import undeclared packages: {sorted(tested - declared - dev)}"

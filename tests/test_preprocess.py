@@ -22,9 +22,7 @@ from lopt.data.preprocess import (
 )
 from lopt.data.types import PreparedSplit
 
-PAPER = dict(
-    min_users_per_item=0, min_items_per_user=0, iterative=False, test_ratio=0.2, valid_ratio=0.25
-)
+PAPER = dict(min_users_per_item=0, min_items_per_user=0, iterative=False, test_ratio=0.2, valid_ratio=0.25)
 
 
 def _frame(rows: list[tuple], extra: list | None = None) -> pl.DataFrame:
@@ -36,9 +34,7 @@ def _frame(rows: list[tuple], extra: list | None = None) -> pl.DataFrame:
 
 
 def _read_ml100k(path: Path) -> pl.DataFrame:
-    frame = pl.read_csv(
-        path, separator="\t", has_header=False, new_columns=["user", "item", "rating", "timestamp"]
-    )
+    frame = pl.read_csv(path, separator="\t", has_header=False, new_columns=["user", "item", "rating", "timestamp"])
     return frame.select("user", "item", "timestamp")
 
 
@@ -104,9 +100,7 @@ def test_filter_matches_reference_on_random_frames(iterative: bool) -> None:
         n = int(rng.integers(1, 120))
         rows = [
             (int(u), int(i), int(t))
-            for u, i, t in zip(
-                rng.integers(0, 15, n), rng.integers(0, 12, n), rng.integers(0, 50, n), strict=True
-            )
+            for u, i, t in zip(rng.integers(0, 15, n), rng.integers(0, 12, n), rng.integers(0, 50, n), strict=True)
         ]  # contains duplicate pairs: counts must be of distinct users/items
         mu, mi = int(rng.integers(0, 5)), int(rng.integers(0, 5))
         got = filter_frequency(_frame(rows), mu, mi, iterative=iterative).rows()
@@ -249,9 +243,7 @@ def test_prepare_split_string_ids_with_duplicates_and_filter() -> None:
         ("u1", "a", 0),
         ("u3", "c", 4),
     ]
-    split = prepare_split(
-        _frame(rows), **{**PAPER, "min_users_per_item": 2, "min_items_per_user": 2}
-    )
+    split = prepare_split(_frame(rows), **{**PAPER, "min_users_per_item": 2, "min_items_per_user": 2})
     assert split.user_ids.tolist() == ["u1", "u2"] and split.item_ids.tolist() == ["a", "b"]
     assert split.n_users == 2 and split.n_items == 2
     assert len(split.train_users) == 4  # 2 interactions per user: all train
@@ -275,9 +267,7 @@ def test_ml100k_split_invariants(ml100k_path: Path) -> None:
     n_valid = (n_u - n_test) // 4  # ⌊n'·0.25⌋ exactly
     assert np.array_equal(np.bincount(split.test_users, minlength=split.n_users), n_test)
     assert np.array_equal(np.bincount(split.valid_users, minlength=split.n_users), n_valid)
-    assert np.array_equal(
-        np.bincount(split.train_users, minlength=split.n_users), n_u - n_test - n_valid
-    )
+    assert np.array_equal(np.bincount(split.train_users, minlength=split.n_users), n_u - n_test - n_valid)
 
     # Disjoint and covering: the raw pairs of the three splits are exactly the file's pairs.
     parts = []

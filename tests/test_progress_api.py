@@ -21,8 +21,14 @@ def test_piped_run_logs_a_line_per_epoch_and_progress_within(tmp_path: Path) -> 
     train loss, the Λ-step's validation loss, valid metrics when evaluated, elapsed and ETA;
     with every_n_seconds≈0 also lines within the epoch and within the evaluations."""
     proc = run_cli(
-        [*TINY_OVERRIDES, "trainer.max_epochs=3", "eval.every_n_epochs=2", "trainer.log_every_n_steps=2",
-         "callbacks.progress.every_n_seconds=1e-9", f"hydra.run.dir={tmp_path}/run"],
+        [
+            *TINY_OVERRIDES,
+            "trainer.max_epochs=3",
+            "eval.every_n_epochs=2",
+            "trainer.log_every_n_steps=2",
+            "callbacks.progress.every_n_seconds=1e-9",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
         cwd=tmp_path,
     )
     out = proc.stdout + proc.stderr
@@ -56,8 +62,9 @@ def test_python_api_from_a_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "seed: 1" in saved and "trainer.max_epochs=1" in (out / ".hydra" / "overrides.yaml").read_text()
     assert list((tmp_path / "data" / ".lopt_cache").glob("split-*.npz"))
     assert "epoch 1/1" in (out / "lopt.log").read_text()
-    again = train([*TINY_OVERRIDES, "trainer.max_epochs=1", "seed=1", f"hydra.run.dir={tmp_path}/second"],
-                  configure_logging=False)
+    again = train(
+        [*TINY_OVERRIDES, "trainer.max_epochs=1", "seed=1", f"hydra.run.dir={tmp_path}/second"], configure_logging=False
+    )
     assert again["test"] == metrics["test"]  # same seed, same metrics
     with pytest.raises(ValueError, match="command line"):
         train(["-m", "seed=1,2"])

@@ -33,7 +33,10 @@ def _module(granularity: str) -> LambdaOptModule:
     Λ towards 0 and its normalized step of size lr = 0.5 overshoots a Λ of 0.01 below zero."""
     torch.manual_seed(0)
     return LambdaOptModule(
-        NU, NI, D, 0.5,
+        NU,
+        NI,
+        D,
+        0.5,
         optimizer=functools.partial(torch.optim.Adam, lr=0.05),
         granularity=LambdaGranularity(granularity, NU, NI, D, 0.01),
         lambda_optimizer=functools.partial(torch.optim.Adam, lr=0.5, weight_decay=10.0),
@@ -59,8 +62,15 @@ def _fit(module: LambdaOptModule) -> list[float]:
     """Train ``STEPS`` iterations; the smallest Λ entry after each."""
     record = _LambdaMinAfterEachStep()
     trainer = L.Trainer(
-        max_steps=STEPS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
         callbacks=[record],
     )
     trainer.fit(module, train_dataloaders=DataLoader(_batches(), batch_size=None))
@@ -83,11 +93,19 @@ def test_module_projects_lambda_after_each_step_with_plain_adam(
 def test_config_with_torch_adam_for_lambda_builds_and_projects() -> None:
     """`lambda_optimizer._target_=torch.optim.Adam` composes into a module whose Λ stays ≥ 0."""
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "granularity=d", "lambda_optimizer._target_=torch.optim.Adam", "lambda_optimizer.lr=0.5",
-            "+lambda_optimizer.weight_decay=10.0",
-            f"model.dim={D}", "model.init_std=0.5", "granularity.init=0.01", "model.lambda_grad_clip_norm=null",
-        ])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "granularity=d",
+                "lambda_optimizer._target_=torch.optim.Adam",
+                "lambda_optimizer.lr=0.5",
+                "+lambda_optimizer.weight_decay=10.0",
+                f"model.dim={D}",
+                "model.init_std=0.5",
+                "granularity.init=0.01",
+                "model.lambda_grad_clip_norm=null",
+            ],
+        )
     module = build_module(cfg, NU, NI)
     assert min(_fit(module)) >= 0.0
     assert type(module.lambda_optimizer()) is torch.optim.Adam
@@ -101,9 +119,18 @@ def test_lopts_own_optimizers_project_themselves(name: str, monkeypatch: pytest.
     original = LambdaGranularity.project_
     monkeypatch.setattr(LambdaGranularity, "project_", lambda self: (calls.append(1), original(self)))
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "granularity=dui", f"lambda_optimizer={name}", "lambda_optimizer.lr=0.5", f"model.dim={D}",
-            "model.init_std=0.5", "granularity.init=0.01", "model.lambda_grad_clip_norm=null"])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "granularity=dui",
+                f"lambda_optimizer={name}",
+                "lambda_optimizer.lr=0.5",
+                f"model.dim={D}",
+                "model.init_std=0.5",
+                "granularity.init=0.01",
+                "model.lambda_grad_clip_norm=null",
+            ],
+        )
     module = build_module(cfg, NU, NI)
     assert min(_fit(module)) >= 0.0 and calls == []
     assert min(_fit(_module("d"))) >= 0.0 and len(calls) == STEPS

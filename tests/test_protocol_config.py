@@ -24,24 +24,42 @@ def test_default_is_the_paper_protocol_with_the_safe_options(tmp_path: Path) -> 
     assert (cfg.protocol.name, list(cfg.eval.ks)) == ("lambdaopt", [50, 100])
     dm.setup("fit")
     for which, evaluator in dm.evaluators.items():
-        assert (evaluator.protocol, evaluator.ties, evaluator.valid_candidates) == ("lambdaopt", "pessimistic", "clean"), which
+        assert (evaluator.protocol, evaluator.ties, evaluator.valid_candidates) == (
+            "lambdaopt",
+            "pessimistic",
+            "clean",
+        ), which
         assert evaluator.metric_names == ["auc", "hr@50", "ndcg@50", "hr@100", "ndcg@100"]
     assert dm.cache_key()["split"] == {"kind": "temporal_user", "rule": SPLIT_RULE_VERSION}
 
 
 def test_standard_protocol_and_paper_options(tmp_path: Path) -> None:
-    cfg, dm = _datamodule(tmp_path, ["protocol=standard", "protocol.split.kind=leave_one_out",
-                                     "eval.ties=paper", "eval.valid_candidates=paper"])
+    cfg, dm = _datamodule(
+        tmp_path,
+        ["protocol=standard", "protocol.split.kind=leave_one_out", "eval.ties=paper", "eval.valid_candidates=paper"],
+    )
     assert list(cfg.eval.ks) == [10, 20, 50]
     dm.setup("fit")
     evaluator = dm.evaluators["test"]
-    assert (evaluator.protocol, evaluator.ties, dm.evaluators["valid"].valid_candidates) == ("standard", "paper", "paper")
+    assert (evaluator.protocol, evaluator.ties, dm.evaluators["valid"].valid_candidates) == (
+        "standard",
+        "paper",
+        "paper",
+    )
     assert "recall@20" in evaluator.metric_names and "map@50" in evaluator.metric_names
     # leave-one-out: at most one test and one valid item per user
     split = dm.load_split()
     assert max(split.test_users.tolist().count(u) for u in set(split.test_users.tolist())) == 1
     # every split kind (and random_user's seed) is its own cache entry
-    keys = {str(_datamodule(tmp_path, ["protocol=standard", f"protocol.split.kind={kind}"])[1].cache_key())
-            for kind in ("temporal_user", "temporal_global", "random_user", "leave_one_out")}
-    keys.add(str(_datamodule(tmp_path, ["protocol=standard", "protocol.split.kind=random_user", "protocol.split.seed=3"])[1].cache_key()))
+    keys = {
+        str(_datamodule(tmp_path, ["protocol=standard", f"protocol.split.kind={kind}"])[1].cache_key())
+        for kind in ("temporal_user", "temporal_global", "random_user", "leave_one_out")
+    }
+    keys.add(
+        str(
+            _datamodule(tmp_path, ["protocol=standard", "protocol.split.kind=random_user", "protocol.split.seed=3"])[
+                1
+            ].cache_key()
+        )
+    )
     assert len(keys) == 5

@@ -112,13 +112,22 @@ def test_reproduce_table_refuses_mixed_commits(tmp_path: Path) -> None:
         run_dir = tmp_path / "results" / name
         (run_dir / ".hydra").mkdir(parents=True)
         (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
-        metrics = {"test": {"auc": 0.5}, "valid": {"auc": 0.5}, "method": "MF-λFix", "dataset": "synthetic", "seed": 0,
-                   "provenance": {"git_commit": commit, "split_fingerprint": "v1-s"}}
+        metrics = {
+            "test": {"auc": 0.5},
+            "valid": {"auc": 0.5},
+            "method": "MF-λFix",
+            "dataset": "synthetic",
+            "seed": 0,
+            "provenance": {"git_commit": commit, "split_fingerprint": "v1-s"},
+        }
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
     script = load_script("reproduce_table")
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "experiments" / "reproduce_table.py"), str(tmp_path / "results")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr
     assert "git_commit" in proc.stderr and str(tmp_path / "results" / "r2") in proc.stderr
@@ -127,7 +136,7 @@ def test_reproduce_table_refuses_mixed_commits(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_runs_record_provenance_and_allow_mixed_lists_them(finished_runs: Path, tmp_path: Path) -> None:
+def test_runs_record_provenance_and_allow_mixed_lists_them(finished_runs: Path, tmp_path: Path) -> None:  # noqa: F811 - a fixture
     """Real runs (through run.py) carry the block; one commit and split across them; a copy with
     one run's commit changed is refused, and tabulated with --allow-mixed, which lists that run."""
     blocks = [json.loads(p.read_text())["provenance"] for p in sorted(finished_runs.rglob("metrics.json"))]

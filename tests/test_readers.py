@@ -40,8 +40,7 @@ def test_movielens_dat_blank_lines_and_crlf(tmp_path: Path) -> None:
 
 
 def test_movielens_csv(tmp_path: Path) -> None:
-    f = _write(tmp_path / "ratings.csv",
-               "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.0,964981247\n")
+    f = _write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.0,964981247\n")
     assert _rows(readers.read_movielens_csv(f)) == [(1, 1, 964982703), (1, 3, 964981247)]
 
 
@@ -62,8 +61,7 @@ def test_ml100k_real_file(ml100k_path: Path) -> None:
         ("1::2::5::100\n1::2::5::100\n7::x::5::100\n", 3, "non-integer item id 'x'"),
     ],
 )
-def test_movielens_dat_errors_name_file_and_line(tmp_path: Path, text: str, line: int,
-                                                 what: str) -> None:
+def test_movielens_dat_errors_name_file_and_line(tmp_path: Path, text: str, line: int, what: str) -> None:
     f = _write(tmp_path / "ratings.dat", text)
     with pytest.raises(DataFormatError) as err:
         readers.read_movielens_dat(f)
@@ -103,8 +101,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------- Amazon
 
-KAGGLE_HEADER = ("Id,ProductId,UserId,ProfileName,HelpfulnessNumerator,HelpfulnessDenominator,"
-                 "Score,Time,Summary,Text\n")
+KAGGLE_HEADER = "Id,ProductId,UserId,ProfileName,HelpfulnessNumerator,HelpfulnessDenominator,Score,Time,Summary,Text\n"
 
 
 def test_amazon_kaggle_quoted_multiline(tmp_path: Path) -> None:
@@ -118,22 +115,23 @@ def test_amazon_kaggle_quoted_multiline(tmp_path: Path) -> None:
     )
     df = readers.read_amazon_kaggle_csv(_write(tmp_path / "Reviews.csv", text))
     assert df.schema["user"] == pl.String and df.schema["item"] == pl.String
-    assert _rows(df) == [("A3SGXH7AUHU8GW", "B001E4KFG0", 1303862400),
-                         ("A1D87F6ZCVE5NK", "B00813GRG4", 1346976000),
-                         ("ABXLMWJIXXAIN", "B000LQOCH0", 1219017600)]
+    assert _rows(df) == [
+        ("A3SGXH7AUHU8GW", "B001E4KFG0", 1303862400),
+        ("A1D87F6ZCVE5NK", "B00813GRG4", 1346976000),
+        ("ABXLMWJIXXAIN", "B000LQOCH0", 1219017600),
+    ]
 
 
 def test_amazon_kaggle_error_line_counts_embedded_newlines(tmp_path: Path) -> None:
     text = KAGGLE_HEADER + (
         '1,B1,U1,x,1,1,5,100,s,"two\nlines"\n'  # lines 2-3
         '2,B2,U2,"y\nz",1,1,5,200,s,t\n'  # lines 4-5
-        '3,B3,U3,w,1,1,5,notatime,s,t\n'  # line 6
+        "3,B3,U3,w,1,1,5,notatime,s,t\n"  # line 6
     )
     f = _write(tmp_path / "Reviews.csv", text)
     with pytest.raises(DataFormatError, match=r"line 6: non-integer timestamp 'notatime'"):
         readers.read_amazon_kaggle_csv(f)
-    f = _write(tmp_path / "R2.csv",
-               KAGGLE_HEADER + '1,B1,U1,x,1,1,5,100,s,"a\nb"\n2,B2,,x,1,1,5,1,s,t\n')
+    f = _write(tmp_path / "R2.csv", KAGGLE_HEADER + '1,B1,U1,x,1,1,5,100,s,"a\nb"\n2,B2,,x,1,1,5,1,s,t\n')
     with pytest.raises(DataFormatError, match=r"line 4: empty or missing user field"):
         readers.read_amazon_kaggle_csv(f)
 
@@ -152,7 +150,7 @@ SNAP = (
     "review/score: 5.0\n"
     "review/time: 1303862400\n"
     "review/summary: Good Quality Dog Food\n"
-    "review/text: I have bought several; odd bytes: \xe9\xff \"quotes\", commas\n"
+    'review/text: I have bought several; odd bytes: \xe9\xff "quotes", commas\n'
     "\n"
     "product/productId: B00813GRG4\n"
     "review/userId: A1D87F6ZCVE5NK\n"
@@ -170,8 +168,7 @@ def test_amazon_snap_gzip_with_odd_bytes(tmp_path: Path) -> None:
     f = tmp_path / "finefoods.txt.gz"
     f.write_bytes(gzip.compress(SNAP.encode("latin-1")))
     df = readers.read_amazon_snap(f)
-    assert _rows(df) == [("A3SGXH7AUHU8GW", "B001E4KFG0", 1303862400),
-                         ("A1D87F6ZCVE5NK", "B00813GRG4", 1346976000)]
+    assert _rows(df) == [("A3SGXH7AUHU8GW", "B001E4KFG0", 1303862400), ("A1D87F6ZCVE5NK", "B00813GRG4", 1346976000)]
 
 
 def test_amazon_snap_errors(tmp_path: Path) -> None:
@@ -210,8 +207,7 @@ def test_custom_headerless_with_column_names(tmp_path: Path) -> None:
 
 def test_custom_multichar_separator(tmp_path: Path) -> None:
     f = _write(tmp_path / "c.txt", "u::i::t\na::b::1\nc::d::2\n")
-    assert _rows(readers.read_custom(f, "u", "i", "t", separator="::")) == [("a", "b", 1),
-                                                                          ("c", "d", 2)]
+    assert _rows(readers.read_custom(f, "u", "i", "t", separator="::")) == [("a", "b", 1), ("c", "d", 2)]
     f = _write(tmp_path / "d.txt", "u::i::t\na::b::1\nc::d\n")
     with pytest.raises(DataFormatError, match=r"line 3: expected 3 fields"):
         readers.read_custom(f, "u", "i", "t", separator="::")

@@ -72,7 +72,9 @@ def test_penalty_grad_rows_and_add_penalty_grad_equal_autograd(name: str, scope:
 def test_add_penalty_grad_creates_missing_grad() -> None:
     model, gran = setup("dui")
     add_penalty_grad_(model, gran, USERS, POS, NEG, "batch", SCALE)
-    gP, _ = torch.autograd.grad(penalty(model, gran, USERS, POS, NEG, "batch", SCALE), [model.user_factors, model.item_factors])
+    gP, _ = torch.autograd.grad(
+        penalty(model, gran, USERS, POS, NEG, "batch", SCALE), [model.user_factors, model.item_factors]
+    )
     torch.testing.assert_close(model.user_factors.grad, gP, rtol=1e-12, atol=1e-14)
 
 

@@ -46,14 +46,28 @@ def finished_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.rmtree(root / "results", ignore_errors=True)
         results = root / "results"
         run_cli(
-            ["-m", *TINY_OVERRIDES, "model=fix", f"model.lambda_value={','.join(FIX_LAMBDAS)}", f"seed={SEEDS}",
-             f"hydra.sweep.dir={results / 'fix_sweep'}"],
+            [
+                "-m",
+                *TINY_OVERRIDES,
+                "model=fix",
+                f"model.lambda_value={','.join(FIX_LAMBDAS)}",
+                f"seed={SEEDS}",
+                f"hydra.sweep.dir={results / 'fix_sweep'}",
+            ],
             cwd=root,
         )
         run_cli(
-            ["-m", *TINY_OVERRIDES, "granularity=dui,du", f"seed={SEEDS}",
-             f"tracking.trajectories.every_n_steps={TRACK_EVERY}", "tracking.trajectories.full_vector=true",
-             "granularity.init=0.01", "lambda_optimizer.lr=0.5", f"hydra.sweep.dir={results / 'opt_sweep'}"],
+            [
+                "-m",
+                *TINY_OVERRIDES,
+                "granularity=dui,du",
+                f"seed={SEEDS}",
+                f"tracking.trajectories.every_n_steps={TRACK_EVERY}",
+                "tracking.trajectories.full_vector=true",
+                "granularity.init=0.01",
+                "lambda_optimizer.lr=0.5",
+                f"hydra.sweep.dir={results / 'opt_sweep'}",
+            ],
             cwd=root,
         )
         (root / "DONE").write_text("ok")
@@ -69,8 +83,18 @@ def table() -> ModuleType:
 def test_table_renders_every_row(finished_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "experiments" / "reproduce_table.py"), str(finished_runs), "--out", str(out), "--latex"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            str(REPO_ROOT / "experiments" / "reproduce_table.py"),
+            str(finished_runs),
+            "--out",
+            str(out),
+            "--latex",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     markdown = out.read_text()
@@ -80,7 +104,7 @@ def test_table_renders_every_row(finished_runs: Path, tmp_path: Path) -> None:
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines}
     order = [line.split(" | ")[0].lstrip("| ") for line in lines]
     paper_rows = ["SGDA", "AMF", "NeuMF", "MF-λFix", "MF-λOpt-D", "MF-λOpt-DU", "MF-λOpt-DI", "MF-λOpt-DUI"]
-    assert order[1:1 + len(paper_rows)] == paper_rows  # after the header, in the paper's order
+    assert order[1 : 1 + len(paper_rows)] == paper_rows  # after the header, in the paper's order
     for method in ("MF-λFix", "MF-λOpt-DU", "MF-λOpt-DUI"):
         cells = rows[method].strip("| ").split(" | ")
         assert cells[1] == "2", cells  # two seeds
@@ -140,7 +164,10 @@ def test_select_metric_option(finished_runs: Path, tmp_path: Path, table: Module
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "experiments" / "reproduce_table.py"), str(tmp_path / "nope")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
@@ -148,7 +175,13 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 def test_paper_results_match_method_md(table: ModuleType) -> None:
     """paper_results.yaml holds the table of docs/method.md (spot checks of every row's AUC)."""
     paper, aliases = table.load_paper()
-    assert paper["amazon_food"]["MF-λOpt-DUI"] == {"auc": 0.8743, "hr@50": 0.4470, "hr@100": 0.5251, "ndcg@50": 0.2946, "ndcg@100": 0.2920}
+    assert paper["amazon_food"]["MF-λOpt-DUI"] == {
+        "auc": 0.8743,
+        "hr@50": 0.4470,
+        "hr@100": 0.5251,
+        "ndcg@50": 0.2946,
+        "ndcg@100": 0.2920,
+    }
     assert paper["ml10m"]["MF-λFix"]["auc"] == 0.9497 and paper["ml10m"]["NeuMF"]["ndcg@100"] == 0.0865
     assert all(len(rows) == 8 for rows in paper.values()) and aliases["amazon_food_snap"] == "amazon_food"
 
@@ -159,9 +192,17 @@ def _fake_run(root: Path, name: str, control: str, valid_auc: float, test_auc: f
     (run / ".hydra" / "config.yaml").write_text(
         f"model:\n  name: fix\n  lambda_value: {lam}\ncontrol:\n  name: {control}\nseed: 0\n"
     )
-    metrics = {"test": {"auc": test_auc}, "valid": {"auc": valid_auc}, "best_epoch": 3, "model": "fix",
-               "method": "MF-λFix", "dataset": "ml100k", "seed": 0, "lambda_value": lam,
-               "control": {"name": control, "applied": control != "none"}}
+    metrics = {
+        "test": {"auc": test_auc},
+        "valid": {"auc": valid_auc},
+        "best_epoch": 3,
+        "model": "fix",
+        "method": "MF-λFix",
+        "dataset": "ml100k",
+        "seed": 0,
+        "lambda_value": lam,
+        "control": {"name": control, "applied": control != "none"},
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 

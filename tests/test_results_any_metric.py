@@ -30,17 +30,26 @@ def standard_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             return root / "results"
         shutil.rmtree(root / "results", ignore_errors=True)
         results = root / "results"
-        run_cli(["-m", *TINY, *STANDARD, "model=fix", "model.lambda_value=0,0.01",
-                 f"hydra.sweep.dir={results / 'fix'}"], cwd=root)
-        run_cli(["-m", *TINY, *STANDARD, "tracking.trajectories.every_n_steps=3",
-                 f"hydra.sweep.dir={results / 'dui'}"], cwd=root)
+        run_cli(
+            ["-m", *TINY, *STANDARD, "model=fix", "model.lambda_value=0,0.01", f"hydra.sweep.dir={results / 'fix'}"],
+            cwd=root,
+        )
+        run_cli(
+            ["-m", *TINY, *STANDARD, "tracking.trajectories.every_n_steps=3", f"hydra.sweep.dir={results / 'dui'}"],
+            cwd=root,
+        )
         (root / "DONE").write_text("ok")
     return results
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / f"{name}.py"), *args],
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "experiments" / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -52,8 +61,10 @@ def test_runs_record_protocol_metrics_and_beyond(standard_runs: Path) -> None:
     for key in ("coverage@20", "popularity_percentile@20", "gini@20", "coverage@5"):
         assert 0.0 <= beyond[key] <= 100.0, key
     assert [row["quintile"] for row in beyond["user_quintiles"]] == [1, 2, 3, 4, 5]
-    assert sum(row["users"] for row in beyond["user_quintiles"]) == pl.read_parquet(
-        next((standard_runs / "dui").glob("*/per_user_test.parquet"))).height
+    assert (
+        sum(row["users"] for row in beyond["user_quintiles"])
+        == pl.read_parquet(next((standard_runs / "dui").glob("*/per_user_test.parquet"))).height
+    )
     assert "recall@20" in beyond["item_quintiles"][0] and "ndcg@20" in beyond["user_quintiles"][0]
     logged = pl.read_csv(next((standard_runs / "dui").glob("*/csv/metrics.csv")))
     assert logged["test_beyond/coverage@20"].drop_nulls().to_list() == [beyond["coverage@20"]]
@@ -62,10 +73,14 @@ def test_runs_record_protocol_metrics_and_beyond(standard_runs: Path) -> None:
 
 @pytest.mark.slow
 def test_table_any_metric_and_layouts(standard_runs: Path, tmp_path: Path) -> None:
-    proc = _script("reproduce_table", str(standard_runs), "--metrics", "recall@20,ndcg@20", "--select-metric", "ndcg@20")
+    proc = _script(
+        "reproduce_table", str(standard_runs), "--metrics", "recall@20,ndcg@20", "--select-metric", "ndcg@20"
+    )
     assert proc.returncode == 0, proc.stderr
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| Method"))
-    assert header == "| Method | seeds | Recall@20 | NDCG@20 |"  # generic layout: the runs are not on the paper's protocol
+    assert (
+        header == "| Method | seeds | Recall@20 | NDCG@20 |"
+    )  # generic layout: the runs are not on the paper's protocol
     fix_row = next(line for line in proc.stdout.splitlines() if line.startswith("| MF-λFix |"))
     assert "±" in fix_row and "—" not in fix_row
     assert "selected by mean valid ndcg@20" in proc.stdout
@@ -80,8 +95,18 @@ def test_table_any_metric_and_layouts(standard_runs: Path, tmp_path: Path) -> No
 @pytest.mark.slow
 def test_figures_by_metric_name(standard_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "figs"
-    proc = _script("figures", str(standard_runs), "--out", str(out), "--metric", "ndcg@20",
-                   "--select-metric", "recall@20", "--fig2-metrics", "recall@20,ndcg@20")
+    proc = _script(
+        "figures",
+        str(standard_runs),
+        "--out",
+        str(out),
+        "--metric",
+        "ndcg@20",
+        "--select-metric",
+        "recall@20",
+        "--fig2-metrics",
+        "recall@20,ndcg@20",
+    )
     assert proc.returncode == 0, proc.stderr
     assert set(pl.read_csv(out / "fig2_synthetic.csv")["metric"].to_list()) == {"recall@20", "ndcg@20"}
     assert pl.read_csv(out / "fig7_synthetic.csv")["metric"].unique().to_list() == ["ndcg@20"]
@@ -110,14 +135,23 @@ def test_recommend_from_a_run(standard_runs: Path, tmp_path: Path, monkeypatch: 
     assert per_user.height == split.n_users and set(per_user["len"].to_list()) == {7}
     assert all(r == list(range(1, 8)) for r in per_user["rank"].to_list())
     # raw ids round-trip and no train/valid item is recommended
-    seen = set(zip(split.user_ids[np.concatenate([split.train_users, split.valid_users])].tolist(),
-                   split.item_ids[np.concatenate([split.train_items, split.valid_items])].tolist(), strict=True))
+    seen = set(
+        zip(
+            split.user_ids[np.concatenate([split.train_users, split.valid_users])].tolist(),
+            split.item_ids[np.concatenate([split.train_items, split.valid_items])].tolist(),
+            strict=True,
+        )
+    )
     pairs = set(zip(recs["raw_user_id"].to_list(), recs["raw_item_id"].to_list(), strict=True))
     assert len(pairs) == recs.height and not pairs & seen
     assert set(recs["raw_item_id"].to_list()) <= set(split.item_ids.tolist())
     # scores descend with the rank
-    assert recs.sort("raw_user_id", "rank").group_by("raw_user_id", maintain_order=True).agg(
-        (pl.col("score").diff() <= 0).drop_nulls().all())["score"].all()
+    assert (
+        recs.sort("raw_user_id", "rank")
+        .group_by("raw_user_id", maintain_order=True)
+        .agg((pl.col("score").diff() <= 0).drop_nulls().all())["score"]
+        .all()
+    )
     # a user file: only those users, in their order; an unknown id names the file and line
     chosen = [str(split.user_ids[5]), str(split.user_ids[2])]
     users_file = tmp_path / "users.txt"

@@ -59,11 +59,14 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_step", [7, 16])  # mid-epoch (an epoch has 15 batches) and just past an epoch end
-def test_sigterm_mid_epoch_then_resume_matches(tmp_path: Path, monkeypatch, uninterrupted: dict, stop_step: int) -> None:
+def test_sigterm_mid_epoch_then_resume_matches(
+    tmp_path: Path, monkeypatch, uninterrupted: dict, stop_step: int
+) -> None:
     run_dir, data_dir = tmp_path / "run", tmp_path / "data"
     original = train.build_tracking_callbacks
     monkeypatch.setattr(
-        train, "build_tracking_callbacks",
+        train,
+        "build_tracking_callbacks",
         lambda *a: [*original(*a), _SignalAtStep(stop_step, signal.SIGTERM)],
     )
     previous = signal.getsignal(signal.SIGTERM)
@@ -86,9 +89,7 @@ def test_sigterm_mid_epoch_then_resume_matches(tmp_path: Path, monkeypatch, unin
 @pytest.mark.slow
 def test_sigusr1_checkpoints_and_continues(tmp_path: Path, monkeypatch, uninterrupted: dict) -> None:
     original = train.build_tracking_callbacks
-    monkeypatch.setattr(
-        train, "build_tracking_callbacks", lambda *a: [*original(*a), _SignalAtStep(5, signal.SIGUSR1)]
-    )
+    monkeypatch.setattr(train, "build_tracking_callbacks", lambda *a: [*original(*a), _SignalAtStep(5, signal.SIGUSR1)])
     metrics = train.run(_cfg(tmp_path / "run", tmp_path / "data"))
     assert metrics["test"] == uninterrupted["test"]  # the checkpoint did not disturb training
 
@@ -106,8 +107,13 @@ def test_cli_kill_and_resume(tmp_path: Path) -> None:
     args = [*OVERRIDES, "trainer.max_epochs=6", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "WANDB_MODE": "disabled", "LOPT_DATA_DIR": str(tmp_path / "data")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "run.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -61,9 +61,7 @@ def test_contains_matches_dense_truth_in_both_modes() -> None:
     qu, qi = np.divmod(np.arange(N_USERS * N_ITEMS), N_ITEMS)
     for sampler in _samplers(users, items):
         assert np.array_equal(sampler.contains(qu, qi), dense[qu, qi])
-        assert np.array_equal(
-            sampler.contains(qu[:3], qi[:3]), dense[qu[:3], qi[:3]]
-        )  # small batch
+        assert np.array_equal(sampler.contains(qu[:3], qi[:3]), dense[qu[:3], qi[:3]])  # small batch
     assert np.array_equal(_samplers(users, items)[0].n_allowed, N_ITEMS - dense.sum(axis=1))
 
 

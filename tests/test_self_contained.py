@@ -23,8 +23,13 @@ BINARY = {".png", ".npz", ".parquet", ".ckpt", ".gz", ".zip", ".pt", ".jpg"}
 def repository_files() -> list[str]:
     """Files git would commit (tracked, or untracked and not ignored)."""
     try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     files = [f for f in out.splitlines() if (REPO_ROOT / f).is_file() and Path(f).suffix not in BINARY]
@@ -46,8 +51,10 @@ def problems_in(relative: str, text: str) -> list[str]:
             prefix, page = match.group(1), f"{match.group(2)}.md"
             base = (REPO_ROOT / relative).parent if relative.startswith("docs/") else REPO_ROOT
             if not (base / prefix / page).is_file():
-                found.append(f"{where}: {prefix}{page} is not a page of the repository (docs/ has the method, "
-                             "protocol, configuration, results and recipes pages)")
+                found.append(
+                    f"{where}: {prefix}{page} is not a page of the repository (docs/ has the method, "
+                    "protocol, configuration, results and recipes pages)"
+                )
     return found
 
 
@@ -70,5 +77,5 @@ def test_the_scan_catches_what_it_should() -> None:
     assert problems_in("lopt/x.py", "cache at /work/main/data")
     assert not problems_in("tests/test_x.py", 'SHARED = REPO_ROOT.parent / "shared" / "data"')
     assert not problems_in("experiments/bench.py", "--ratings ../shared/data/ml-100k/u.data")
-    assert not problems_in("lopt/x.py", "(docs/method.md, \"Training\")")
+    assert not problems_in("lopt/x.py", '(docs/method.md, "Training")')
     assert not problems_in("docs/recipes.md", "see [results.md](results.md)")

@@ -38,15 +38,32 @@ def _batch(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.T
 
 def _fit_one_step(module: L.LightningModule, batch: dict) -> None:
     trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", devices=1, precision="64-true", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
 
 
 def _sgda_from_config(seed: int):
-    cfg = _compose(["model=sgda", "optimizer=sgd", f"model.dim={D}", "model.init_std=0.5",
-                    f"optimizer.lr={THETA_LR}", f"lambda_optimizer.lr={LAMBDA_LR}", f"granularity.init={LAMBDA_INIT}"])
+    cfg = _compose(
+        [
+            "model=sgda",
+            "optimizer=sgd",
+            f"model.dim={D}",
+            "model.init_std=0.5",
+            f"optimizer.lr={THETA_LR}",
+            f"lambda_optimizer.lr={LAMBDA_LR}",
+            f"granularity.init={LAMBDA_INIT}",
+        ]
+    )
     torch.manual_seed(seed)
     return build_module(cfg, NU, NI), cfg
 
@@ -69,20 +86,27 @@ def test_one_sgda_step_equals_a_lambda_opt_step() -> None:
     assert type(sgda) is LambdaOptModule and sgda.granularity.name == "dsep"
     torch.manual_seed(7)
     lopt = LambdaOptModule(
-        NU, NI, D, 0.5,
+        NU,
+        NI,
+        D,
+        0.5,
         optimizer=functools.partial(torch.optim.SGD, lr=THETA_LR),
         granularity=LambdaGranularity("dsep", NU, NI, D, LAMBDA_INIT),
         lambda_optimizer=functools.partial(LambdaSGD, lr=LAMBDA_LR),
-        grad_clip_norm=cfg.model.grad_clip_norm, lambda_grad_clip_norm=cfg.model.lambda_grad_clip_norm,
+        grad_clip_norm=cfg.model.grad_clip_norm,
+        lambda_grad_clip_norm=cfg.model.lambda_grad_clip_norm,
         name="lambda_opt",
     )
     assert torch.equal(sgda.model.user_factors, lopt.model.user_factors)
     batch = _batch()
     _fit_one_step(sgda, batch)
     _fit_one_step(lopt, batch)
-    for a, b in ((sgda.model.user_factors, lopt.model.user_factors), (sgda.model.item_factors, lopt.model.item_factors),
-                 (sgda.granularity.lambda_user, lopt.granularity.lambda_user),
-                 (sgda.granularity.lambda_item, lopt.granularity.lambda_item)):
+    for a, b in (
+        (sgda.model.user_factors, lopt.model.user_factors),
+        (sgda.model.item_factors, lopt.model.item_factors),
+        (sgda.granularity.lambda_user, lopt.granularity.lambda_user),
+        (sgda.granularity.lambda_item, lopt.granularity.lambda_item),
+    ):
         assert torch.equal(a, b)
     assert not torch.equal(sgda.granularity.lambda_user, torch.full((1, D), LAMBDA_INIT, dtype=torch.float64))
 
@@ -101,8 +125,9 @@ def test_sgda_step_is_rendles_update() -> None:
     vu, vp, vn = batch["valid"]
 
     def omega(P, Q, lam_p, lam_q):
-        return ((lam_p * P[users].square()).sum() + (lam_q * Q[pos].square()).sum()
-                + (lam_q * Q[neg].square()).sum()) / B
+        return (
+            (lam_p * P[users].square()).sum() + (lam_q * Q[pos].square()).sum() + (lam_q * Q[neg].square()).sum()
+        ) / B
 
     def theta_step(lam_p, lam_q):
         P, Q = P0.clone().requires_grad_(), Q0.clone().requires_grad_()

@@ -55,9 +55,7 @@ def _cluster_problem(env: dict[str, str]) -> str | None:
         if ping.returncode != 0:
             said = ((ping.stdout + ping.stderr).strip().splitlines() or ["no output"])[0]
             return f"slurmctld is not answering `scontrol ping` ({said})"
-        proc = subprocess.run(
-            ["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20
-        )
+        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
         return "`scontrol ping`/`sinfo` did not answer within 20 s (is slurmctld running?)"
     if proc.returncode != 0:
@@ -80,8 +78,10 @@ def slurm_env(tmp_path_factory) -> dict[str, str]:
     problem = _cluster_problem(env)
     if problem:
         if os.environ.get("CI", "").lower() in {"true", "1"}:
-            pytest.fail(f"CI=true but no usable SLURM cluster: {problem}. `.ci/run` must start it "
-                        f"with `.ci/slurm.sh start` and source {SLURM_ENV_FILE} before pytest.")
+            pytest.fail(
+                f"CI=true but no usable SLURM cluster: {problem}. `.ci/run` must start it "
+                f"with `.ci/slurm.sh start` and source {SLURM_ENV_FILE} before pytest."
+            )
         pytest.skip(f"no SLURM cluster: {problem}")
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # .pyc files halve each job's `import lightning`
     env["WANDB_MODE"] = "disabled"
@@ -111,8 +111,9 @@ def _start(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
     """Start the CLI from the test's folder (SLURM jobs inherit it as their working directory).
     Own process group, so a timeout kills the launcher and anything it spawned."""
     with log_path.open("w") as log:
-        return subprocess.Popen(cmd, cwd=log_path.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=log_path.parent, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -126,8 +127,9 @@ def _job_ids(sweep_dir: Path) -> list[str]:
     sub = sweep_dir / ".submitit"
     if not sub.is_dir():
         return []
-    return sorted(p.name for p in sub.iterdir() if re.fullmatch(r"\d+_\d+|\d+", p.name)
-                  and any(p.glob("*_submitted.pkl")))
+    return sorted(
+        p.name for p in sub.iterdir() if re.fullmatch(r"\d+_\d+|\d+", p.name) and any(p.glob("*_submitted.pkl"))
+    )
 
 
 def _cancel(sweep_dir: Path, env: dict[str, str]) -> None:
@@ -143,8 +145,7 @@ def _diagnostics(sweep_dir: Path, cli_log: Path, env: dict[str, str]) -> str:
     for path in sorted(sweep_dir.rglob("*")):
         if path.is_file() and (path.suffix in {".out", ".err", ".log"}):
             parts += [f"--- {path} ---", path.read_text(errors="replace")[-3000:]]
-    queue = subprocess.run(["squeue", "-a", "-o", "%i %T %r %j"], env=env, capture_output=True,
-                           text=True, timeout=30)
+    queue = subprocess.run(["squeue", "-a", "-o", "%i %T %r %j"], env=env, capture_output=True, text=True, timeout=30)
     parts += ["--- squeue ---", queue.stdout + queue.stderr]
     return "\n".join(parts)
 
@@ -174,8 +175,10 @@ def test_two_job_multirun_on_slurm(slurm_env, tiny_overrides, tmp_path, capsys, 
     except subprocess.TimeoutExpired:
         _stop(proc)
         _cancel(sweep_dir, slurm_env)
-        pytest.fail(f"multirun did not finish within {MULTIRUN_TIMEOUT_S} s: {shlex.join(cmd)}\n"
-                    + _diagnostics(sweep_dir, cli_log, slurm_env))
+        pytest.fail(
+            f"multirun did not finish within {MULTIRUN_TIMEOUT_S} s: {shlex.join(cmd)}\n"
+            + _diagnostics(sweep_dir, cli_log, slurm_env)
+        )
     if rc != 0:
         _cancel(sweep_dir, slurm_env)
     wall_s = time.monotonic() - start
@@ -186,8 +189,10 @@ def test_two_job_multirun_on_slurm(slurm_env, tiny_overrides, tmp_path, capsys, 
     assert rc == 0, f"multirun failed (rc={rc}): {shlex.join(cmd)}\n" + _diagnostics(sweep_dir, cli_log, slurm_env)
     assert len(_job_ids(sweep_dir)) == 2, f"expected 2 SLURM jobs, found {_job_ids(sweep_dir)}"
     job_dirs = _job_dirs_with(sweep_dir, "metrics.json")
-    assert len(job_dirs) == 2, (f"expected metrics.json from 2 jobs under {sweep_dir}, found {job_dirs}\n"
-                                + _diagnostics(sweep_dir, cli_log, slurm_env))
+    assert len(job_dirs) == 2, (
+        f"expected metrics.json from 2 jobs under {sweep_dir}, found {job_dirs}\n"
+        + _diagnostics(sweep_dir, cli_log, slurm_env)
+    )
     seeds = {json.loads((d / "metrics.json").read_text()).get("seed") for d in job_dirs}
     assert seeds == {1, 2}, f"each job must run its own seed, got {seeds}"
     for d in job_dirs:
@@ -196,11 +201,13 @@ def test_two_job_multirun_on_slurm(slurm_env, tiny_overrides, tmp_path, capsys, 
 
 def _nudge_requeued(job_id: str, env: dict[str, str]) -> None:
     """SLURM holds a requeued job back ~2 minutes (Reason=BeginTime); start it now instead."""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], env=env, capture_output=True,
-                         text=True, timeout=30).stdout.split()
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T %r"], env=env, capture_output=True, text=True, timeout=30
+    ).stdout.split()
     if out[:2] == ["PENDING", "BeginTime"]:
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env,
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, capture_output=True, timeout=30
+        )
 
 
 def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tiny_overrides, tmp_path):
@@ -219,18 +226,23 @@ def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tiny_overrides, tm
             ckpt = found[0] if found else None
             time.sleep(0.2)
         if ckpt is None:
-            why = ("the multirun ended before any checkpoints/last.ckpt appeared (raise "
-                   "LOPT_TEST_PREEMPT_EPOCHS if the job was too quick)" if proc.poll() is not None
-                   else f"no checkpoints/last.ckpt within {PREEMPT_TIMEOUT_S} s")
+            why = (
+                "the multirun ended before any checkpoints/last.ckpt appeared (raise "
+                "LOPT_TEST_PREEMPT_EPOCHS if the job was too quick)"
+                if proc.poll() is not None
+                else f"no checkpoints/last.ckpt within {PREEMPT_TIMEOUT_S} s"
+            )
             pytest.fail(why + "\n" + _diagnostics(sweep_dir, cli_log, slurm_env))
         (job_id,) = _job_ids(sweep_dir)
         job_dir = ckpt.parent.parent
         assert not (job_dir / "metrics.json").exists(), (
-            f"job {job_id} already finished when its first checkpoint appeared; raise LOPT_TEST_PREEMPT_EPOCHS")
+            f"job {job_id} already finished when its first checkpoint appeared; raise LOPT_TEST_PREEMPT_EPOCHS"
+        )
 
         # 2. Requeue it, as preemption would: SIGTERM now, SIGKILL after KillWait, back to the queue.
-        requeue = subprocess.run(["scontrol", "requeue", job_id], env=slurm_env, capture_output=True,
-                                 text=True, timeout=30)
+        requeue = subprocess.run(
+            ["scontrol", "requeue", job_id], env=slurm_env, capture_output=True, text=True, timeout=30
+        )
         assert requeue.returncode == 0, f"scontrol requeue {job_id} failed: {requeue.stderr}"
 
         # 3. Wait for the restarted job and the launcher to finish.
@@ -239,8 +251,10 @@ def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tiny_overrides, tm
             time.sleep(1)
         if proc.poll() is None:
             _stop(proc)
-            pytest.fail(f"requeued multirun did not finish within {PREEMPT_TIMEOUT_S} s\n"
-                        + _diagnostics(sweep_dir, cli_log, slurm_env))
+            pytest.fail(
+                f"requeued multirun did not finish within {PREEMPT_TIMEOUT_S} s\n"
+                + _diagnostics(sweep_dir, cli_log, slurm_env)
+            )
     finally:
         _stop(proc)
         if proc.returncode != 0:  # failed or killed: leave nothing running on the CI node
@@ -248,8 +262,9 @@ def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tiny_overrides, tm
 
     diagnostics = _diagnostics(sweep_dir, cli_log, slurm_env)
     assert proc.returncode == 0, f"requeued multirun failed (rc={proc.returncode})\n{diagnostics}"
-    restarts = subprocess.run(["scontrol", "show", "job", job_id], env=slurm_env, capture_output=True,
-                              text=True, timeout=30).stdout
+    restarts = subprocess.run(
+        ["scontrol", "show", "job", job_id], env=slurm_env, capture_output=True, text=True, timeout=30
+    ).stdout
     match = re.search(r"Restarts=(\d+)", restarts)
     assert match is None or int(match.group(1)) >= 1, f"job {job_id} was not restarted:\n{restarts}"
     assert (job_dir / "metrics.json").is_file(), f"the resumed job wrote no {job_dir}/metrics.json\n{diagnostics}"

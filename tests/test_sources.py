@@ -16,20 +16,30 @@ from lopt.data.sources import AmazonFoodSource, CustomSource, MovieLensSource, S
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 DATASET_FILES = sorted(CONF.glob("*.yaml"))
-PREPROCESS_KEYS = {"min_users_per_item", "min_items_per_user", "iterative", "test_ratio",
-                   "valid_ratio"}
+PREPROCESS_KEYS = {"min_users_per_item", "min_items_per_user", "iterative", "test_ratio", "valid_ratio"}
 
 
 def test_expected_dataset_configs_exist() -> None:
     names = {p.stem for p in DATASET_FILES}
-    assert {"synthetic", "ml100k", "ml1m", "ml10m", "ml20m", "ml25m", "ml_latest_small",
-            "amazon_food", "amazon_food_snap", "custom"} <= names
+    assert {
+        "synthetic",
+        "ml100k",
+        "ml1m",
+        "ml10m",
+        "ml20m",
+        "ml25m",
+        "ml_latest_small",
+        "amazon_food",
+        "amazon_food_snap",
+        "custom",
+    } <= names
 
 
 @pytest.mark.parametrize("conf_path", DATASET_FILES, ids=lambda p: p.stem)
 def test_dataset_config_instantiates(conf_path: Path, tmp_path: Path) -> None:
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")},
-                            "dataset": OmegaConf.load(conf_path)})
+    cfg = OmegaConf.create(
+        {"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")}, "dataset": OmegaConf.load(conf_path)}
+    )
     if cfg.dataset.name == "custom":
         cfg.dataset.source.path = str(tmp_path / "x.csv")
     assert set(cfg.dataset) - {"download"} == {"name", "source", "preprocess"}
@@ -73,16 +83,18 @@ def test_file_fingerprint_tracks_content_and_options(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("make", "key"),
-    [(lambda: MovieLensSource("x", "txt"), "dataset.source.format"),
-     (lambda: MovieLensSource("x", "dat", archive="ml-5m"), "dataset.source.archive"),
-     (lambda: AmazonFoodSource("x", "json"), "dataset.source.format"),
-     (lambda: CustomSource("???", "u", "i", "t"), "dataset.source.path"),
-     (lambda: CustomSource("x", "u", "u", "t"), "dataset.source.user_col"),
-     (lambda: CustomSource("x", None, "i", "t"), "dataset.source.user_col"),
-     (lambda: CustomSource("x", "u", "i", "t", separator=""), "dataset.source.separator"),
-     (lambda: CustomSource("x", "u", "i", "t", file_format="xlsx"), "dataset.source.file_format"),
-     (lambda: SyntheticSource(10, 10, 5, 2, 0.5, 0.5, 0.3, 0), "dataset.source.n_interactions"),
-     (lambda: SyntheticSource(10, 10, 50, 2, 0.5, 0.5, 0.3, -1), "dataset.source.seed")],
+    [
+        (lambda: MovieLensSource("x", "txt"), "dataset.source.format"),
+        (lambda: MovieLensSource("x", "dat", archive="ml-5m"), "dataset.source.archive"),
+        (lambda: AmazonFoodSource("x", "json"), "dataset.source.format"),
+        (lambda: CustomSource("???", "u", "i", "t"), "dataset.source.path"),
+        (lambda: CustomSource("x", "u", "u", "t"), "dataset.source.user_col"),
+        (lambda: CustomSource("x", None, "i", "t"), "dataset.source.user_col"),
+        (lambda: CustomSource("x", "u", "i", "t", separator=""), "dataset.source.separator"),
+        (lambda: CustomSource("x", "u", "i", "t", file_format="xlsx"), "dataset.source.file_format"),
+        (lambda: SyntheticSource(10, 10, 5, 2, 0.5, 0.5, 0.3, 0), "dataset.source.n_interactions"),
+        (lambda: SyntheticSource(10, 10, 50, 2, 0.5, 0.5, 0.3, -1), "dataset.source.seed"),
+    ],
 )
 def test_bad_arguments_name_the_config_key(make, key: str) -> None:
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -98,8 +110,7 @@ def test_missing_file_without_archive(tmp_path: Path) -> None:
     assert "kaggle.com" in msg
 
 
-def test_download_failure_names_path_url_and_override(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_failure_names_path_url_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = "http://127.0.0.1:9/ml-100k.zip"  # discard port: connection refused, no network
     monkeypatch.setitem(ARCHIVES, "ml-100k", Archive(url, "ml-100k/u.data", None))
     target = tmp_path / "ml-100k" / "u.data"
@@ -110,8 +121,7 @@ def test_download_failure_names_path_url_and_override(tmp_path: Path,
     assert not target.exists()
 
 
-def test_download_extracts_member_atomically(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_extracts_member_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     zip_path = tmp_path / "served" / "ml-1m.zip"
     zip_path.parent.mkdir()
     with zipfile.ZipFile(zip_path, "w") as zf:
@@ -125,8 +135,7 @@ def test_download_extracts_member_atomically(tmp_path: Path,
 
     monkeypatch.setattr(download, "_fetch", fake_fetch)
     target = tmp_path / "data" / "ml-1m" / "ratings.dat"
-    source = MovieLensSource(None, "dat", archive="ml-1m", default_path=target,
-                             lock_dir=tmp_path / "cache")
+    source = MovieLensSource(None, "dat", archive="ml-1m", default_path=target, lock_dir=tmp_path / "cache")
     assert source.load().rows() == [(1, 2, 100), (2, 3, 200)]
     assert calls == [target.parent] and target.is_file()
     assert sorted(p.name for p in target.parent.iterdir()) == ["ratings.dat"]  # no lock file beside
@@ -136,8 +145,7 @@ def test_download_extracts_member_atomically(tmp_path: Path,
 
 
 def test_registry_has_all_movielens_archives() -> None:
-    assert set(ARCHIVES) == {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m",
-                             "ml-latest-small"}
+    assert set(ARCHIVES) == {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small"}
     for name, spec in ARCHIVES.items():
         assert spec.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
         assert spec.known_hash is None or spec.known_hash.split(":")[0] in ("md5", "sha256")

@@ -20,8 +20,13 @@ from tests.e2e import REPO_ROOT, TINY_OVERRIDES
 from tests.test_resume import _SignalAtStep
 
 RESUME_OVERRIDES = [
-    *TINY_OVERRIDES, "optimizer=sparse_adam", "optimizer.lr=0.01", "trainer.max_epochs=3",
-    "data.batch_size=128", "data.valid_batch_size=96", "seed=3",
+    *TINY_OVERRIDES,
+    "optimizer=sparse_adam",
+    "optimizer.lr=0.01",
+    "trainer.max_epochs=3",
+    "data.batch_size=128",
+    "data.valid_batch_size=96",
+    "seed=3",
 ]
 
 
@@ -38,9 +43,12 @@ def _cfg(run_dir: Path, data_dir: Path, overrides: list[str]):  # type: ignore[n
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
-    [["model=fix", "model.lambda_value=0.01"], ["model=fix", "optimizer=sparse_adagrad"],
-     *[[f"granularity={g}"] for g in GRANULARITY_NAMES if g != "fix"],
-     ["model=sgda", "optimizer=sparse_sgd"]],
+    [
+        ["model=fix", "model.lambda_value=0.01"],
+        ["model=fix", "optimizer=sparse_adagrad"],
+        *[[f"granularity={g}"] for g in GRANULARITY_NAMES if g != "fix"],
+        ["model=sgda", "optimizer=sparse_sgd"],
+    ],
     ids=["fix", "fix-adagrad", *[g for g in GRANULARITY_NAMES if g != "fix"], "sgda"],
 )
 def test_methods_train_with_row_sparse_optimizers(tmp_path: Path, overrides: list[str]) -> None:

@@ -36,7 +36,11 @@ ALL = {**SPARSE, **FUSED}
 
 
 def random_batch(gen: torch.Generator, n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.randint(0, NU, (n,), generator=gen), torch.randint(0, NI, (n,), generator=gen), torch.randint(0, NI, (n,), generator=gen))
+    return (
+        torch.randint(0, NU, (n,), generator=gen),
+        torch.randint(0, NI, (n,), generator=gen),
+        torch.randint(0, NI, (n,), generator=gen),
+    )
 
 
 def real_step(model, gran, opt, batch, scope: str, clip: float | None) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -74,7 +78,9 @@ CASES = [(o, s) for o in ALL for s in _scopes(o)]
 @pytest.mark.parametrize("clip", [None, CLIP], ids=["noclip", "clip"])
 @pytest.mark.parametrize("gran_name", GRANULARITY_NAMES)
 @pytest.mark.parametrize(("opt_name", "scope"), CASES, ids=[f"{o}-{s}" for o, s in CASES])
-def test_lookahead_equals_real_step(opt_name: str, scope: str, gran_name: str, clip: float | None, prior_steps: int) -> None:
+def test_lookahead_equals_real_step(
+    opt_name: str, scope: str, gran_name: str, clip: float | None, prior_steps: int
+) -> None:
     model, gran, opt = build(opt_name, gran_name, scope, clip, prior_steps)
     P, Q = model.user_factors, model.item_factors
     opt.zero_grad()
@@ -83,7 +89,9 @@ def test_lookahead_equals_real_step(opt_name: str, scope: str, gran_name: str, c
     user_rows = torch.unique(VALID[0])
     item_rows = torch.unique(torch.cat([VALID[1], VALID[2]]))
     with torch.no_grad():
-        la_p, la_q = lookahead_rows(model, opt, gran, TRAIN, user_rows, item_rows, scope=scope, scale=SCALE, clip_norm=clip)
+        la_p, la_q = lookahead_rows(
+            model, opt, gran, TRAIN, user_rows, item_rows, scope=scope, scale=SCALE, clip_norm=clip
+        )
         la_loss = lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope=scope, scale=SCALE, clip_norm=clip)
     add_penalty_grad_(model, gran, *TRAIN, scope, SCALE)
     norm = clip_grad_norm_(model, clip)

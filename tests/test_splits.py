@@ -38,11 +38,13 @@ def _scores(split) -> torch.Tensor:
 def test_shuffled_file_gives_the_same_split_and_metrics(tmp_path, kind):
     rng = np.random.default_rng(0)
     n = 3000
-    frame = pl.DataFrame({
-        "user": rng.integers(1, 60, n),
-        "item": rng.integers(1, 200, n),
-        "timestamp": rng.integers(0, 8, n) * 1000,  # 8 distinct times: ties everywhere
-    })
+    frame = pl.DataFrame(
+        {
+            "user": rng.integers(1, 60, n),
+            "item": rng.integers(1, 200, n),
+            "timestamp": rng.integers(0, 8, n) * 1000,  # 8 distinct times: ties everywhere
+        }
+    )
     _write_tab(tmp_path / "a.data", frame)
     _write_tab(tmp_path / "b.data", frame[rng.permutation(n)])
     a = prepare_split(read_movielens_tab(tmp_path / "a.data"), **PAPER, split_kind=kind)

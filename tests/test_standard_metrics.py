@@ -66,7 +66,10 @@ def test_matches_torchmetrics_per_user(ties, seed, levels):
     assert list(ours) == metric_names(ks, "standard")
     for name, values in want.items():
         torch.testing.assert_close(
-            ours[name], torch.tensor(values, dtype=torch.float64), rtol=1e-6, atol=1e-6,
+            ours[name],
+            torch.tensor(values, dtype=torch.float64),
+            rtol=1e-6,
+            atol=1e-6,
             msg=lambda m, name=name: f"{name}: {m}",
         )
     # AUC is the lambdaopt protocol's (positives against the candidates only)

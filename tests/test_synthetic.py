@@ -9,8 +9,9 @@ import pytest
 from lopt.data.synthetic import generate_interactions
 from lopt.data.types import CANONICAL_COLUMNS
 
-DEFAULT = dict(n_users=2000, n_items=1000, n_interactions=60_000, rank=8, user_alpha=0.6,
-               item_alpha=0.9, noise=0.3, seed=0)  # = conf/dataset/synthetic.yaml
+DEFAULT = dict(
+    n_users=2000, n_items=1000, n_interactions=60_000, rank=8, user_alpha=0.6, item_alpha=0.9, noise=0.3, seed=0
+)  # = conf/dataset/synthetic.yaml
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,7 @@ def test_planted_low_rank_beats_popularity(frame: pl.DataFrame) -> None:
     """A rank-8 truncated SVD of each user's older 80% ranks the newest 20% far better than
     item popularity does (HR@50 over the items the user has not seen)."""
     n_users, n_items = DEFAULT["n_users"], DEFAULT["n_items"]
-    ranked = frame.with_columns(pl.int_range(pl.len()).over("user").alias("pos"),
-                                pl.len().over("user").alias("n"))
+    ranked = frame.with_columns(pl.int_range(pl.len()).over("user").alias("pos"), pl.len().over("user").alias("n"))
     is_test = pl.col("pos") >= pl.col("n") - (pl.col("n") * 0.2).floor()
     train, test = ranked.filter(~is_test), ranked.filter(is_test)
     x = np.zeros((n_users, n_items), np.float32)
@@ -77,10 +77,14 @@ def test_edge_sizes() -> None:
 
 @pytest.mark.parametrize(
     ("change", "key"),
-    [({"n_interactions": 10}, "n_interactions"), ({"n_interactions": 10**9}, "n_interactions"),
-     ({"noise": 0.0}, "noise"), ({"rank": 0}, "rank"), ({"item_alpha": -1.0}, "item_alpha")],
+    [
+        ({"n_interactions": 10}, "n_interactions"),
+        ({"n_interactions": 10**9}, "n_interactions"),
+        ({"noise": 0.0}, "noise"),
+        ({"rank": 0}, "rank"),
+        ({"item_alpha": -1.0}, "item_alpha"),
+    ],
 )
 def test_invalid_parameters_name_the_key(change: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        generate_interactions(**{**DEFAULT, "n_users": 100, "n_items": 50,
-                                 "n_interactions": 500, **change})
+        generate_interactions(**{**DEFAULT, "n_users": 100, "n_items": 50, "n_interactions": 500, **change})

@@ -20,7 +20,13 @@ from lopt.tracking.callbacks import (
     build_tracking_callbacks,
 )
 from lopt.tracking.lambda_stats import lambda_histogram, lambda_statistics, quantile_key, quantile_sample
-from lopt.tracking.trajectories import TRAJECTORY_SCHEMA, TrajectoryRecorder, choose_by_strata, choose_tracked, thin_steps
+from lopt.tracking.trajectories import (
+    TRAJECTORY_SCHEMA,
+    TrajectoryRecorder,
+    choose_by_strata,
+    choose_tracked,
+    thin_steps,
+)
 from tests.e2e import REPO_ROOT
 from tests.test_reproduce_table import TRACK_EVERY, finished_runs  # noqa: F401 - shared fixture
 
@@ -50,13 +56,19 @@ def test_statistics_equal_those_of_the_dense_lambda(name: str) -> None:
         assert flat.min() <= stats["q10"] <= stats["q50"] <= stats["q90"] <= flat.max()
     per_dim = lambda_statistics(g.user_storage.detach(), quantiles=(), per_dim=True)
     width = g.user_storage.shape[1]
-    assert [per_dim[f"dim_mean/{k:03d}"] for k in range(width)] == pytest.approx(g.user_storage.detach().mean(0).tolist())
+    assert [per_dim[f"dim_mean/{k:03d}"] for k in range(width)] == pytest.approx(
+        g.user_storage.detach().mean(0).tolist()
+    )
 
 
 def test_quantiles_on_a_fixed_sample_and_keys() -> None:
     values = torch.rand(5000, 4)
     sample = quantile_sample(values.numel(), 2000, seed=3, device=values.device)
-    assert sample is not None and len(sample) == 2000 and torch.equal(sample, quantile_sample(values.numel(), 2000, 3, values.device))
+    assert (
+        sample is not None
+        and len(sample) == 2000
+        and torch.equal(sample, quantile_sample(values.numel(), 2000, 3, values.device))
+    )
     stats = lambda_statistics(values, (0.5,), per_dim=False, sample=sample)
     assert stats["q50"] == pytest.approx(0.5, abs=0.05)
     assert quantile_sample(100, 2000, 0, values.device) is None
@@ -105,7 +117,9 @@ def _split(n_users: int = 40, n_items: int = 20) -> PreparedSplit:
     users = rng.integers(0, n_users, 300).astype(np.int32)
     items = rng.integers(0, n_items, 300).astype(np.int32)
     empty = np.zeros(0, np.int32)
-    return PreparedSplit(users, items, empty, empty, empty, empty, n_users, n_items, np.arange(n_users), np.arange(n_items))
+    return PreparedSplit(
+        users, items, empty, empty, empty, empty, n_users, n_items, np.arange(n_users), np.arange(n_items)
+    )
 
 
 def test_build_tracking_callbacks_from_config(tmp_path) -> None:
@@ -113,7 +127,12 @@ def test_build_tracking_callbacks_from_config(tmp_path) -> None:
         cfg = compose("config", overrides=["logger=wandb", "paths.output_dir=" + str(tmp_path)])
         plain = compose("config", overrides=["~tracking", "logger=csv", "paths.output_dir=" + str(tmp_path)])
     callbacks = build_tracking_callbacks(cfg, _split(), tmp_path)
-    assert [type(c) for c in callbacks] == [LambdaStatsCallback, LambdaTrajectoryCallback, LambdaSnapshotCallback, WandbRunCallback]
+    assert [type(c) for c in callbacks] == [
+        LambdaStatsCallback,
+        LambdaTrajectoryCallback,
+        LambdaSnapshotCallback,
+        WandbRunCallback,
+    ]
     assert callbacks[0].every_n_steps == cfg.trainer.log_every_n_steps
     assert build_tracking_callbacks(plain, _split(), tmp_path) == []
 
@@ -124,8 +143,10 @@ def test_trajectory_parquet_matches_checkpointed_lambda(finished_runs) -> None: 
     run = finished_runs / "opt_sweep" / "0"  # DUI, seed 0, full vectors recorded every TRACK_EVERY steps
     frame = pl.read_parquet(run / "lambda_trajectories.parquet")
     assert frame.schema == pl.Schema(TRAJECTORY_SCHEMA)
-    counts = frame.filter(pl.col("dim") == -1).group_by("side", "stratum").agg(
-        pl.col("entity_id").n_unique().alias("entities"), pl.col("step").n_unique().alias("steps")
+    counts = (
+        frame.filter(pl.col("dim") == -1)
+        .group_by("side", "stratum")
+        .agg(pl.col("entity_id").n_unique().alias("entities"), pl.col("step").n_unique().alias("steps"))
     )
     assert counts.height == 6 and (counts["entities"] == 3).all() and (counts["steps"] >= 4).all()
     steps = sorted(frame["step"].unique().to_list())

@@ -72,24 +72,46 @@ def test_log_uniform_lambda_space_of_fix() -> None:
 def _fake_study(root: Path, task: list[str], best: dict) -> Path:
     study = root / "study"
     (study / "0" / ".hydra").mkdir(parents=True)
-    hydra_yaml = {"hydra": {"overrides": {"hydra": ["hydra/launcher=local", f"hydra.sweep.dir={study}",
-                                                    "hydra.mode=MULTIRUN"], "task": task}}}
+    hydra_yaml = {
+        "hydra": {
+            "overrides": {
+                "hydra": ["hydra/launcher=local", f"hydra.sweep.dir={study}", "hydra.mode=MULTIRUN"],
+                "task": task,
+            }
+        }
+    }
     (study / "0" / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra_yaml))
-    (study / "optimization_results.yaml").write_text(yaml.safe_dump({"name": "optuna", "best_params": best,
-                                                                    "best_value": 0.9}))
+    (study / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"name": "optuna", "best_params": best, "best_value": 0.9})
+    )
     return study
 
 
 def test_rerun_command_keeps_the_study_and_fixes_the_best_params(tmp_path: Path) -> None:
     rerun = load_script("rerun_best")
-    study = _fake_study(tmp_path, ["model.mlp_layers=[64,32,16]", "optimizer.lr=0.003", "+experiment=ml100k_neumf",
-                                   "+tune=neumf", "study.n_trials=8", "budget.max_epochs=20"],
-                        {"model.mlp_layers": "[128,64,32]", "optimizer.lr": 0.0021})
+    study = _fake_study(
+        tmp_path,
+        [
+            "model.mlp_layers=[64,32,16]",
+            "optimizer.lr=0.003",
+            "+experiment=ml100k_neumf",
+            "+tune=neumf",
+            "study.n_trials=8",
+            "budget.max_epochs=20",
+        ],
+        {"model.mlp_layers": "[128,64,32]", "optimizer.lr": 0.0021},
+    )
     command = rerun.rerun_command(study, "0,1,2", tmp_path / "out", ["control=refit"])
     assert command[1:3] == [str(REPO_ROOT / "run.py"), "-m"]
     assert command[3:] == [
-        "+experiment=ml100k_neumf", "+budget=equal", "budget.max_epochs=20", "model.mlp_layers=[128,64,32]",
-        "optimizer.lr=0.0021", "hydra/launcher=local", "seed=0,1,2", f"hydra.sweep.dir={tmp_path / 'out' / 'ml100k_neumf'}",
+        "+experiment=ml100k_neumf",
+        "+budget=equal",
+        "budget.max_epochs=20",
+        "model.mlp_layers=[128,64,32]",
+        "optimizer.lr=0.0021",
+        "hydra/launcher=local",
+        "seed=0,1,2",
+        f"hydra.sweep.dir={tmp_path / 'out' / 'ml100k_neumf'}",
         "control=refit",
     ]
     # An override given to the re-run replaces the study's own (one value per key for Hydra).
@@ -105,8 +127,20 @@ def test_optuna_study_through_the_local_launcher_then_rerun_best(tmp_path: Path)
     objective is its valid AUC, the study keeps the best; rerun_best re-runs it for two seeds."""
     study = tmp_path / "study"
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
-    run_cli(["-m", *tiny, "model=fix", "+tune=fix", "budget.max_epochs=2", "study.n_trials=2", "study.n_jobs=2",
-             "hydra/launcher=local", f"hydra.sweep.dir={study}"], cwd=tmp_path)
+    run_cli(
+        [
+            "-m",
+            *tiny,
+            "model=fix",
+            "+tune=fix",
+            "budget.max_epochs=2",
+            "study.n_trials=2",
+            "study.n_jobs=2",
+            "hydra/launcher=local",
+            f"hydra.sweep.dir={study}",
+        ],
+        cwd=tmp_path,
+    )
     trials = [read_metrics(study / str(n)) for n in range(2)]
     assert {t["lambda_value"] for t in trials} != {None} and len({t["lambda_value"] for t in trials}) == 2
     assert all(t["best_epoch"] <= 1 for t in trials)  # the budget's 2 epochs
@@ -117,9 +151,21 @@ def test_optuna_study_through_the_local_launcher_then_rerun_best(tmp_path: Path)
     assert len(list((study / ".submitit").iterdir())) >= 1  # the trials were submitit jobs
 
     rerun = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "experiments" / "rerun_best.py"), str(study), "--seeds", "0,1",
-         "--out", str(tmp_path / "best"), "hydra/launcher=basic"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            str(REPO_ROOT / "experiments" / "rerun_best.py"),
+            str(study),
+            "--seeds",
+            "0,1",
+            "--out",
+            str(tmp_path / "best"),
+            "hydra/launcher=basic",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
         env={**os.environ, "WANDB_MODE": "disabled", "LOPT_DATA_DIR": str(tmp_path / "data")},
     )
     assert rerun.returncode == 0, rerun.stderr[-4000:]

@@ -72,16 +72,23 @@ def test_key_written_by_wandb_login_gives_an_online_run(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     script = [sys.executable, "-c", _MODE_WITH_PATCHED_INIT, str(REPO_ROOT / "conf"), str(tmp_path / "run")]
-    before = json.loads(subprocess.run(script, env=_clean_env(home), capture_output=True, text=True,
-                                       timeout=300, check=True).stdout.splitlines()[-1])
+    before = json.loads(
+        subprocess.run(
+            script, env=_clean_env(home), capture_output=True, text=True, timeout=300, check=True
+        ).stdout.splitlines()[-1]
+    )
     assert before["resolved"][0] == "offline" and "wandb login" in before["resolved"][1]
     cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
-    login = subprocess.run([cli, "login", "--no-verify", KEY], env=_clean_env(home), capture_output=True,
-                           text=True, timeout=120)
+    login = subprocess.run(
+        [cli, "login", "--no-verify", KEY], env=_clean_env(home), capture_output=True, text=True, timeout=120
+    )
     assert login.returncode == 0, login.stderr
     assert KEY in (home / ".netrc").read_text()
-    after = json.loads(subprocess.run(script, env=_clean_env(home), capture_output=True, text=True,
-                                      timeout=300, check=True).stdout.splitlines()[-1])
+    after = json.loads(
+        subprocess.run(
+            script, env=_clean_env(home), capture_output=True, text=True, timeout=300, check=True
+        ).stdout.splitlines()[-1]
+    )
     assert after["resolved"] == ["online", None] and after["credentials"] == [True, None]
     assert after["logger"] == "WandbLogger" and ["init", "online"] in after["calls"]
     assert ["define_metric", "valid/auc", "max"] in after["calls"]
@@ -165,11 +172,24 @@ def test_offline_multirun_through_cli(tmp_path: Path) -> None:
     per-dimension means as one image) and the λ-trajectory plot and its one final table."""
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        ["-m", *TINY_OVERRIDES, "logger=wandb", "logger.mode=null,disabled", "seed=0,1",
-         "trainer.log_every_n_steps=2", "tracking.trajectories.every_n_steps=2", f"hydra.sweep.dir={sweep}"],
+        [
+            "-m",
+            *TINY_OVERRIDES,
+            "logger=wandb",
+            "logger.mode=null,disabled",
+            "seed=0,1",
+            "trainer.log_every_n_steps=2",
+            "tracking.trajectories.every_n_steps=2",
+            f"hydra.sweep.dir={sweep}",
+        ],
         cwd=tmp_path,
-        env={"WANDB_MODE": "offline", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc"),
-             "WANDB_DIR": str(tmp_path / "wandb_dir"), "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache")},
+        env={
+            "WANDB_MODE": "offline",
+            "WANDB_API_KEY": "",
+            "NETRC": str(tmp_path / "no-netrc"),
+            "WANDB_DIR": str(tmp_path / "wandb_dir"),
+            "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
+        },
         timeout=600,
     )
     jobs = {n: json.loads((sweep / str(n) / "metrics.json").read_text()) for n in range(4)}
@@ -195,11 +215,26 @@ def test_offline_multirun_through_cli(tmp_path: Path) -> None:
                 history.update(r["history"]["item"])
             if r["type"] == "summary":
                 summary.update(r["summary"].get("update", {}))
-        for key in ("valid/auc", "test/auc", "test/ndcg@50", "train/bpr_loss", "train/penalty", "train/grad_norm",
-                    "train/lr", "train/lookahead_valid_loss", "train/epoch_seconds", "lambda/user/mean",
-                    "lambda/item/q05", "lambda/user/q50", "lambda/item/q95", "lambda/user/hist._type",
-                    "lambda/item/hist._type", "lambda/per_dim._type", "lambda_traj/plot._type",
-                    "lambda_traj/lines_table._type"):
+        for key in (
+            "valid/auc",
+            "test/auc",
+            "test/ndcg@50",
+            "train/bpr_loss",
+            "train/penalty",
+            "train/grad_norm",
+            "train/lr",
+            "train/lookahead_valid_loss",
+            "train/epoch_seconds",
+            "lambda/user/mean",
+            "lambda/item/q05",
+            "lambda/user/q50",
+            "lambda/item/q95",
+            "lambda/user/hist._type",
+            "lambda/item/hist._type",
+            "lambda/per_dim._type",
+            "lambda_traj/plot._type",
+            "lambda_traj/lines_table._type",
+        ):
             assert key in history, key
         # The dashboard: one panel per top-level key; no per-dimension series, no per-side tables.
         panels = {k.split(".")[0] for k in history if not k.startswith("_")}
@@ -221,5 +256,8 @@ def test_offline_multirun_through_cli(tmp_path: Path) -> None:
         strata = {(row[column["side"]], row[column["stratum"]]) for row in table["data"]}
         assert strata == {(s, t) for s in ("user", "item") for t in ("sparse", "median", "active")}
         row = table["data"][0]
-        assert row[column["label"]] == f"{row[column['side']]} {row[column['stratum']]} {row[column['raw_id']]} (n={row[column['frequency']]})"
+        assert (
+            row[column["label"]]
+            == f"{row[column['side']]} {row[column['stratum']]} {row[column['raw_id']]} (n={row[column['frequency']]})"
+        )
     assert groups == {str(sweep)} and len(run_ids) == 2

@@ -61,13 +61,9 @@ class CacheError(ValueError):
 def canonical_key_json(key: Mapping[str, Any]) -> str:
     """The canonical JSON of ``key`` (sorted keys, no spaces, ASCII); TypeError if not JSON-able."""
     try:
-        return json.dumps(
-            key, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        )
+        return json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"cache key must be a JSON-serializable dict of str/int/float/bool/None/lists: {err}"
-        ) from err
+        raise TypeError(f"cache key must be a JSON-serializable dict of str/int/float/bool/None/lists: {err}") from err
 
 
 def split_fingerprint(key: Mapping[str, Any]) -> str:
@@ -151,9 +147,7 @@ def load_or_build(
             _write_atomic(path, split, key_json)
         except OSError as err:
             raise _not_writable(err, cache_dir) from err
-        log.info(
-            "cached prepared split at %s (build + write %.2f s)", path, time.perf_counter() - t0
-        )
+        log.info("cached prepared split at %s (build + write %.2f s)", path, time.perf_counter() - t0)
         return split
     finally:
         lock.release()

@@ -78,8 +78,11 @@ def fit_arrays(
     if lambda_split_ratio is not None:
         carved = carve_latest(split.train_users, lambda_split_ratio)
         return FitArrays(
-            split.train_users[~carved], split.train_items[~carved],
-            split.train_users[carved], split.train_items[carved],
-            split.train_users, split.train_items,
+            split.train_users[~carved],
+            split.train_items[~carved],
+            split.train_users[carved],
+            split.train_items[carved],
+            split.train_users,
+            split.train_items,
         )
     return FitArrays(split.train_users, split.train_items, split.valid_users, split.valid_items, seen_users, seen_items)

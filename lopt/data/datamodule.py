@@ -235,7 +235,11 @@ class InteractionDataModule(L.LightningDataModule):
         if not self.evaluators:
             self.evaluators = {
                 which: RankingEvaluator(
-                    split, which, self.ks, protocol=self.protocol, ties=self.ties,
+                    split,
+                    which,
+                    self.ks,
+                    protocol=self.protocol,
+                    ties=self.ties,
                     valid_candidates=self.valid_candidates,
                 )
                 for which in ("valid", "test")
@@ -257,8 +261,7 @@ class InteractionDataModule(L.LightningDataModule):
                         else "the valid split is empty; raise dataset.preprocess.valid_ratio"
                     )
                     raise ValueError(
-                        f"λOpt needs validation triples but {where} or use a dataset with more "
-                        "interactions per user"
+                        f"λOpt needs validation triples but {where} or use a dataset with more interactions per user"
                     )
                 valid_sampler = NegativeSampler(
                     split.n_items, arrays.lambda_seen_users, arrays.lambda_seen_items, n_users=split.n_users

@@ -44,19 +44,18 @@ class Archive:
 # it, the check fails loudly: set it to None then (pooch then logs that the file is unverified
 # and prints its hash).
 ARCHIVES: dict[str, Archive] = {
-    "ml-100k": Archive(f"{MOVIELENS_BASE_URL}/ml-100k.zip", "ml-100k/u.data",
-                       "md5:0e33842e24a9c977be4e0107933c0723"),
-    "ml-1m": Archive(f"{MOVIELENS_BASE_URL}/ml-1m.zip", "ml-1m/ratings.dat",
-                     "md5:c4d9eecfca2ab87c1945afe126590906"),
-    "ml-10m": Archive(f"{MOVIELENS_BASE_URL}/ml-10m.zip", "ml-10M100K/ratings.dat",
-                      "md5:ce571fd55effeba0271552578f2648bd"),
-    "ml-20m": Archive(f"{MOVIELENS_BASE_URL}/ml-20m.zip", "ml-20m/ratings.csv",
-                      "md5:cd245b17a1ae2cc31bb14903e1204af3"),
-    "ml-25m": Archive(f"{MOVIELENS_BASE_URL}/ml-25m.zip", "ml-25m/ratings.csv",
-                      "md5:6b51fb2759a8657d3bfcbfc42b592ada"),
+    "ml-100k": Archive(f"{MOVIELENS_BASE_URL}/ml-100k.zip", "ml-100k/u.data", "md5:0e33842e24a9c977be4e0107933c0723"),
+    "ml-1m": Archive(f"{MOVIELENS_BASE_URL}/ml-1m.zip", "ml-1m/ratings.dat", "md5:c4d9eecfca2ab87c1945afe126590906"),
+    "ml-10m": Archive(
+        f"{MOVIELENS_BASE_URL}/ml-10m.zip", "ml-10M100K/ratings.dat", "md5:ce571fd55effeba0271552578f2648bd"
+    ),
+    "ml-20m": Archive(f"{MOVIELENS_BASE_URL}/ml-20m.zip", "ml-20m/ratings.csv", "md5:cd245b17a1ae2cc31bb14903e1204af3"),
+    "ml-25m": Archive(f"{MOVIELENS_BASE_URL}/ml-25m.zip", "ml-25m/ratings.csv", "md5:6b51fb2759a8657d3bfcbfc42b592ada"),
     "ml-latest-small": Archive(
-        f"{MOVIELENS_BASE_URL}/ml-latest-small.zip", "ml-latest-small/ratings.csv",
-        "sha256:696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436"),
+        f"{MOVIELENS_BASE_URL}/ml-latest-small.zip",
+        "ml-latest-small/ratings.csv",
+        "sha256:696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
+    ),
 }
 
 
@@ -71,19 +70,21 @@ def check_data_file(path: Path, config_key: str, hint: str = "") -> Path:
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path} ({config_key}). {fix} {hint}".strip())
     if path.is_dir():
-        raise IsADirectoryError(f"{config_key}={path} is a directory, not a data file. "
-                                f"{fix} {hint}".strip())
+        raise IsADirectoryError(f"{config_key}={path} is a directory, not a data file. {fix} {hint}".strip())
     if not os.access(path, os.R_OK):
-        raise PermissionError(f"data file {path} ({config_key}) is not readable by this user: "
-                              "fix its permissions or copy it somewhere readable")
+        raise PermissionError(
+            f"data file {path} ({config_key}) is not readable by this user: "
+            "fix its permissions or copy it somewhere readable"
+        )
     if path.stat().st_size == 0:
-        raise ValueError(f"data file {path} ({config_key}) is empty (0 bytes): an interrupted "
-                         f"copy or download? Replace it with the full file. {hint}".strip())
+        raise ValueError(
+            f"data file {path} ({config_key}) is empty (0 bytes): an interrupted "
+            f"copy or download? Replace it with the full file. {hint}".strip()
+        )
     return path
 
 
-def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = "",
-                lock_dir: Path | None = None) -> Path:
+def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = "", lock_dir: Path | None = None) -> Path:
     """Return ``path`` if it exists; else download ``ARCHIVES[archive]`` into ``path``'s folder,
     extract its member to ``path`` (atomically: a temporary name, fsync, a rename) and return it.
 
@@ -100,10 +101,13 @@ def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = ""
     if archive is None:
         raise FileNotFoundError(
             f"data file not found: {path}. Put the file there, or point the config at it with "
-            f"the override {config_key}=/path/to/{path.name}. {hint}".strip())
+            f"the override {config_key}=/path/to/{path.name}. {hint}".strip()
+        )
     if archive not in ARCHIVES:
-        raise ValueError(f"unknown archive {archive!r} (dataset.source.archive); known: "
-                         f"{sorted(ARCHIVES)}, or null to never download")
+        raise ValueError(
+            f"unknown archive {archive!r} (dataset.source.archive); known: "
+            f"{sorted(ARCHIVES)}, or null to never download"
+        )
     spec = ARCHIVES[archive]
     lock_dir = Path(lock_dir) if lock_dir is not None else path.parent
     try:
@@ -113,7 +117,8 @@ def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = ""
         raise PermissionError(
             f"cannot create {path.parent} to download {spec.url} into ({err.strerror}). Set "
             "paths.data_dir (or $LOPT_DATA_DIR) to a writable folder, or give an existing copy "
-            f"with {config_key}=/path/to/{path.name}") from err
+            f"with {config_key}=/path/to/{path.name}"
+        ) from err
     with FileLock(str(lock_dir / f"download-{archive}.lock")):  # parallel jobs fetch once
         if path.is_file():
             return check_data_file(path, config_key, hint)
@@ -124,7 +129,8 @@ def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = ""
                 f"data file not found: {path}, and downloading {spec.url} failed ({err}). "
                 f"Download and unzip it by hand (the file is {spec.member} inside the zip), or "
                 f"point the config at an existing copy with {config_key}=/path/to/{path.name}. "
-                f"{hint}".strip()) from err
+                f"{hint}".strip()
+            ) from err
         _extract(Path(zip_path), spec.member, path)
     return check_data_file(path, config_key, hint)
 
@@ -132,19 +138,24 @@ def ensure_file(path: Path, archive: str | None, config_key: str, hint: str = ""
 def _fetch(spec: Archive, folder: Path) -> str:
     """Download ``spec.url`` into ``folder`` (kept for reuse) and return the zip's path."""
     if spec.known_hash is None:
-        log.warning("no published checksum is recorded for %s: the download is NOT verified "
-                    "(pooch logs its SHA-256 to pin it)", spec.url)
-    return pooch.retrieve(spec.url, known_hash=spec.known_hash,
-                          fname=spec.url.rsplit("/", 1)[-1], path=folder, progressbar=False)
+        log.warning(
+            "no published checksum is recorded for %s: the download is NOT verified (pooch logs its SHA-256 to pin it)",
+            spec.url,
+        )
+    return pooch.retrieve(
+        spec.url, known_hash=spec.known_hash, fname=spec.url.rsplit("/", 1)[-1], path=folder, progressbar=False
+    )
 
 
 def _extract(zip_path: Path, member: str, target: Path) -> None:
     """Copy ``member`` of ``zip_path`` to ``target`` through :func:`lopt.io.atomic_write`."""
     with zipfile.ZipFile(zip_path) as zf:
         if member not in zf.namelist():
-            raise FileNotFoundError(f"{zip_path} has no member {member!r} (it has "
-                                    f"{zf.namelist()[:10]}); delete the zip to download "
-                                    "it again")
+            raise FileNotFoundError(
+                f"{zip_path} has no member {member!r} (it has "
+                f"{zf.namelist()[:10]}); delete the zip to download "
+                "it again"
+            )
 
         def _copy(tmp: Path) -> None:
             with zf.open(member) as src, open(tmp, "wb") as dst:

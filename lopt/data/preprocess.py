@@ -403,7 +403,9 @@ def _user_order(
     return order, starts, sizes
 
 
-def _cut_per_user(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, n_test: np.ndarray, n_valid: np.ndarray) -> SplitRows:
+def _cut_per_user(
+    order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, n_test: np.ndarray, n_valid: np.ndarray
+) -> SplitRows:
     """Per user (rows ``order`` grouped by user): the last ``n_test`` are test, the ``n_valid``
     before them valid, the rest train."""
     n = order.shape[0]
@@ -578,8 +580,7 @@ def prepare_split(
             users, items, timestamps = users[keep], items[keep], timestamps[keep]
     stage.done(
         len(users),
-        f"min_users_per_item={min_users_per_item}, min_items_per_user={min_items_per_user}, "
-        f"iterative={iterative}",
+        f"min_users_per_item={min_users_per_item}, min_items_per_user={min_items_per_user}, iterative={iterative}",
     )
     if len(users) == 0:
         raise ValueError(
@@ -632,8 +633,7 @@ def _require_columns(frame: pl.DataFrame) -> None:
     missing = [c for c in CANONICAL_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(
-            f"interaction frame lacks column(s) {missing}; expected {list(CANONICAL_COLUMNS)}, "
-            f"got {frame.columns}"
+            f"interaction frame lacks column(s) {missing}; expected {list(CANONICAL_COLUMNS)}, got {frame.columns}"
         )
     counts = frame.select(CANONICAL_COLUMNS).null_count().row(0, named=True)
     nulls = {column: count for column, count in counts.items() if count}

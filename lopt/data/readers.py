@@ -55,7 +55,11 @@ def read_movielens_tab(path: str | Path) -> pl.DataFrame:
     Returns the canonical frame with Int64 user/item/timestamp, one row per non-blank line.
     """
     return _read_delimited_lines(
-        Path(path), "\t", {"user": 0, "item": 1, "timestamp": 3}, n_fields=4, id_kind="int",
+        Path(path),
+        "\t",
+        {"user": 0, "item": 1, "timestamp": 3},
+        n_fields=4,
+        id_kind="int",
         hint="u.data has 4 tab-separated integer fields: user item rating timestamp",
     )
 
@@ -66,7 +70,11 @@ def read_movielens_dat(path: str | Path) -> pl.DataFrame:
     Returns the canonical frame with Int64 user/item/timestamp, one row per non-blank line.
     """
     return _read_delimited_lines(
-        Path(path), "::", {"user": 0, "item": 1, "timestamp": 3}, n_fields=4, id_kind="int",
+        Path(path),
+        "::",
+        {"user": 0, "item": 1, "timestamp": 3},
+        n_fields=4,
+        id_kind="int",
         hint="ratings.dat has 4 '::'-separated integer fields: user::item::rating::timestamp",
     )
 
@@ -77,8 +85,11 @@ def read_movielens_csv(path: str | Path) -> pl.DataFrame:
     Returns the canonical frame with Int64 user/item/timestamp.
     """
     return _read_csv(
-        Path(path), {"user": "userId", "item": "movieId", "timestamp": "timestamp"},
-        separator=",", has_header=True, id_kind="int",
+        Path(path),
+        {"user": "userId", "item": "movieId", "timestamp": "timestamp"},
+        separator=",",
+        has_header=True,
+        id_kind="int",
         key_hint="a MovieLens ratings.csv with header userId,movieId,rating,timestamp and integer "
         "values (for another layout use dataset=custom and set dataset.source.user_col/item_col/"
         "timestamp_col)",
@@ -92,8 +103,11 @@ def read_amazon_kaggle_csv(path: str | Path) -> pl.DataFrame:
     with String user (``UserId``) and item (``ProductId``) ids and Int64 timestamp (``Time``).
     """
     return _read_csv(
-        Path(path), {"user": "UserId", "item": "ProductId", "timestamp": "Time"},
-        separator=",", has_header=True, id_kind="str",
+        Path(path),
+        {"user": "UserId", "item": "ProductId", "timestamp": "Time"},
+        separator=",",
+        has_header=True,
+        id_kind="str",
         key_hint="the Kaggle Reviews.csv with columns Id,ProductId,UserId,...,Score,Time,... and "
         "an integer Time (for the SNAP finefoods.txt.gz set dataset.source.format=snap; for "
         "another layout use dataset=custom)",
@@ -115,9 +129,12 @@ def read_amazon_snap(path: str | Path) -> pl.DataFrame:
     lines = _read_lines(path)
     text = pl.col("line")
     code = (
-        pl.when(text.str.starts_with(_SNAP_KEYS[0])).then(0)
-        .when(text.str.starts_with(_SNAP_KEYS[1])).then(1)
-        .when(text.str.starts_with(_SNAP_KEYS[2])).then(2)
+        pl.when(text.str.starts_with(_SNAP_KEYS[0]))
+        .then(0)
+        .when(text.str.starts_with(_SNAP_KEYS[1]))
+        .then(1)
+        .when(text.str.starts_with(_SNAP_KEYS[2]))
+        .then(2)
     )
     keyed = lines.with_columns(code.alias("key")).filter(pl.col("key").is_not_null())
     # The kept keys must repeat product, user, time, product, user, time, ...
@@ -126,30 +143,43 @@ def read_amazon_snap(path: str | Path) -> pl.DataFrame:
     if bad.height:
         k, key = bad["k"][0], bad["key"][0]
         want = _SNAP_KEYS[k % 3]
-        _raise(path, int(bad[_LINE][0]), f"expected a '{want}' line here but found "
-               f"'{_SNAP_KEYS[key]}' (a review block lacks or repeats a field)",
-               "each SNAP review block to list product/productId, review/userId, ..., "
-               "review/time once each", bad["line"][0])
+        _raise(
+            path,
+            int(bad[_LINE][0]),
+            f"expected a '{want}' line here but found '{_SNAP_KEYS[key]}' (a review block lacks or repeats a field)",
+            "each SNAP review block to list product/productId, review/userId, ..., review/time once each",
+            bad["line"][0],
+        )
     if keyed.height % 3:
         last = keyed.tail(1)
-        _raise(path, int(last[_LINE][0]), "the last review block is incomplete (the file may "
-               "be truncated; download it again)", "each SNAP review block to list "
-               "product/productId, review/userId, ..., review/time once each", last["line"][0])
+        _raise(
+            path,
+            int(last[_LINE][0]),
+            "the last review block is incomplete (the file may be truncated; download it again)",
+            "each SNAP review block to list product/productId, review/userId, ..., review/time once each",
+            last["line"][0],
+        )
     if keyed.height == 0:
         _raise_empty(path, "expected blocks of product/productId, review/userId, review/time lines")
     value = text.str.splitn(":", 2).struct.field("field_1").str.strip_chars()
     keyed = keyed.with_columns(value.alias("value"))
-    raw = pl.DataFrame({
-        "user": keyed["value"].gather_every(3, 1),
-        "item": keyed["value"].gather_every(3, 0),
-        "timestamp": keyed["value"].gather_every(3, 2),
-        _LINE: keyed[_LINE].gather_every(3, 0),
-    })
+    raw = pl.DataFrame(
+        {
+            "user": keyed["value"].gather_every(3, 1),
+            "item": keyed["value"].gather_every(3, 0),
+            "timestamp": keyed["value"].gather_every(3, 2),
+            _LINE: keyed[_LINE].gather_every(3, 0),
+        }
+    )
     try:
         return _finish(raw, "str")
     except _BadRow as bad:
-        _raise(path, int(raw[_LINE][bad.row]), bad.what, "the review block starting at that "
-               "line to have non-empty ids and 'review/time: <unix seconds>'")
+        _raise(
+            path,
+            int(raw[_LINE][bad.row]),
+            bad.what,
+            "the review block starting at that line to have non-empty ids and 'review/time: <unix seconds>'",
+        )
         raise
 
 
@@ -182,15 +212,31 @@ def read_custom(
     if file_format == "parquet":
         return _read_parquet(path, fields)
     if file_format != "csv":
-        raise ValueError(f"dataset.source.file_format must be 'csv', 'parquet' or 'auto', "
-                         f"got {file_format!r}")
-    hint = ("the layout set by dataset.source.separator, has_header, column_names and the "
-            "*_col keys, with integer timestamps")
+        raise ValueError(f"dataset.source.file_format must be 'csv', 'parquet' or 'auto', got {file_format!r}")
+    hint = (
+        "the layout set by dataset.source.separator, has_header, column_names and the "
+        "*_col keys, with integer timestamps"
+    )
     if len(separator) == 1:
-        return _read_csv(path, fields, separator=separator, has_header=has_header,
-                         column_names=column_names, id_kind="auto", key_hint=hint)
-    return _read_delimited_lines(path, separator, fields, n_fields=None, id_kind="auto",
-                                 hint=hint, has_header=has_header, column_names=column_names)
+        return _read_csv(
+            path,
+            fields,
+            separator=separator,
+            has_header=has_header,
+            column_names=column_names,
+            id_kind="auto",
+            key_hint=hint,
+        )
+    return _read_delimited_lines(
+        path,
+        separator,
+        fields,
+        n_fields=None,
+        id_kind="auto",
+        hint=hint,
+        has_header=has_header,
+        column_names=column_names,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,8 +247,9 @@ def read_custom(
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"interaction file not found: {path}. Point "
-                                f"dataset.source.path=/path/to/the/file at an existing file.")
+        raise FileNotFoundError(
+            f"interaction file not found: {path}. Point dataset.source.path=/path/to/the/file at an existing file."
+        )
     return path
 
 
@@ -210,9 +257,15 @@ def _read_lines(path: Path) -> pl.DataFrame:
     """Every physical line of ``path`` (gzip allowed) as ``line`` (String; null when blank)
     plus ``_line`` (1-based line number). Bytes that are not UTF-8 are replaced."""
     try:
-        df = pl.read_csv(path, has_header=False, separator="\x00", quote_char=None,
-                         schema={"line": pl.String}, truncate_ragged_lines=True,
-                         encoding="utf8-lossy")
+        df = pl.read_csv(
+            path,
+            has_header=False,
+            separator="\x00",
+            quote_char=None,
+            schema={"line": pl.String},
+            truncate_ragged_lines=True,
+            encoding="utf8-lossy",
+        )
     except pl.exceptions.NoDataError:
         df = pl.DataFrame({"line": []}, schema={"line": pl.String})
     return df.with_row_index(_LINE, offset=1)
@@ -254,8 +307,9 @@ def _read_delimited_lines(
     parts = lines.select(pl.col("line").str.splitn(separator, n_fields).alias("f"), _LINE)
     parts = parts.unnest("f")
     last = parts[f"field_{n_fields - 1}"]
-    ragged = last.null_count() > 0 or (n_fields - 1 not in positions.values()
-                                       and last.str.contains(separator, literal=True).any())
+    ragged = last.null_count() > 0 or (
+        n_fields - 1 not in positions.values() and last.str.contains(separator, literal=True).any()
+    )
     raw = parts.select(*[pl.col(f"field_{p}").alias(c) for c, p in positions.items()], _LINE)
     try:
         if ragged:
@@ -266,14 +320,20 @@ def _read_delimited_lines(
         wrong = lines.with_row_index("row").filter(n_sep != n_fields - 1).head(1)
         if wrong.height and wrong["row"][0] <= bad.row:
             found = wrong["line"][0].count(separator) + 1
-            _raise(path, int(wrong[_LINE][0]), f"expected {n_fields} fields separated by "
-                   f"{separator!r}, found {found}", hint, wrong["line"][0])
+            _raise(
+                path,
+                int(wrong[_LINE][0]),
+                f"expected {n_fields} fields separated by {separator!r}, found {found}",
+                hint,
+                wrong["line"][0],
+            )
         _raise(path, int(lines[_LINE][bad.row]), bad.what, hint, lines["line"][bad.row])
         raise
 
 
-def _read_repeated_char_separated(path: Path, separator: str, n_fields: int,
-                                  fields: dict[str, Column]) -> pl.DataFrame | None:
+def _read_repeated_char_separated(
+    path: Path, separator: str, n_fields: int, fields: dict[str, Column]
+) -> pl.DataFrame | None:
     """Fast path for integer files split by one repeated character (``\t``, ``::``): polars'
     native reader on the single character, every ``len(separator)``-th column being a field and
     the columns between them required empty. Returns None on any irregularity (the careful
@@ -288,11 +348,17 @@ def _read_repeated_char_separated(path: Path, separator: str, n_fields: int,
     wanted = {canon: names[pos * k] for canon, pos in fields.items()}
     schema = {c: pl.Int64 if c in wanted.values() else pl.String for c in names}
     try:
-        df = pl.read_csv(path, has_header=False, separator=separator[0], quote_char=None,
-                         schema=schema, columns=sorted(set(wanted.values()) | set(gaps),
-                                                       key=names.index),
-                         missing_columns="insert", truncate_ragged_lines=True,
-                         encoding="utf8-lossy")
+        df = pl.read_csv(
+            path,
+            has_header=False,
+            separator=separator[0],
+            quote_char=None,
+            schema=schema,
+            columns=sorted(set(wanted.values()) | set(gaps), key=names.index),
+            missing_columns="insert",
+            truncate_ragged_lines=True,
+            encoding="utf8-lossy",
+        )
     except (pl.exceptions.PolarsError, ValueError):
         return None
     out = df.select(pl.col(col).alias(canon) for canon, col in wanted.items())
@@ -318,13 +384,13 @@ def _read_csv(
     path = _existing(path)
     opts = dict(separator=separator, quote_char='"', encoding="utf8-lossy")
     try:
-        head = pl.read_csv(path, has_header=False, n_rows=1, infer_schema=False,
-                           truncate_ragged_lines=True, **opts)
+        head = pl.read_csv(path, has_header=False, n_rows=1, infer_schema=False, truncate_ragged_lines=True, **opts)
     except pl.exceptions.NoDataError:
         _raise_empty(path, key_hint)
     except pl.exceptions.PolarsError as err:
-        raise DataFormatError(f"{path}: cannot read the first line as {separator!r}-separated "
-                              f"CSV ({err}). {key_hint}.") from err
+        raise DataFormatError(
+            f"{path}: cannot read the first line as {separator!r}-separated CSV ({err}). {key_hint}."
+        ) from err
     n_cols = head.width
     header = [str(v).strip() for v in head.row(0)] if has_header else None
     names = _column_names(path, header, column_names, n_cols)
@@ -333,9 +399,15 @@ def _read_csv(
     names_in_file = [f"column_{i + 1}" for i in range(n_cols + 1)]
     wanted = sorted(set(positions.values()) | {n_cols})
     try:
-        df = pl.read_csv(path, has_header=False, schema={c: pl.String for c in names_in_file},
-                         missing_columns="insert", truncate_ragged_lines=True,
-                         columns=[names_in_file[i] for i in wanted], **opts)
+        df = pl.read_csv(
+            path,
+            has_header=False,
+            schema={c: pl.String for c in names_in_file},
+            missing_columns="insert",
+            truncate_ragged_lines=True,
+            columns=[names_in_file[i] for i in wanted],
+            **opts,
+        )
     except pl.exceptions.PolarsError as err:
         _diagnose_csv(path, positions, n_cols, has_header, id_kind, key_hint, opts, err)
         raise  # unreachable: _diagnose_csv always raises
@@ -367,8 +439,14 @@ def _diagnose_csv(
     line (1 + the newlines of the rows before it) and raise :class:`DataFormatError` for the
     first bad row: too many fields, a missing value or a value of the wrong type."""
     cols = [f"column_{i + 1}" for i in range(n_cols + 1)]  # a spare one catches extra fields
-    full = pl.read_csv(path, has_header=False, schema={c: pl.String for c in cols},
-                       missing_columns="insert", truncate_ragged_lines=True, **opts)
+    full = pl.read_csv(
+        path,
+        has_header=False,
+        schema={c: pl.String for c in cols},
+        missing_columns="insert",
+        truncate_ragged_lines=True,
+        **opts,
+    )
     newlines = pl.sum_horizontal(pl.col(cols).str.count_matches("\n", literal=True).fill_null(0))
     full = full.with_columns((1 + (1 + newlines).cum_sum().shift(1, fill_value=0)).alias(_LINE))
     blank = pl.all_horizontal(pl.col(cols).is_null())
@@ -379,13 +457,17 @@ def _diagnose_csv(
     if first_bad is not None:
         first_bad = (int(raw[_LINE][first_bad[0]]), first_bad[1])
     if extra.height and (first_bad is None or extra[_LINE][0] <= first_bad[0]):
-        _raise(path, int(extra[_LINE][0]), f"more than {n_cols} fields (the first line has "
-               f"{n_cols}); a field containing the separator {opts['separator']!r} must be "
-               f"quoted with \"...\"", hint)
+        _raise(
+            path,
+            int(extra[_LINE][0]),
+            f"more than {n_cols} fields (the first line has "
+            f"{n_cols}); a field containing the separator {opts['separator']!r} must be "
+            f'quoted with "..."',
+            hint,
+        )
     if first_bad is not None:
         _raise(path, first_bad[0], first_bad[1], hint)
-    raise DataFormatError(f"{path}: cannot be parsed as {opts['separator']!r}-separated CSV "
-                          f"({err}). {hint}.") from err
+    raise DataFormatError(f"{path}: cannot be parsed as {opts['separator']!r}-separated CSV ({err}). {hint}.") from err
 
 
 def _read_parquet(path: Path, fields: dict[str, Column]) -> pl.DataFrame:
@@ -407,8 +489,13 @@ def _read_parquet(path: Path, fields: dict[str, Column]) -> pl.DataFrame:
     try:
         return _finish(raw, "auto")
     except _BadRow as bad:
-        _raise(path, bad.row + 1, bad.what, "non-null ids and integer or datetime timestamps "
-               "in the columns named by dataset.source.*_col", unit="row")
+        _raise(
+            path,
+            bad.row + 1,
+            bad.what,
+            "non-null ids and integer or datetime timestamps in the columns named by dataset.source.*_col",
+            unit="row",
+        )
         raise
 
 
@@ -438,11 +525,12 @@ def _finish(raw: pl.DataFrame, id_kind: IdKind) -> pl.DataFrame:
         timestamp = _int_series(raw["timestamp"])
     else:
         timestamp = pl.int_range(raw.height, dtype=pl.Int64, eager=True)
-    out = pl.DataFrame({"user": _id_series(raw["user"], id_kind),
-                        "item": _id_series(raw["item"], id_kind),
-                        "timestamp": timestamp})
+    out = pl.DataFrame(
+        {"user": _id_series(raw["user"], id_kind), "item": _id_series(raw["item"], id_kind), "timestamp": timestamp}
+    )
     bad = out.null_count().row(0) != (0, 0, 0) or any(
-        out[c].dtype == pl.String and (out[c].str.len_bytes() == 0).any() for c in ("user", "item"))
+        out[c].dtype == pl.String and (out[c].str.len_bytes() == 0).any() for c in ("user", "item")
+    )
     if bad:
         found = _first_bad_row(raw, id_kind)
         assert found is not None
@@ -496,14 +584,14 @@ def _first_bad_row(raw: pl.DataFrame, id_kind: IdKind) -> tuple[int, str] | None
     return idx, what
 
 
-def _column_names(path: Path, header: list[str] | None, column_names: Sequence[str] | None,
-                  n_fields: int) -> list[str]:
+def _column_names(path: Path, header: list[str] | None, column_names: Sequence[str] | None, n_fields: int) -> list[str]:
     if column_names is not None:
         column_names = [str(c) for c in column_names]
         if len(column_names) != n_fields:
             raise DataFormatError(
                 f"{path}: dataset.source.column_names has {len(column_names)} names but the "
-                f"file's first line has {n_fields} fields; give one name per field.")
+                f"file's first line has {n_fields} fields; give one name per field."
+            )
         return column_names
     return header if header is not None else [f"column_{i + 1}" for i in range(n_fields)]
 
@@ -515,24 +603,28 @@ def _resolve(path: Path, col: Column, names: list[str], canon: str) -> int:
         raise DataFormatError(f"{key} must be a column name or a 0-based position, got {col!r}")
     if isinstance(col, int):
         if not 0 <= col < len(names):
-            raise DataFormatError(f"{path}: {key}={col} is out of range: the file has "
-                                  f"{len(names)} columns {names}; change {key}.")
+            raise DataFormatError(
+                f"{path}: {key}={col} is out of range: the file has {len(names)} columns {names}; change {key}."
+            )
         return col
     if col not in names:
-        raise DataFormatError(f"{path}: column {col!r} ({canon}) not found; the file's columns "
-                              f"are {names}. Change {key} (or dataset.source.has_header / "
-                              f"column_names / separator if the columns look wrong).")
+        raise DataFormatError(
+            f"{path}: column {col!r} ({canon}) not found; the file's columns "
+            f"are {names}. Change {key} (or dataset.source.has_header / "
+            f"column_names / separator if the columns look wrong)."
+        )
     return names.index(col)
 
 
-def _raise(path: Path, line: int, what: str, hint: str, text: str | None = None,
-           unit: str = "line") -> None:
+def _raise(path: Path, line: int, what: str, hint: str, text: str | None = None, unit: str = "line") -> None:
     shown = ""
     if text is not None:
         shown = f" [{text[:_PREVIEW]!r}{'...' if len(text) > _PREVIEW else ''}]"
-    raise DataFormatError(f"{path}: {unit} {line}: {what}{shown}. Expected: {hint}. Fix or "
-                          f"delete that {unit}, or, if the whole file has another layout, "
-                          f"check dataset.source.path and dataset.source.format.")
+    raise DataFormatError(
+        f"{path}: {unit} {line}: {what}{shown}. Expected: {hint}. Fix or "
+        f"delete that {unit}, or, if the whole file has another layout, "
+        f"check dataset.source.path and dataset.source.format."
+    )
 
 
 def _raise_empty(path: Path, hint: str) -> None:

@@ -64,8 +64,7 @@ class NegativeSampler:
         items = np.asarray(items)
         if users.ndim != 1 or users.shape != items.shape:
             raise ValueError(
-                f"users and items must be 1-D arrays of equal length, got shapes {users.shape} "
-                f"and {items.shape}"
+                f"users and items must be 1-D arrays of equal length, got shapes {users.shape} and {items.shape}"
             )
         if users.size and (users.dtype.kind not in "iu" or items.dtype.kind not in "iu"):
             raise ValueError(f"users/items must be integer arrays, got {users.dtype}/{items.dtype}")
@@ -76,13 +75,9 @@ class NegativeSampler:
         self.n_users = max_user if n_users is None else int(n_users)
         if users.size:
             if int(users.min()) < 0 or max_user > self.n_users:
-                raise ValueError(
-                    f"user ids must lie in [0, {self.n_users}), got [{users.min()}, {users.max()}]"
-                )
+                raise ValueError(f"user ids must lie in [0, {self.n_users}), got [{users.min()}, {users.max()}]")
             if int(items.min()) < 0 or int(items.max()) >= self.n_items:
-                raise ValueError(
-                    f"item ids must lie in [0, {self.n_items}), got [{items.min()}, {items.max()}]"
-                )
+                raise ValueError(f"item ids must lie in [0, {self.n_items}), got [{items.min()}, {items.max()}]")
         if max_rounds < 1:
             raise ValueError(f"max_rounds must be ≥ 1, got {max_rounds}")
         self.max_rounds = int(max_rounds)
@@ -242,9 +237,7 @@ def make_triples(
     users = np.asarray(users).astype(np.int64, copy=False)
     items = np.asarray(items).astype(np.int64, copy=False)
     if users.shape != items.shape or users.ndim != 1:
-        raise ValueError(
-            f"users and items must be 1-D arrays of equal length, got {users.shape}, {items.shape}"
-        )
+        raise ValueError(f"users and items must be 1-D arrays of equal length, got {users.shape}, {items.shape}")
     if shuffle:
         perm = epoch_permutation(users.size, rng)
         users, items = users[perm], items[perm]

@@ -43,8 +43,7 @@ def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
 
 def _path(value: Any) -> Path:
     if value is None or str(value) in ("", "???"):
-        raise ValueError(f"{_KEY}.path is not set: give the data file, e.g. "
-                         f"{_KEY}.path=/path/to/ratings.csv")
+        raise ValueError(f"{_KEY}.path is not set: give the data file, e.g. {_KEY}.path=/path/to/ratings.csv")
     return Path(str(value)).expanduser()
 
 
@@ -73,9 +72,16 @@ class _FileSource:
         """Hex digest of (class, resolved path, size, mtime_ns, parse options, reader version)."""
         file = self._file().resolve()
         stat = file.stat()
-        return _digest({"source": type(self).__name__, "path": str(file), "size": stat.st_size,
-                        "mtime_ns": stat.st_mtime_ns, "options": self._options(),
-                        "reader_version": READER_VERSION})
+        return _digest(
+            {
+                "source": type(self).__name__,
+                "path": str(file),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "options": self._options(),
+                "reader_version": READER_VERSION,
+            }
+        )
 
     def _read(self, file: Path) -> pl.DataFrame:
         raise NotImplementedError
@@ -97,29 +103,37 @@ class MovieLensSource(_FileSource):
     download's lock file lives in ``lock_dir`` (the cache dir).
     """
 
-    _READERS = {"tab": readers.read_movielens_tab, "dat": readers.read_movielens_dat,
-                "csv": readers.read_movielens_csv}
+    _READERS = {"tab": readers.read_movielens_tab, "dat": readers.read_movielens_dat, "csv": readers.read_movielens_csv}
 
-    def __init__(self, path: str | Path | None, format: str, archive: str | None = None,
-                 default_path: str | Path | None = None, download: bool = True,
-                 lock_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | None,
+        format: str,
+        archive: str | None = None,
+        default_path: str | Path | None = None,
+        download: bool = True,
+        lock_dir: str | Path | None = None,
+    ) -> None:
         user_path = path is not None and str(path) not in ("", "???")
         if not user_path and default_path is None:
-            raise ValueError(f"{_KEY}.path is not set (and there is no {_KEY}.default_path): "
-                             f"give the ratings file, e.g. {_KEY}.path=/path/to/u.data")
+            raise ValueError(
+                f"{_KEY}.path is not set (and there is no {_KEY}.default_path): "
+                f"give the ratings file, e.g. {_KEY}.path=/path/to/u.data"
+            )
         super().__init__(path if user_path else default_path)
         self.format = _choice("format", format, tuple(self._READERS))
         if archive is not None and archive not in ARCHIVES:
-            raise ValueError(f"{_KEY}.archive must be one of {sorted(ARCHIVES)} or null, "
-                             f"got {archive!r}")
+            raise ValueError(f"{_KEY}.archive must be one of {sorted(ARCHIVES)} or null, got {archive!r}")
         if not isinstance(download, bool):
             raise ValueError(f"dataset.download must be true or false, got {download!r}")
         self.archive = archive
         self.downloadable = download and not user_path
         self.lock_dir = None if lock_dir is None else Path(str(lock_dir)).expanduser()
         if not user_path and not download:
-            self.hint = ("dataset.download=false: nothing is downloaded; put the file there, or "
-                         f"give it with {_KEY}.path=/path/to/{self.path.name}.")
+            self.hint = (
+                "dataset.download=false: nothing is downloaded; put the file there, or "
+                f"give it with {_KEY}.path=/path/to/{self.path.name}."
+            )
 
     def _read(self, file: Path) -> pl.DataFrame:
         return self._READERS[self.format](file)
@@ -133,8 +147,10 @@ class AmazonFoodSource(_FileSource):
     ``finefoods.txt.gz`` (``snap``). Never downloaded (Kaggle needs a login)."""
 
     _READERS = {"kaggle_csv": readers.read_amazon_kaggle_csv, "snap": readers.read_amazon_snap}
-    hint = ("Get Reviews.csv from https://www.kaggle.com/datasets/snap/amazon-fine-food-reviews "
-            "(or finefoods.txt.gz from SNAP, with dataset=amazon_food_snap).")
+    hint = (
+        "Get Reviews.csv from https://www.kaggle.com/datasets/snap/amazon-fine-food-reviews "
+        "(or finefoods.txt.gz from SNAP, with dataset=amazon_food_snap)."
+    )
 
     def __init__(self, path: str | Path, format: str) -> None:
         super().__init__(path)
@@ -167,18 +183,17 @@ class CustomSource(_FileSource):
         cols = {"user_col": user_col, "item_col": item_col, "timestamp_col": timestamp_col}
         for key, col in cols.items():
             if col is None and key != "timestamp_col":
-                raise ValueError(f"{_KEY}.{key} must name a column (or give its 0-based "
-                                 "position)")
+                raise ValueError(f"{_KEY}.{key} must name a column (or give its 0-based position)")
             if col is not None and (isinstance(col, bool) or not isinstance(col, (str, int))):
-                raise ValueError(f"{_KEY}.{key} must be a column name or a 0-based position, "
-                                 f"got {col!r}")
+                raise ValueError(f"{_KEY}.{key} must be a column name or a 0-based position, got {col!r}")
         given = [c for c in cols.values() if c is not None]
         if len(set(given)) != len(given):
-            raise ValueError(f"{_KEY}.user_col/item_col/timestamp_col must be different "
-                             f"columns, got {cols}")
+            raise ValueError(f"{_KEY}.user_col/item_col/timestamp_col must be different columns, got {cols}")
         if not isinstance(separator, str) or not separator or "\n" in separator:
-            raise ValueError(f"{_KEY}.separator must be a non-empty string without newlines "
-                             f"(e.g. ',', '\\t', '::'), got {separator!r}")
+            raise ValueError(
+                f"{_KEY}.separator must be a non-empty string without newlines "
+                f"(e.g. ',', '\\t', '::'), got {separator!r}"
+            )
         if not isinstance(has_header, bool):
             raise ValueError(f"{_KEY}.has_header must be true or false, got {has_header!r}")
         self.user_col, self.item_col, self.timestamp_col = user_col, item_col, timestamp_col
@@ -187,30 +202,59 @@ class CustomSource(_FileSource):
         self.column_names = None if column_names is None else [str(c) for c in column_names]
 
     def _read(self, file: Path) -> pl.DataFrame:
-        return readers.read_custom(file, self.user_col, self.item_col, self.timestamp_col,
-                                   self.separator, self.has_header, self.file_format,
-                                   self.column_names)
+        return readers.read_custom(
+            file,
+            self.user_col,
+            self.item_col,
+            self.timestamp_col,
+            self.separator,
+            self.has_header,
+            self.file_format,
+            self.column_names,
+        )
 
     def _options(self) -> dict[str, Any]:
-        return {"user_col": self.user_col, "item_col": self.item_col,
-                "timestamp_col": self.timestamp_col, "separator": self.separator,
-                "has_header": self.has_header, "file_format": self.file_format,
-                "column_names": self.column_names}
+        return {
+            "user_col": self.user_col,
+            "item_col": self.item_col,
+            "timestamp_col": self.timestamp_col,
+            "separator": self.separator,
+            "has_header": self.has_header,
+            "file_format": self.file_format,
+            "column_names": self.column_names,
+        }
 
 
 class SyntheticSource:
     """Generated data (:func:`lopt.data.synthetic.generate_interactions`), deterministic from
     its parameters."""
 
-    def __init__(self, n_users: int, n_items: int, n_interactions: int, rank: int,
-                 user_alpha: float, item_alpha: float, noise: float, seed: int) -> None:
-        synthetic.validate_parameters(n_users, n_items, n_interactions, rank, user_alpha,
-                                      item_alpha, noise, key_prefix=f"{_KEY}.")
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        n_interactions: int,
+        rank: int,
+        user_alpha: float,
+        item_alpha: float,
+        noise: float,
+        seed: int,
+    ) -> None:
+        synthetic.validate_parameters(
+            n_users, n_items, n_interactions, rank, user_alpha, item_alpha, noise, key_prefix=f"{_KEY}."
+        )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"{_KEY}.seed must be an integer ≥ 0, got {seed!r}")
-        self.params = {"n_users": n_users, "n_items": n_items, "n_interactions": n_interactions,
-                       "rank": rank, "user_alpha": float(user_alpha),
-                       "item_alpha": float(item_alpha), "noise": float(noise), "seed": seed}
+        self.params = {
+            "n_users": n_users,
+            "n_items": n_items,
+            "n_interactions": n_interactions,
+            "rank": rank,
+            "user_alpha": float(user_alpha),
+            "item_alpha": float(item_alpha),
+            "noise": float(noise),
+            "seed": seed,
+        }
 
     def load(self) -> pl.DataFrame:
         """The generated canonical frame (Int64 ids and timestamps)."""
@@ -218,8 +262,7 @@ class SyntheticSource:
 
     def fingerprint(self) -> str:
         """Hex digest of all parameters and the generator version."""
-        return _digest({"source": "SyntheticSource", **self.params,
-                        "generator_version": synthetic.GENERATOR_VERSION})
+        return _digest({"source": "SyntheticSource", **self.params, "generator_version": synthetic.GENERATOR_VERSION})
 
     def __repr__(self) -> str:
         return f"SyntheticSource({self.params})"

@@ -38,17 +38,23 @@ _BLOCK_CELLS = 1 << 23  # users × items scored at once (32 MiB of float32 per a
 
 
 def validate_parameters(
-    n_users: int, n_items: int, n_interactions: int, rank: int, user_alpha: float,
-    item_alpha: float, noise: float, key_prefix: str = "",
+    n_users: int,
+    n_items: int,
+    n_interactions: int,
+    rank: int,
+    user_alpha: float,
+    item_alpha: float,
+    noise: float,
+    key_prefix: str = "",
 ) -> None:
     """Raise ValueError naming the offending parameter (as ``key_prefix + name``) when the
     parameters cannot generate a dataset: every user needs ≥ 1 interaction and no (user, item)
     pair may repeat, so ``n_users ≤ n_interactions ≤ n_users · n_items``."""
+
     def bad(name: str, why: str) -> None:
         raise ValueError(f"{key_prefix}{name} {why}")
 
-    for name, value in (("n_users", n_users), ("n_items", n_items),
-                        ("n_interactions", n_interactions), ("rank", rank)):
+    for name, value in (("n_users", n_users), ("n_items", n_items), ("n_interactions", n_interactions), ("rank", rank)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             bad(name, f"must be a positive integer, got {value!r}")
     for name, value in (("user_alpha", user_alpha), ("item_alpha", item_alpha)):
@@ -57,11 +63,17 @@ def validate_parameters(
     if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise > 0):
         bad("noise", f"must be a finite number > 0, got {noise!r}")
     if n_interactions < n_users:
-        bad("n_interactions", f"= {n_interactions} is below n_users = {n_users}: every user "
-            "needs at least one interaction; raise it or lower n_users")
+        bad(
+            "n_interactions",
+            f"= {n_interactions} is below n_users = {n_users}: every user "
+            "needs at least one interaction; raise it or lower n_users",
+        )
     if n_interactions > n_users * n_items:
-        bad("n_interactions", f"= {n_interactions} exceeds n_users × n_items = "
-            f"{n_users * n_items} distinct pairs; lower it or raise n_users/n_items")
+        bad(
+            "n_interactions",
+            f"= {n_interactions} exceeds n_users × n_items = "
+            f"{n_users * n_items} distinct pairs; lower it or raise n_users/n_items",
+        )
 
 
 def generate_interactions(
@@ -84,11 +96,12 @@ def generate_interactions(
     """
     validate_parameters(n_users, n_items, n_interactions, rank, user_alpha, item_alpha, noise)
     rng_counts, rng_pop, rng_factors, rng_choice, rng_time = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
+    )
 
     counts = _user_counts(n_users, n_items, n_interactions, user_alpha, rng_counts)
     log_pop = (-item_alpha * np.log1p(rng_pop.permutation(n_items))).astype(np.float32)
-    scale = np.float32(rank ** -0.25)  # entries N(0, rank^-1/2) → a_ui has unit variance
+    scale = np.float32(rank**-0.25)  # entries N(0, rank^-1/2) → a_ui has unit variance
     user_f = rng_factors.standard_normal((n_users, rank), dtype=np.float32) * scale
     user_f /= np.float32(noise)  # folds the temperature into the user factors
     item_f = rng_factors.standard_normal((n_items, rank), dtype=np.float32) * scale
@@ -101,8 +114,7 @@ def generate_interactions(
     )
 
 
-def _user_counts(n_users: int, n_items: int, total: int, alpha: float,
-                 rng: np.random.Generator) -> np.ndarray:
+def _user_counts(n_users: int, n_items: int, total: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
     """(n_users,) int64 counts summing to ``total``, within [low, cap], ∝ power-law weights."""
     low = min(_MIN_PER_USER, n_items, total // n_users)
     cap = n_items // 2 if (n_items // 2) * n_users >= total and n_items // 2 >= low else n_items
@@ -132,8 +144,9 @@ def _capped_allocation(weights: np.ndarray, total: int, room: int) -> np.ndarray
     return base
 
 
-def _choose_items(counts: np.ndarray, log_pop: np.ndarray, user_f: np.ndarray,
-                  item_f: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _choose_items(
+    counts: np.ndarray, log_pop: np.ndarray, user_f: np.ndarray, item_f: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Gumbel-top-k per user over blocks of users with similar counts. Returns (users, items)
     int64 arrays of length counts.sum(), grouped by user in increasing user id."""
     n_users, n_items = counts.size, log_pop.size
@@ -141,7 +154,7 @@ def _choose_items(counts: np.ndarray, log_pop: np.ndarray, user_f: np.ndarray,
     block = max(1, _BLOCK_CELLS // n_items)
     out_users, out_items = [], []
     for start in range(0, n_users, block):
-        rows = order[start:start + block]
+        rows = order[start : start + block]
         k = counts[rows]
         k_max = int(k.max())
         # key = -(log p + a/noise + Gumbel) with Gumbel = -log(-log U); the k smallest keys
@@ -155,8 +168,7 @@ def _choose_items(counts: np.ndarray, log_pop: np.ndarray, user_f: np.ndarray,
         key -= log_pop
         # torch's top-k is ~8x faster than np.argpartition here; rows are independent, so the
         # result does not depend on the thread count.
-        ranked = torch.topk(torch.from_numpy(key), k_max, dim=1, largest=False,
-                            sorted=True).indices.numpy()
+        ranked = torch.topk(torch.from_numpy(key), k_max, dim=1, largest=False, sorted=True).indices.numpy()
         keep = np.arange(k_max) < k[:, None]
         out_items.append(ranked[keep])
         out_users.append(np.repeat(rows, k))
@@ -166,8 +178,9 @@ def _choose_items(counts: np.ndarray, log_pop: np.ndarray, user_f: np.ndarray,
     return users[by_user].astype(np.int64), items[by_user]
 
 
-def _timestamps(users: np.ndarray, items: np.ndarray, counts: np.ndarray, n_items: int,
-                rng: np.random.Generator) -> np.ndarray:
+def _timestamps(
+    users: np.ndarray, items: np.ndarray, counts: np.ndarray, n_items: int, rng: np.random.Generator
+) -> np.ndarray:
     """Int64 unix seconds, strictly increasing within a user and following item release order
     (with jitter); reorders ``items`` in place (``users`` is grouped and stays as it is) so that
     rows are sorted by time within each user."""

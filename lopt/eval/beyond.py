@@ -122,8 +122,13 @@ class BeyondAccuracy:
         for b in range(N_QUANTILES):
             lo, hi = _range(self.item_frequency, item_bucket, b)
             pairs = int(self.item_pairs[b])
-            row: dict[str, Any] = {"quintile": b + 1, "freq_lo": lo, "freq_hi": hi,
-                                   "items": int((item_bucket == b).sum()), "test_pairs": pairs}
+            row: dict[str, Any] = {
+                "quintile": b + 1,
+                "freq_lo": lo,
+                "freq_hi": hi,
+                "items": int((item_bucket == b).sum()),
+                "test_pairs": pairs,
+            }
             for index, k in enumerate(self.ks):
                 row[f"recall@{k}"] = float(self.item_hits[index, b]) / pairs if pairs else math.nan
             item_rows.append(row)

@@ -61,9 +61,7 @@ def _csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[torch.Tens
     return torch.from_numpy(indptr), torch.from_numpy(items[order])
 
 
-def _gather_rows(
-    indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened (block row, item) pairs of the CSR rows ``users`` (all on one device)."""
     start = indptr[users]
     counts = indptr[users + 1] - start
@@ -144,9 +142,7 @@ class RankingEvaluator:
             self._on_device[device] = tuple(t.to(device) for t in (*self._pos, *self._seen))
         return self._on_device[device]
 
-    def masks(
-        self, users: torch.Tensor, device: torch.device | str = "cpu"
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(self, users: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(positives, candidates): two (B, n_items) bool masks on ``device`` for ``users`` (B,).
 
         positives = the split's held-out items; candidates = the other rankable items (module
@@ -182,10 +178,7 @@ class RankingEvaluator:
         users = self._check_users(users)
         expected = (users.numel(), self.n_items)
         if tuple(scores.shape) != expected:
-            raise ValueError(
-                f"scores has shape {tuple(scores.shape)}, expected {expected} "
-                "= (len(users), n_items)"
-            )
+            raise ValueError(f"scores has shape {tuple(scores.shape)}, expected {expected} = (len(users), n_items)")
         positives, candidates = self.masks(users, scores.device)
         out_dtype = _output_dtype(scores.device)
         ranks = positive_ranks(scores, positives, candidates, self.ties, with_items=self.beyond is not None)
@@ -228,10 +221,7 @@ class RankingEvaluator:
             block = self.users[start : start + block_size]
             for name, value in self.block_metrics(block, score_fn(block)).items():
                 parts[name].append(value.cpu())
-        return {
-            name: torch.cat(vals) if vals else torch.empty(0, dtype=torch.float64)
-            for name, vals in parts.items()
-        }
+        return {name: torch.cat(vals) if vals else torch.empty(0, dtype=torch.float64) for name, vals in parts.items()}
 
     def evaluate(
         self,

@@ -135,9 +135,7 @@ def _check_inputs(scores: torch.Tensor, positives: torch.Tensor, candidates: tor
         raise TypeError(f"scores must be a floating tensor, got {scores.dtype}")
     for name, mask in (("positives", positives), ("candidates", candidates)):
         if mask.shape != scores.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(mask.shape)} but scores has shape {tuple(scores.shape)}"
-            )
+            raise ValueError(f"{name} has shape {tuple(mask.shape)} but scores has shape {tuple(scores.shape)}")
         if mask.dtype != torch.bool:
             raise TypeError(f"{name} must be a bool mask, got {mask.dtype}")
         if mask.device != scores.device:
@@ -200,9 +198,7 @@ def positive_ranks(
     del tied
     tie_hist = torch.zeros((n_rows, width + 1), dtype=torch.int64, device=device)
     if tie_rows.numel() > 0:
-        tie_hist.index_put_(
-            (tie_rows, t[tie_rows, tie_cols].long()), torch.ones_like(tie_rows), accumulate=True
-        )
+        tie_hist.index_put_((tie_rows, t[tie_rows, tie_cols].long()), torch.ones_like(tie_rows), accumulate=True)
 
     # Histogram of t over the candidates (non-candidates go to the extra bucket width + 1), as
     # one flat bincount over row-offset keys. t is reused in place to bound the memory.
@@ -231,9 +227,7 @@ def _auc(r: PositiveRanks, out_dtype: torch.dtype, nan: torch.Tensor) -> torch.T
     return torch.where(ok, won / (r.n_pos * r.n_cand).clamp_min(1).to(out_dtype), nan)
 
 
-def lambdaopt_from_ranks(
-    r: PositiveRanks, ks: Sequence[int], out_dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
+def lambdaopt_from_ranks(r: PositiveRanks, ks: Sequence[int], out_dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """AUC, HR@K, NDCG@K of the lambdaopt protocol from :func:`positive_ranks`."""
     device = r.real.device
     nan = torch.full(r.n_pos.shape, math.nan, dtype=out_dtype, device=device)
@@ -251,9 +245,7 @@ def lambdaopt_from_ranks(
     return out
 
 
-def standard_from_ranks(
-    r: PositiveRanks, ks: Sequence[int], out_dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
+def standard_from_ranks(r: PositiveRanks, ks: Sequence[int], out_dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """AUC, MRR, Recall/Precision/NDCG/HR/MAP@K of the standard protocol from
     :func:`positive_ranks`."""
     device = r.real.device

@@ -75,8 +75,16 @@ class AMFModule(FixModule):
                 "sparse_sgd): its adversarial perturbation reads the dense BPR gradient; use optimizer=adam"
             )
         super().__init__(
-            n_users, n_items, dim, init_std, optimizer, lambda_value,
-            penalty_scope=penalty_scope, penalty_scale=penalty_scale, grad_clip_norm=grad_clip_norm, name=name,
+            n_users,
+            n_items,
+            dim,
+            init_std,
+            optimizer,
+            lambda_value,
+            penalty_scope=penalty_scope,
+            penalty_scale=penalty_scale,
+            grad_clip_norm=grad_clip_norm,
+            name=name,
         )
         self.adv_eps = float(adv_eps)
         self.adv_alpha = float(adv_alpha)

@@ -137,7 +137,9 @@ class LambdaGranularity(nn.Module):
         """λI for item ``rows``, as :meth:`user_lambda`."""
         return self._lookup(self.item_storage, self._item_rowwise, rows)
 
-    def forward(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, users: torch.Tensor | None = None, items: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(λU[users], λI[items]); see :meth:`user_lambda`."""
         return self.user_lambda(users), self.item_lambda(items)
 

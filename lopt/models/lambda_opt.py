@@ -49,8 +49,16 @@ class LambdaOptModule(MFBPRModule):
         if not 0.0 <= lookahead_dropout < 1.0:
             raise ValueError(f"model.lookahead_dropout must be in [0, 1), got {lookahead_dropout}")
         super().__init__(
-            n_users, n_items, dim, init_std, optimizer, granularity,
-            penalty_scope=penalty_scope, penalty_scale=penalty_scale, grad_clip_norm=grad_clip_norm, name=name,
+            n_users,
+            n_items,
+            dim,
+            init_std,
+            optimizer,
+            granularity,
+            penalty_scope=penalty_scope,
+            penalty_scale=penalty_scale,
+            grad_clip_norm=grad_clip_norm,
+            name=name,
         )
         self.make_lambda_optimizer = lambda_optimizer
         self.lambda_grad_clip_norm = lambda_grad_clip_norm

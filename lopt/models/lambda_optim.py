@@ -33,8 +33,9 @@ def coalesced(grad: torch.Tensor) -> torch.Tensor:
     if grad.sparse_dim() == 1:
         rows = grad._indices()[0]
         if rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all()):
-            return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True,
-                                           check_invariants=False)
+            return torch.sparse_coo_tensor(
+                grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False
+            )
     return grad.coalesce()
 
 
@@ -101,7 +102,14 @@ class LambdaAdam(torch.optim.Adam):
         if fused is None and foreach is None:
             fused = True
         super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, fused=fused, foreach=foreach
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            fused=fused,
+            foreach=foreach,
         )
 
     @torch.no_grad()
@@ -152,7 +160,9 @@ class RowSparseAdam(torch.optim.Optimizer):
         amsgrad: bool = False,
     ) -> None:
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"invalid RowSparseAdam hyper-parameters {lr=}, {betas=}, {eps=} (config group `lambda_optimizer`)")
+            raise ValueError(
+                f"invalid RowSparseAdam hyper-parameters {lr=}, {betas=}, {eps=} (config group `lambda_optimizer`)"
+            )
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "amsgrad": amsgrad})
 
     @torch.no_grad()

@@ -22,7 +22,6 @@ from lopt.models import lookahead_fast
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import bpr_loss
 from lopt.models.optim_state import group_of, scalar, unwrap
-from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, row_grad
 from lopt.models.regularizer import (
     FactorModel,
     _occurrences,
@@ -31,6 +30,7 @@ from lopt.models.regularizer import (
     check_scope,
     penalty_grad_rows,
 )
+from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, row_grad
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -84,7 +84,9 @@ def _maybe_neg(grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- per-optimizer math
-def _sgd_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _sgd_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     group = group_of(optimizer, param)
     state = optimizer.state.get(param, {})
     lr, wd = scalar(group["lr"]), scalar(group.get("weight_decay", 0.0))
@@ -101,7 +103,9 @@ def _sgd_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch
     return p - lr * grad
 
 
-def _adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _adam_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     group = group_of(optimizer, param)
     state = optimizer.state.get(param, {})
     lr, wd, eps = scalar(group["lr"]), scalar(group.get("weight_decay", 0.0)), scalar(group["eps"])
@@ -132,7 +136,9 @@ def _adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torc
     return torch.addcdiv(p, m, denom, value=-step_size)
 
 
-def _adagrad_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _adagrad_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     group = group_of(optimizer, param)
     state = optimizer.state.get(param, {})
     lr, wd, eps = scalar(group["lr"]), scalar(group.get("weight_decay", 0.0)), scalar(group["eps"])
@@ -165,11 +171,17 @@ def _touched(param: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
 def _row_step_counts(state: dict[str, Any], rows: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """The rows' step counts after this step's increment, (len(rows), 1) in p's dtype."""
     counts = state.get("step")
-    before = torch.zeros(rows.numel(), dtype=p.dtype, device=p.device) if counts is None else _rows_of(counts.to(p.device), rows).to(p.dtype)
+    before = (
+        torch.zeros(rows.numel(), dtype=p.dtype, device=p.device)
+        if counts is None
+        else _rows_of(counts.to(p.device), rows).to(p.dtype)
+    )
     return (before + 1).unsqueeze(1)
 
 
-def _row_sparse_adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _row_sparse_adam_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     """:class:`RowSparseAdam`: the lazy update on touched rows, the row unchanged elsewhere."""
     group = group_of(optimizer, param)
     state = optimizer.state.get(param, {})
@@ -186,7 +198,9 @@ def _row_sparse_adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter,
     return torch.where(_touched(param, rows), p - (m / denom) * step_size, p)
 
 
-def _row_sparse_adagrad_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _row_sparse_adagrad_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     """:class:`RowSparseAdagrad`: Adagrad on touched rows (per-row lr decay), unchanged elsewhere."""
     group = group_of(optimizer, param)
     state = optimizer.state.get(param, {})
@@ -201,7 +215,9 @@ def _row_sparse_adagrad_rows(optimizer: torch.optim.Optimizer, param: nn.Paramet
     return torch.where(_touched(param, rows), p - (grad / (_safe_sqrt(acc) + eps)) * clr, p)
 
 
-def _row_sparse_sgd_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _row_sparse_sgd_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     """:class:`RowSparseSGD`: θ − lr·g on touched rows (an untouched row has g = 0 anyway)."""
     p = _rows_of(param.detach(), rows)
     return torch.where(_touched(param, rows), p - scalar(group_of(optimizer, param)["lr"]) * grad, p)
@@ -336,7 +352,9 @@ def _clip_is_inactive(model: FactorModel, granularity: LambdaGranularity, train_
 
 
 @torch.no_grad()
-def _sparse_clip_is_inactive(model: FactorModel, granularity: LambdaGranularity, train_batch: Batch, clip_norm: float) -> bool:
+def _sparse_clip_is_inactive(
+    model: FactorModel, granularity: LambdaGranularity, train_batch: Batch, clip_norm: float
+) -> bool:
     """:func:`_clip_is_inactive` for row-sparse Θ gradients (the same sum over the train rows and
     the same margin as :func:`lookahead_fast.clip_is_inactive`)."""
     users, pos, neg = train_batch
@@ -412,8 +430,10 @@ def lookahead_rows(
             "a row-sparse Θ optimizer (optimizer=sparse_*) needs model.penalty_scope=batch: "
             "scope 'all' penalizes every row every step"
         )
-    if scope == "batch" and users.numel() > 0 and (
-        clip_norm is None or _clip_is_inactive(model, granularity, train_batch, clip_norm)
+    if (
+        scope == "batch"
+        and users.numel() > 0
+        and (clip_norm is None or _clip_is_inactive(model, granularity, train_batch, clip_norm))
     ):
         # Fast path: the clip coefficient is 1 (none, or surely inactive), so only the rows the batch
         # penalizes depend on Λ.
@@ -474,7 +494,15 @@ def lookahead_validation_loss(
         if loss is not None:
             return loss
     new_p, new_q = lookahead_rows(
-        model, theta_optimizer, granularity, train_batch, user_rows, item_rows, scope=scope, scale=scale, clip_norm=clip_norm
+        model,
+        theta_optimizer,
+        granularity,
+        train_batch,
+        user_rows,
+        item_rows,
+        scope=scope,
+        scale=scale,
+        clip_norm=clip_norm,
     )
     n = v_users.numel()
     pos_idx, neg_idx = item_idx[:n], item_idx[n:]

@@ -54,8 +54,13 @@ CLIP_MARGIN = 1e-4
 
 # ---------------------------------------------------------------------------- kernels
 def _regularized_grad_rows(
-    theta: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor,
-    two_over_n: float, lam_rowwise: bool,
+    theta: torch.Tensor,
+    grad: torch.Tensor,
+    lam: torch.Tensor,
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    two_over_n: float,
+    lam_rowwise: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(θ[rows], c = 2·count/|B| as (n, 1), g[rows] + c·λ[rows]⊙θ[rows]): the rows' parameters and
     regularized Θ-gradient (``lam`` row-stored if ``lam_rowwise``, else broadcast (1, k))."""
@@ -171,7 +176,9 @@ def _bpr_kernel(
     return loss, d_user, d_item
 
 
-def _lambda_grad_kernel(d_new: torch.Tensor, dnew_dlam: torch.Tensor, hit: torch.Tensor, width_one: bool) -> torch.Tensor:
+def _lambda_grad_kernel(
+    d_new: torch.Tensor, dnew_dlam: torch.Tensor, hit: torch.Tensor, width_one: bool
+) -> torch.Tensor:
     """∂l/∂λ[rows[hit]] ((len(hit), k)) from ∂l/∂θ̄[rows] and K = ∂θ̄[rows]/∂λ[rows] ((n, d) each)."""
     prod = d_new.index_select(0, hit) * dnew_dlam.index_select(0, hit)
     return prod.sum(1, keepdim=True) if width_one else prod
@@ -196,7 +203,9 @@ class _Kernel:
                 log.warning(
                     "torch.compile of the look-ahead kernel %s failed (%s: %s); using the eager kernel "
                     "(same results, slower). Set model.compile_lookahead=false to skip compiling.",
-                    self.fn.__name__, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+                    self.fn.__name__,
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
                 )
         return self.fn(*args)
 
@@ -219,7 +228,18 @@ def clip_is_inactive(sides: tuple[ClipSide, ...], n_batch: int, clip_norm: float
     rounding cannot flip: then it is a constant with a zero derivative. A host sync."""
     with torch.no_grad():
         sq = sum(
-            float(CLIP_SQ(compiled, param.detach(), param.grad.detach(), storage.detach(), rows, counts, 2.0 / n_batch, rowwise))
+            float(
+                CLIP_SQ(
+                    compiled,
+                    param.detach(),
+                    param.grad.detach(),
+                    storage.detach(),
+                    rows,
+                    counts,
+                    2.0 / n_batch,
+                    rowwise,
+                )
+            )
             for param, storage, rowwise, rows, counts in sides
         )
     norm = math.sqrt(sq)
@@ -270,7 +290,11 @@ class _Side:
         beta1, beta2 = (scalar(b) for b in group["betas"])
         step = (scalar(state["step"]) if "step" in state else 0.0) + 1.0
         self.adam = (
-            scalar(group["lr"]) / (1 - beta1**step), beta1, beta2, (1 - beta2**step) ** 0.5, scalar(group["eps"]),
+            scalar(group["lr"]) / (1 - beta1**step),
+            beta1,
+            beta2,
+            (1 - beta2**step) ** 0.5,
+            scalar(group["eps"]),
         )
         self.amsgrad = bool(group.get("amsgrad", False))
         self.negate = bool(group.get("maximize", False))
@@ -289,13 +313,30 @@ class _Side:
     def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.state
         return REPLAY(
-            compiled, self.param.detach(), self.param.grad.detach(), s.get("exp_avg"), s.get("exp_avg_sq"),
-            s.get("max_exp_avg_sq") if self.amsgrad else None, self.lam_storage.detach(), self.rows, self.counts,
-            self.two_over_n, *self.adam, self.lam_rowwise, self.negate,
+            compiled,
+            self.param.detach(),
+            self.param.grad.detach(),
+            s.get("exp_avg"),
+            s.get("exp_avg_sq"),
+            s.get("max_exp_avg_sq") if self.amsgrad else None,
+            self.lam_storage.detach(),
+            self.rows,
+            self.counts,
+            self.two_over_n,
+            *self.adam,
+            self.lam_rowwise,
+            self.negate,
         )
 
-    def lambda_grad(self, terms: torch.Tensor, idx: torch.Tensor, neg_idx: torch.Tensor | None,
-                    dnew_dlam: torch.Tensor, scale: torch.Tensor, compiled: bool) -> torch.Tensor:
+    def lambda_grad(
+        self,
+        terms: torch.Tensor,
+        idx: torch.Tensor,
+        neg_idx: torch.Tensor | None,
+        dnew_dlam: torch.Tensor,
+        scale: torch.Tensor,
+        compiled: bool,
+    ) -> torch.Tensor:
         """∂l/∂(λ storage) · ``scale`` (∂out/∂l) from the side's terms of :func:`_bpr_kernel`: for a
         broadcast storage summed to (1, k); for a row storage ∂l/∂θ̄[t] scattered onto the rows
         (``idx``; items: + at ``neg_idx``, − at ``idx`` = the positives) and a sparse COO gradient
@@ -319,14 +360,27 @@ class _LookaheadBPR(torch.autograd.Function):
     scatters onto rows and the reductions in backward."""
 
     @staticmethod
-    def forward(ctx: Any, lam_u: torch.Tensor, lam_i: torch.Tensor, side_u: _Side, side_i: _Side,  # type: ignore[override]
-                user_idx: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, compiled: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        lam_u: torch.Tensor,
+        lam_i: torch.Tensor,
+        side_u: _Side,
+        side_i: _Side,  # type: ignore[override]
+        user_idx: torch.Tensor,
+        pos_idx: torch.Tensor,
+        neg_idx: torch.Tensor,
+        compiled: bool,
+    ) -> torch.Tensor:
         new_p, k_u = side_u.replay(compiled)
         new_q, k_i = side_i.replay(compiled)
         need_u, need_i = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         shared = lam_u is lam_i and not side_u.lam_rowwise
-        user_terms = ("sum_both" if shared and need_i else "sum" if not side_u.lam_rowwise else "scatter") if need_u else "none"
-        item_terms = ("none" if shared and need_u else "sum" if not side_i.lam_rowwise else "scatter") if need_i else "none"
+        user_terms = (
+            ("sum_both" if shared and need_i else "sum" if not side_u.lam_rowwise else "scatter") if need_u else "none"
+        )
+        item_terms = (
+            ("none" if shared and need_u else "sum" if not side_i.lam_rowwise else "scatter") if need_i else "none"
+        )
         loss, t_u, t_i = BPR(compiled, new_p, new_q, k_u, k_i, user_idx, pos_idx, neg_idx, user_terms, item_terms)
         ctx.sides, ctx.compiled = (side_u, side_i), compiled
         ctx.save_for_backward(t_u, t_i, k_u, k_i, user_idx, pos_idx, neg_idx)
@@ -368,13 +422,21 @@ def validation_loss(
     if clip_norm is not None and P.device.type != "cpu":
         return None
     side_u = _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, user_rows, users, n)
-    side_i = _Side(optimizer, Q, granularity.item_storage, granularity.item_rowwise, item_rows, torch.cat([pos, neg]), n)
+    side_i = _Side(
+        optimizer, Q, granularity.item_storage, granularity.item_rowwise, item_rows, torch.cat([pos, neg]), n
+    )
     if clip_norm is not None and not clip_is_inactive((side_u.clip_side(), side_i.clip_side()), n, clip_norm, compiled):
         return None
     n_v = user_idx.numel()
     return _LookaheadBPR.apply(
-        granularity.user_storage, granularity.item_storage, side_u, side_i,
-        user_idx, item_idx[:n_v], item_idx[n_v:], compiled,
+        granularity.user_storage,
+        granularity.item_storage,
+        side_u,
+        side_i,
+        user_idx,
+        item_idx[:n_v],
+        item_idx[n_v:],
+        compiled,
     )
 
 

@@ -66,9 +66,17 @@ class MFBPRModule(RankingModule):
         self.method_name = name
         self._epoch_started = 0.0
         self.save_hyperparameters(
-            {"n_users": n_users, "n_items": n_items, "dim": dim, "init_std": init_std, "name": name,
-             "penalty_scope": penalty_scope, "penalty_scale": penalty_scale, "grad_clip_norm": grad_clip_norm,
-             "granularity": granularity.name}
+            {
+                "n_users": n_users,
+                "n_items": n_items,
+                "dim": dim,
+                "init_std": init_std,
+                "name": name,
+                "penalty_scope": penalty_scope,
+                "penalty_scale": penalty_scale,
+                "grad_clip_norm": grad_clip_norm,
+                "granularity": granularity.name,
+            }
         )
 
     # ----------------------------------------------------------------------------- model
@@ -99,8 +107,13 @@ class MFBPRModule(RankingModule):
         slot_logs = self.before_theta_step(batch)
 
         grad_norm = theta_step(
-            self.model, theta_opt, self.granularity, batch["train"],
-            scope=self.penalty_scope, scale=self.penalty_scale, clip_norm=self.grad_clip_norm,
+            self.model,
+            theta_opt,
+            self.granularity,
+            batch["train"],
+            scope=self.penalty_scope,
+            scale=self.penalty_scale,
+            clip_norm=self.grad_clip_norm,
         )
 
         if self._is_logging_step():
@@ -148,8 +161,16 @@ class FixModule(MFBPRModule):
             raise ValueError(f"model.lambda_value must be ≥ 0, got {lambda_value}")
         granularity = LambdaGranularity("fix", n_users, n_items, dim, float(lambda_value))
         super().__init__(
-            n_users, n_items, dim, init_std, optimizer, granularity,
-            penalty_scope=penalty_scope, penalty_scale=penalty_scale, grad_clip_norm=grad_clip_norm, name=name,
+            n_users,
+            n_items,
+            dim,
+            init_std,
+            optimizer,
+            granularity,
+            penalty_scope=penalty_scope,
+            penalty_scale=penalty_scale,
+            grad_clip_norm=grad_clip_norm,
+            name=name,
         )
         self.lambda_value = float(lambda_value)
         self.hparams.update(lambda_value=self.lambda_value)

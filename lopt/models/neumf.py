@@ -41,9 +41,7 @@ class NeuMF(nn.Module):
     """The NeuMF network: ``forward(users, items) -> (n,)`` logits for index pairs; ``score_users``
     scores a user block against all items without a per-user or per-item loop."""
 
-    def __init__(
-        self, n_users: int, n_items: int, dim: int, mlp_layers: Sequence[int], init_std: float
-    ) -> None:
+    def __init__(self, n_users: int, n_items: int, dim: int, mlp_layers: Sequence[int], init_std: float) -> None:
         super().__init__()
         layers = [int(w) for w in mlp_layers]
         if n_users <= 0 or n_items <= 0 or dim <= 0:
@@ -148,9 +146,17 @@ class NeuMFModule(RankingModule):
         self.method_name = name
         self._epoch_started = 0.0
         self.save_hyperparameters(
-            {"n_users": n_users, "n_items": n_items, "dim": dim, "mlp_layers": list(mlp_layers),
-             "init_std": init_std, "loss": loss, "lambda_value": self.lambda_value,
-             "grad_clip_norm": grad_clip_norm, "name": name}
+            {
+                "n_users": n_users,
+                "n_items": n_items,
+                "dim": dim,
+                "mlp_layers": list(mlp_layers),
+                "init_std": init_std,
+                "loss": loss,
+                "lambda_value": self.lambda_value,
+                "grad_clip_norm": grad_clip_norm,
+                "name": name,
+            }
         )
 
     # ----------------------------------------------------------------------------- model

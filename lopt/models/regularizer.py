@@ -35,7 +35,9 @@ class FactorModel(Protocol):
 def check_scope(scope: str) -> str:
     """Return ``scope`` if valid, else raise ValueError naming config key ``regularizer.scope``."""
     if scope not in SCOPES:
-        raise ValueError(f"unknown regularizer scope {scope!r} (config key `regularizer.scope`); valid: {', '.join(SCOPES)}")
+        raise ValueError(
+            f"unknown regularizer scope {scope!r} (config key `regularizer.scope`); valid: {', '.join(SCOPES)}"
+        )
     return scope
 
 
@@ -51,7 +53,9 @@ def penalty(
     """Ω as a scalar, differentiable in Θ and Λ. ``scale`` is used by scope "all" only."""
     P, Q = model.user_factors, model.item_factors
     if check_scope(scope) == "all":
-        return scale * ((granularity.user_lambda(None) * P.square()).sum() + (granularity.item_lambda(None) * Q.square()).sum())
+        return scale * (
+            (granularity.user_lambda(None) * P.square()).sum() + (granularity.item_lambda(None) * Q.square()).sum()
+        )
     n = users.numel()
     if n == 0:
         return P.new_zeros(())
@@ -169,7 +173,9 @@ def _sparse_rows_add(grad: torch.Tensor, rows: torch.Tensor, values: torch.Tenso
     g = coalesced(grad)
     g_rows = g.indices()[0]
     if g_rows.numel() == rows.numel() and torch.equal(g_rows, rows):
-        return torch.sparse_coo_tensor(g.indices(), g.values() + values, g.shape, is_coalesced=True, check_invariants=False)
+        return torch.sparse_coo_tensor(
+            g.indices(), g.values() + values, g.shape, is_coalesced=True, check_invariants=False
+        )
     merged = torch.sparse_coo_tensor(
         torch.cat([g.indices(), rows.unsqueeze(0)], 1), torch.cat([g.values(), values]), g.shape
     )
@@ -214,7 +220,9 @@ def add_penalty_grad_(
         rows, counts = _unique_counts(batch_rows, theta.shape[0])
         coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n)
         if grad.is_sparse:
-            theta.grad = _sparse_rows_add(grad, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows))
+            theta.grad = _sparse_rows_add(
+                grad, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows)
+            )
             continue
         grad.index_add_(0, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows))
 
@@ -255,11 +263,20 @@ def _clip_sparse_grad_norm_(params: list[nn.Parameter], max_norm: float | None) 
             for p in params:
                 g = p.grad
                 if g.is_sparse:
-                    p.grad = torch.sparse_coo_tensor(g.indices(), g.values() * coef, g.shape, is_coalesced=True,
-                                                     check_invariants=False)
+                    p.grad = torch.sparse_coo_tensor(
+                        g.indices(), g.values() * coef, g.shape, is_coalesced=True, check_invariants=False
+                    )
                 else:
                     g.mul_(coef)
     return total
 
 
-__all__ = ["SCOPES", "FactorModel", "add_penalty_grad_", "check_scope", "clip_grad_norm_", "penalty", "penalty_grad_rows"]
+__all__ = [
+    "SCOPES",
+    "FactorModel",
+    "add_penalty_grad_",
+    "check_scope",
+    "clip_grad_norm_",
+    "penalty",
+    "penalty_grad_rows",
+]

@@ -42,7 +42,9 @@ def row_grad(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     if not grad.is_sparse:
         return None, grad
     if grad.sparse_dim() != 1:
-        raise ValueError(f"a row-sparse optimizer needs row gradients (sparse_dim 1), got sparse_dim {grad.sparse_dim()}")
+        raise ValueError(
+            f"a row-sparse optimizer needs row gradients (sparse_dim 1), got sparse_dim {grad.sparse_dim()}"
+        )
     g = coalesced(grad)
     return g.indices()[0], g.values()
 
@@ -90,7 +92,9 @@ class RowSparseAdam(RowSparseOptimizer):
         θ[R] ← θ[R] − lr/(1 − β1^s) · m[R] / (√v[R] / √(1 − β2^s) + eps)
     """
 
-    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         if not (lr >= 0 and eps >= 0 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid sparse_adam hyper-parameters {lr=}, {betas=}, {eps=} (config group `optimizer`)")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
@@ -128,14 +132,21 @@ class RowSparseAdagrad(RowSparseOptimizer):
     θ[R] ← θ[R] − lr/(1 + (s − 1)·lr_decay) · g / (√sum[R] + eps), s the rows' step counts."""
 
     def __init__(
-        self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10
+        self,
+        params: ParamsT,
+        lr: float = 1e-2,
+        lr_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
     ) -> None:
         if not (lr >= 0 and lr_decay >= 0 and initial_accumulator_value >= 0 and eps >= 0):
             raise ValueError(
                 f"invalid sparse_adagrad hyper-parameters {lr=}, {lr_decay=}, {initial_accumulator_value=}, {eps=} "
                 "(config group `optimizer`)"
             )
-        super().__init__(params, {"lr": lr, "lr_decay": lr_decay, "initial_accumulator_value": initial_accumulator_value, "eps": eps})
+        super().__init__(
+            params, {"lr": lr, "lr_decay": lr_decay, "initial_accumulator_value": initial_accumulator_value, "eps": eps}
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -152,7 +163,9 @@ class RowSparseAdagrad(RowSparseOptimizer):
                 s = self._row_steps(p, rows)
                 state = self.state[p]
                 if "sum" not in state:
-                    state["sum"] = torch.full_like(p, float(group["initial_accumulator_value"]), memory_format=torch.contiguous_format)
+                    state["sum"] = torch.full_like(
+                        p, float(group["initial_accumulator_value"]), memory_format=torch.contiguous_format
+                    )
                 acc = state["sum"].index_select(0, rows).addcmul_(g, g)
                 state["sum"].index_copy_(0, rows, acc)
                 clr = lr / (1 + (s - 1) * lr_decay)

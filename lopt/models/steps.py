@@ -53,8 +53,16 @@ def lambda_step(
     loss, the Λ-gradient norm before clipping), both detached."""
     lambda_optimizer.zero_grad(set_to_none=True)
     valid_loss = lookahead_validation_loss(
-        model, theta_optimizer, granularity, train_batch, valid_batch,
-        scope=scope, scale=scale, clip_norm=clip_norm, dropout=dropout, compiled=compiled,
+        model,
+        theta_optimizer,
+        granularity,
+        train_batch,
+        valid_batch,
+        scope=scope,
+        scale=scale,
+        clip_norm=clip_norm,
+        dropout=dropout,
+        compiled=compiled,
     )
     valid_loss.backward()
     lambda_grad_norm = clip_lambda_grad_(list(granularity.parameters()), lambda_clip_norm)

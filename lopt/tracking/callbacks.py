@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lopt.data.types import PreparedSplit
-from lopt.io import atomic_write
 from lopt.eval.beyond import log_beyond
+from lopt.io import atomic_write
 from lopt.models.granularity import LambdaGranularity
 from lopt.tracking.lambda_stats import (
     SIDES,
@@ -111,14 +111,18 @@ class LambdaStatsCallback(L.Callback):
         for side in SIDES:
             storage = side_storage(granularity, side)
             if side not in self._samples:
-                self._samples[side] = quantile_sample(storage.numel(), self.max_quantile_values, self.seed, storage.device)
+                self._samples[side] = quantile_sample(
+                    storage.numel(), self.max_quantile_values, self.seed, storage.device
+                )
             stats = lambda_statistics(storage, self.quantiles, self.per_dim, self._samples[side])
             metrics.update({f"lambda/{side}/{k}": v for k, v in stats.items()})
         dashboard = {k: v for k, v in metrics.items() if _dashboard_stat(k)}
         for logger in trainer.loggers:
             logger.log_metrics(dashboard if isinstance(logger, WandbLogger) else metrics, step=step)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         granularity = learnable_granularity(pl_module)
         if granularity is not None and _due(trainer.global_step, self.every_n_steps):
             self._log_stats(trainer, granularity)
@@ -199,7 +203,9 @@ class LambdaTrajectoryCallback(L.Callback):
             self._frame = pl.read_parquet(self.path).filter(pl.col("step") < trainer.global_step)
         self._record(trainer, granularity)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         granularity = learnable_granularity(pl_module)
         if granularity is not None and _due(trainer.global_step, self.every_n_steps):
             self._record(trainer, granularity)
@@ -239,7 +245,9 @@ class LambdaTrajectoryCallback(L.Callback):
         if means.height == 0:
             return
         keep = thin_steps(means["step"].to_numpy(), self.wandb_max_points)
-        means = means.filter(pl.col("step").is_in(keep.tolist())).sort("side", "stratum", "frequency", "entity_id", "step")
+        means = means.filter(pl.col("step").is_in(keep.tolist())).sort(
+            "side", "stratum", "frequency", "entity_id", "step"
+        )
         payload: dict[str, Any] = {
             "trainer/global_step": step,
             "lambda_traj/plot": wandb.Image(trajectory_image(means, step), caption="λ of tracked users and items"),
@@ -286,7 +294,9 @@ class LambdaSnapshotCallback(L.Callback):
             self._capped = True
             log.warning(
                 "Λ snapshots: %s (%.1f MB) would exceed tracking.snapshots.max_mb=%s; no more snapshots this run",
-                name, over.size / 2**20, budget / 2**20 if budget is not None else None,
+                name,
+                over.size / 2**20,
+                budget / 2**20 if budget is not None else None,
             )
             return
         self._sizes[name] = (self.dir / name).stat().st_size
@@ -364,7 +374,9 @@ def build_tracking_callbacks(cfg: DictConfig, split: PreparedSplit, output_dir: 
         if snap.enabled:
             callbacks.append(LambdaSnapshotCallback(output_dir, max_mb=snap.max_mb))
     if is_wandb_config(cfg.get("logger")):
-        callbacks.append(WandbRunCallback(watch=cfg.logger.get("watch"), watch_log_freq=cfg.logger.get("watch_log_freq") or 500))
+        callbacks.append(
+            WandbRunCallback(watch=cfg.logger.get("watch"), watch_log_freq=cfg.logger.get("watch_log_freq") or 500)
+        )
     return callbacks
 
 

@@ -154,7 +154,12 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger | bool:
         settings = wandb.Settings(init_timeout=float(node.get("init_timeout") or 30.0), silent=True)
         logger_class = get_class(str(node._target_))
         logger = logger_class(
-            **kwargs, mode=run_mode, group=group, name=name, config=_run_config(cfg), settings=settings,
+            **kwargs,
+            mode=run_mode,
+            group=group,
+            name=name,
+            config=_run_config(cfg),
+            settings=settings,
             reinit="finish_previous",
         )
         # Lightning passes anonymous=None, which W&B 0.31 only warns about.

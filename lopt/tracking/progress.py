@@ -90,7 +90,9 @@ class LogProgress(L.Callback):
         self._loss_sum, self._loss_count = None, 0
         self._evaluated = None  # the Λ-step loss stays the last logged one, across epochs
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             loss = loss.detach()
@@ -108,14 +110,23 @@ class LogProgress(L.Callback):
             eta = (now - self._epoch_started) * (1 / fraction - 1) if fraction > 0 else None
             log.info(
                 "epoch %d/%s  batch %d/%s  step %d  train_loss %s  epoch ETA %s",
-                trainer.current_epoch + 1, self._epochs(trainer), done, total or "?", trainer.global_step,
-                self._mean_loss(), format_seconds(eta) if eta is not None else "?",
+                trainer.current_epoch + 1,
+                self._epochs(trainer),
+                done,
+                total or "?",
+                trainer.global_step,
+                self._mean_loss(),
+                format_seconds(eta) if eta is not None else "?",
             )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = time.monotonic()
         epoch = trainer.current_epoch
-        parts = [f"epoch {epoch + 1}/{self._epochs(trainer)}", f"step {trainer.global_step}", f"train_loss {self._mean_loss()}"]
+        parts = [
+            f"epoch {epoch + 1}/{self._epochs(trainer)}",
+            f"step {trainer.global_step}",
+            f"train_loss {self._mean_loss()}",
+        ]
         lookahead = _scalar(self._lookahead)
         if lookahead is not None:
             parts.append(f"lookahead_valid_loss {lookahead:.4f}")
@@ -161,24 +172,38 @@ class LogProgress(L.Callback):
         eta = (now - self._eval_started) * (total / done - 1) if total else None
         log.info(
             "%s evaluation: batch %d/%s  elapsed %s  ETA %s",
-            which, done, total or "?", format_seconds(now - self._eval_started),
+            which,
+            done,
+            total or "?",
+            format_seconds(now - self._eval_started),
             format_seconds(eta) if eta is not None else "?",
         )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_start()
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._eval_batch(trainer, "valid", batch_idx, trainer.num_val_batches)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {k.split("/", 1)[1]: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")}
+        metrics = {
+            k.split("/", 1)[1]: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")
+        }
         self._evaluated = {k: v for k, v in metrics.items() if v is not None}
         if trainer.state.fn != TrainerFn.FITTING:  # an evaluation outside fit (the final one)
             log.info(
-                "valid (after epoch %d)  %s  took %s", trainer.current_epoch,
+                "valid (after epoch %d)  %s  took %s",
+                trainer.current_epoch,
                 " ".join(f"{k}={v:.4f}" for k, v in self._evaluated.items()),
                 format_seconds(time.monotonic() - self._eval_started),
             )
@@ -187,5 +212,13 @@ class LogProgress(L.Callback):
         self._eval_start()
         log.info("test evaluation of the best checkpoint")
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._eval_batch(trainer, "test", batch_idx, trainer.num_test_batches)

@@ -23,17 +23,37 @@ from omegaconf import OmegaConf
 METRICS: tuple[str, ...] = ("auc", "hr@50", "hr@100", "ndcg@50", "ndcg@100")
 #: Protocol of a run whose metrics.json predates the protocol key.
 DEFAULT_PROTOCOL = "lambdaopt"
-_TITLES = {"auc": "AUC", "mrr": "MRR", "hr": "HR", "ndcg": "NDCG", "recall": "Recall", "precision": "Precision", "map": "MAP"}
+_TITLES = {
+    "auc": "AUC",
+    "mrr": "MRR",
+    "hr": "HR",
+    "ndcg": "NDCG",
+    "recall": "Recall",
+    "precision": "Precision",
+    "map": "MAP",
+}
 FIX_METHOD = "MF-λFix"
 #: The paper table's rows, in its order; other methods found are appended after these.
 PAPER_METHODS: tuple[str, ...] = (
-    "SGDA", "AMF", "NeuMF", "MF-λFix", "MF-λOpt-D", "MF-λOpt-DU", "MF-λOpt-DI", "MF-λOpt-DUI",
+    "SGDA",
+    "AMF",
+    "NeuMF",
+    "MF-λFix",
+    "MF-λOpt-D",
+    "MF-λOpt-DU",
+    "MF-λOpt-DI",
+    "MF-λOpt-DUI",
 )
 #: Config keys that do not change what is learned (ignored when grouping runs into configurations).
 NON_CONFIG_KEYS: tuple[str, ...] = ("seed", "paths", "logger", "tracking", "resume", "checkpoint", "hydra")
 NON_CONFIG_PATHS: tuple[tuple[str, ...], ...] = (
-    ("dataset", "source", "path"), ("dataset", "source", "default_path"), ("dataset", "source", "lock_dir"),
-    ("dataset", "source", "download"), ("dataset", "download"), ("data", "cache"), ("overwrite",),
+    ("dataset", "source", "path"),
+    ("dataset", "source", "default_path"),
+    ("dataset", "source", "lock_dir"),
+    ("dataset", "source", "download"),
+    ("dataset", "download"),
+    ("data", "cache"),
+    ("overwrite",),
 )
 
 
@@ -99,7 +119,9 @@ def find_runs(root: str | Path) -> list[Run]:
     skips (and names, on stderr) folders whose metrics.json cannot be read."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"results folder {root} does not exist (give the folder that holds outputs/ or multirun/)")
+        raise FileNotFoundError(
+            f"results folder {root} does not exist (give the folder that holds outputs/ or multirun/)"
+        )
     runs = []
     for metrics_path in sorted(root.rglob("metrics.json")):
         run_dir = metrics_path.parent
@@ -144,7 +166,7 @@ def available_metrics(runs: Iterable[Run], split: str = "test", prefer: Sequence
     (in its order), then the others in order of first appearance."""
     seen: dict[str, None] = {}
     for run in runs:
-        for key in (run.metrics.get(split) or {}):
+        for key in run.metrics.get(split) or {}:
             seen.setdefault(str(key), None)
     return [m for m in prefer if m in seen] + [m for m in seen if m not in prefer]
 
@@ -214,7 +236,8 @@ def select_configurations(runs: Iterable[Run], select_metric: str = "auc") -> di
         scored.sort(key=lambda item: (-item[0], str(item[1][0].path)))
         best_score, best_runs = scored[0]
         candidates = tuple(
-            (_config_label(r), s, len(r)) for s, r in sorted(scored, key=lambda item: (item[1][0].lambda_value or 0.0, str(item[1][0].path)))
+            (_config_label(r), s, len(r))
+            for s, r in sorted(scored, key=lambda item: (item[1][0].lambda_value or 0.0, str(item[1][0].path)))
         )
         selections[(dataset, method)] = Selection(
             dataset, method, best_runs, select_metric, best_score, len(configs), candidates
@@ -245,7 +268,9 @@ def per_user_metrics(runs: Sequence[Run], metric: str) -> pl.DataFrame:
             )
         )
     if not frames:
-        return pl.DataFrame(schema={"raw_user_id": pl.String, "train_frequency": pl.Int64, "value": pl.Float64, "n_runs": pl.UInt32})
+        return pl.DataFrame(
+            schema={"raw_user_id": pl.String, "train_frequency": pl.Int64, "value": pl.Float64, "n_runs": pl.UInt32}
+        )
     return (
         pl.concat(frames)
         .drop_nulls("value")
@@ -280,7 +305,9 @@ class MixedProvenanceError(ValueError):
     """Runs made by different commits or on different prepared splits were put in one table."""
 
 
-def provenance_differences(runs: Sequence[Run], keys: Sequence[str] = PROVENANCE_MUST_MATCH) -> dict[str, dict[str, list[Path]]]:
+def provenance_differences(
+    runs: Sequence[Run], keys: Sequence[str] = PROVENANCE_MUST_MATCH
+) -> dict[str, dict[str, list[Path]]]:
     """For each of ``keys`` on which ``runs`` disagree: value → the run folders holding it.
 
     A run without a ``provenance`` block (made before lopt recorded it) has the value
@@ -290,7 +317,13 @@ def provenance_differences(runs: Sequence[Run], keys: Sequence[str] = PROVENANCE
         by_value: dict[str, list[Path]] = {}
         for run in runs:
             block = run.metrics.get("provenance")
-            value = "unknown" if not isinstance(block, dict) else str(block.get(key)) if block.get(key) is not None else "null"
+            value = (
+                "unknown"
+                if not isinstance(block, dict)
+                else str(block.get(key))
+                if block.get(key) is not None
+                else "null"
+            )
             by_value.setdefault(value, []).append(run.path)
         if len(by_value) > 1:
             differences[key] = by_value

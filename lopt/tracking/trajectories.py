@@ -67,7 +67,9 @@ def choose_by_strata(
     for name, bounds in strata.items():
         lo, hi = (float(b) for b in bounds)
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"tracking.trajectories.strata.{name} must be [lo, hi] with 0 ≤ lo ≤ hi ≤ 1, got {list(bounds)}")
+            raise ValueError(
+                f"tracking.trajectories.strata.{name} must be [lo, hi] with 0 ≤ lo ≤ hi ≤ 1, got {list(bounds)}"
+            )
         candidates = np.flatnonzero((position >= lo) & (position <= hi) & ~taken)
         chosen = rng.choice(candidates, size=min(n_per_stratum, len(candidates)), replace=False)
         chosen = chosen[np.lexsort((chosen, frequency[chosen]))]

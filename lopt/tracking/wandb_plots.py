@@ -61,8 +61,12 @@ def trajectory_image(means: pl.DataFrame, step: int) -> np.ndarray:
         for (_, stratum, raw_id, frequency), rows in part.group_by(
             ["entity_id", "stratum", "raw_id", "frequency"], maintain_order=True
         ):
-            ax.plot(rows["step"].to_numpy(), rows["value"].to_numpy(), linewidth=1,
-                    label=entity_label(side, stratum, raw_id, frequency))
+            ax.plot(
+                rows["step"].to_numpy(),
+                rows["value"].to_numpy(),
+                linewidth=1,
+                label=entity_label(side, stratum, raw_id, frequency),
+            )
         ax.set_xlabel("step")
         ax.set_ylabel("λ (mean over dimensions)")
         ax.set_title(f"tracked {side}s (step {step})")
@@ -77,7 +81,12 @@ def trajectory_table_chart(means: pl.DataFrame) -> Any:
 
     rows = means.with_columns(
         pl.concat_str(
-            [pl.col("side"), pl.col("stratum"), pl.col("raw_id"), pl.lit("(n=") + pl.col("frequency").cast(pl.String) + pl.lit(")")],
+            [
+                pl.col("side"),
+                pl.col("stratum"),
+                pl.col("raw_id"),
+                pl.lit("(n=") + pl.col("frequency").cast(pl.String) + pl.lit(")"),
+            ],
             separator=" ",
         ).alias("label")
     ).select("step", "side", "stratum", "raw_id", "frequency", "entity_id", "label", "value")
