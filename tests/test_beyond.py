@@ -14,6 +14,7 @@ from lopt.eval.beyond import (
     gini,
     popularity_percentile,
     quantile_buckets,
+    quintile_rows,
 )
 from tests.test_evaluator import make_split
 
@@ -89,3 +90,15 @@ def test_no_tracking_without_track_beyond():
     ev = RankingEvaluator(split, "test", ks=(5,))
     ev.evaluate(lambda users: torch.zeros(len(users), split.n_items))
     assert ev.beyond_summary({}) == {}
+
+
+def test_quintile_rows_tabulate_both_sides() -> None:
+    beyond = {
+        "coverage@5": 0.5,
+        "user_quintiles": [{"quintile": q, "users": 2, "auc": q / 10} for q in range(1, 6)],
+        "item_quintiles": [{"quintile": q, "users": 3, "auc": q / 20} for q in range(1, 6)],
+    }
+    columns, rows = quintile_rows(beyond)
+    assert columns == ["side", "quintile", "users", "auc"]
+    assert rows[0] == ["user", 1, 2, 0.1] and rows[-1] == ["item", 5, 3, 0.25] and len(rows) == 10
+    assert set(flatten_beyond(beyond, quintiles=False)) == {"test_beyond/coverage@5"}

@@ -153,13 +153,14 @@ class BeyondAccuracy:
         return out
 
 
-def flatten_beyond(beyond: dict[str, Any], prefix: str = "test_beyond/") -> dict[str, float]:
-    """Scalar view of a ``beyond`` block for loggers: ``coverage@20``, ``user_q1/ndcg@20``, …"""
+def flatten_beyond(beyond: dict[str, Any], prefix: str = "test_beyond/", quintiles: bool = True) -> dict[str, float]:
+    """Scalar view of a ``beyond`` block for loggers: ``coverage@20``, ``user_q1/ndcg@20``, …
+    (``quintiles=False``: the catalogue-level scalars only)."""
     flat: dict[str, float] = {}
     for key, value in beyond.items():
         if isinstance(value, (int, float)):
             flat[f"{prefix}{key}"] = float(value)
-    for side in ("user", "item"):
+    for side in ("user", "item") if quintiles else ():
         for row in beyond.get(f"{side}_quintiles", []):
             for key, value in row.items():
                 if key not in ("quintile",) and isinstance(value, (int, float)):
@@ -167,11 +168,9 @@ def flatten_beyond(beyond: dict[str, Any], prefix: str = "test_beyond/") -> dict
     return flat
 
 
-def log_beyond(loggers: Sequence[Any], beyond: dict[str, Any], step: int) -> None:
-    """Send the scalar view of ``beyond`` (:func:`flatten_beyond`) to every Lightning logger."""
-    flat = flatten_beyond(beyond)
-    if not flat:
-        return
-    for logger in loggers:
-        logger.log_metrics(flat, step=step)
-        logger.save()
+def quintile_rows(beyond: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The user- and item-frequency quintile breakdown of ``beyond`` as (columns, rows):
+    ``side, quintile, <the rows' keys>``, one row per side and quintile."""
+    rows = [(side, row) for side in ("user", "item") for row in beyond.get(f"{side}_quintiles", [])]
+    keys = list(dict.fromkeys(k for _, row in rows for k in row if k != "quintile"))
+    return ["side", "quintile", *keys], [[side, row["quintile"], *(row.get(k) for k in keys)] for side, row in rows]

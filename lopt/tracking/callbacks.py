@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lopt.data.types import PreparedSplit
-from lopt.eval.beyond import log_beyond
+from lopt.eval.beyond import flatten_beyond, quintile_rows
 from lopt.io import atomic_write
 from lopt.models.granularity import LambdaGranularity
 from lopt.tracking.lambda_stats import (
@@ -389,3 +389,22 @@ class LogBeyond(L.Callback):
         if datamodule is None or not hasattr(datamodule, "test_beyond"):
             return
         log_beyond(trainer.loggers, datamodule.test_beyond(pl_module.test_per_user), trainer.global_step)
+
+
+def log_beyond(loggers: Sequence[Any], beyond: dict[str, Any], step: int) -> None:
+    """Send ``beyond`` to every Lightning logger: W&B gets the catalogue-level scalars and one
+    table of the quintile breakdown (a few panels, not one per quintile and metric); other
+    loggers (csv) get every scalar of :func:`lopt.eval.beyond.flatten_beyond`."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            scalars = flatten_beyond(beyond, quintiles=False)
+            if scalars:
+                logger.log_metrics(scalars, step=step)
+            columns, rows = quintile_rows(beyond)
+            if rows:
+                logger.log_table("test_beyond/quintiles", columns=columns, data=rows, step=step)
+        else:
+            flat = flatten_beyond(beyond)
+            if flat:
+                logger.log_metrics(flat, step=step)
+        logger.save()
