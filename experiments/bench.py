@@ -1,4 +1,4 @@
-"""Performance benchmark of issue 7: λOpt at the cost of λFix, fast data and evaluation.
+"""Performance benchmark: λOpt at the cost of λFix, dense and row-sparse Θ optimizers, fast data and evaluation.
 
     python experiments/bench.py --shape ml10m --out bench.json   # the paper's size (minutes)
     python experiments/bench.py --shape ml1m --out bench.json    # a quick run
