@@ -1,4 +1,4 @@
-"""experiments/bench.py keeps working: a tiny-shape run writes every key of issue 7, all finite.
+"""experiments/bench.py keeps working: a tiny-shape run writes every key of bench.json, all finite.
 
 Benchmarks are not timed tests; this only checks the script end to end (subprocess, its own
 cache directory, no network)."""

@@ -44,9 +44,9 @@ __all__ = ["DEFAULT_BLOCK_SIZE", "VALID_CANDIDATES", "RankingEvaluator"]
 #: or "paper" (the paper's code: they are removed, so selection peeks at the test split).
 VALID_CANDIDATES: tuple[str, ...] = ("clean", "paper")
 
-#: Users per block. At ML-10M shape (69,878 x 10,677, 128-dim factors) a full test evaluation
-#: took ~41 CPU-seconds single-threaded on the 2-core dev box (1024 and 2048 equally fast);
-#: peak memory per block is ~4 (B, n_items) tensors, ~180 MB at 1024. On a GPU use larger blocks.
+#: Users per block. Blocks of 1024 and 2048 users evaluate ML-10M shape (69,878 x 10,677) equally
+#: fast on a CPU (experiments/bench.py); peak memory per block is ~4 (B, n_items) tensors, ~180 MB
+#: at 1024. On a GPU use larger blocks.
 DEFAULT_BLOCK_SIZE = 1024
 
 
