@@ -31,6 +31,17 @@ DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 JOB_NAME = "lopt"
 
 
+def _config_folder(config_dir: str | Path | None, config_name: str) -> Path:
+    """The absolute config folder holding ``config_name``.yaml (FileNotFoundError otherwise)."""
+    folder = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
+    if not (folder / f"{config_name}.yaml").is_file():
+        raise FileNotFoundError(
+            f"no {config_name}.yaml in {folder}: pass config_dir= the repository's conf/ folder "
+            "(lopt reads its configs from a source checkout, installed with pip install -e .)"
+        )
+    return folder.resolve()
+
+
 def compose_run_config(
     overrides: Sequence[str] = (), config_dir: str | Path | None = None, config_name: str = "config"
 ) -> DictConfig:
@@ -39,15 +50,10 @@ def compose_run_config(
     overrides = list(overrides)
     if any(o in ("-m", "--multirun") for o in overrides):
         raise ValueError("lopt.train runs one job; sweep from the command line: python run.py -m ...")
-    folder = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
-    if not (folder / f"{config_name}.yaml").is_file():
-        raise FileNotFoundError(
-            f"no {config_name}.yaml in {folder}: pass config_dir= the repository's conf/ folder "
-            "(lopt reads its configs from a source checkout, installed with pip install -e .)"
-        )
+    folder = _config_folder(config_dir, config_name)
     if GlobalHydra.instance().is_initialized():  # a previous compose in this process left it set
         GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(folder.resolve()), version_base="1.3", job_name=JOB_NAME):
+    with initialize_config_dir(config_dir=str(folder), version_base="1.3", job_name=JOB_NAME):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.run.dir).resolve())
@@ -86,9 +92,17 @@ def train(
     cfg = compose_run_config(overrides, config_dir, config_name)
     output_dir = Path(cfg.hydra.runtime.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} in the config resolves as in a CLI run
     if configure_logging:
         configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
     _save_hydra_files(cfg, output_dir)
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    return run(task)
+    # During the run, Hydra is set up as in a CLI run: ${hydra:...} resolves and a resume can
+    # compose the recorded overrides; afterwards the process is left as it was.
+    with initialize_config_dir(
+        config_dir=str(_config_folder(config_dir, config_name)), version_base="1.3", job_name=JOB_NAME
+    ):
+        HydraConfig.instance().set_config(cfg)
+        try:
+            return run(task)
+        finally:
+            HydraConfig.instance().cfg = None

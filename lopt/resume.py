@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -88,8 +89,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[An
 
 
 def _task_overrides() -> list[str] | None:
-    """This process's command-line overrides (None outside a Hydra app)."""
-    if not HydraConfig.initialized():
+    """This process's command-line overrides (None outside a Hydra app, where no composition of
+    the recorded overrides is possible either)."""
+    if not (HydraConfig.initialized() and GlobalHydra.instance().is_initialized()):
         return None
     return list(HydraConfig.get().overrides.task)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 
 from lopt.train import check_accelerator
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, run_cli
@@ -68,6 +70,11 @@ def test_python_api_from_a_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert again["test"] == metrics["test"]  # same seed, same metrics
     with pytest.raises(ValueError, match="command line"):
         train(["-m", "seed=1,2"])
+    # Hydra's global state is left as it was (in-process runs after this one see no stale app) …
+    assert not HydraConfig.initialized() and not GlobalHydra.instance().is_initialized()
+    # … and a resume through the API composes the recorded overrides (one more epoch is allowed).
+    longer = train(["resume=true", f"hydra.run.dir={tmp_path}/second", "trainer.max_epochs=2"], configure_logging=False)
+    assert longer["output_dir"] == again["output_dir"] and longer["best_epoch"] in (0, 1)
 
 
 def test_gpu_trainer_without_gpu_names_trainer_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
