@@ -10,6 +10,7 @@ saving ``last.ckpt`` when training had started, and print the command that conti
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ def start_run(cfg: DictConfig, output_dir: Path, checkpoint_dir: str) -> tuple[D
     if start.resuming:
         check_config(cfg)
         ckpt = resume_checkpoint(output_dir / checkpoint_dir)
-        log.info("resuming from %s", ckpt)
+        log.info("resumed from %s (SLURM_RESTART_COUNT=%s)", ckpt, os.environ.get("SLURM_RESTART_COUNT") or 0)
         return cfg, output_dir, str(ckpt)
     return cfg, output_dir, None
 
