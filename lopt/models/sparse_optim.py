@@ -63,6 +63,24 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         """Drop every gradient (always ``set_to_none``; see the module docstring)."""
         super().zero_grad(set_to_none=True)
 
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    rows, g = self._rows(p)
+                    self._update_rows(p, rows, g, group)
+        return loss
+
+    def _update_rows(self, p: torch.Tensor, rows: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> None:
+        """Update the rows ``rows`` of ``p`` (ascending, unique) with their gradient ``g`` and
+        ``group``'s hyper-parameters; every other row and its state stay untouched."""
+        raise NotImplementedError
+
     def _rows(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if p.dim() < 1:
             raise ValueError(f"{type(self).__name__} needs parameters with a row dimension (got a 0-dim tensor)")
@@ -99,32 +117,21 @@ class RowSparseAdam(RowSparseOptimizer):
             raise ValueError(f"invalid sparse_adam hyper-parameters {lr=}, {betas=}, {eps=} (config group `optimizer`)")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, eps = float(group["lr"]), float(group["eps"])
-            beta1, beta2 = (float(b) for b in group["betas"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, g = self._rows(p)
-                s = self._row_steps(p, rows)
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-                step_size = lr / (1 - torch.pow(beta1, s))
-                denom = v.sqrt().div_((1 - torch.pow(beta2, s)).sqrt()).add_(eps)
-                p.index_copy_(0, rows, p.index_select(0, rows).sub_(m.div(denom).mul_(step_size)))
-        return loss
+    def _update_rows(self, p: torch.Tensor, rows: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> None:
+        lr, eps = float(group["lr"]), float(group["eps"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        s = self._row_steps(p, rows)
+        state = self.state[p]
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
+        v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, m)
+        state["exp_avg_sq"].index_copy_(0, rows, v)
+        step_size = lr / (1 - torch.pow(beta1, s))
+        denom = v.sqrt().div_((1 - torch.pow(beta2, s)).sqrt()).add_(eps)
+        p.index_copy_(0, rows, p.index_select(0, rows).sub_(m.div(denom).mul_(step_size)))
 
 
 class RowSparseAdagrad(RowSparseOptimizer):
@@ -148,29 +155,18 @@ class RowSparseAdagrad(RowSparseOptimizer):
             params, {"lr": lr, "lr_decay": lr_decay, "initial_accumulator_value": initial_accumulator_value, "eps": eps}
         )
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, lr_decay, eps = float(group["lr"]), float(group["lr_decay"]), float(group["eps"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, g = self._rows(p)
-                s = self._row_steps(p, rows)
-                state = self.state[p]
-                if "sum" not in state:
-                    state["sum"] = torch.full_like(
-                        p, float(group["initial_accumulator_value"]), memory_format=torch.contiguous_format
-                    )
-                acc = state["sum"].index_select(0, rows).addcmul_(g, g)
-                state["sum"].index_copy_(0, rows, acc)
-                clr = lr / (1 + (s - 1) * lr_decay)
-                p.index_copy_(0, rows, p.index_select(0, rows).sub_(g.div(acc.sqrt().add_(eps)).mul_(clr)))
-        return loss
+    def _update_rows(self, p: torch.Tensor, rows: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> None:
+        lr, lr_decay, eps = float(group["lr"]), float(group["lr_decay"]), float(group["eps"])
+        s = self._row_steps(p, rows)
+        state = self.state[p]
+        if "sum" not in state:
+            state["sum"] = torch.full_like(
+                p, float(group["initial_accumulator_value"]), memory_format=torch.contiguous_format
+            )
+        acc = state["sum"].index_select(0, rows).addcmul_(g, g)
+        state["sum"].index_copy_(0, rows, acc)
+        clr = lr / (1 + (s - 1) * lr_decay)
+        p.index_copy_(0, rows, p.index_select(0, rows).sub_(g.div(acc.sqrt().add_(eps)).mul_(clr)))
 
 
 class RowSparseSGD(RowSparseOptimizer):
@@ -181,20 +177,8 @@ class RowSparseSGD(RowSparseOptimizer):
             raise ValueError(f"invalid sparse_sgd learning rate {lr} (config key `optimizer.lr`)")
         super().__init__(params, {"lr": lr})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr = float(group["lr"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, g = self._rows(p)
-                p.index_add_(0, rows, g, alpha=-lr)
-        return loss
+    def _update_rows(self, p: torch.Tensor, rows: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> None:
+        p.index_add_(0, rows, g, alpha=-float(group["lr"]))
 
 
 __all__ = ["RowSparseAdagrad", "RowSparseAdam", "RowSparseOptimizer", "RowSparseSGD", "is_row_sparse", "row_grad"]
