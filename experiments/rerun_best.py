@@ -12,7 +12,9 @@ command line). For each study this launches one multirun::
 so the re-runs keep the study's experiment, data, launcher and equal budget (epochs, early
 stopping), with the best hyper-parameters fixed. OVERRIDEs are appended to every study's command,
 e.g. ``control=refit`` or ``hydra/launcher=slurm hydra.launcher.partition=gpu``: one command
-re-runs a whole block of methods. Each study's runs go to ``DIR/<experiment>`` (``--out``, by
+re-runs a whole block of methods. An override ``+experiment=X`` re-runs the study's best
+hyper-parameters under another experiment (e.g. one λOpt study's Λ settings for every
+granularity); its runs go to ``DIR/X``. Each study's runs go to ``DIR/<experiment>`` (``--out``, by
 default ``<STUDY_DIR>-best``); ``--dry-run`` prints the commands only.
 """
 
@@ -65,8 +67,9 @@ def best_params(study_dir: Path) -> dict[str, object]:
     return dict(results["best_params"])
 
 
-def _label(task: Sequence[str], fallback: str) -> str:
-    for override in task:
+def _label(overrides: Sequence[str], fallback: str) -> str:
+    """The sweep folder of a re-run: the last ``experiment`` override's name."""
+    for override in reversed(overrides):
         if override_key(override) == "experiment":
             return override.split("=", 1)[1].replace("/", "_")
     return fallback
@@ -90,7 +93,8 @@ def rerun_command(study_dir: Path, seeds: str, out: Path, extra: Sequence[str] =
     overrides += [
         o for o in hydra_overrides if not _under(override_key(o), HYDRA_REPLACED) and override_key(o) not in replaced
     ]
-    overrides += [f"seed={seeds}", f"hydra.sweep.dir={out / _label(task, study_dir.name)}", *extra]
+    label = _label([*task, *extra], study_dir.name)  # an experiment given again (extra) names the folder
+    overrides += [f"seed={seeds}", f"hydra.sweep.dir={out / label}", *extra]
     return [sys.executable, str(REPO_ROOT / "run.py"), "-m", *overrides]
 
 

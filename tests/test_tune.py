@@ -121,6 +121,19 @@ def test_rerun_command_keeps_the_study_and_fixes_the_best_params(tmp_path: Path)
     assert rerun.main([str(tmp_path / "nothing")]) == 2
 
 
+def test_rerun_under_another_experiment_replaces_it_and_names_the_folder_after_it(tmp_path: Path) -> None:
+    rerun = load_script("rerun_best")
+    study = _fake_study(
+        tmp_path,
+        ["lambda_optimizer.lr=0.1", "+experiment=ml100k_dui", "+tune=lambda_opt"],
+        {"lambda_optimizer.lr": 0.02},
+    )
+    command = rerun.rerun_command(study, "0", tmp_path / "out", ["+experiment=ml100k_d"])
+    assert "+experiment=ml100k_dui" not in command
+    assert "lambda_optimizer.lr=0.02" in command and command[-1] == "+experiment=ml100k_d"
+    assert f"hydra.sweep.dir={tmp_path / 'out' / 'ml100k_d'}" in command
+
+
 @pytest.mark.slow
 def test_optuna_study_through_the_local_launcher_then_rerun_best(tmp_path: Path) -> None:
     """2 trials × 2 parallel jobs (submitit local launcher) of a λFix study on tiny data: each trial's

@@ -1,0 +1,98 @@
+"""Copy the compact records of finished runs into a folder small enough to commit.
+
+    python experiments/collect_records.py BLOCK_DIR [BLOCK_DIR …] --out DIR
+
+Each BLOCK_DIR (e.g. the ``--out`` of ``experiments/rerun_best.py``) holds finished runs at any
+depth. For every run this writes ``DIR/<block>/<method>/seed<seed>/`` with what
+``reproduce_table.py`` and ``figures.py`` read, and nothing else:
+
+* ``metrics.json`` and ``.hydra/config.yaml`` (the results contract, docs/results.md);
+* ``per_user_test.parquet`` (per-user test metrics: paired tests, Figure 7);
+* ``lambda_trajectories.parquet`` of MF-λOpt-DUI runs (Figure 8).
+
+Checkpoints, logs and Λ snapshots stay behind. ``<block>`` is the BLOCK_DIR's folder name. The
+copy is all-or-nothing: it is written into a temporary folder beside DIR and renamed into place,
+and an existing DIR is refused unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from lopt.tracking.results import Run, find_runs, find_unfinished_runs
+
+#: Files copied from every run, relative to its folder.
+RECORD_FILES = ("metrics.json", ".hydra/config.yaml", "per_user_test.parquet")
+#: Extra files copied from runs of these methods.
+EXTRA_FILES = {"MF-λOpt-DUI": ("lambda_trajectories.parquet",)}
+
+
+def slug(method: str) -> str:
+    """A folder name for a method label: ``MF-λOpt-DUI`` → ``mf-lopt-dui``."""
+    return re.sub(r"[^a-z0-9]+", "-", method.replace("λ", "l").lower()).strip("-")
+
+
+def record_dir(block: str, run: Run) -> Path:
+    """Where a run's records go, relative to the output folder."""
+    return Path(block) / slug(run.method) / f"seed{run.seed}"
+
+
+def collect(blocks: Sequence[Path], out: Path, overwrite: bool = False) -> list[Path]:
+    """Copy every finished run's records under ``blocks`` into ``out``; returns the record folders.
+    Raises ValueError on an unfinished run, two runs of one (block, method, seed), or a missing file."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: give --overwrite to replace it")
+    plan: dict[Path, Run] = {}
+    for block in blocks:
+        unfinished = find_unfinished_runs(block)
+        if unfinished:
+            raise ValueError(f"{block} holds unfinished runs: {', '.join(map(str, unfinished))}")
+        for run in find_runs(block):
+            target = record_dir(block.name, run)
+            if target in plan:
+                raise ValueError(f"two runs of {target}: {plan[target].path} and {run.path}")
+            plan[target] = run
+    if not plan:
+        raise ValueError(f"no finished run under {', '.join(map(str, blocks))}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for target, run in sorted(plan.items()):
+            for name in RECORD_FILES + EXTRA_FILES.get(run.method, ()):
+                source = run.path / name
+                if not source.is_file():
+                    raise ValueError(f"{source} is missing: the run did not write its records")
+                (staging / target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, staging / target / name)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [out / target for target in sorted(plan)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("blocks", nargs="+", type=Path, help="folders of finished runs, one per block")
+    parser.add_argument("--out", type=Path, required=True, help="the records folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    args = parser.parse_args(argv)
+    try:
+        written = collect(args.blocks, args.out, args.overwrite)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} runs → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
