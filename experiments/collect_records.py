@@ -10,7 +10,8 @@ depth. For every run this writes ``DIR/<block>/<method>/seed<seed>/`` with what
 * ``per_user_test.parquet`` (per-user test metrics: paired tests, Figure 7);
 * ``lambda_trajectories.parquet`` of MF-λOpt-DUI runs (Figure 8).
 
-Checkpoints, logs and Λ snapshots stay behind. ``<block>`` is the BLOCK_DIR's folder name. The
+Checkpoints, logs and Λ snapshots stay behind. ``<block>`` is the BLOCK_DIR's folder name; runs
+sharing a method and seed (the trials of an Optuna study) get ``seed<seed>-<run folder>``. The
 copy is all-or-nothing: it is written into a temporary folder beside DIR and renamed into place,
 and an existing DIR is refused unless ``--overwrite`` is given.
 """
@@ -38,26 +39,35 @@ def slug(method: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", method.replace("λ", "l").lower()).strip("-")
 
 
-def record_dir(block: str, run: Run) -> Path:
-    """Where a run's records go, relative to the output folder."""
-    return Path(block) / slug(run.method) / f"seed{run.seed}"
+def record_dirs(block: str, runs: Sequence[Run]) -> dict[Path, Run]:
+    """Where each run's records go, relative to the output folder: ``<block>/<method>/seed<seed>``,
+    and ``…/seed<seed>-<run folder>`` for runs sharing a method and seed (the trials of a study)."""
+    groups: dict[Path, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(Path(block) / slug(run.method) / f"seed{run.seed}", []).append(run)
+    plan = {}
+    for target, group in groups.items():
+        for run in group:
+            plan[target if len(group) == 1 else target.with_name(f"{target.name}-{run.path.name}")] = run
+    if len(plan) < len(runs):
+        raise ValueError(f"runs of {block} share a method, a seed and a folder name: give them distinct folders")
+    return plan
 
 
-def collect(blocks: Sequence[Path], out: Path, overwrite: bool = False) -> list[Path]:
+def collect(blocks: Sequence[Path], out: Path, overwrite: bool = False, skip_unfinished: bool = False) -> list[Path]:
     """Copy every finished run's records under ``blocks`` into ``out``; returns the record folders.
-    Raises ValueError on an unfinished run, two runs of one (block, method, seed), or a missing file."""
+    Raises ValueError on an unfinished run (unless ``skip_unfinished``: then they are listed on
+    stderr and left out) or a missing file."""
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: give --overwrite to replace it")
     plan: dict[Path, Run] = {}
     for block in blocks:
         unfinished = find_unfinished_runs(block)
-        if unfinished:
+        if unfinished and not skip_unfinished:
             raise ValueError(f"{block} holds unfinished runs: {', '.join(map(str, unfinished))}")
-        for run in find_runs(block):
-            target = record_dir(block.name, run)
-            if target in plan:
-                raise ValueError(f"two runs of {target}: {plan[target].path} and {run.path}")
-            plan[target] = run
+        for run_dir in unfinished:
+            print(f"left out (unfinished): {run_dir}", file=sys.stderr)
+        plan.update(record_dirs(block.name, find_runs(block)))
     if not plan:
         raise ValueError(f"no finished run under {', '.join(map(str, blocks))}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("blocks", nargs="+", type=Path, help="folders of finished runs, one per block")
     parser.add_argument("--out", type=Path, required=True, help="the records folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument(
+        "--skip-unfinished", action="store_true", help="leave out unfinished runs (e.g. failed trials of a study)"
+    )
     args = parser.parse_args(argv)
     try:
-        written = collect(args.blocks, args.out, args.overwrite)
+        written = collect(args.blocks, args.out, args.overwrite, args.skip_unfinished)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

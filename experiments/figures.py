@@ -39,11 +39,13 @@ from lopt.tracking.results import (  # noqa: E402
     Run,
     Selection,
     available_metrics,
+    block_runs,
     check_metrics,
     find_runs,
     metric_title,
     per_user_metrics,
     select_configurations,
+    table_blocks,
 )
 from lopt.tracking.trajectories import MEAN_DIM, TRAJECTORY_FILE  # noqa: E402
 
@@ -51,6 +53,7 @@ from lopt.tracking.trajectories import MEAN_DIM, TRAJECTORY_FILE  # noqa: E402
 FIG2_METRICS = ("auc", "hr@50", "ndcg@50")
 LAMBDA_OPT_ORDER = ("MF-λOpt-DUI", "MF-λOpt-DU", "MF-λOpt-DI", "MF-λOpt-D")
 STRATUM_COLOURS = {"sparse": "tab:red", "median": "tab:orange", "active": "tab:blue"}
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def _save(fig: plt.Figure, frame: pl.DataFrame, out: Path, stem: str) -> Path:
@@ -114,9 +117,11 @@ def figure2(
     dataset: str,
     out: Path,
     metrics: Sequence[str] = FIG2_METRICS,
+    stem: str | None = None,
+    title: str = "",
 ) -> Path | None:
     frame = fig2_frame(runs, dataset, metrics)
-    if frame.height == 0:
+    if frame.height == 0 or frame["lambda"].n_unique() < 2:  # one λ: no curve to draw
         return None
     learned = _learned_methods(selections, dataset)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
@@ -141,9 +146,9 @@ def figure2(
         ax.set_title(f"{dataset}: {metric_title(metric)} vs λ")
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Figure 2 — sensitivity of MF-λFix to λ")
+    fig.suptitle(f"Figure 2{title} — sensitivity of MF-λFix to λ")
     fig.tight_layout()
-    return _save(fig, frame, out, f"fig2_{dataset}")
+    return _save(fig, frame, out, stem or f"fig2_{dataset}")
 
 
 # ------------------------------------------------------------------------------ Figure 7
@@ -156,23 +161,37 @@ def frequency_buckets(frequency: np.ndarray, n_buckets: int = 5) -> tuple[np.nda
     return bucket, edges
 
 
+def _bucket_means(runs: Sequence[Run], metric: str, bucket_of: pl.DataFrame) -> pl.DataFrame:
+    """Per bucket: mean per-user ``metric`` of ``runs`` (seed-averaged per user first)."""
+    return (
+        per_user_metrics(runs, metric)
+        .join(bucket_of, on="raw_user_id")
+        .group_by("bucket")
+        .agg(pl.col("value").mean().alias("value"))
+    )
+
+
 def fig7_frame(
     selections: dict[tuple[str, str], Selection], dataset: str, metric: str, n_buckets: int = 5
 ) -> pl.DataFrame:
-    """Per λOpt method and frequency bucket: users, mean λFix / method metric, gain, relative gain (%)."""
+    """Per λOpt method and frequency bucket: users, mean λFix / method metric, gain and relative gain
+    (%) of the seed-averaged users, and the spread of the relative gain over seeds: each of the
+    method's seeds against λFix's run of the same seed (λFix's seed average when it lacks that
+    seed), ``rel_gain_pct_std`` (sample std, NaN for one seed), ``rel_gain_pct_min``/``_max``, ``seeds``."""
     fix = selections.get((dataset, FIX_METHOD))
     learned = _learned_methods(selections, dataset)
     if fix is None or not learned:
         return pl.DataFrame()
     base = per_user_metrics(fix.runs, metric)
+    fix_by_seed = {r.seed: r for r in fix.runs}
     rows = []
     for method in learned:
-        joined = per_user_metrics(selections[(dataset, method)].runs, metric).join(
-            base, on="raw_user_id", suffix="_fix"
-        )
+        runs = selections[(dataset, method)].runs
+        joined = per_user_metrics(runs, metric).join(base, on="raw_user_id", suffix="_fix")
         if joined.height == 0:
             continue
         bucket, edges = frequency_buckets(joined["train_frequency"].to_numpy(), n_buckets)
+        bucket_of = pl.DataFrame({"raw_user_id": joined["raw_user_id"], "bucket": bucket})
         grouped = (
             joined.with_columns(pl.Series("bucket", bucket))
             .group_by("bucket")
@@ -181,10 +200,33 @@ def fig7_frame(
             )
             .sort("bucket")
         )
+        per_seed = []  # one frame per seed: bucket → relative gain (%) of that seed over λFix
+        for run in runs:
+            paired = [fix_by_seed[run.seed]] if run.seed in fix_by_seed else list(fix.runs)
+            seed_gain = _bucket_means([run], metric, bucket_of).join(
+                _bucket_means(paired, metric, bucket_of), on="bucket", suffix="_fix"
+            )
+            per_seed.append(
+                seed_gain.select(
+                    "bucket", (100.0 * (pl.col("value") - pl.col("value_fix")) / pl.col("value_fix")).alias("g")
+                )
+            )
+        spread = (
+            pl.concat(per_seed)
+            .group_by("bucket")
+            .agg(
+                pl.col("g").std().alias("rel_gain_pct_std"),
+                pl.col("g").min().alias("rel_gain_pct_min"),
+                pl.col("g").max().alias("rel_gain_pct_max"),
+                pl.len().alias("seeds"),
+            )
+        )
+        spread_of = {row[0]: row[1:] for row in spread.iter_rows()}
         for b, users, fix_mean, method_mean in grouped.iter_rows():
             lo = int(math.ceil(edges[b]))
             last = b == len(edges) - 2  # buckets are [lo, hi) except the last, [lo, hi]
             hi = int(math.floor(edges[b + 1])) if last else int(math.ceil(edges[b + 1])) - 1
+            std, low, high, seeds = spread_of.get(b, (math.nan, math.nan, math.nan, 0))
             rows.append(
                 {
                     "dataset": dataset,
@@ -199,12 +241,18 @@ def fig7_frame(
                     "value": method_mean,
                     "gain": method_mean - fix_mean,
                     "rel_gain_pct": 100.0 * (method_mean - fix_mean) / fix_mean if fix_mean else math.nan,
+                    "rel_gain_pct_std": math.nan if std is None else std,
+                    "rel_gain_pct_min": low,
+                    "rel_gain_pct_max": high,
+                    "seeds": seeds,
                 }
             )
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
-def figure7(selections: dict[tuple[str, str], Selection], dataset: str, metric: str, out: Path) -> Path | None:
+def figure7(
+    selections: dict[tuple[str, str], Selection], dataset: str, metric: str, out: Path, stem: str, title: str = ""
+) -> Path | None:
     frame = fig7_frame(selections, dataset, metric)
     if frame.height == 0:
         return None
@@ -214,13 +262,14 @@ def figure7(selections: dict[tuple[str, str], Selection], dataset: str, metric: 
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
         part = frame.filter(pl.col("method") == method).sort("bucket")
-        ax.bar(
-            part["bucket"].to_numpy() + (k - (len(methods) - 1) / 2) * width,
-            part["rel_gain_pct"].to_numpy(),
-            width=width,
-            label=method,
-            color=f"C{k}",
-        )
+        x = part["bucket"].to_numpy() + (k - (len(methods) - 1) / 2) * width
+        mean = part["rel_gain_pct"].to_numpy()
+        low = mean - part["rel_gain_pct_min"].to_numpy()
+        high = part["rel_gain_pct_max"].to_numpy() - mean
+        ax.bar(x, mean, width=width, label=method, color=f"C{k}")
+        # the range of the per-seed gains (each seed against λFix's run of that seed)
+        ax.errorbar(x, mean, yerr=np.vstack([low, high]), fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    seeds = int(frame["seeds"].max())
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(buckets["bucket"].to_numpy())
     ax.set_xticklabels(
@@ -228,11 +277,15 @@ def figure7(selections: dict[tuple[str, str], Selection], dataset: str, metric: 
     )
     ax.set_xlabel("user training frequency (quintile buckets: sparse → active)")
     ax.set_ylabel(f"relative gain in test {metric_title(metric)} over {FIX_METHOD} (%)")
-    ax.set_title(f"Figure 7 — {dataset}: gain of λOpt over the validation-selected λFix by user frequency")
+    ax.set_title(
+        f"Figure 7 — {dataset}{title}: gain of λOpt over the validation-selected λFix by user frequency\n"
+        f"bars: seed-averaged users; whiskers: min–max over {seeds} seed{'s' if seeds != 1 else ''}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, frame, out, f"fig7_{dataset}")
+    return _save(fig, frame, out, stem)
 
 
 # ------------------------------------------------------------------------------ Figure 8
@@ -249,7 +302,7 @@ def trajectory_run(runs: Sequence[Run], dataset: str) -> Run | None:
     return min(candidates, key=rank)
 
 
-def figure8(runs: Sequence[Run], dataset: str, out: Path) -> Path | None:
+def figure8(runs: Sequence[Run], dataset: str, out: Path, stem: str, title: str = "") -> Path | None:
     run = trajectory_run(runs, dataset)
     if run is None:
         return None
@@ -259,16 +312,16 @@ def figure8(runs: Sequence[Run], dataset: str, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
     for ax, side in zip(axes[0], ("user", "item"), strict=True):
         part = frame.filter(pl.col("side") == side)
-        seen: set[str] = set()
-        for (_entity,), series in part.sort("step").group_by(["entity_id"], maintain_order=True):
+        order = part.select("entity_id", "frequency").unique().sort("frequency", "entity_id")["entity_id"]
+        for k, entity in enumerate(order.to_list()):
+            series = part.filter(pl.col("entity_id") == entity).sort("step")
             stratum = series["stratum"][0]
-            label = f"{stratum}" if stratum not in seen else None
-            seen.add(stratum)
             ax.plot(
                 series["step"].to_numpy(),
                 series["value"].to_numpy(),
                 color=STRATUM_COLOURS.get(stratum, "gray"),
-                label=label,
+                linestyle=LINE_STYLES[k % len(LINE_STYLES)],
+                label=f"{side} {series['raw_id'][0]} ({series['frequency'][0]} train, {stratum})",
                 linewidth=1.2,
                 alpha=0.85,
             )
@@ -276,11 +329,11 @@ def figure8(runs: Sequence[Run], dataset: str, out: Path) -> Path | None:
         ax.set_ylabel(f"λ of the {side} (mean over dimensions)")
         ax.set_title(f"{side}s tracked by training-frequency stratum")
         ax.grid(True, alpha=0.3)
-        ax.legend(title="stratum", fontsize=8)
-    fig.suptitle(f"Figure 8 — {dataset}: λ-trajectories, {run.method} seed {run.seed}")
+        ax.legend(title="raw id (training interactions, stratum)", fontsize=6, title_fontsize=7, ncol=2)
+    fig.suptitle(f"Figure 8 — {dataset}{title}: λ-trajectories, {run.method} seed {run.seed}")
     fig.tight_layout()
     csv = frame.with_columns(pl.lit(str(run.path)).alias("run"), pl.lit(run.method).alias("method"))
-    return _save(fig, csv, out, f"fig8_{dataset}")
+    return _save(fig, csv, out, stem)
 
 
 def make_figures(
@@ -303,24 +356,37 @@ def make_figures(
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    selections = select_configurations(runs, select_metric)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for dataset in sorted({r.dataset for r in runs}):
-        for name, make in (
-            ("Figure 2 (needs MF-λFix runs)", lambda dataset=dataset: figure2(runs, selections, dataset, out, panels)),
-            (
-                "Figure 7 (needs MF-λFix and MF-λOpt runs)",
-                lambda dataset=dataset: figure7(selections, dataset, metric, out),
-            ),
-            (f"Figure 8 (needs a run with {TRAJECTORY_FILE})", lambda dataset=dataset: figure8(runs, dataset, out)),
-        ):
-            path = make()
-            if path is None:
-                print(f"{dataset}: skipped {name}", file=sys.stderr)
-            else:
-                written.append(path)
-                print(path)
+    for protocol, control in table_blocks(runs):
+        block = block_runs(runs, protocol, control)
+        selections = select_configurations(block, select_metric)
+        # named like the table's blocks: the protocol when the runs mix protocols, the control if any
+        mixed = len({r.protocol for r in runs}) > 1
+        labels = [f"{protocol} protocol"] * mixed + [f"control={control}"] * (control != "none")
+        title = f" ({', '.join(labels)})" if labels else ""
+        suffix = f"_{protocol}" * mixed + f"_{control}" * (control != "none")
+        for dataset in sorted({r.dataset for r in block}):
+            drawn = (
+                (
+                    "Figure 2 (needs MF-λFix runs at two or more λ)",
+                    figure2(block, selections, dataset, out, panels, f"fig2_{dataset}{suffix}", title),
+                ),
+                (
+                    "Figure 7 (needs MF-λFix and MF-λOpt runs)",
+                    figure7(selections, dataset, metric, out, f"fig7_{dataset}{suffix}", title),
+                ),
+                (
+                    f"Figure 8 (needs a run with {TRAJECTORY_FILE})",
+                    figure8(block, dataset, out, f"fig8_{dataset}{suffix}", title),
+                ),
+            )
+            for name, path in drawn:
+                if path is None:
+                    print(f"{dataset}{title}: skipped {name}", file=sys.stderr)
+                else:
+                    written.append(path)
+                    print(path)
     if not written:
         raise SystemExit(f"no figure could be drawn from the runs under {results_dir}")
     return written

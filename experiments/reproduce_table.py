@@ -41,6 +41,7 @@ from lopt.tracking.results import (
     Run,
     Selection,
     available_metrics,
+    block_runs,
     check_metrics,
     check_provenance,
     find_runs,
@@ -49,6 +50,7 @@ from lopt.tracking.results import (
     ordered_methods,
     paired_wilcoxon,
     select_configurations,
+    table_blocks,
 )
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.yaml"
@@ -82,17 +84,19 @@ def _cell(selection: Selection | None, metric: str) -> str:
     return _fmt(mean) if n == 1 else f"{_fmt(mean)} ± {_fmt(std)}"
 
 
-def _selection_note(selection: Selection) -> str:
+def _selection_note(selection: Selection, control: str = "none") -> str:
     seeds = ", ".join(str(s) for s in selection.seeds)
+    borrowed = control != "none" and all(r.control == "none" for r in selection.runs)
+    origin = f" (paper-protocol runs: control={control} does not change this method)" if borrowed else ""
     if selection.n_configs == 1:
-        return f"{selection.method}: 1 configuration, seeds [{seeds}]"
+        return f"{selection.method}: 1 configuration, seeds [{seeds}]{origin}"
     scores = "; ".join(
         f"{label}: {_fmt(score)} ({n} seed{'s' if n > 1 else ''})" for label, score, n in selection.candidates
     )
     chosen = f"λ={selection.lambda_value:g}" if selection.lambda_value is not None else "best"
     return (
         f"{selection.method}: {chosen} selected by mean valid {selection.select_metric} over seeds "
-        f"[{seeds}] among {selection.n_configs} configurations ({scores})"
+        f"[{seeds}] among {selection.n_configs} configurations ({scores}){origin}"
     )
 
 
@@ -230,12 +234,8 @@ def render(
     ]
     tex: list[str] = []
     controls = {r.control for r in runs}
-    blocks = sorted(
-        {(r.protocol, r.control) for r in runs}, key=lambda b: (b[0] != DEFAULT_PROTOCOL, b[0], b[1] != "none", b[1])
-    )
-    for protocol, control in blocks:
-        block_runs = [r for r in runs if (r.protocol, r.control) == (protocol, control)]
-        selections = select_configurations(block_runs, select_metric)
+    for protocol, control in table_blocks(runs):
+        selections = select_configurations(block_runs(runs, protocol, control), select_metric)
         datasets = sorted({d for d, _ in selections}, key=lambda d: (aliases.get(d, d) not in PAPER_DATASETS, d))
         methods = ordered_methods(m for _, m in selections)
         qualifiers = [f"{protocol} protocol"] * (len(protocols) > 1) + [f"control={control}"] * (controls != {"none"})
@@ -251,7 +251,7 @@ def render(
             else:
                 table_rows = [[r["method"], r["n"] or MISSING, *(r[m] for m in columns)] for r in rows if r["n"]]
             md += ["", f"## {title}", "", markdown_table(header, table_rows), ""]
-            notes = [_selection_note(selections[(dataset, m)]) for m in methods if (dataset, m) in selections]
+            notes = [_selection_note(selections[(dataset, m)], control) for m in methods if (dataset, m) in selections]
             md += ["Selection (validation only):", "", *(f"- {n}" for n in notes)]
             sig = significance_rows(selections, dataset, methods, columns)
             if sig:

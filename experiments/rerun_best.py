@@ -79,22 +79,27 @@ def rerun_command(study_dir: Path, seeds: str, out: Path, extra: Sequence[str] =
     """The ``run.py -m`` command that re-runs the study's best configuration for ``seeds``."""
     task, hydra_overrides = study_command_line(study_dir)
     params = best_params(study_dir)
-    replaced = {override_key(o) for o in extra}  # given again for the re-run: theirs win
+    given = {override_key(o): o for o in extra}  # given again for the re-run: theirs win, in place
     overrides = []
     for override in task:
         key = override_key(override)
         if key == "tune":
             overrides.append("+budget=equal")
-        elif key in params or key in replaced or key == "seed" or _under(key, STUDY_ONLY):
+        elif key in given:
+            # in the study's position: a config added to the defaults list (+experiment=…) must
+            # come before +budget=equal, whose epoch budget overrides the experiment's
+            overrides.append(given.pop(key))
+        elif key in params or key == "seed" or _under(key, STUDY_ONLY):
             continue
         else:
             overrides.append(override)
+    replaced = {override_key(o) for o in extra}
     overrides += [f"{key}={value}" for key, value in params.items() if key not in replaced]
     overrides += [
         o for o in hydra_overrides if not _under(override_key(o), HYDRA_REPLACED) and override_key(o) not in replaced
     ]
     label = _label([*task, *extra], study_dir.name)  # an experiment given again (extra) names the folder
-    overrides += [f"seed={seeds}", f"hydra.sweep.dir={out / label}", *extra]
+    overrides += [f"seed={seeds}", f"hydra.sweep.dir={out / label}", *given.values()]
     return [sys.executable, str(REPO_ROOT / "run.py"), "-m", *overrides]
 
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from lopt import lifecycle
 from lopt.callbacks import best_checkpoint, instantiate_callbacks
 from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
+from lopt.data.controls import control_changes
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.types import PreparedSplit
 from lopt.io import atomic_write, atomic_write_json
@@ -183,24 +184,12 @@ def _ensure_final_validation(
         best.best_model_path, best.best_model_score = str(path), torch.tensor(score)
 
 
-CONTROLS = ("none", "refit", "inner")
-
-
 def control_applies(cfg: DictConfig, name: str) -> bool:
-    """Whether the control ``name`` (config group ``control``) changes this run: ``refit`` applies
-    to models without a Λ-step (λFix, AMF, NeuMF), ``inner`` to models with one (λOpt, SGDA);
-    the others run the paper's protocol under either switch."""
+    """Whether the control ``name`` is the configured one (config group ``control``) and changes
+    this run (:func:`lopt.data.controls.control_changes`)."""
     chosen = cfg.control.name
-    if chosen not in CONTROLS:
-        raise ValueError(f"control.name must be one of {', '.join(CONTROLS)}, got {chosen!r} (config group `control`)")
-    if chosen != name:
-        return False
-    learns_lambda = "lambda_optimizer" in cfg
-    if name == "refit":
-        return not learns_lambda
-    if name == "inner":
-        return learns_lambda
-    return True
+    applies = control_changes(chosen, learns_lambda="lambda_optimizer" in cfg)
+    return chosen == name and (applies or name == "none")
 
 
 def control_record(cfg: DictConfig, datamodule: InteractionDataModule) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def test_rerun_command_keeps_the_study_and_fixes_the_best_params(tmp_path: Path)
     # An override given to the re-run replaces the study's own (one value per key for Hydra).
     command = rerun.rerun_command(study, "0", tmp_path / "out", ["hydra/launcher=slurm", "budget.max_epochs=30"])
     assert "hydra/launcher=local" not in command and "budget.max_epochs=20" not in command
-    assert command[-2:] == ["hydra/launcher=slurm", "budget.max_epochs=30"]
+    assert command[5] == "budget.max_epochs=30" and command[-1] == "hydra/launcher=slurm"  # in the study's place
     assert rerun.main([str(tmp_path / "nothing")]) == 2
 
 
@@ -129,8 +129,9 @@ def test_rerun_under_another_experiment_replaces_it_and_names_the_folder_after_i
         {"lambda_optimizer.lr": 0.02},
     )
     command = rerun.rerun_command(study, "0", tmp_path / "out", ["+experiment=ml100k_d"])
-    assert "+experiment=ml100k_dui" not in command
-    assert "lambda_optimizer.lr=0.02" in command and command[-1] == "+experiment=ml100k_d"
+    assert "+experiment=ml100k_dui" not in command and "lambda_optimizer.lr=0.02" in command
+    # before +budget=equal, as in the study: the budget's epochs must override the experiment's
+    assert command.index("+experiment=ml100k_d") < command.index("+budget=equal")
     assert f"hydra.sweep.dir={tmp_path / 'out' / 'ml100k_d'}" in command
 
 

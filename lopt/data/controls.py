@@ -23,6 +23,21 @@ from lopt.data.preprocess import floor_times, ratio_fraction
 from lopt.data.types import PreparedSplit
 
 KEY_LAMBDA_SPLIT_RATIO = "model.lambda_split_ratio"
+#: The values of ``control.name``: the paper's protocol and the two fairness controls.
+CONTROLS = ("none", "refit", "inner")
+
+
+def control_changes(control: str, learns_lambda: bool) -> bool:
+    """Whether the control ``control`` changes the run of a model: ``refit`` changes models without
+    a Λ-step (λFix, AMF, NeuMF), ``inner`` models with one (λOpt, SGDA); under either switch the
+    other models run the paper's protocol, exactly as under ``none``."""
+    if control not in CONTROLS:
+        raise ValueError(f"control.name must be one of {', '.join(CONTROLS)}, got {control!r} (config group `control`)")
+    if control == "refit":
+        return not learns_lambda
+    if control == "inner":
+        return learns_lambda
+    return False
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import numpy as np
 import polars as pl
 from omegaconf import OmegaConf
 
+from lopt.data.controls import CONTROLS, control_changes
+
 #: The paper's table columns (the lambdaopt protocol at K = 50, 100), in its order.
 METRICS: tuple[str, ...] = ("auc", "hr@50", "hr@100", "ndcg@50", "ndcg@100")
 #: Protocol of a run whose metrics.json predates the protocol key.
@@ -94,6 +96,11 @@ class Run:
         predate the key)."""
         return str((self.metrics.get("control") or {}).get("name") or "none")
 
+    @property
+    def learns_lambda(self) -> bool:
+        """Whether the run's model has a Λ-step (λOpt, SGDA: its config has a ``lambda_optimizer``)."""
+        return "lambda_optimizer" in self.config
+
     def value(self, split: str, metric: str) -> float:
         """``metrics.json[split][metric]`` as a float (NaN when absent)."""
         raw = (self.metrics.get(split) or {}).get(metric)
@@ -153,6 +160,36 @@ def find_unfinished_runs(root: str | Path) -> list[Path]:
     started = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     started |= {p.parent for p in root.rglob("checkpoints") if p.is_dir()}
     return sorted(d for d in started if d not in finished)
+
+
+def table_blocks(runs: Iterable[Run]) -> list[tuple[str, str]]:
+    """The (protocol, control) blocks of ``runs``: the default protocol first; within a protocol
+    the paper's protocol (control ``none``), then the controls in their order (refit, inner)."""
+    order = {name: k for k, name in enumerate(CONTROLS)}
+    return sorted(
+        {(r.protocol, r.control) for r in runs},
+        key=lambda b: (b[0] != DEFAULT_PROTOCOL, b[0], order.get(b[1], len(order)), b[1]),
+    )
+
+
+def block_runs(runs: Iterable[Run], protocol: str, control: str) -> list[Run]:
+    """The runs of one (protocol, control) block. A control block also takes the paper-protocol
+    runs (control ``none``) of the methods the control does not change
+    (:func:`lopt.data.controls.control_changes`): under the switch they would run exactly so.
+    A method with runs of its own in the block keeps only those."""
+    runs = [r for r in runs if r.protocol == protocol]
+    own = [r for r in runs if r.control == control]
+    if control == "none":
+        return own
+    present = {(r.dataset, r.method) for r in own}
+    borrowed = [
+        r
+        for r in runs
+        if r.control == "none"
+        and (r.dataset, r.method) not in present
+        and not control_changes(control, r.learns_lambda)
+    ]
+    return own + borrowed
 
 
 def metric_title(key: str) -> str:
