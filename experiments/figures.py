@@ -6,15 +6,19 @@
 Metrics are picked by name, any key the runs' metrics.json have (e.g. ``--metric ndcg@20
 --fig2-metrics recall@20,ndcg@20`` for standard-protocol runs).
 
-Per dataset found under RESULTS_DIR:
+Per dataset found under RESULTS_DIR, and per block of runs as in ``reproduce_table.py`` (the
+paper's protocol; a fairness control adds ``_<control>`` to the file name, e.g.
+``fig7_ml100k_inner``, and takes the runs of the methods it does not change from the paper's):
 - ``fig2_<dataset>``: test metrics against λ of the MF-λFix runs (mean ± std over seeds; log-x,
   λ = 0 drawn at a separate "0" tick left of the smallest positive λ); learned-Λ methods as
-  horizontal reference lines.
+  horizontal reference lines. Needs λFix runs at two or more λ (a grid, or a study's trials).
 - ``fig7_<dataset>``: per-user test metric gain of each MF-λOpt variant over the selected
   MF-λFix (validation-selected, as in the table) by user training-frequency bucket (quintiles of
-  the users' training frequency; per-user values averaged over seeds first).
+  the users' training frequency): bars from per-user values averaged over seeds, whiskers the
+  min–max over seeds of each seed's gain against λFix's run of the same seed.
 - ``fig8_<dataset>``: λ-trajectories (mean over dimensions) of the tracked users and items of one
-  λOpt run (DUI first; lowest seed), coloured by frequency stratum.
+  λOpt run (DUI first; lowest seed), coloured by frequency stratum, each line labelled with the
+  entity's raw id and number of training interactions.
 A figure whose runs are absent is skipped with a note; the script fails only if none can be drawn.
 """
 
