@@ -207,4 +207,3 @@ def _packed_bitset(keys: np.ndarray, n_users: int, n_items: int) -> np.ndarray:
     starts = np.flatnonzero(np.concatenate(([True], byte_index[1:] != byte_index[:-1])))
     bits[byte_index[starts]] = np.add.reduceat(values, starts, dtype=np.uint8)
     return bits
-
