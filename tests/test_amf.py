@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import functools
 
-import lightning.pytorch as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from lopt.models.amf import AMFModule, adversarial_rows
 from lopt.models.mf import bpr_loss, triple_scores
 from lopt.models.mf_module import FixModule
+from tests.helpers.trainer import fit_batches
 
 NU, NI, D, B = 11, 13, 5, 24
 
@@ -26,22 +25,9 @@ def _batches(n: int, seed: int = 0) -> list[dict[str, tuple[torch.Tensor, torch.
     return out
 
 
-def _fit(module: L.LightningModule, batches: list, epochs: int = 1) -> None:
+def _fit(module: AMFModule | FixModule, batches: list, epochs: int = 1) -> None:
     """Train ``module`` on ``batches`` (one epoch = all of them) in float64, no validation."""
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        precision="64-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    fit_batches(module, batches, max_epochs=epochs, precision="64-true", log_every_n_steps=1)
 
 
 def _amf(seed: int = 3, **kw) -> AMFModule:

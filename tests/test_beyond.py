@@ -16,6 +16,7 @@ from lopt.eval.beyond import (
     quantile_buckets,
     quintile_rows,
 )
+from tests.helpers.evaluation import evaluate, evaluate_per_user
 from tests.test_evaluator import make_split
 
 
@@ -35,7 +36,7 @@ def test_beyond_matches_brute_force(protocol):
     scores = torch.randn(split.n_users, split.n_items, generator=g, dtype=torch.float64)
     ev = RankingEvaluator(split, "test", ks=ks, protocol=protocol)
     ev.track_beyond()
-    per_user = ev.evaluate_per_user(lambda users: scores[users], block_size=6)
+    per_user = evaluate_per_user(ev, lambda users: scores[users], block_size=6)
     beyond = ev.beyond_summary({"user": ev.users, **per_user})
 
     item_freq = split.item_train_frequency()
@@ -88,7 +89,7 @@ def test_beyond_matches_brute_force(protocol):
 def test_no_tracking_without_track_beyond():
     split = make_split(seed=2)
     ev = RankingEvaluator(split, "test", ks=(5,))
-    ev.evaluate(lambda users: torch.zeros(len(users), split.n_items))
+    evaluate(ev, lambda users: torch.zeros(len(users), split.n_items))
     assert ev.beyond_summary({}) == {}
 
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from lopt.data.controls import carve_latest, fit_arrays
 from lopt.data.preprocess import prepare_split
 from lopt.train import build_datamodule, build_module, control_applies
-from tests.e2e import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
+from tests.e2e import TINY_OVERRIDES, read_metrics, run_cli
+from tests.helpers.hydra import compose_config
 
 
 def _pairs(users: np.ndarray, items: np.ndarray) -> set[tuple[int, int]]:
@@ -85,12 +84,7 @@ def test_lambda_split_is_the_latest_train_interactions_of_each_user() -> None:
 
 
 def _cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY_OVERRIDES, *overrides])
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(tmp_path)
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    return cfg
+    return compose_config([*TINY_OVERRIDES, *overrides], data_dir=tmp_path)
 
 
 def test_inner_datamodule_draws_lambda_triples_from_the_carved_train_pairs(tmp_path: Path) -> None:

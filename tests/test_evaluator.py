@@ -1,4 +1,4 @@
-"""RankingEvaluator: masks from a PreparedSplit, blockwise == full-matrix, aggregation."""
+"""RankingEvaluator: masks from a PreparedSplit, blockwise == full-matrix, NaN-ignoring means."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lopt.data.types import PreparedSplit
-from lopt.eval import RankingEvaluator, ranking_metrics
+from lopt.eval import RankingEvaluator, mean_ignoring_nan, ranking_metrics
+from tests.helpers.evaluation import aggregate, evaluate, evaluate_per_user
 
 
 def make_split(n_users: int = 30, n_items: int = 25, seed: int = 0) -> PreparedSplit:
@@ -91,8 +92,8 @@ def test_valid_candidates_clean_and_paper():
     # a scorer ranking test items first, valid items next: perfect only if test items are removed
     valid_pos, _ = clean.masks(users)
     scores = 2.0 * test.double() + valid_pos.double()
-    assert paper.evaluate(lambda u: scores[u])["auc"] == 1.0
-    assert clean.evaluate(lambda u: scores[u])["auc"] < 1.0
+    assert evaluate(paper, lambda u: scores[u])["auc"] == 1.0
+    assert evaluate(clean, lambda u: scores[u])["auc"] < 1.0
     with pytest.raises(ValueError, match="eval.valid_candidates"):
         RankingEvaluator(split, "valid", valid_candidates="none")
 
@@ -106,7 +107,7 @@ def test_blocks_equal_full_matrix(which, dtype):
     scores = torch.randint(0, 4, (split.n_users, split.n_items), generator=g).to(dtype)  # ties
     pos, cand = dense_masks(split, which)
     full = ranking_metrics(scores[ev.users], pos[ev.users], cand[ev.users], ks=(1, 5, 100))
-    blocked = ev.evaluate_per_user(lambda users: scores[users], block_size=7)
+    blocked = evaluate_per_user(ev, lambda users: scores[users], block_size=7)
     assert list(blocked) == ev.metric_names == list(full)
     for name in full:
         torch.testing.assert_close(blocked[name], full[name], rtol=0, atol=0, equal_nan=True)
@@ -116,28 +117,26 @@ def test_blocks_equal_full_matrix(which, dtype):
     assert math.isnan(direct["auc"][0].item())
     for name in full:
         torch.testing.assert_close(direct[name][ev.users], full[name], rtol=0, atol=0, equal_nan=True)
-    assert ev.evaluate(lambda users: scores[users], block_size=4) == pytest.approx(RankingEvaluator.aggregate(full))
+    assert evaluate(ev, lambda users: scores[users], block_size=4) == pytest.approx(aggregate(full))
 
 
-def test_aggregate_ignores_nan():
-    per_user = {
-        "auc": torch.tensor([0.5, math.nan, 1.0]),
-        "hr@5": torch.tensor([math.nan, math.nan], dtype=torch.float64),
-        "ndcg@5": torch.tensor([0.25]),
-    }
-    out = RankingEvaluator.aggregate(per_user)
-    assert out["auc"] == pytest.approx(0.75)
-    assert math.isnan(out["hr@5"])
-    assert out["ndcg@5"] == pytest.approx(0.25)
-    assert all(isinstance(v, float) for v in out.values())
+def test_mean_ignoring_nan():
+    assert mean_ignoring_nan(torch.tensor([0.5, math.nan, 1.0])) == pytest.approx(0.75)
+    assert math.isnan(mean_ignoring_nan(torch.tensor([math.nan, math.nan], dtype=torch.float64)))
+    assert math.isnan(mean_ignoring_nan(torch.empty(0)))
+    assert mean_ignoring_nan(torch.tensor([[0.25]])) == 0.25
+    # float32 entries are averaged in float64: the mean of 0.1f and 0.2f, not a float32 rounding
+    values = torch.tensor([0.1, 0.2], dtype=torch.float32)
+    assert mean_ignoring_nan(values) == (float(values[0]) + float(values[1])) / 2
+    assert isinstance(mean_ignoring_nan(torch.tensor([1, 2])), float)
 
 
 def test_perfect_and_worst_scores():
     split = make_split(seed=3)
     ev = RankingEvaluator(split, "test", ks=(1000,))
     pos, _ = dense_masks(split, "test")
-    best = ev.evaluate(lambda users: pos[users].double())
-    worst = ev.evaluate(lambda users: -pos[users].double())
+    best = evaluate(ev, lambda users: pos[users].double())
+    worst = evaluate(ev, lambda users: -pos[users].double())
     assert best["auc"] == 1.0 and best["hr@1000"] == 1.0 and best["ndcg@1000"] == 1.0
     assert worst["auc"] == 0.0 and worst["hr@1000"] == 1.0  # K ≥ n_items: every rank counts
 
@@ -151,8 +150,6 @@ def test_errors():
         ev.block_metrics(torch.tensor([3, 4, 5]), torch.zeros(3, 24))
     with pytest.raises(ValueError, match="out of range"):
         ev.block_metrics(torch.tensor([30]), torch.zeros(1, 25))
-    with pytest.raises(ValueError, match="block_size"):
-        ev.evaluate(lambda u: torch.zeros(len(u), 25), block_size=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -36,6 +36,7 @@ from lopt.data.sources import MovieLensSource
 from lopt.data.types import PreparedSplit
 from lopt.validate import ConfigError, check_config, check_split
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
+from tests.helpers.hydra import compose_config as _cfg
 
 # Tiny λOpt-DUI run: 15 training batches per epoch, so steps 7 and 20 are mid-epoch.
 RUN = [
@@ -247,13 +248,6 @@ def test_read_only_cache_dir_says_what_to_set(tmp_path: Path, monkeypatch: pytes
 # ------------------------------------------------------------------------------------------
 # 2. config validation (before any data is read) and split checks (before the first step)
 # ------------------------------------------------------------------------------------------
-
-
-def _cfg(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.mark.parametrize(

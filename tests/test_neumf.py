@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 
-import lightning.pytorch as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from lopt.models.neumf import NeuMF, NeuMFModule
+from tests.helpers.trainer import fit_batches
 
 NU, NI, D, LAYERS = 9, 23, 6, [8, 6, 4]
 
@@ -27,21 +26,6 @@ def _module(seed: int = 0, **kw) -> NeuMFModule:
     args.update(kw)
     torch.manual_seed(seed)
     return NeuMFModule(NU, NI, **args)
-
-
-def _fit(module: L.LightningModule, batches: list, epochs: int) -> None:
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
 
 
 def test_parameter_shapes_follow_the_config() -> None:
@@ -129,7 +113,7 @@ def test_training_reduces_the_loss_on_a_tiny_problem(loss: str) -> None:
     module = _module(loss=loss, lambda_value=1e-4, init_std=0.1)
     with torch.no_grad():
         before = module.batch_loss(users, pos, neg).item()
-    _fit(module, batches, epochs=15)
+    fit_batches(module, batches, max_epochs=15)
     with torch.no_grad():
         after = module.batch_loss(users, pos, neg).item()
         scores = module.score_users(torch.arange(NU))

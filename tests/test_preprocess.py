@@ -12,15 +12,13 @@ import pytest
 
 from lopt.data.preprocess import (
     _order_by,
-    dedupe,
-    filter_frequency,
     floor_times,
     prepare_split,
     ratio_fraction,
-    reindex,
     split_leave_ratio_out,
 )
 from lopt.data.types import PreparedSplit
+from tests.helpers.preprocess import dedupe, filter_frequency, reindex
 
 PAPER = dict(min_users_per_item=0, min_items_per_user=0, iterative=False, test_ratio=0.2, valid_ratio=0.25)
 

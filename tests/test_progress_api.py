@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 from lopt.train import check_accelerator
-from tests.e2e import REPO_ROOT, TINY_OVERRIDES, run_cli
+from tests.e2e import TINY_OVERRIDES, run_cli
+from tests.helpers.hydra import compose_config
 
 
 @pytest.mark.slow
@@ -79,9 +79,7 @@ def test_python_api_from_a_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_gpu_trainer_without_gpu_names_trainer_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        gpu = compose("config", overrides=["trainer=gpu"])
-        cpu = compose("config", overrides=["trainer=cpu"])
+    gpu, cpu = compose_config(["trainer=gpu"]), compose_config(["trainer=cpu"])
     with pytest.raises(RuntimeError, match="trainer=cpu"):
         check_accelerator(gpu)
     check_accelerator(cpu)

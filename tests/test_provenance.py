@@ -11,20 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from lopt import provenance as prov
 from lopt.tracking import loggers
 from lopt.tracking.results import MixedProvenanceError, Run, check_provenance, provenance_differences
 from tests.e2e import REPO_ROOT
+from tests.helpers.hydra import compose_config
 from tests.test_reproduce_table import finished_runs, load_script  # noqa: F401 - finished_runs is a fixture
 
 KEYS = {"git_commit", "git_dirty", "versions", "device", "split_fingerprint", "config_hash"}
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def test_collect_provenance_fields() -> None:

@@ -12,11 +12,10 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from lopt import train
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
+from tests.helpers.hydra import compose_config
 
 # λOpt-DUI with a dense Adam Λ optimizer: every piece of state (Θ, Λ, both optimizers, the
 # sampler position in both triple streams) must survive the checkpoint for metrics to match.
@@ -31,13 +30,7 @@ OVERRIDES = [
 
 
 def _cfg(run_dir: Path, data_dir: Path, extra: list[str] = ()):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*OVERRIDES, *extra])
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.cache_dir = str(data_dir / "cache")
-        cfg.paths.output_dir = str(run_dir)
-    return cfg
+    return compose_config([*OVERRIDES, *extra], data_dir=data_dir, output_dir=run_dir)
 
 
 class _SignalAtStep(L.Callback):

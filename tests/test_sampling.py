@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from lopt.data.sampling import NegativeSampler, epoch_permutation, make_triples
+from lopt.data.sampling import NegativeSampler
+from tests.helpers.sampling import make_triples
 
 N_USERS, N_ITEMS = 40, 25
 
@@ -108,16 +109,6 @@ def test_deterministic_given_generator_state() -> None:
         rng.bit_generator.state = state  # what a checkpoint restore does
         assert np.array_equal(sampler.sample(users, rng), first)
         assert not np.array_equal(sampler.sample(users, rng), first)  # the state advanced
-
-
-def test_shuffle_keeps_pairs_and_permutation_is_a_permutation() -> None:
-    users, items = _interactions()
-    sampler = NegativeSampler(N_ITEMS, users, items, n_users=N_USERS)
-    u, pos, _ = make_triples(sampler, users, items, np.random.default_rng(0), shuffle=True)
-    key = lambda a, b: np.sort(a.astype(np.int64) * N_ITEMS + b)  # noqa: E731
-    assert np.array_equal(key(u, pos), key(users, items))
-    perm = epoch_permutation(10, np.random.default_rng(0))
-    assert perm.dtype == np.int64 and sorted(perm.tolist()) == list(range(10))
 
 
 def test_user_with_every_item_raises_naming_the_user() -> None:

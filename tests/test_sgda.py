@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import functools
 
-import lightning.pytorch as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from torch.utils.data import DataLoader
 
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.lambda_opt import LambdaOptModule
 from lopt.models.lambda_optim import LambdaSGD
 from lopt.models.mf import bpr_loss, triple_scores
 from lopt.train import build_module
-from tests.e2e import REPO_ROOT
+from tests.helpers.hydra import compose_config
+from tests.helpers.trainer import fit_batches
 
 NU, NI, D, B = 10, 12, 4, 32
 THETA_LR, LAMBDA_LR, LAMBDA_INIT = 4.0, 8.0, 2.0**-4  # dyadic Λ init: exact in float32 and float64
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def _triples(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,24 +29,12 @@ def _batch(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.T
     return {"train": _triples(g), "valid": _triples(g)}
 
 
-def _fit_one_step(module: L.LightningModule, batch: dict) -> None:
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        devices=1,
-        precision="64-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
+def _fit_one_step(module: LambdaOptModule, batch: dict) -> None:
+    fit_batches(module, [batch], max_steps=1, precision="64-true")
 
 
 def _sgda_from_config(seed: int):
-    cfg = _compose(
+    cfg = compose_config(
         [
             "model=sgda",
             "optimizer=sgd",
@@ -70,7 +51,7 @@ def _sgda_from_config(seed: int):
 
 @pytest.mark.parametrize("experiment", ["ml100k_sgda", "ml10m_sgda", "amazon_food_sgda"])
 def test_sgda_experiments_are_lambda_opt_with_rendles_choices(experiment: str) -> None:
-    cfg = _compose([f"+experiment={experiment}"])
+    cfg = compose_config([f"+experiment={experiment}"])
     assert cfg.model._target_ == "lopt.models.lambda_opt.LambdaOptModule" and cfg.model.name == "sgda"
     assert cfg.granularity.name == "dsep"
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0

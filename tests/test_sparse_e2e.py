@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
-from omegaconf import open_dict
 
 from lopt import train
 from lopt.models.granularity import GRANULARITY_NAMES
-from tests.e2e import REPO_ROOT, TINY_OVERRIDES
+from tests.e2e import TINY_OVERRIDES
+from tests.helpers.hydra import compose_config
 from tests.test_resume import _SignalAtStep
 
 RESUME_OVERRIDES = [
@@ -31,13 +30,7 @@ RESUME_OVERRIDES = [
 
 
 def _cfg(run_dir: Path, data_dir: Path, overrides: list[str]):  # type: ignore[no-untyped-def]
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.cache_dir = str(data_dir / "cache")
-        cfg.paths.output_dir = str(run_dir)
-    return cfg
+    return compose_config(overrides, data_dir=data_dir, output_dir=run_dir)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import torch
 from lopt.data.preprocess import item_order, prepare_split, split_interactions
 from lopt.data.readers import read_movielens_tab
 from lopt.eval import RankingEvaluator
+from tests.helpers.evaluation import evaluate
 
 PAPER = {"min_users_per_item": 0, "min_items_per_user": 0, "iterative": False, "test_ratio": 0.2, "valid_ratio": 0.25}
 
@@ -55,7 +56,7 @@ def test_shuffled_file_gives_the_same_split_and_metrics(tmp_path, kind):
         assert listed[0] == listed[1] and items[0] == items[1], part
     assert len(_pairs(a, "test")) > 0
     for which in ("valid", "test"):
-        got = [RankingEvaluator(s, which, ks=(5, 20)).evaluate(lambda users, s=s: _scores(s)[users]) for s in (a, b)]
+        got = [evaluate(RankingEvaluator(s, which, ks=(5, 20)), lambda users, s=s: _scores(s)[users]) for s in (a, b)]
         assert got[0] == got[1]
 
 

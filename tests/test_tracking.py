@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from lopt.data.types import PreparedSplit
 from lopt.models.granularity import LambdaGranularity
@@ -27,7 +26,7 @@ from lopt.tracking.trajectories import (
     choose_tracked,
     thin_steps,
 )
-from tests.e2e import REPO_ROOT
+from tests.helpers.hydra import compose_config
 from tests.test_reproduce_table import TRACK_EVERY, finished_runs  # noqa: F401 - shared fixture
 
 STRATA = {"sparse": (0.0, 0.1), "median": (0.45, 0.55), "active": (0.9, 1.0)}
@@ -123,9 +122,8 @@ def _split(n_users: int = 40, n_items: int = 20) -> PreparedSplit:
 
 
 def test_build_tracking_callbacks_from_config(tmp_path) -> None:
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["logger=wandb", "paths.output_dir=" + str(tmp_path)])
-        plain = compose("config", overrides=["~tracking", "logger=csv", "paths.output_dir=" + str(tmp_path)])
+    cfg = compose_config(["logger=wandb", "paths.output_dir=" + str(tmp_path)])
+    plain = compose_config(["~tracking", "logger=csv", "paths.output_dir=" + str(tmp_path)])
     callbacks = build_tracking_callbacks(cfg, _split(), tmp_path)
     assert [type(c) for c in callbacks] == [
         LambdaStatsCallback,

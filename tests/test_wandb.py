@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from lopt.tracking import loggers
 from lopt.tracking.loggers import build_logger, resolve_wandb_mode, sweep_group
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, run_cli
+from tests.helpers.hydra import compose_config
 
 KEY = "a" * 40
 NO_CREDENTIALS = (False, "no W&B credentials")
@@ -121,8 +121,7 @@ def test_unreachable_server_falls_back_to_offline(tmp_path: Path, monkeypatch: p
 
 
 def _cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["logger=wandb", f"paths.output_dir={tmp_path}", *overrides])
+    return compose_config(["logger=wandb", f"paths.output_dir={tmp_path}", *overrides])
 
 
 def test_no_key_falls_back_to_offline_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -148,9 +147,8 @@ def test_disabled_and_other_loggers(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     logger.log_metrics({"valid/auc": 0.5}, step=1)
     loggers.finish_wandb(logger)
     assert not (tmp_path / "run" / "wandb").exists()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        none = compose("config", overrides=["logger=none"])
-        csv = compose("config", overrides=["logger=csv", f"paths.output_dir={tmp_path}"])
+    none = compose_config(["logger=none"])
+    csv = compose_config(["logger=csv", f"paths.output_dir={tmp_path}"])
     assert build_logger(none, tmp_path) is False
     assert type(build_logger(csv, tmp_path)).__name__ == "CSVLogger"
 

@@ -91,10 +91,9 @@ def _stderr_is_tty() -> bool:
 
 # --------------------------------------------------------------------------- kernels
 #
-# The frame-level stages below and :func:`prepare_split` share these array kernels. They work
-# on dense codes (the re-index of the whole input): re-indexing preserves raw-id order, so
-# deduping/filtering codes and then compacting them gives exactly the indices that re-indexing
-# the filtered frame would give.
+# :func:`prepare_split` runs these array kernels on dense codes (the re-index of the whole
+# input): re-indexing preserves raw-id order, so deduping/filtering codes and then compacting
+# them gives exactly the indices that re-indexing the filtered frame would give.
 
 
 def _encode(column: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -173,19 +172,6 @@ def _dedupe_mask(keys: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _first_occurrence_mask(keys: np.ndarray) -> np.ndarray:
-    """bool mask: one row per distinct key (all True when keys are unique)."""
-    if not _has_duplicates(keys):
-        return np.ones(keys.shape[0], dtype=bool)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    first = np.ones(keys.shape[0], dtype=bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    mask = np.zeros(keys.shape[0], dtype=bool)
-    mask[order[first]] = True
-    return mask
-
-
 def _filter_mask(
     users: np.ndarray,
     items: np.ndarray,
@@ -225,94 +211,10 @@ def _compact(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return new_code[codes].astype(np.int32), ids[present]
 
 
-# --------------------------------------------------------------------------- dedupe
-
-
-def dedupe(frame: pl.DataFrame) -> pl.DataFrame:
-    """Drop duplicate (user, item) pairs, keeping each pair's earliest-timestamp row.
-
-    Among rows of one pair with the same earliest timestamp, the first in frame order is kept.
-    The kept rows stay in their original relative order (later tie-breaks depend on it); all
-    columns are kept. A frame without duplicate pairs is returned unchanged.
-    """
-    _require_columns(frame)
-    users, _ = _encode(frame["user"])
-    items, item_ids = _encode(frame["item"])
-    keys = _pair_keys(users, items, len(item_ids))
-    mask = _dedupe_mask(keys, frame["timestamp"].to_numpy().astype(np.int64, copy=False))
-    return frame if mask.all() else frame.filter(pl.Series(mask))
-
-
-# --------------------------------------------------------------------------- filter
-
-
-def filter_frequency(
-    frame: pl.DataFrame,
-    min_users_per_item: int,
-    min_items_per_user: int,
-    iterative: bool = False,
-) -> pl.DataFrame:
-    """Keep items with ≥ ``min_users_per_item`` users, then users with ≥ ``min_items_per_user``.
-
-    One pass in that order (the paper's code), or with ``iterative=True`` repeated until no row
-    is removed (every remaining item/user then meets its threshold: a k-core). Counts are of
-    distinct pairs, so duplicates do not inflate them. Thresholds ≤ 1 remove nothing. Row order
-    is preserved.
-    """
-    _require_columns(frame)
-    min_users_per_item = _check_threshold(min_users_per_item, KEY_MIN_USERS_PER_ITEM)
-    min_items_per_user = _check_threshold(min_items_per_user, KEY_MIN_ITEMS_PER_USER)
-    if max(min_users_per_item, min_items_per_user) <= 1 or frame.height == 0:
-        return frame
-    users, user_ids = _encode(frame["user"])
-    items, item_ids = _encode(frame["item"])
-    distinct = _first_occurrence_mask(_pair_keys(users, items, len(item_ids)))
-    mask = _filter_mask(
-        users,
-        items,
-        len(user_ids),
-        len(item_ids),
-        min_users_per_item,
-        min_items_per_user,
-        iterative,
-        None if distinct.all() else distinct,
-    )
-    return frame if mask.all() else frame.filter(pl.Series(mask))
-
-
 def _check_threshold(value: int, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
     return int(value)
-
-
-# --------------------------------------------------------------------------- reindex
-
-
-class Reindexed(NamedTuple):
-    """Result of :func:`reindex`.
-
-    ``frame``: same rows and order, ``user``/``item`` replaced by Int32 indices.
-    ``user_ids[k]``/``item_ids[k]``: raw id of index ``k`` (sorted ascending; int64 for integer
-    ids, numpy unicode for string ids).
-    """
-
-    frame: pl.DataFrame
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-
-
-def reindex(frame: pl.DataFrame) -> Reindexed:
-    """Map raw user/item ids to dense int32 indices ``0..n-1`` in ascending raw-id order.
-
-    The mapping depends only on the set of raw ids, so the same data always gets the same
-    indices. Other columns are kept unchanged.
-    """
-    _require_columns(frame)
-    users, user_ids = _encode(frame["user"])
-    items, item_ids = _encode(frame["item"])
-    out = frame.with_columns(pl.Series("user", users), pl.Series("item", items))
-    return Reindexed(out, user_ids, item_ids)
 
 
 # --------------------------------------------------------------------------- split
@@ -605,27 +507,11 @@ def prepare_split(
     )
     log.info("preprocess total %.2f s", time.perf_counter() - t_start)
 
-    def take(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            np.ascontiguousarray(users[idx], dtype=np.int32),
-            np.ascontiguousarray(items[idx], dtype=np.int32),
-        )
-
-    train_u, train_i = take(rows.train)
-    valid_u, valid_i = take(rows.valid)
-    test_u, test_i = take(rows.test)
-    return PreparedSplit(
-        train_users=train_u,
-        train_items=train_i,
-        valid_users=valid_u,
-        valid_items=valid_i,
-        test_users=test_u,
-        test_items=test_i,
-        n_users=len(user_ids),
-        n_items=len(item_ids),
-        user_ids=user_ids,
-        item_ids=item_ids,
-    )
+    parts: dict[str, np.ndarray] = {}
+    for part, idx in rows._asdict().items():  # train, valid, test
+        parts[f"{part}_users"] = np.ascontiguousarray(users[idx], dtype=np.int32)
+        parts[f"{part}_items"] = np.ascontiguousarray(items[idx], dtype=np.int32)
+    return PreparedSplit(**parts, n_users=len(user_ids), n_items=len(item_ids), user_ids=user_ids, item_ids=item_ids)
 
 
 def _require_columns(frame: pl.DataFrame) -> None:

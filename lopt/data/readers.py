@@ -54,14 +54,7 @@ def read_movielens_tab(path: str | Path) -> pl.DataFrame:
 
     Returns the canonical frame with Int64 user/item/timestamp, one row per non-blank line.
     """
-    return _read_delimited_lines(
-        Path(path),
-        "\t",
-        {"user": 0, "item": 1, "timestamp": 3},
-        n_fields=4,
-        id_kind="int",
-        hint="u.data has 4 tab-separated integer fields: user item rating timestamp",
-    )
+    return _read_movielens_lines(path, "\t", "u.data has 4 tab-separated integer fields: user item rating timestamp")
 
 
 def read_movielens_dat(path: str | Path) -> pl.DataFrame:
@@ -69,14 +62,15 @@ def read_movielens_dat(path: str | Path) -> pl.DataFrame:
 
     Returns the canonical frame with Int64 user/item/timestamp, one row per non-blank line.
     """
-    return _read_delimited_lines(
-        Path(path),
-        "::",
-        {"user": 0, "item": 1, "timestamp": 3},
-        n_fields=4,
-        id_kind="int",
-        hint="ratings.dat has 4 '::'-separated integer fields: user::item::rating::timestamp",
+    return _read_movielens_lines(
+        path, "::", "ratings.dat has 4 '::'-separated integer fields: user::item::rating::timestamp"
     )
+
+
+def _read_movielens_lines(path: str | Path, separator: str, hint: str) -> pl.DataFrame:
+    """``user<sep>item<sep>rating<sep>timestamp`` integer lines, no header (the rating is unused)."""
+    fields: dict[str, Column] = {"user": 0, "item": 1, "timestamp": 3}
+    return _read_delimited_lines(Path(path), separator, fields, n_fields=4, id_kind="int", hint=hint)
 
 
 def read_movielens_csv(path: str | Path) -> pl.DataFrame:
@@ -84,16 +78,12 @@ def read_movielens_csv(path: str | Path) -> pl.DataFrame:
 
     Returns the canonical frame with Int64 user/item/timestamp.
     """
-    return _read_csv(
-        Path(path),
-        {"user": "userId", "item": "movieId", "timestamp": "timestamp"},
-        separator=",",
-        has_header=True,
-        id_kind="int",
-        key_hint="a MovieLens ratings.csv with header userId,movieId,rating,timestamp and integer "
-        "values (for another layout use dataset=custom and set dataset.source.user_col/item_col/"
-        "timestamp_col)",
+    fields: dict[str, Column] = {"user": "userId", "item": "movieId", "timestamp": "timestamp"}
+    hint = (
+        "a MovieLens ratings.csv with header userId,movieId,rating,timestamp and integer values (for "
+        "another layout use dataset=custom and set dataset.source.user_col/item_col/timestamp_col)"
     )
+    return _read_csv(Path(path), fields, id_kind="int", key_hint=hint)
 
 
 def read_amazon_kaggle_csv(path: str | Path) -> pl.DataFrame:
@@ -102,16 +92,12 @@ def read_amazon_kaggle_csv(path: str | Path) -> pl.DataFrame:
     Quoted free-text fields may contain commas, quotes and newlines. Returns the canonical frame
     with String user (``UserId``) and item (``ProductId``) ids and Int64 timestamp (``Time``).
     """
-    return _read_csv(
-        Path(path),
-        {"user": "UserId", "item": "ProductId", "timestamp": "Time"},
-        separator=",",
-        has_header=True,
-        id_kind="str",
-        key_hint="the Kaggle Reviews.csv with columns Id,ProductId,UserId,...,Score,Time,... and "
-        "an integer Time (for the SNAP finefoods.txt.gz set dataset.source.format=snap; for "
-        "another layout use dataset=custom)",
+    fields: dict[str, Column] = {"user": "UserId", "item": "ProductId", "timestamp": "Time"}
+    hint = (
+        "the Kaggle Reviews.csv with columns Id,ProductId,UserId,...,Score,Time,... and an integer Time "
+        "(for the SNAP finefoods.txt.gz set dataset.source.format=snap; for another layout use dataset=custom)"
     )
+    return _read_csv(Path(path), fields, id_kind="str", key_hint=hint)
 
 
 _SNAP_KEYS = ("product/productId:", "review/userId:", "review/time:")
@@ -372,10 +358,10 @@ def _read_repeated_char_separated(
 def _read_csv(
     path: str | Path,
     fields: dict[str, Column],
-    separator: str,
-    has_header: bool,
     id_kind: IdKind,
     key_hint: str,
+    separator: str = ",",
+    has_header: bool = True,
     column_names: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Read the ``fields`` columns of a quoted CSV (RFC 4180: fields may hold separators, quotes
@@ -399,15 +385,7 @@ def _read_csv(
     names_in_file = [f"column_{i + 1}" for i in range(n_cols + 1)]
     wanted = sorted(set(positions.values()) | {n_cols})
     try:
-        df = pl.read_csv(
-            path,
-            has_header=False,
-            schema={c: pl.String for c in names_in_file},
-            missing_columns="insert",
-            truncate_ragged_lines=True,
-            columns=[names_in_file[i] for i in wanted],
-            **opts,
-        )
+        df = _read_csv_as_text(path, names_in_file, opts, columns=[names_in_file[i] for i in wanted])
     except pl.exceptions.PolarsError as err:
         _diagnose_csv(path, positions, n_cols, has_header, id_kind, key_hint, opts, err)
         raise  # unreachable: _diagnose_csv always raises
@@ -425,6 +403,20 @@ def _read_csv(
         raise
 
 
+def _read_csv_as_text(path: Path, names: list[str], opts: dict, columns: list[str] | None = None) -> pl.DataFrame:
+    """The CSV's fields as String columns ``names`` (no header; a row's missing fields are null,
+    fields beyond ``len(names)`` are dropped); ``columns``: only these of ``names``."""
+    return pl.read_csv(
+        path,
+        has_header=False,
+        schema={c: pl.String for c in names},
+        missing_columns="insert",
+        truncate_ragged_lines=True,
+        columns=columns,
+        **opts,
+    )
+
+
 def _diagnose_csv(
     path: Path,
     positions: dict[str, int],
@@ -439,14 +431,7 @@ def _diagnose_csv(
     line (1 + the newlines of the rows before it) and raise :class:`DataFormatError` for the
     first bad row: too many fields, a missing value or a value of the wrong type."""
     cols = [f"column_{i + 1}" for i in range(n_cols + 1)]  # a spare one catches extra fields
-    full = pl.read_csv(
-        path,
-        has_header=False,
-        schema={c: pl.String for c in cols},
-        missing_columns="insert",
-        truncate_ragged_lines=True,
-        **opts,
-    )
+    full = _read_csv_as_text(path, cols, opts)
     newlines = pl.sum_horizontal(pl.col(cols).str.count_matches("\n", literal=True).fill_null(0))
     full = full.with_columns((1 + (1 + newlines).cum_sum().shift(1, fill_value=0)).alias(_LINE))
     blank = pl.all_horizontal(pl.col(cols).is_null())

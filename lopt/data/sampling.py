@@ -120,12 +120,6 @@ class NegativeSampler:
         """Whether membership is tested with the packed bitset (else with the sorted keys)."""
         return self._bits is not None
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the sampler's arrays."""
-        arrays = [self.degree, self.n_allowed, self._indptr, self._shifted, self._bits, self._keys]
-        return sum(a.nbytes for a in arrays if a is not None)
-
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """bool array: whether each (user, item) pair is among the excluded interactions."""
         users = np.asarray(users, dtype=np.int64)
@@ -213,32 +207,3 @@ def _packed_bitset(keys: np.ndarray, n_users: int, n_items: int) -> np.ndarray:
     starts = np.flatnonzero(np.concatenate(([True], byte_index[1:] != byte_index[:-1])))
     bits[byte_index[starts]] = np.add.reduceat(values, starts, dtype=np.uint8)
     return bits
-
-
-def epoch_permutation(n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n,) int64: a uniformly random permutation of ``0..n-1`` drawn from ``rng``."""
-    return rng.permutation(n).astype(np.int64, copy=False)
-
-
-def make_triples(
-    sampler: NegativeSampler,
-    users: np.ndarray,
-    items: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    shuffle: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One epoch of BPR triples ``(users, positives, negatives)``, each (n,) int64.
-
-    Every (users[k], items[k]) gets one negative from ``sampler``. With ``shuffle=True`` the
-    triples come in a random order (the permutation is drawn from ``rng`` before the
-    negatives). Determined by ``rng``'s state.
-    """
-    users = np.asarray(users).astype(np.int64, copy=False)
-    items = np.asarray(items).astype(np.int64, copy=False)
-    if users.shape != items.shape or users.ndim != 1:
-        raise ValueError(f"users and items must be 1-D arrays of equal length, got {users.shape}, {items.shape}")
-    if shuffle:
-        perm = epoch_permutation(users.size, rng)
-        users, items = users[perm], items[perm]
-    return users, items, sampler.sample(users, rng)

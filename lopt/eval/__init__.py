@@ -1,7 +1,7 @@
 """Evaluation: exact ranking metrics of the lambdaopt and standard protocols, the blockwise
 evaluator and the beyond-accuracy statistics."""
 
-from lopt.eval.evaluator import DEFAULT_BLOCK_SIZE, RankingEvaluator
-from lopt.eval.metrics import full_ranking_metrics, metric_names, ranking_metrics
+from lopt.eval.evaluator import RankingEvaluator
+from lopt.eval.metrics import full_ranking_metrics, mean_ignoring_nan, metric_names, ranking_metrics
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "RankingEvaluator", "full_ranking_metrics", "metric_names", "ranking_metrics"]
+__all__ = ["RankingEvaluator", "full_ranking_metrics", "mean_ignoring_nan", "metric_names", "ranking_metrics"]

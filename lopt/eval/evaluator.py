@@ -17,7 +17,7 @@ train (valid split) or train ∪ valid (test split).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -38,16 +38,11 @@ from lopt.eval.metrics import (
     standard_from_ranks,
 )
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "VALID_CANDIDATES", "RankingEvaluator"]
+__all__ = ["VALID_CANDIDATES", "RankingEvaluator"]
 
 #: ``eval.valid_candidates``: "clean" (test items are candidates when ranking the valid split)
 #: or "paper" (the paper's code: they are removed, so selection peeks at the test split).
 VALID_CANDIDATES: tuple[str, ...] = ("clean", "paper")
-
-#: Users per block. Blocks of 1024 and 2048 users evaluate ML-10M shape (69,878 x 10,677) equally
-#: fast on a CPU (experiments/bench.py); peak memory per block is ~4 (B, n_items) tensors, ~180 MB
-#: at 1024. On a GPU use larger blocks.
-DEFAULT_BLOCK_SIZE = 1024
 
 
 def _csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,39 +199,3 @@ class RankingEvaluator:
     def beyond_summary(self, per_user: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The beyond-accuracy block of the blocks seen since :meth:`track_beyond` ({} if none)."""
         return {} if self.beyond is None else self.beyond.summary(per_user)
-
-    def evaluate_per_user(
-        self,
-        score_fn: Callable[[torch.Tensor], torch.Tensor],
-        block_size: int = DEFAULT_BLOCK_SIZE,
-    ) -> dict[str, torch.Tensor]:
-        """Run ``score_fn(users (B,) int64 CPU) -> scores (B, n_items)`` over :attr:`users`.
-
-        Returns the per-user metrics concatenated in the order of :attr:`users`, on the CPU.
-        """
-        if block_size < 1:
-            raise ValueError(f"block_size must be ≥ 1, got {block_size}")
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.metric_names}
-        for start in range(0, self.users.numel(), block_size):
-            block = self.users[start : start + block_size]
-            for name, value in self.block_metrics(block, score_fn(block)).items():
-                parts[name].append(value.cpu())
-        return {name: torch.cat(vals) if vals else torch.empty(0, dtype=torch.float64) for name, vals in parts.items()}
-
-    def evaluate(
-        self,
-        score_fn: Callable[[torch.Tensor], torch.Tensor],
-        block_size: int = DEFAULT_BLOCK_SIZE,
-    ) -> dict[str, float]:
-        """User-averaged metrics: :meth:`aggregate` of :meth:`evaluate_per_user`."""
-        return self.aggregate(self.evaluate_per_user(score_fn, block_size))
-
-    @staticmethod
-    def aggregate(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Mean of each (n,) metric tensor over users, ignoring NaN (NaN if all are NaN/empty)."""
-        out: dict[str, float] = {}
-        for name, values in per_user.items():
-            values = values.detach().to("cpu", torch.float64).reshape(-1)
-            finite = values[~torch.isnan(values)]
-            out[name] = float(finite.mean()) if finite.numel() else math.nan
-        return out

@@ -53,6 +53,7 @@ __all__ = [
     "TIES",
     "PositiveRanks",
     "full_ranking_metrics",
+    "mean_ignoring_nan",
     "metric_names",
     "positive_ranks",
     "ranking_metrics",
@@ -81,6 +82,17 @@ def metric_names(ks: Sequence[int] = (50, 100), protocol: Protocol = "lambdaopt"
             names += [f"recall@{k}", f"precision@{k}", f"ndcg@{k}", f"hr@{k}", f"map@{k}"]
         return names
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r} (config key protocol.name)")
+
+
+def mean_ignoring_nan(values: torch.Tensor) -> float:
+    """Mean of ``values`` (any shape) over the non-NaN entries, in float64 on the CPU.
+
+    This is how per-user metrics become the logged mean (a user without positives or candidates
+    has NaN and is left out). NaN when every entry is NaN or there is none.
+    """
+    values = values.detach().to("cpu", torch.float64).reshape(-1)
+    finite = values[~torch.isnan(values)]
+    return float(finite.mean()) if finite.numel() else math.nan
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
