@@ -8,8 +8,8 @@ import torch
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
 from lopt.models.mf import MatrixFactorization
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_, penalty, penalty_grad_rows
+from tests.helpers.lambda_models import NI, NU, D, model_and_lambda
 
-NU, NI, D = 7, 9, 4
 USERS = torch.tensor([0, 1, 1, 2, 3, 0, 1])
 POS = torch.tensor([1, 2, 2, 3, 4, 5, 7])
 NEG = torch.tensor([5, 6, 7, 5, 0, 2, 2])
@@ -20,13 +20,7 @@ SCALE = 0.37
 
 
 def setup(name: str, dtype: torch.dtype = torch.float64) -> tuple[MatrixFactorization, LambdaGranularity]:
-    torch.manual_seed(0)
-    model = MatrixFactorization(NU, NI, D, init_std=0.7).to(dtype)
-    gran = LambdaGranularity(name, NU, NI, D, init=0.6).to(dtype)
-    with torch.no_grad():
-        for p in gran.parameters():
-            p.copy_(torch.rand_like(p) + 0.1)
-    return model, gran
+    return model_and_lambda(name, dtype, init=0.6, lam_offset=0.1)
 
 
 @pytest.mark.parametrize("name", GRANULARITY_NAMES)
@@ -106,7 +100,7 @@ def test_penalty_grad_rows_gives_sparse_lambda_grad_only_on_batch_rows() -> None
 
 def test_unknown_scope() -> None:
     model, gran = setup("d")
-    with pytest.raises(ValueError, match="regularizer.scope"):
+    with pytest.raises(ValueError, match="model.penalty_scope"):
         penalty(model, gran, USERS, POS, NEG, "rows", 1.0)
 
 

@@ -1,6 +1,6 @@
 """The regularizer Ω(B; Θ, Λ) of docs/method.md, its Θ-gradient, and the Θ grad-norm clip.
 
-Scopes (config ``regularizer.scope``):
+Scopes (config key ``model.penalty_scope``):
 
 * ``"batch"``: Ω = (1/|B|) Σ_{(u,i,j)∈B} Σ_k [λU[u,k]P[u,k]² + λI[i,k]Q[i,k]² + λI[j,k]Q[j,k]²]
   (once per occurrence). ∂Ω/∂P[r] = 2·c_r/|B| · λU[r] ⊙ P[r] with c_r the number of occurrences of
@@ -21,8 +21,13 @@ from torch import nn
 
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.lambda_optim import coalesced
+from lopt.models.lookahead.rows import occurrences, unique_counts
 
 SCOPES: tuple[str, ...] = ("batch", "all")
+ROW_SPARSE_NEEDS_BATCH = (
+    "a row-sparse Θ optimizer (optimizer=sparse_*) needs model.penalty_scope=batch: "
+    "scope 'all' penalizes every row every step"
+)
 
 
 class FactorModel(Protocol):
@@ -33,10 +38,10 @@ class FactorModel(Protocol):
 
 
 def check_scope(scope: str) -> str:
-    """Return ``scope`` if valid, else raise ValueError naming config key ``regularizer.scope``."""
+    """Return ``scope`` if valid, else raise ValueError naming config key ``model.penalty_scope``."""
     if scope not in SCOPES:
         raise ValueError(
-            f"unknown regularizer scope {scope!r} (config key `regularizer.scope`); valid: {', '.join(SCOPES)}"
+            f"unknown regularizer scope {scope!r} (config key `model.penalty_scope`); valid: {', '.join(SCOPES)}"
         )
     return scope
 
@@ -68,43 +73,17 @@ def penalty(
     return total / n
 
 
-def _use_bincount(n_total: int | None, n_batch: int) -> bool:
-    """Count with a dense bincount over all ``n_total`` rows (O(n_total + |B|), no sort) when that
-    is not much larger than the batch; else sort (O(|B|·log|B|))."""
-    return n_total is not None and 0 < n_batch and n_total <= 16 * n_batch + (1 << 17)
-
-
-def _occurrences(batch_rows: torch.Tensor, rows: torch.Tensor, n_total: int | None = None) -> torch.Tensor:
-    """How often each entry of ``rows`` occurs in ``batch_rows``: (len(rows),) int64.
-
-    ``n_total`` (the number of rows of the table, ids in ``[0, n_total)``) allows a bincount."""
-    if _use_bincount(n_total, batch_rows.numel()):
-        return torch.bincount(batch_rows, minlength=n_total).index_select(0, rows)
-    sorted_rows = torch.sort(batch_rows).values
-    left = torch.searchsorted(sorted_rows, rows, right=False)
-    right = torch.searchsorted(sorted_rows, rows, right=True)
-    return right - left
-
-
-def _unique_counts(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(batch_rows, return_counts=True)`` (ascending rows, int64 counts), by a
-    bincount when ``n_total`` allows it."""
-    if _use_bincount(n_total, batch_rows.numel()):
-        counts = torch.bincount(batch_rows, minlength=n_total)
-        rows = torch.nonzero(counts, as_tuple=True)[0]
-        return rows, counts.index_select(0, rows)
-    return torch.unique(batch_rows, return_counts=True)
-
-
-def _unique_inverse(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(batch_rows, return_inverse=True)`` (ascending rows, int64 inverse), by a
-    bincount when ``n_total`` allows it."""
-    if _use_bincount(n_total, batch_rows.numel()):
-        rows = torch.nonzero(torch.bincount(batch_rows, minlength=n_total), as_tuple=True)[0]
-        position = torch.empty(n_total, dtype=torch.int64, device=batch_rows.device)
-        position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
-        return rows, position.index_select(0, batch_rows)
-    return torch.unique(batch_rows, return_inverse=True)
+def batch_penalty_rows(
+    theta: torch.Tensor,
+    lam_fn: Callable[[torch.Tensor | None], torch.Tensor],
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    n_batch: int,
+) -> torch.Tensor:
+    """Scope "batch": ∂Ω/∂Θ[rows] = 2·c_r/|B| · λ[r] ⊙ Θ[r] ((len(rows), d)) for ``rows`` occurring
+    ``counts`` times in the batch; differentiable in Λ, Θ detached."""
+    coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n_batch)
+    return coef * lam_fn(rows) * theta.detach().index_select(0, rows)
 
 
 def _side_grad_rows(
@@ -119,13 +98,11 @@ def _side_grad_rows(
     theta = theta.detach()
     if batch_rows is None:
         return (2.0 * scale) * lam_fn(rows) * theta.index_select(0, rows)
-    counts = _occurrences(batch_rows, rows, theta.shape[0])
+    counts = occurrences(batch_rows, rows, theta.shape[0])
     hit = torch.nonzero(counts, as_tuple=True)[0]
     # Only rows that occur in the batch depend on Λ: gather λ for those alone, so rows without a
     # penalty get no (zero-valued) entry in a sparse Λ gradient. (index_select: ``t[idx]``, faster.)
-    hit_rows = rows.index_select(0, hit)
-    coef = counts.index_select(0, hit).to(theta.dtype).unsqueeze(1) * (2.0 / n_batch)
-    contrib = coef * lam_fn(hit_rows) * theta.index_select(0, hit_rows)
+    contrib = batch_penalty_rows(theta, lam_fn, rows.index_select(0, hit), counts.index_select(0, hit), n_batch)
     return theta.new_zeros((rows.numel(), *theta.shape[1:])).index_copy(0, hit, contrib)
 
 
@@ -200,12 +177,8 @@ def add_penalty_grad_(
     rows join the same sparse gradient (scope "batch" only: scope "all" touches every row)."""
     P, Q = model.user_factors, model.item_factors
     gP, gQ = _ensure_grad(P), _ensure_grad(Q)
-    if gP.is_sparse or gQ.is_sparse:
-        if check_scope(scope) == "all":
-            raise ValueError(
-                "a row-sparse Θ optimizer (optimizer=sparse_*) needs model.penalty_scope=batch: "
-                "scope 'all' penalizes every row every step"
-            )
+    if (gP.is_sparse or gQ.is_sparse) and check_scope(scope) == "all":
+        raise ValueError(ROW_SPARSE_NEEDS_BATCH)
     if check_scope(scope) == "all":
         gP.add_((2.0 * scale) * granularity.user_lambda(None).detach() * P.detach())
         gQ.add_((2.0 * scale) * granularity.item_lambda(None).detach() * Q.detach())
@@ -217,14 +190,12 @@ def add_penalty_grad_(
         (P, gP, granularity.user_lambda, users),
         (Q, gQ, granularity.item_lambda, torch.cat([pos_items, neg_items])),
     ):
-        rows, counts = _unique_counts(batch_rows, theta.shape[0])
-        coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n)
+        rows, counts = unique_counts(batch_rows, theta.shape[0])
+        rows_grad = batch_penalty_rows(theta, lam_fn, rows, counts, n)
         if grad.is_sparse:
-            theta.grad = _sparse_rows_add(
-                grad, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows)
-            )
-            continue
-        grad.index_add_(0, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows))
+            theta.grad = _sparse_rows_add(grad, rows, rows_grad)
+        else:
+            grad.index_add_(0, rows, rows_grad)
 
 
 @torch.no_grad()
@@ -272,9 +243,11 @@ def _clip_sparse_grad_norm_(params: list[nn.Parameter], max_norm: float | None) 
 
 
 __all__ = [
+    "ROW_SPARSE_NEEDS_BATCH",
     "SCOPES",
     "FactorModel",
     "add_penalty_grad_",
+    "batch_penalty_rows",
     "check_scope",
     "clip_grad_norm_",
     "penalty",
