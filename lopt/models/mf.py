@@ -61,11 +61,12 @@ def sparse_triple_scores(
     """:func:`triple_scores` whose backward gives each table a row-sparse gradient: the batch's
     unique rows (ascending, one entry each) are gathered once by ``F.embedding(sparse=True)``,
     then expanded to the triples (their gradients summed per row by the gather's backward)."""
-    from lopt.models.lookahead.rows import unique_inverse
+    from lopt.models.lookahead.rows import triple_rows
 
     n = users.numel()
-    user_rows, user_idx = unique_inverse(users, user_factors.shape[0])
-    item_rows, item_idx = unique_inverse(torch.cat([pos_items, neg_items]), item_factors.shape[0])
+    user_rows, item_rows, user_idx, item_idx = triple_rows(
+        (users, pos_items, neg_items), user_factors.shape[0], item_factors.shape[0]
+    )
     p = F.embedding(user_rows, user_factors, sparse=True).index_select(0, user_idx)
     q = F.embedding(item_rows, item_factors, sparse=True)
     # index_select: its backward is an index_add_ (advanced indexing's accumulating index_put_ sorts)

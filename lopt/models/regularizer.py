@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import coalesced
+from lopt.models.lambda_optim import clip_grads_, coalesced
 from lopt.models.lookahead.rows import occurrences, unique_counts
 
 SCOPES: tuple[str, ...] = ("batch", "all")
@@ -205,41 +205,9 @@ def clip_grad_norm_(model: FactorModel, max_norm: float | None) -> torch.Tensor:
     (norm + 1e-6), 1). ``max_norm=None``: no clipping. Returns the total norm before clipping.
     Row-sparse gradients are coalesced (rows summed first) and scaled on their values."""
     params = [p for p in (model.user_factors, model.item_factors) if p.grad is not None]
-    if any(p.grad.is_sparse for p in params):
-        return _clip_sparse_grad_norm_(params, max_norm)
-    grads = [p.grad for p in params]
-    if not grads:
+    if not params:
         return torch.zeros((), dtype=model.user_factors.dtype, device=model.user_factors.device)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    if max_norm is not None:
-        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
-        # On the CPU reading coef is free: skip the two full passes of a multiplication by exactly 1.
-        if coef.device.type != "cpu" or bool(coef < 1.0):
-            for g in grads:
-                g.mul_(coef)
-    return total
-
-
-def _clip_sparse_grad_norm_(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
-    """:func:`clip_grad_norm_` for gradients of which some are row-sparse."""
-    for p in params:
-        if p.grad.is_sparse:
-            p.grad = coalesced(p.grad)
-    total = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(p.grad.values() if p.grad.is_sparse else p.grad) for p in params])
-    )
-    if max_norm is not None:
-        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
-        if coef.device.type != "cpu" or bool(coef < 1.0):
-            for p in params:
-                g = p.grad
-                if g.is_sparse:
-                    p.grad = torch.sparse_coo_tensor(
-                        g.indices(), g.values() * coef, g.shape, is_coalesced=True, check_invariants=False
-                    )
-                else:
-                    g.mul_(coef)
-    return total
+    return clip_grads_(params, max_norm)
 
 
 __all__ = [

@@ -20,7 +20,7 @@ import lopt.models.regularizer as regularizer
 from lopt.models.lookahead import fused, replay
 from lopt.models.lookahead.clip import sides_inactive
 from lopt.models.lookahead.replay import lookahead_rows, simulate_step_rows
-from lopt.models.lookahead.rows import unique_inverse
+from lopt.models.lookahead.rows import triple_rows
 from lopt.models.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPARSE, capability, unwrap
 
 if TYPE_CHECKING:
@@ -53,38 +53,23 @@ def lookahead_validation_loss(
     every other case run :mod:`.replay`.
     """
     P, Q = model.user_factors, model.item_factors
-    v_users, v_pos, v_neg = valid_batch
-    user_rows, user_idx = unique_inverse(v_users, P.shape[0])
-    item_rows, item_idx = unique_inverse(torch.cat([v_pos, v_neg]), Q.shape[0])
+    valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
     regularizer.check_scope(scope)
     optimizer = unwrap(theta_optimizer)
+    n_train = train_batch[0].numel()
     if (
         dropout <= 0
         and scope == "batch"
-        and v_users.numel() > 0
-        and train_batch[0].numel() > 0
+        and valid_batch[0].numel() > 0
+        and n_train > 0
         and capability(optimizer, (P, Q)) == FUSED
         and (clip_norm is None or P.device.type == "cpu")
     ):
-        side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, user_rows, item_rows)
-        if clip_norm is None or sides_inactive(
-            (side_u.clip_side(), side_i.clip_side()), train_batch[0].numel(), clip_norm, compiled
-        ):
-            return fused.validation_loss(granularity, side_u, side_i, user_idx, item_idx, compiled)
-    return replay.validation_loss(
-        model,
-        theta_optimizer,
-        granularity,
-        train_batch,
-        user_rows,
-        item_rows,
-        user_idx,
-        item_idx,
-        scope=scope,
-        scale=scale,
-        clip_norm=clip_norm,
-        dropout=dropout,
-    )
+        side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid)
+        if clip_norm is None or sides_inactive((side_u.clip_side(), side_i.clip_side()), n_train, clip_norm, compiled):
+            return fused.validation_loss(granularity, side_u, side_i, valid, compiled)
+    options = {"scope": scope, "scale": scale, "clip_norm": clip_norm, "dropout": dropout}
+    return replay.validation_loss(model, theta_optimizer, granularity, train_batch, valid, **options)
 
 
 __all__ = [

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lopt.models.lookahead.rows import unique_counts
+from lopt.models.lookahead.rows import TripleRows, unique_counts
 from lopt.models.lookahead.state import ParamState
 
 if TYPE_CHECKING:
@@ -353,41 +353,35 @@ def sides(
     optimizer: torch.optim.Optimizer,
     granularity: LambdaGranularity,
     train_batch: Triples,
-    user_rows: torch.Tensor,
-    item_rows: torch.Tensor,
+    valid: TripleRows,
 ) -> tuple[_Side, _Side]:
-    """The user and item sides of the fused look-ahead for the validation batch's unique rows
-    ``user_rows``/``item_rows`` (ascending)."""
+    """The user and item sides of the fused look-ahead on the validation batch's rows ``valid``."""
     users, pos, neg = train_batch
     n = users.numel()
     P, Q = model.user_factors, model.item_factors
     return (
-        _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, user_rows, users, n),
-        _Side(optimizer, Q, granularity.item_storage, granularity.item_rowwise, item_rows, torch.cat([pos, neg]), n),
+        _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, valid.user_rows, users, n),
+        _Side(
+            optimizer, Q, granularity.item_storage, granularity.item_rowwise, valid.item_rows, torch.cat([pos, neg]), n
+        ),
     )
 
 
 def validation_loss(
-    granularity: LambdaGranularity,
-    side_u: _Side,
-    side_i: _Side,
-    user_idx: torch.Tensor,
-    item_idx: torch.Tensor,
-    compiled: bool = False,
+    granularity: LambdaGranularity, side_u: _Side, side_i: _Side, valid: TripleRows, compiled: bool = False
 ) -> torch.Tensor:
     """l(V; Θ̄_{t+1}(Λ)) for the fused case (:func:`lopt.models.lookahead.state.capability`, scope
-    "batch", no dropout, the Θ clip none or surely inactive), differentiable in the λ storages.
-    ``user_idx``/``item_idx``: each validation triple's position in the sides' rows (items:
-    positives then negatives)."""
-    n_v = user_idx.numel()
+    "batch", no dropout, the Θ clip none or surely inactive), differentiable in the λ storages;
+    ``valid``: the validation batch's rows, as the sides were built on."""
+    n_v = valid.user_idx.numel()
     return _LookaheadBPR.apply(
         granularity.user_storage,
         granularity.item_storage,
         side_u,
         side_i,
-        user_idx,
-        item_idx[:n_v],
-        item_idx[n_v:],
+        valid.user_idx,
+        valid.item_idx[:n_v],
+        valid.item_idx[n_v:],
         compiled,
     )
 

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 import lopt.models.regularizer as regularizer
 from lopt.models.lookahead.clip import clip_is_inactive
-from lopt.models.lookahead.rows import grad_of, grad_rows, occurrences, rows_of, touched, unique_counts
+from lopt.models.lookahead.rows import TripleRows, grad_of, grad_rows, occurrences, rows_of, touched, unique_counts
 from lopt.models.lookahead.state import ParamState, capability, unwrap
 from lopt.models.mf import bpr_loss
 from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD
@@ -310,31 +310,19 @@ def validation_loss(
     theta_optimizer: torch.optim.Optimizer,
     granularity: LambdaGranularity,
     train_batch: Triples,
-    user_rows: torch.Tensor,
-    item_rows: torch.Tensor,
-    user_idx: torch.Tensor,
-    item_idx: torch.Tensor,
+    valid: TripleRows,
     *,
     scope: str,
     scale: float,
     clip_norm: float | None,
     dropout: float,
 ) -> torch.Tensor:
-    """l(V; Θ̄_{t+1}(Λ)) through :func:`lookahead_rows` on the validation batch's unique rows
-    ``user_rows``/``item_rows``; ``user_idx``/``item_idx``: each triple's position in them (items:
-    positives then negatives). ``dropout`` > 0 applies ``F.dropout`` (training mode) to the
-    looked-ahead embeddings of each validation triple."""
-    new_p, new_q = lookahead_rows(
-        model,
-        theta_optimizer,
-        granularity,
-        train_batch,
-        user_rows,
-        item_rows,
-        scope=scope,
-        scale=scale,
-        clip_norm=clip_norm,
-    )
+    """l(V; Θ̄_{t+1}(Λ)) through :func:`lookahead_rows` on the validation batch's rows ``valid``.
+    ``dropout`` > 0 applies ``F.dropout`` (training mode) to the looked-ahead embeddings of each
+    validation triple."""
+    user_rows, item_rows, user_idx, item_idx = valid
+    options = {"scope": scope, "scale": scale, "clip_norm": clip_norm}
+    new_p, new_q = lookahead_rows(model, theta_optimizer, granularity, train_batch, user_rows, item_rows, **options)
     n = user_idx.numel()
     pos_idx, neg_idx = item_idx[:n], item_idx[n:]
     pu, qi, qj = rows_of(new_p, user_idx), rows_of(new_q, pos_idx), rows_of(new_q, neg_idx)

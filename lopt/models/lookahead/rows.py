@@ -4,6 +4,8 @@ of a dense or row-sparse Θ gradient. All are vectorized; none modifies its inpu
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -47,6 +49,25 @@ def unique_inverse(batch_rows: torch.Tensor, n_total: int | None = None) -> tupl
         position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
         return rows, position.index_select(0, batch_rows)
     return torch.unique(batch_rows, return_inverse=True)
+
+
+class TripleRows(NamedTuple):
+    """A triple batch's unique user and item rows (ascending; items: positives and negatives) and
+    each triple's position in them (``item_idx``: the positives' positions, then the negatives')."""
+
+    user_rows: torch.Tensor
+    item_rows: torch.Tensor
+    user_idx: torch.Tensor
+    item_idx: torch.Tensor
+
+
+def triple_rows(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_users: int, n_items: int) -> TripleRows:
+    """:class:`TripleRows` of ``batch`` (users, positives, negatives) over tables of ``n_users`` and
+    ``n_items`` rows."""
+    users, pos, neg = batch
+    user_rows, user_idx = unique_inverse(users, n_users)
+    item_rows, item_idx = unique_inverse(torch.cat([pos, neg]), n_items)
+    return TripleRows(user_rows, item_rows, user_idx, item_idx)
 
 
 def rows_of(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -99,11 +120,13 @@ def touched(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "TripleRows",
     "grad_of",
     "grad_rows",
     "occurrences",
     "rows_of",
     "touched",
+    "triple_rows",
     "unique_counts",
     "unique_inverse",
 ]
