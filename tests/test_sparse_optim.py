@@ -122,7 +122,7 @@ def test_gradient_is_row_sparse_end_to_end() -> None:
     model, gran, opt = build("sparse_adam", "dui", "batch", None, prior_steps=0)
     opt.zero_grad()
     bpr_loss(*model(*TRAIN)).backward()
-    add_penalty_grad_(model, gran, *TRAIN, "batch", SCALE)
+    add_penalty_grad_(model, gran, TRAIN, "batch", SCALE)
     clip_grad_norm_(model, CLIP)
     for param, rows in ((model.user_factors, TRAIN[0]), (model.item_factors, torch.cat([TRAIN[1], TRAIN[2]]))):
         assert param.grad.is_sparse and param.grad.is_coalesced()
@@ -130,7 +130,7 @@ def test_gradient_is_row_sparse_end_to_end() -> None:
     # the same values as the dense gradient of the same step
     dense, gran_d, _ = build("adam_fused", "dui", "batch", None, prior_steps=0)
     bpr_loss(*dense(*TRAIN)).backward()
-    add_penalty_grad_(dense, gran_d, *TRAIN, "batch", SCALE)
+    add_penalty_grad_(dense, gran_d, TRAIN, "batch", SCALE)
     clip_grad_norm_(dense, CLIP)
     torch.testing.assert_close(model.user_factors.grad.to_dense(), dense.user_factors.grad, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(model.item_factors.grad.to_dense(), dense.item_factors.grad, rtol=1e-12, atol=1e-14)
@@ -225,7 +225,7 @@ def test_scope_all_is_refused_with_the_config_key() -> None:
     model, gran, opt = build("sparse_adam", "dui", "batch", None, prior_steps=0)
     bpr_loss(*model(*TRAIN)).backward()
     with pytest.raises(ValueError, match="penalty_scope=batch"):
-        add_penalty_grad_(model, gran, *TRAIN, "all", SCALE)
+        add_penalty_grad_(model, gran, TRAIN, "all", SCALE)
 
 
 def test_is_row_sparse_reads_hydra_partials() -> None:

@@ -106,16 +106,7 @@ class LambdaAdam(torch.optim.Adam):
     ) -> None:
         if fused is None and foreach is None:
             fused = True
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            fused=fused,
-            foreach=foreach,
-        )
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, fused=fused, foreach=foreach)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

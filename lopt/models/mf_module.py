@@ -86,7 +86,6 @@ class MFBPRModule(ManualThetaModule):
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Triples], batch_idx: int) -> torch.Tensor:
-        users, pos, neg = batch["train"]
         # Stepping through Lightning's wrapper counts Θ-steps as global steps (Λ-steps are not).
         theta_opt = self._lightning_theta_optimizer()
         theta_opt.zero_grad(set_to_none=False)
@@ -108,7 +107,7 @@ class MFBPRModule(ManualThetaModule):
 
         if self._is_logging_step():
             with torch.no_grad():
-                reg = penalty(self.model, self.granularity, users, pos, neg, self.penalty_scope, self.penalty_scale)
+                reg = penalty(self.model, self.granularity, batch["train"], self.penalty_scope, self.penalty_scale)
             logs = {
                 "train/bpr_loss": loss.detach(),
                 "train/penalty": reg,

@@ -14,7 +14,7 @@ Scopes (config key ``model.penalty_scope``):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from torch import nn
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.lambda_optim import clip_grads_, coalesced
 from lopt.models.lookahead.rows import occurrences, unique_counts
+
+if TYPE_CHECKING:
+    from lopt.models.steps import Triples
 
 SCOPES: tuple[str, ...] = ("batch", "all")
 ROW_SPARSE_NEEDS_BATCH = (
@@ -47,15 +50,11 @@ def check_scope(scope: str) -> str:
 
 
 def penalty(
-    model: FactorModel,
-    granularity: LambdaGranularity,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
-    scope: str,
-    scale: float = 1.0,
+    model: FactorModel, granularity: LambdaGranularity, batch: Triples, scope: str, scale: float = 1.0
 ) -> torch.Tensor:
-    """Ω as a scalar, differentiable in Θ and Λ. ``scale`` is used by scope "all" only."""
+    """Ω of ``batch`` (users, positives, negatives) as a scalar, differentiable in Θ and Λ. ``scale``
+    is used by scope "all" only."""
+    users, pos_items, neg_items = batch
     P, Q = model.user_factors, model.item_factors
     if check_scope(scope) == "all":
         return scale * (
@@ -109,19 +108,18 @@ def _side_grad_rows(
 def penalty_grad_rows(
     model: FactorModel,
     granularity: LambdaGranularity,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
+    batch: Triples,
     scope: str,
     scale: float,
     user_rows: torch.Tensor,
     item_rows: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂Ω/∂P[user_rows], ∂Ω/∂Q[item_rows]), shapes (len(user_rows), d), (len(item_rows), d).
+    """(∂Ω/∂P[user_rows], ∂Ω/∂Q[item_rows]) of ``batch``, shapes (len(user_rows), d), (len(item_rows), d).
 
     Analytic, differentiable w.r.t. Λ (Θ is detached), O(rows·d + |B|·log|B|). For scope "batch" a
     row absent from the batch gets an exact zero that does not depend on Λ.
     """
+    users, pos_items, neg_items = batch
     P, Q = model.user_factors, model.item_factors
     if check_scope(scope) == "all":
         return (
@@ -161,13 +159,7 @@ def _sparse_rows_add(grad: torch.Tensor, rows: torch.Tensor, values: torch.Tenso
 
 @torch.no_grad()
 def add_penalty_grad_(
-    model: FactorModel,
-    granularity: LambdaGranularity,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
-    scope: str,
-    scale: float = 1.0,
+    model: FactorModel, granularity: LambdaGranularity, batch: Triples, scope: str, scale: float = 1.0
 ) -> None:
     """Add ∂Ω/∂Θ (at the current Λ, no autograd graph) to ``user_factors.grad`` / ``item_factors.grad``
     in place (a missing grad starts at zero). Scope "batch": index_add_ on the batch's unique rows,
@@ -175,6 +167,7 @@ def add_penalty_grad_(
 
     Row-sparse gradients (``MatrixFactorization(sparse_grad=True)``) stay row-sparse: the penalty's
     rows join the same sparse gradient (scope "batch" only: scope "all" touches every row)."""
+    users, pos_items, neg_items = batch
     P, Q = model.user_factors, model.item_factors
     gP, gQ = _ensure_grad(P), _ensure_grad(Q)
     if (gP.is_sparse or gQ.is_sparse) and check_scope(scope) == "all":

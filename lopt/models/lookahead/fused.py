@@ -114,18 +114,11 @@ def _replay_kernel(
     return new, (dnew_dlam.neg_() if negate else dnew_dlam)
 
 
-def _clip_sq_kernel(
-    theta: torch.Tensor,
-    grad: torch.Tensor,
-    lam: torch.Tensor,
-    rows: torch.Tensor,
-    counts: torch.Tensor,
-    two_over_n: float,
-    lam_rowwise: bool,
-) -> torch.Tensor:
-    """Σ over ``rows`` of ‖g[r] + 2·count_r/|B|·λ[r]⊙θ[r]‖² (0-dim): one side's share of the squared
-    norm of the regularized Θ-gradient (the train batch's rows hold all of it)."""
-    g = _regularized_grad_rows(theta, grad, lam, rows, counts, two_over_n, lam_rowwise)[2]
+def _clip_sq_kernel(*rows_args: Any) -> torch.Tensor:
+    """Σ over ``rows`` of ‖g[r] + 2·count_r/|B|·λ[r]⊙θ[r]‖² (0-dim), the arguments those of
+    :func:`_regularized_grad_rows`: one side's share of the squared norm of the regularized
+    Θ-gradient (the train batch's rows hold all of it)."""
+    g = _regularized_grad_rows(*rows_args)[2]
     return (g * g).sum()
 
 

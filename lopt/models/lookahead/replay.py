@@ -222,7 +222,7 @@ def _clip_coefficient(
         users, pos, neg = train_batch
         urows = unique_counts(users, P.shape[0])[0]
         irows = unique_counts(torch.cat([pos, neg]), Q.shape[0])[0]
-        pu, pi = regularizer.penalty_grad_rows(model, granularity, users, pos, neg, scope, scale, urows, irows)
+        pu, pi = regularizer.penalty_grad_rows(model, granularity, train_batch, scope, scale, urows, irows)
         sq = (grad_rows(P, urows) + pu).square().sum() + (grad_rows(Q, irows) + pi).square().sum()
     norm = safe_sqrt(sq)
     return (float(clip_norm) / (norm + 1e-6)).clamp(max=1.0)
@@ -293,7 +293,7 @@ def lookahead_rows(
         new_p = _batch_side_rows(theta_optimizer, P, granularity.user_lambda, user_rows, users, n)
         new_q = _batch_side_rows(theta_optimizer, Q, granularity.item_lambda, item_rows, torch.cat([pos, neg]), n)
         return new_p, new_q
-    pu, pi = regularizer.penalty_grad_rows(model, granularity, users, pos, neg, scope, scale, user_rows, item_rows)
+    pu, pi = regularizer.penalty_grad_rows(model, granularity, train_batch, scope, scale, user_rows, item_rows)
     grad_u = grad_rows(P, user_rows) + pu
     grad_i = grad_rows(Q, item_rows) + pi
     if clip_norm is not None:
