@@ -4,12 +4,15 @@ of a dense or row-sparse Θ gradient. All are vectorized; none modifies its inpu
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
 from lopt.models.sparse_optim import row_grad
+
+if TYPE_CHECKING:
+    from lopt.models.steps import Triples
 
 
 def _use_bincount(n_total: int | None, n_batch: int) -> bool:
@@ -61,7 +64,7 @@ class TripleRows(NamedTuple):
     item_idx: torch.Tensor
 
 
-def triple_rows(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_users: int, n_items: int) -> TripleRows:
+def triple_rows(batch: Triples, n_users: int, n_items: int) -> TripleRows:
     """:class:`TripleRows` of ``batch`` (users, positives, negatives) over tables of ``n_users`` and
     ``n_items`` rows."""
     users, pos, neg = batch
