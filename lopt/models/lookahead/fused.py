@@ -226,7 +226,7 @@ class _Side:
         n_batch: int,
     ) -> None:
         read = ParamState(optimizer, param)
-        self.param, self.read = param, read
+        self.param = param
         self.lam_storage, self.lam_rowwise = lam_storage, lam_rowwise
         self.rows = rows
         self.two_over_n = 2.0 / n_batch
@@ -239,8 +239,13 @@ class _Side:
             (1 - beta2**step) ** 0.5,
             read.hyper("eps"),
         )
-        self.amsgrad = read.flag("amsgrad")
         self.negate = read.flag("maximize")
+        #: Adam's state tensors (whole, gathered inside the kernel; max_exp_avg_sq only with amsgrad)
+        self.moments = (
+            read.tensor("exp_avg"),
+            read.tensor("exp_avg_sq"),
+            read.tensor("max_exp_avg_sq") if read.flag("amsgrad") else None,
+        )
         # the train batch's rows: all that the penalty (and the clip norm) touches
         self.train_rows, self.train_counts = unique_counts(batch_rows, param.shape[0])
         found = torch.searchsorted(self.train_rows, rows).clamp_(max=max(self.train_rows.numel() - 1, 0))
@@ -254,14 +259,11 @@ class _Side:
         return self.param, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
 
     def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        read = self.read
         return REPLAY(
             compiled,
             self.param.detach(),
             self.param.grad.detach(),
-            read.tensor("exp_avg"),
-            read.tensor("exp_avg_sq"),
-            read.tensor("max_exp_avg_sq") if self.amsgrad else None,
+            *self.moments,
             self.lam_storage.detach(),
             self.rows,
             self.counts,
