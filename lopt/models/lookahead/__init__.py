@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+# A module import: the regularizer imports .rows, so it may still be initializing when this runs.
 import lopt.models.regularizer as regularizer
 from lopt.models.lookahead import fused, replay
 from lopt.models.lookahead.clip import sides_inactive

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+# A module import: the regularizer imports .rows, so it may still be initializing when this runs.
 import lopt.models.regularizer as regularizer
 from lopt.models.lookahead import fused
 from lopt.models.lookahead.rows import grad_of, grad_rows, unique_counts

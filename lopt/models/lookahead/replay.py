@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# A module import: the regularizer imports .rows, so it may still be initializing when this runs.
 import lopt.models.regularizer as regularizer
 from lopt.models.lookahead.clip import clip_is_inactive
 from lopt.models.lookahead.rows import TripleRows, grad_of, grad_rows, occurrences, rows_of, touched, unique_counts
