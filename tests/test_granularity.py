@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
-
-NU, NI, D = 7, 9, 4
+from tests.helpers.lambda_models import NI, NU, D
 
 # name -> (user storage shape, item storage shape, user rowwise, item rowwise, n learned tensors)
 EXPECTED = {

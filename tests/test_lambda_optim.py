@@ -9,13 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from lopt.models.granularity import LambdaGranularity
 from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_, coalesced
-from lopt.models.lookahead import lookahead_validation_loss
-from lopt.models.mf import MatrixFactorization, bpr_loss
-from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+from tests.helpers.lambda_models import NU, D, lambda_opt_iteration, model_and_lambda
 
-NU, NI, D = 7, 9, 4
 FACTORIES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd": lambda ps: LambdaSGD(ps, lr=0.5),
     "adam": lambda ps: LambdaAdam(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=False),
@@ -120,24 +116,9 @@ def test_row_sparse_adam_uses_per_row_step_count() -> None:
     assert opt.state[a]["step"].tolist() == [2, 1]
 
 
-def _lambda_opt_iteration(model, gran, theta_opt, lam_opt, train, valid) -> None:  # type: ignore[no-untyped-def]
-    """One λOpt iteration (docs/method.md steps 1–3) with batch scope."""
-    theta_opt.zero_grad()
-    bpr_loss(*model(*train)).backward()
-    lam_opt.zero_grad()
-    lookahead_validation_loss(model, theta_opt, gran, train, valid, scope="batch", scale=1.0, clip_norm=None).backward()
-    clip_lambda_grad_(gran.parameters(), 100.0)
-    lam_opt.step()
-    add_penalty_grad_(model, gran, *train, "batch", 1.0)
-    clip_grad_norm_(model, 100.0)
-    theta_opt.step()
-
-
 @pytest.mark.parametrize("lam_opt_name", ["rowsparse_adam", "adam"])
 def test_absent_user_keeps_lambda_only_with_row_sparse_adam(lam_opt_name: str) -> None:
-    torch.manual_seed(0)
-    model = MatrixFactorization(NU, NI, D, init_std=0.7).to(torch.float64)
-    gran = LambdaGranularity("dui", NU, NI, D, init=0.5).to(torch.float64)
+    model, gran = model_and_lambda("dui", init=0.5, lam_offset=None)
     theta_opt = torch.optim.Adam(model.parameters(), lr=0.05)
     lam_opt = FACTORIES[lam_opt_name](list(gran.parameters()))
     # iteration 1: user 3 in both batches (gets λ-gradient and moments); user 6 never appears
@@ -149,12 +130,12 @@ def test_absent_user_keeps_lambda_only_with_row_sparse_adam(lam_opt_name: str) -
         (torch.tensor([0, 1, 2, 1]), torch.tensor([1, 2, 3, 8]), torch.tensor([4, 5, 6, 0])),
         (torch.tensor([1, 2, 5]), torch.tensor([1, 2, 3]), torch.tensor([0, 7, 4])),
     )
-    _lambda_opt_iteration(model, gran, theta_opt, lam_opt, *first)
+    lambda_opt_iteration(model, gran, theta_opt, lam_opt, *first, clip=100.0, lambda_clip=100.0)
     lam3 = gran.lambda_user.detach()[3].clone()
     assert not torch.equal(lam3, torch.full((D,), 0.5, dtype=torch.float64)), "user 3 must have moved in iteration 1"
     state3 = {k: v[3].clone() for k, v in lam_opt.state[gran.lambda_user].items() if v.dim() > 0}
     for _ in range(3):
-        _lambda_opt_iteration(model, gran, theta_opt, lam_opt, *later)
+        lambda_opt_iteration(model, gran, theta_opt, lam_opt, *later, clip=100.0, lambda_clip=100.0)
     lam = gran.lambda_user.detach()
     assert torch.equal(lam[6], torch.full((D,), 0.5, dtype=torch.float64))  # never had a gradient
     if lam_opt_name == "rowsparse_adam":

@@ -8,17 +8,15 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from lopt.models import steps
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
 from lopt.models.lookahead import lookahead_rows, lookahead_validation_loss, simulate_step_rows
 from lopt.models.mf import MatrixFactorization, bpr_loss
-from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+from tests.helpers import lambda_models
+from tests.helpers.lambda_models import NI, NU, TRAIN, VALID, D, train_backward
 
-NU, NI, D = 7, 9, 4
 SCALE = 0.3
 CLIP = 0.05  # well below the gradient norms here (asserted), so clipping is active
-# repeated users/items; user 6 and item 8 absent from the train batch; users 4, 5 only in valid
-TRAIN = (torch.tensor([0, 1, 1, 2, 3, 0]), torch.tensor([1, 2, 2, 3, 4, 5]), torch.tensor([5, 6, 7, 5, 0, 2]))
-VALID = (torch.tensor([1, 4, 5, 0, 1]), torch.tensor([2, 8, 3, 1, 2]), torch.tensor([0, 1, 6, 6, 8]))
 
 OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),
@@ -34,14 +32,6 @@ OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer
 }
 
 
-def random_batch(gen: torch.Generator, n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (
-        torch.randint(0, NU, (n,), generator=gen),
-        torch.randint(0, NI, (n,), generator=gen),
-        torch.randint(0, NI, (n,), generator=gen),
-    )
-
-
 def build(
     opt_name: str,
     gran_name: str,
@@ -54,30 +44,16 @@ def build(
 ) -> tuple[MatrixFactorization, LambdaGranularity, torch.optim.Optimizer]:
     """A tiny model, a Λ with distinct positive entries, and an optimizer whose state was built by
     ``prior_steps`` real Θ-steps (and whose lr a scheduler changed, if asked)."""
-    torch.manual_seed(0)
-    model = MatrixFactorization(NU, NI, D, init_std=0.7).to(dtype)
-    gran = LambdaGranularity(gran_name, NU, NI, D, init=0.8).to(dtype)
-    with torch.no_grad():
-        for p in gran.parameters():
-            p.copy_(torch.rand_like(p) + 0.2)
-    opt = OPTIMIZERS[opt_name](list(model.parameters()))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5) if scheduler else None
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(prior_steps):
-        real_step(model, gran, opt, random_batch(gen), scope, clip)
-        if sched is not None:
-            sched.step()
-    return model, gran, opt
-
-
-def real_step(model, gran, opt, batch, scope: str, clip: float | None) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """The real Θ-step of docs/method.md: BPR backward, + ∇_ΘΩ, clip, optimizer.step(). Returns the norm."""
-    opt.zero_grad()
-    bpr_loss(*model(*batch)).backward()
-    add_penalty_grad_(model, gran, *batch, scope, SCALE)
-    norm = clip_grad_norm_(model, clip)
-    opt.step()
-    return norm
+    return lambda_models.build(
+        OPTIMIZERS[opt_name],
+        gran_name,
+        dtype=dtype,
+        scope=scope,
+        clip=clip,
+        scale=SCALE,
+        prior_steps=prior_steps,
+        scheduler=scheduler,
+    )
 
 
 def check_invariant(opt_name, gran_name, dtype, scope, clip, prior_steps, *, scheduler=False, rtol, atol) -> None:  # type: ignore[no-untyped-def]
@@ -85,8 +61,7 @@ def check_invariant(opt_name, gran_name, dtype, scope, clip, prior_steps, *, sch
     if scheduler:
         assert opt.param_groups[0]["lr"] != opt.param_groups[0]["initial_lr"]
     P, Q = model.user_factors, model.item_factors
-    opt.zero_grad()
-    bpr_loss(*model(*TRAIN)).backward()
+    train_backward(model, opt)
     g_before = (P.grad.clone(), Q.grad.clone())
     state_before = {k: v.clone() for k, v in opt.state[P].items() if isinstance(v, torch.Tensor)}
 
@@ -103,11 +78,9 @@ def check_invariant(opt_name, gran_name, dtype, scope, clip, prior_steps, *, sch
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, state_before[k])
 
-    add_penalty_grad_(model, gran, *TRAIN, scope, SCALE)
-    norm = clip_grad_norm_(model, clip)
+    norm = steps.theta_step(model, opt, gran, TRAIN, scope=scope, scale=SCALE, clip_norm=clip)
     if clip is not None:
         assert norm > 2 * clip, "the test must exercise active clipping"
-    opt.step()
     torch.testing.assert_close(la_p, P.detach()[user_rows], rtol=rtol, atol=atol)
     torch.testing.assert_close(la_q, Q.detach()[item_rows], rtol=rtol, atol=atol)
     with torch.no_grad():
@@ -161,8 +134,7 @@ def test_lambda_gradient_matches_finite_differences(
     gran_name: str, scope: str, opt_name: str, clip: float | None
 ) -> None:
     model, gran, opt = build(opt_name, gran_name, torch.float64, scope, clip, prior_steps=3)
-    opt.zero_grad()
-    bpr_loss(*model(*TRAIN)).backward()
+    train_backward(model, opt)
 
     def loss() -> torch.Tensor:
         return lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope=scope, scale=SCALE, clip_norm=clip)
@@ -193,8 +165,7 @@ def test_lambda_gradient_matches_finite_differences(
 def test_batch_scope_lambda_gradient_is_row_sparse() -> None:
     """Batch scope, no clip: ∇Λ of row-stored Λ is sparse on train ∩ valid rows only (O(|B|·d))."""
     model, gran, opt = build("adam", "dui", torch.float64, "batch", None, prior_steps=2)
-    opt.zero_grad()
-    bpr_loss(*model(*TRAIN)).backward()
+    train_backward(model, opt)
     lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=SCALE, clip_norm=None).backward()
     assert gran.lambda_user.grad.is_sparse and gran.lambda_item.grad.is_sparse
     users = set(gran.lambda_user.grad.coalesce().indices()[0].tolist())
@@ -213,8 +184,7 @@ def test_batch_scope_lambda_gradient_is_row_sparse() -> None:
 
 def test_dropout_is_applied_to_lookahead_embeddings() -> None:
     model, gran, opt = build("adam", "d", torch.float64, "batch", None, prior_steps=1)
-    opt.zero_grad()
-    bpr_loss(*model(*TRAIN)).backward()
+    train_backward(model, opt)
     kwargs = dict(scope="batch", scale=SCALE, clip_norm=None)
     base = lookahead_validation_loss(model, opt, gran, TRAIN, VALID, **kwargs)
     torch.manual_seed(3)

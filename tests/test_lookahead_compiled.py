@@ -10,11 +10,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from lopt.models import lookahead_fast
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lookahead import lookahead_validation_loss
-from lopt.models.mf import MatrixFactorization, bpr_loss
-from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+from lopt.models.lookahead import fused
+from lopt.models.mf import MatrixFactorization
+from tests.helpers.lambda_models import lambda_opt_iteration
 from tests.test_lookahead_fast import BIG_CLIP, build, lambda_grads
 
 KERNELS = ("REPLAY", "CLIP_SQ", "BPR", "LAMBDA_GRAD")
@@ -54,7 +53,7 @@ def test_compiled_kernels_equal_eager(opt_name: str, gran_name: str, prior_steps
     eager_loss, eager = lambda_grads(model, gran, opt, BIG_CLIP, fast=True, compiled=False)
     compiled_loss, compiled = lambda_grads(model, gran, opt, BIG_CLIP, fast=True, compiled=True)
     assert counters["stats"]["unique_graphs"] >= 3, "the kernels were not compiled"
-    assert not any(getattr(lookahead_fast, k)._failed for k in KERNELS)
+    assert not any(getattr(fused, k)._failed for k in KERNELS)
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-12, atol=0.0)
     _assert_same(compiled, eager, rtol=1e-10, atol=1e-14)
 
@@ -93,21 +92,12 @@ def test_no_recompilation_from_step_to_step() -> None:
             torch.randint(0, n_items, (n_valid,), generator=gen),
             torch.randint(0, n_items, (n_valid,), generator=gen),
         )
-        opt.zero_grad()
-        bpr_loss(*model(*train)).backward()
-        lam_opt.zero_grad()
-        lookahead_validation_loss(
-            model, opt, gran, train, valid, scope="batch", scale=1.0, clip_norm=BIG_CLIP, compiled=True
-        ).backward()
-        lam_opt.step()
-        add_penalty_grad_(model, gran, *train, "batch", 1.0)
-        clip_grad_norm_(model, BIG_CLIP)
-        opt.step()
+        lambda_opt_iteration(model, gran, opt, lam_opt, train, valid, clip=BIG_CLIP, compiled=True)
         sched.step()
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[1] > 0
     assert graphs[2:] == [graphs[1]] * 4, f"recompiled: unique graphs per step {graphs}"
-    assert not any(getattr(lookahead_fast, k)._failed for k in KERNELS)
+    assert not any(getattr(fused, k)._failed for k in KERNELS)
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -120,7 +110,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, ca
         return call
 
     for name in KERNELS:
-        monkeypatch.setattr(lookahead_fast, name, lookahead_fast._Kernel(getattr(lookahead_fast, name).fn))
+        monkeypatch.setattr(fused, name, fused._Kernel(getattr(fused, name).fn))
     monkeypatch.setattr(torch, "compile", broken_compile)
     model, gran, opt = build("adam", "dui", 2)
     eager_loss, eager = lambda_grads(model, gran, opt, BIG_CLIP, fast=True, compiled=False)

@@ -9,16 +9,13 @@ from unittest import mock
 import pytest
 import torch
 
-from lopt.models import lookahead_fast
-from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
-from lopt.models.lookahead import lookahead_validation_loss
-from lopt.models.mf import MatrixFactorization, bpr_loss
-from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+from lopt.models import lookahead
+from lopt.models.granularity import GRANULARITY_NAMES
+from lopt.models.lookahead import fused, lookahead_validation_loss
+from lopt.models.lookahead.state import REPLAY
+from tests.helpers import lambda_models
+from tests.helpers.lambda_models import TRAIN, VALID, model_and_lambda, train_backward
 
-NU, NI, D = 7, 9, 4
-# repeated users/items; user 6 and item 8 absent from the train batch; users 4, 5 only in valid
-TRAIN = (torch.tensor([0, 1, 1, 2, 3, 0]), torch.tensor([1, 2, 2, 3, 4, 5]), torch.tensor([5, 6, 7, 5, 0, 2]))
-VALID = (torch.tensor([1, 4, 5, 0, 1]), torch.tensor([2, 8, 3, 1, 2]), torch.tensor([0, 1, 6, 6, 8]))
 LEARNABLE = [n for n in GRANULARITY_NAMES if n != "fix"]
 BIG_CLIP = 1e6  # a clip that never binds: the fast path must still be taken
 
@@ -32,23 +29,8 @@ ADAMS: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = 
 
 
 def build(opt_name: str, gran_name: str, prior_steps: int, dtype: torch.dtype = torch.float64):  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    model = MatrixFactorization(NU, NI, D, init_std=0.7).to(dtype)
-    gran = LambdaGranularity(gran_name, NU, NI, D, init=0.8).to(dtype)
-    with torch.no_grad():
-        for p in gran.parameters():
-            p.copy_(torch.rand_like(p) + 0.2)
-    opt = ADAMS[opt_name](list(model.parameters()))
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(prior_steps):
-        batch = tuple(torch.randint(0, n, (6,), generator=gen) for n in (NU, NI, NI))
-        opt.zero_grad()
-        bpr_loss(*model(*batch)).backward()
-        add_penalty_grad_(model, gran, *batch, "batch", 1.0)
-        clip_grad_norm_(model, None)
-        opt.step()
-    opt.zero_grad()
-    bpr_loss(*model(*TRAIN)).backward()
+    model, gran, opt = lambda_models.build(ADAMS[opt_name], gran_name, dtype=dtype, prior_steps=prior_steps)
+    train_backward(model, opt)
     return model, gran, opt
 
 
@@ -56,16 +38,14 @@ def lambda_grads(model, gran, opt, clip, *, fast: bool, compiled: bool = False):
     """(loss, [(param, coalesced grad or dense grad)]) with the fast path forced on or off."""
     gran.zero_grad(set_to_none=True)
     calls = []
-    real = lookahead_fast.validation_loss
+    real = fused.validation_loss
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        loss = real(*args, **kwargs)
-        if loss is not None:
-            calls.append(1)
-        return loss
+        calls.append(1)
+        return real(*args, **kwargs)
 
-    with mock.patch.object(lookahead_fast, "validation_loss", spy):
-        with mock.patch.object(lookahead_fast, "applies", (lambda *a: False) if not fast else lookahead_fast.applies):
+    with mock.patch.object(fused, "validation_loss", spy):
+        with mock.patch.object(lookahead, "capability", (lambda *a: REPLAY) if not fast else lookahead.capability):
             loss = lookahead_validation_loss(
                 model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, compiled=compiled
             )
@@ -131,12 +111,10 @@ def test_float32_fast_path_close_to_autograd() -> None:
     ids=["active_clip", "dropout", "adam_l2", "sgd"],
 )
 def test_other_cases_take_the_autograd_path(opt_factory, clip, dropout) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    model = MatrixFactorization(NU, NI, D, init_std=0.7).double()
-    gran = LambdaGranularity("dui", NU, NI, D, init=0.8).double()
+    model, gran = model_and_lambda("dui", lam_offset=None)
     opt = opt_factory(list(model.parameters()))
-    bpr_loss(*model(*TRAIN)).backward()
-    with mock.patch.object(lookahead_fast._LookaheadBPR, "apply", side_effect=AssertionError("fast path taken")):
+    train_backward(model, opt)
+    with mock.patch.object(fused._LookaheadBPR, "apply", side_effect=AssertionError("fast path taken")):
         lookahead_validation_loss(
             model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, dropout=dropout
         ).backward()

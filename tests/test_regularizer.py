@@ -8,11 +8,12 @@ import torch
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
 from lopt.models.mf import MatrixFactorization
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_, penalty, penalty_grad_rows
+from tests.helpers.lambda_models import NI, NU, D, model_and_lambda
 
-NU, NI, D = 7, 9, 4
 USERS = torch.tensor([0, 1, 1, 2, 3, 0, 1])
 POS = torch.tensor([1, 2, 2, 3, 4, 5, 7])
 NEG = torch.tensor([5, 6, 7, 5, 0, 2, 2])
+BATCH = (USERS, POS, NEG)
 # rows queried: repeated-in-batch, once-in-batch, absent-from-batch (user 6; items 8)
 USER_ROWS = torch.tensor([1, 0, 6, 3, 5])
 ITEM_ROWS = torch.tensor([2, 5, 8, 0, 7, 1])
@@ -20,13 +21,7 @@ SCALE = 0.37
 
 
 def setup(name: str, dtype: torch.dtype = torch.float64) -> tuple[MatrixFactorization, LambdaGranularity]:
-    torch.manual_seed(0)
-    model = MatrixFactorization(NU, NI, D, init_std=0.7).to(dtype)
-    gran = LambdaGranularity(name, NU, NI, D, init=0.6).to(dtype)
-    with torch.no_grad():
-        for p in gran.parameters():
-            p.copy_(torch.rand_like(p) + 0.1)
-    return model, gran
+    return model_and_lambda(name, dtype, init=0.6, lam_offset=0.1)
 
 
 @pytest.mark.parametrize("name", GRANULARITY_NAMES)
@@ -42,7 +37,7 @@ def test_penalty_value_matches_bruteforce(name: str, scope: str) -> None:
         expected /= len(USERS)
     else:
         expected = SCALE * float((lu * P**2).sum() + (li * Q**2).sum())
-    got = penalty(model, gran, USERS, POS, NEG, scope, SCALE)
+    got = penalty(model, gran, BATCH, scope, SCALE)
     assert got.item() == pytest.approx(expected, rel=1e-13)
 
 
@@ -51,8 +46,8 @@ def test_penalty_value_matches_bruteforce(name: str, scope: str) -> None:
 def test_penalty_grad_rows_and_add_penalty_grad_equal_autograd(name: str, scope: str) -> None:
     model, gran = setup(name)
     P, Q = model.user_factors, model.item_factors
-    gP, gQ = torch.autograd.grad(penalty(model, gran, USERS, POS, NEG, scope, SCALE), [P, Q])
-    ru, ri = penalty_grad_rows(model, gran, USERS, POS, NEG, scope, SCALE, USER_ROWS, ITEM_ROWS)
+    gP, gQ = torch.autograd.grad(penalty(model, gran, BATCH, scope, SCALE), [P, Q])
+    ru, ri = penalty_grad_rows(model, gran, BATCH, scope, SCALE, USER_ROWS, ITEM_ROWS)
     torch.testing.assert_close(ru, gP[USER_ROWS], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(ri, gQ[ITEM_ROWS], rtol=1e-12, atol=1e-14)
     if scope == "batch":  # absent rows: exact zeros
@@ -62,7 +57,7 @@ def test_penalty_grad_rows_and_add_penalty_grad_equal_autograd(name: str, scope:
 
     base_p, base_q = torch.randn_like(P), torch.randn_like(Q)
     P.grad, Q.grad = base_p.clone(), base_q.clone()
-    add_penalty_grad_(model, gran, USERS, POS, NEG, scope, SCALE)
+    add_penalty_grad_(model, gran, BATCH, scope, SCALE)
     torch.testing.assert_close(P.grad, base_p + gP, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(Q.grad, base_q + gQ, rtol=1e-12, atol=1e-14)
     if scope == "batch":  # rows outside the batch are untouched bit for bit
@@ -71,10 +66,8 @@ def test_penalty_grad_rows_and_add_penalty_grad_equal_autograd(name: str, scope:
 
 def test_add_penalty_grad_creates_missing_grad() -> None:
     model, gran = setup("dui")
-    add_penalty_grad_(model, gran, USERS, POS, NEG, "batch", SCALE)
-    gP, _ = torch.autograd.grad(
-        penalty(model, gran, USERS, POS, NEG, "batch", SCALE), [model.user_factors, model.item_factors]
-    )
+    add_penalty_grad_(model, gran, BATCH, "batch", SCALE)
+    gP, _ = torch.autograd.grad(penalty(model, gran, BATCH, "batch", SCALE), [model.user_factors, model.item_factors])
     torch.testing.assert_close(model.user_factors.grad, gP, rtol=1e-12, atol=1e-14)
 
 
@@ -86,9 +79,9 @@ def test_penalty_grad_rows_lambda_derivative_matches_double_backward(name: str, 
     P, Q = model.user_factors, model.item_factors
     lam = list(gran.parameters())
     wu, wi = torch.randn(len(USER_ROWS), D), torch.randn(len(ITEM_ROWS), D)
-    gP, gQ = torch.autograd.grad(penalty(model, gran, USERS, POS, NEG, scope, SCALE), [P, Q], create_graph=True)
+    gP, gQ = torch.autograd.grad(penalty(model, gran, BATCH, scope, SCALE), [P, Q], create_graph=True)
     ref = torch.autograd.grad((gP[USER_ROWS] * wu).sum() + (gQ[ITEM_ROWS] * wi).sum(), lam)
-    ru, ri = penalty_grad_rows(model, gran, USERS, POS, NEG, scope, SCALE, USER_ROWS, ITEM_ROWS)
+    ru, ri = penalty_grad_rows(model, gran, BATCH, scope, SCALE, USER_ROWS, ITEM_ROWS)
     got = torch.autograd.grad((ru * wu).sum() + (ri * wi).sum(), lam)
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-12, atol=1e-14)
@@ -96,7 +89,7 @@ def test_penalty_grad_rows_lambda_derivative_matches_double_backward(name: str, 
 
 def test_penalty_grad_rows_gives_sparse_lambda_grad_only_on_batch_rows() -> None:
     model, gran = setup("dui")
-    ru, ri = penalty_grad_rows(model, gran, USERS, POS, NEG, "batch", SCALE, USER_ROWS, ITEM_ROWS)
+    ru, ri = penalty_grad_rows(model, gran, BATCH, "batch", SCALE, USER_ROWS, ITEM_ROWS)
     (ru.sum() + ri.sum()).backward()
     rows = set(gran.lambda_user.grad.coalesce().indices()[0].tolist())
     assert rows == set(USER_ROWS.tolist()) & set(USERS.tolist())  # absent user 6 / 5 get no entry
@@ -106,8 +99,8 @@ def test_penalty_grad_rows_gives_sparse_lambda_grad_only_on_batch_rows() -> None
 
 def test_unknown_scope() -> None:
     model, gran = setup("d")
-    with pytest.raises(ValueError, match="regularizer.scope"):
-        penalty(model, gran, USERS, POS, NEG, "rows", 1.0)
+    with pytest.raises(ValueError, match="model.penalty_scope"):
+        penalty(model, gran, BATCH, "rows", 1.0)
 
 
 @pytest.mark.parametrize("max_norm", [None, 1e-3, 0.5, 1e9])

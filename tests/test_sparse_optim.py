@@ -9,17 +9,17 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from lopt.models import steps
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
 from lopt.models.lookahead import lookahead_rows, lookahead_validation_loss
 from lopt.models.mf import MatrixFactorization, bpr_loss
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
 from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, is_row_sparse
+from tests.helpers import lambda_models
+from tests.helpers.lambda_models import NI, NU, TRAIN, VALID, D, random_batch, train_backward
 
-NU, NI, D = 7, 9, 4
 SCALE = 0.3
 CLIP = 0.05
-TRAIN = (torch.tensor([0, 1, 1, 2, 3, 0]), torch.tensor([1, 2, 2, 3, 4, 5]), torch.tensor([5, 6, 7, 5, 0, 2]))
-VALID = (torch.tensor([1, 4, 5, 0, 1]), torch.tensor([2, 8, 3, 1, 2]), torch.tensor([0, 1, 6, 6, 8]))
 
 SPARSE: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
     "sparse_adam": lambda ps: RowSparseAdam(ps, lr=0.05),
@@ -35,36 +35,21 @@ FUSED: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = 
 ALL = {**SPARSE, **FUSED}
 
 
-def random_batch(gen: torch.Generator, n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (
-        torch.randint(0, NU, (n,), generator=gen),
-        torch.randint(0, NI, (n,), generator=gen),
-        torch.randint(0, NI, (n,), generator=gen),
-    )
-
-
 def real_step(model, gran, opt, batch, scope: str, clip: float | None) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    opt.zero_grad()
-    bpr_loss(*model(*batch)).backward()
-    add_penalty_grad_(model, gran, *batch, scope, SCALE)
-    norm = clip_grad_norm_(model, clip)
-    opt.step()
-    return norm
+    return lambda_models.real_step(model, gran, opt, batch, scope, clip, SCALE)
 
 
 def build(opt_name: str, gran_name: str, scope: str, clip: float | None, prior_steps: int):  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    sparse = opt_name in SPARSE
-    model = MatrixFactorization(NU, NI, D, init_std=0.7, sparse_grad=sparse).double()
-    gran = LambdaGranularity(gran_name, NU, NI, D, init=0.8).double()
-    with torch.no_grad():
-        for p in gran.parameters():
-            p.copy_(torch.rand_like(p) + 0.2)
-    opt = ALL[opt_name](list(model.parameters()))
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(prior_steps):
-        real_step(model, gran, opt, random_batch(gen, n=3), scope, clip)  # small batches: rows left behind
-    return model, gran, opt
+    return lambda_models.build(  # small batches: rows left behind
+        ALL[opt_name],
+        gran_name,
+        sparse_grad=opt_name in SPARSE,
+        scope=scope,
+        clip=clip,
+        scale=SCALE,
+        prior_steps=prior_steps,
+        batch_size=3,
+    )
 
 
 def _scopes(opt_name: str) -> list[str]:
@@ -83,8 +68,7 @@ def test_lookahead_equals_real_step(
 ) -> None:
     model, gran, opt = build(opt_name, gran_name, scope, clip, prior_steps)
     P, Q = model.user_factors, model.item_factors
-    opt.zero_grad()
-    bpr_loss(*model(*TRAIN)).backward()
+    train_backward(model, opt)
     assert P.grad.is_sparse == (opt_name in SPARSE)
     user_rows = torch.unique(VALID[0])
     item_rows = torch.unique(torch.cat([VALID[1], VALID[2]]))
@@ -93,11 +77,9 @@ def test_lookahead_equals_real_step(
             model, opt, gran, TRAIN, user_rows, item_rows, scope=scope, scale=SCALE, clip_norm=clip
         )
         la_loss = lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope=scope, scale=SCALE, clip_norm=clip)
-    add_penalty_grad_(model, gran, *TRAIN, scope, SCALE)
-    norm = clip_grad_norm_(model, clip)
+    norm = steps.theta_step(model, opt, gran, TRAIN, scope=scope, scale=SCALE, clip_norm=clip)
     if clip is not None:
         assert norm > 2 * clip
-    opt.step()
     torch.testing.assert_close(la_p, P.detach()[user_rows], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(la_q, Q.detach()[item_rows], rtol=1e-10, atol=1e-12)
     with torch.no_grad():
@@ -110,8 +92,7 @@ def test_lookahead_equals_real_step(
 @pytest.mark.parametrize("gran_name", [n for n in GRANULARITY_NAMES if n != "fix"])
 def test_lambda_gradient_matches_finite_differences(gran_name: str, opt_name: str, clip: float | None) -> None:
     model, gran, opt = build(opt_name, gran_name, "batch", clip, prior_steps=3)
-    opt.zero_grad()
-    bpr_loss(*model(*TRAIN)).backward()
+    train_backward(model, opt)
 
     def loss() -> torch.Tensor:
         return lookahead_validation_loss(model, opt, gran, TRAIN, VALID, scope="batch", scale=SCALE, clip_norm=clip)
@@ -141,7 +122,7 @@ def test_gradient_is_row_sparse_end_to_end() -> None:
     model, gran, opt = build("sparse_adam", "dui", "batch", None, prior_steps=0)
     opt.zero_grad()
     bpr_loss(*model(*TRAIN)).backward()
-    add_penalty_grad_(model, gran, *TRAIN, "batch", SCALE)
+    add_penalty_grad_(model, gran, TRAIN, "batch", SCALE)
     clip_grad_norm_(model, CLIP)
     for param, rows in ((model.user_factors, TRAIN[0]), (model.item_factors, torch.cat([TRAIN[1], TRAIN[2]]))):
         assert param.grad.is_sparse and param.grad.is_coalesced()
@@ -149,7 +130,7 @@ def test_gradient_is_row_sparse_end_to_end() -> None:
     # the same values as the dense gradient of the same step
     dense, gran_d, _ = build("adam_fused", "dui", "batch", None, prior_steps=0)
     bpr_loss(*dense(*TRAIN)).backward()
-    add_penalty_grad_(dense, gran_d, *TRAIN, "batch", SCALE)
+    add_penalty_grad_(dense, gran_d, TRAIN, "batch", SCALE)
     clip_grad_norm_(dense, CLIP)
     torch.testing.assert_close(model.user_factors.grad.to_dense(), dense.user_factors.grad, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(model.item_factors.grad.to_dense(), dense.item_factors.grad, rtol=1e-12, atol=1e-14)
@@ -244,7 +225,7 @@ def test_scope_all_is_refused_with_the_config_key() -> None:
     model, gran, opt = build("sparse_adam", "dui", "batch", None, prior_steps=0)
     bpr_loss(*model(*TRAIN)).backward()
     with pytest.raises(ValueError, match="penalty_scope=batch"):
-        add_penalty_grad_(model, gran, *TRAIN, "all", SCALE)
+        add_penalty_grad_(model, gran, TRAIN, "all", SCALE)
 
 
 def test_is_row_sparse_reads_hydra_partials() -> None:

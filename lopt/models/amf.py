@@ -18,12 +18,14 @@ the adversarial pass but adds an exact zero, so it too is MF-BPR bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from lopt.models.mf import bpr_loss, triple_scores
-from lopt.models.mf_module import FixModule, Triples
+from lopt.models.mf_module import FixModule
 from lopt.models.sparse_optim import is_row_sparse
+from lopt.models.steps import Triples
 
 
 def adversarial_rows(grad: torch.Tensor, rows: torch.Tensor, eps: float) -> torch.Tensor:
@@ -43,8 +45,8 @@ class AMFModule(FixModule):
 
     ``adv_eps`` (ε ≥ 0): the perturbation's per-row L2 norm; ``adv_alpha`` (α ≥ 0): the weight of
     the adversarial BPR term; ``pretrain_epochs``: epochs of plain MF-BPR before the adversary
-    starts (APR's recipe: start from a trained MF-BPR). The remaining arguments are MF-λFix's;
-    ``lambda_value`` is the λ of λ‖Θ‖².
+    starts (APR's recipe: start from a trained MF-BPR). The remaining arguments (``kwargs``:
+    penalty_scope, penalty_scale, grad_clip_norm) are MF-λFix's; ``lambda_value`` is the λ of λ‖Θ‖².
     """
 
     def __init__(
@@ -58,10 +60,8 @@ class AMFModule(FixModule):
         adv_eps: float,
         adv_alpha: float,
         pretrain_epochs: int = 0,
-        penalty_scope: str = "batch",
-        penalty_scale: float = 1.0,
-        grad_clip_norm: float | None = None,
         name: str = "amf",
+        **kwargs: Any,
     ) -> None:
         if not adv_eps >= 0:
             raise ValueError(f"model.adv_eps (ε, the perturbation norm) must be ≥ 0, got {adv_eps}")
@@ -74,18 +74,7 @@ class AMFModule(FixModule):
                 "model=amf does not support a row-sparse Θ optimizer (optimizer=sparse_adam|sparse_adagrad|"
                 "sparse_sgd): its adversarial perturbation reads the dense BPR gradient; use optimizer=adam"
             )
-        super().__init__(
-            n_users,
-            n_items,
-            dim,
-            init_std,
-            optimizer,
-            lambda_value,
-            penalty_scope=penalty_scope,
-            penalty_scale=penalty_scale,
-            grad_clip_norm=grad_clip_norm,
-            name=name,
-        )
+        super().__init__(n_users, n_items, dim, init_std, optimizer, lambda_value, name=name, **kwargs)
         self.adv_eps = float(adv_eps)
         self.adv_alpha = float(adv_alpha)
         self.pretrain_epochs = int(pretrain_epochs)

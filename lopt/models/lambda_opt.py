@@ -1,9 +1,11 @@
 """MF-λOpt: MF-BPR whose fine-grained Λ is learned by a validation look-ahead (docs/method.md).
 
 Per iteration: one training forward/backward (g_t), then every ``lambda_update_interval``
-iterations a Λ-step — the validation loss of the exact row-wise look-ahead Θ̄_{t+1}(Λ),
-differentiated by autograd, clipped, stepped by the Λ optimizer, projected to Λ ≥ 0 — and
-finally the Θ-step with the updated Λ. The training gradient g_t is reused by both steps.
+iterations a Λ-step (:func:`lopt.models.steps.lambda_step`) — the validation loss of the exact
+row-wise look-ahead Θ̄_{t+1}(Λ) and its Λ-gradient (:mod:`lopt.models.lookahead`: hand-written
+kernels for an Adam Θ optimizer, autograd through the optimizer's replay otherwise), clipped,
+stepped by the Λ optimizer, projected to Λ ≥ 0 — and finally the Θ-step with the updated Λ. The
+training gradient g_t is reused by both steps.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Any
 import torch
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.mf_module import MFBPRModule, Triples
-from lopt.models.steps import lambda_step
+from lopt.models.mf_module import MFBPRModule
+from lopt.models.steps import Triples, lambda_step
 
 
 class LambdaOptModule(MFBPRModule):
-    """MF-λOpt with two optimizers: Θ (``optimizer``) and Λ (``lambda_optimizer``)."""
+    """MF-λOpt with two optimizers: Θ (``optimizer``) and Λ (``lambda_optimizer``). ``kwargs``:
+    :class:`MFBPRModule`'s keyword arguments (penalty_scope, penalty_scale, grad_clip_norm)."""
 
     def __init__(
         self,
@@ -30,14 +33,12 @@ class LambdaOptModule(MFBPRModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         granularity: LambdaGranularity,
         lambda_optimizer: Callable[..., torch.optim.Optimizer],
-        penalty_scope: str = "batch",
-        penalty_scale: float = 1.0,
-        grad_clip_norm: float | None = None,
         lambda_grad_clip_norm: float | None = None,
         lambda_update_interval: int = 1,
         lookahead_dropout: float = 0.0,
         compile_lookahead: bool = False,
         name: str = "lambda_opt",
+        **kwargs: Any,
     ) -> None:
         if not granularity.learnable:
             raise ValueError(
@@ -48,18 +49,7 @@ class LambdaOptModule(MFBPRModule):
             raise ValueError(f"model.lambda_update_interval must be ≥ 1, got {lambda_update_interval}")
         if not 0.0 <= lookahead_dropout < 1.0:
             raise ValueError(f"model.lookahead_dropout must be in [0, 1), got {lookahead_dropout}")
-        super().__init__(
-            n_users,
-            n_items,
-            dim,
-            init_std,
-            optimizer,
-            granularity,
-            penalty_scope=penalty_scope,
-            penalty_scale=penalty_scale,
-            grad_clip_norm=grad_clip_norm,
-            name=name,
-        )
+        super().__init__(n_users, n_items, dim, init_std, optimizer, granularity, name=name, **kwargs)
         self.make_lambda_optimizer = lambda_optimizer
         self.lambda_grad_clip_norm = lambda_grad_clip_norm
         self.lambda_update_interval = lambda_update_interval
@@ -73,7 +63,7 @@ class LambdaOptModule(MFBPRModule):
         )
 
     def configure_optimizers(self) -> Any:
-        theta = self.make_theta_optimizer(self.model.parameters())
+        theta = super().configure_optimizers()
         lam = self.make_lambda_optimizer([p for p in self.granularity.parameters() if p.requires_grad])
         return [theta, lam]
 

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -37,6 +36,15 @@ def coalesced(grad: torch.Tensor) -> torch.Tensor:
                 grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False
             )
     return grad.coalesce()
+
+
+def run_closure(closure: Callable[[], float] | None) -> float | None:
+    """What an optimizer's ``step(closure)`` returns: the closure's loss, evaluated with gradients
+    enabled (None without a closure)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _as_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -63,10 +71,7 @@ class LambdaSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             lr = float(group["lr"])
             for p in group["params"]:
@@ -101,16 +106,7 @@ class LambdaAdam(torch.optim.Adam):
     ) -> None:
         if fused is None and foreach is None:
             fused = True
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            fused=fused,
-            foreach=foreach,
-        )
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, fused=fused, foreach=foreach)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -167,10 +163,7 @@ class RowSparseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             lr, eps, amsgrad = float(group["lr"]), float(group["eps"]), bool(group["amsgrad"])
             beta1, beta2 = (float(b) for b in group["betas"])
@@ -209,16 +202,14 @@ class RowSparseAdam(torch.optim.Optimizer):
 
 
 @torch.no_grad()
-def clip_lambda_grad_(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
-    """Clip the total L2 norm of the Λ gradients (dense or sparse) to ``max_norm`` in place, with
-    ``torch.nn.utils.clip_grad_norm_`` semantics (grads *= min(max_norm / (norm + 1e-6), 1)).
+def clip_grads_(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Clip the total L2 norm of the gradients of ``params`` (each holding a dense or sparse
+    ``.grad``) to ``max_norm`` in place, with ``torch.nn.utils.clip_grad_norm_`` semantics (grads *=
+    min(max_norm / (norm + 1e-6), 1)). ``max_norm=None``: no clipping. Returns the total norm before
+    clipping (a 0-dim tensor).
 
     A sparse grad's norm is the norm of its coalesced values (duplicates summed first); sparse grads
-    are replaced by their coalesced, scaled version. ``max_norm=None``: no clipping. Returns the
-    total norm before clipping (a 0-dim tensor)."""
-    params = [p for p in params if p.grad is not None]
-    if not params:
-        return torch.zeros(())
+    are replaced by their coalesced version and scaled on their values."""
     norms = []
     for p in params:
         if p.grad.is_sparse:
@@ -243,9 +234,20 @@ def clip_lambda_grad_(params: Iterable[torch.Tensor], max_norm: float | None) ->
     return total
 
 
-def lambda_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The learnable Λ tensors of a granularity module (empty for λFix)."""
-    return [p for p in module.parameters() if p.requires_grad]
+def clip_lambda_grad_(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """:func:`clip_grads_` of the Λ tensors that have a gradient (norm 0 when none has)."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    return clip_grads_(params, max_norm)
 
 
-__all__ = ["LambdaAdam", "LambdaSGD", "RowSparseAdam", "clip_lambda_grad_", "coalesced", "lambda_parameters"]
+__all__ = [
+    "LambdaAdam",
+    "LambdaSGD",
+    "RowSparseAdam",
+    "clip_grads_",
+    "clip_lambda_grad_",
+    "coalesced",
+    "run_closure",
+]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 
@@ -40,32 +40,25 @@ class MatrixFactorization(nn.Module):
 
 
 def triple_scores(
-    user_factors: torch.Tensor,
-    item_factors: torch.Tensor,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    user_factors: Tensor, item_factors: Tensor, users: Tensor, pos_items: Tensor, neg_items: Tensor
+) -> tuple[Tensor, Tensor]:
     """ŷ(u, i), ŷ(u, j) for index tensors of equal length B, from any (rows × dim) factor tensors."""
     p = user_factors[users]
     return (p * item_factors[pos_items]).sum(-1), (p * item_factors[neg_items]).sum(-1)
 
 
 def sparse_triple_scores(
-    user_factors: torch.Tensor,
-    item_factors: torch.Tensor,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    user_factors: Tensor, item_factors: Tensor, users: Tensor, pos_items: Tensor, neg_items: Tensor
+) -> tuple[Tensor, Tensor]:
     """:func:`triple_scores` whose backward gives each table a row-sparse gradient: the batch's
     unique rows (ascending, one entry each) are gathered once by ``F.embedding(sparse=True)``,
     then expanded to the triples (their gradients summed per row by the gather's backward)."""
-    from lopt.models.regularizer import _unique_inverse
+    from lopt.models.lookahead.rows import triple_rows
 
     n = users.numel()
-    user_rows, user_idx = _unique_inverse(users, user_factors.shape[0])
-    item_rows, item_idx = _unique_inverse(torch.cat([pos_items, neg_items]), item_factors.shape[0])
+    user_rows, item_rows, user_idx, item_idx = triple_rows(
+        (users, pos_items, neg_items), user_factors.shape[0], item_factors.shape[0]
+    )
     p = F.embedding(user_rows, user_factors, sparse=True).index_select(0, user_idx)
     q = F.embedding(item_rows, item_factors, sparse=True)
     # index_select: its backward is an index_add_ (advanced indexing's accumulating index_put_ sorts)

@@ -9,24 +9,22 @@ One iteration (docs/method.md, "Training"):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from lopt.models.granularity import LambdaGranularity
+from lopt.models.manual_module import ManualThetaModule
 from lopt.models.mf import MatrixFactorization
-from lopt.models.ranking_module import RankingModule
 from lopt.models.regularizer import penalty
 from lopt.models.sparse_optim import is_row_sparse
-from lopt.models.steps import theta_step, train_loss
+from lopt.models.steps import Triples, theta_step, train_loss
 
-Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PENALTY_SCOPES = ("batch", "all")
 
 
-class MFBPRModule(RankingModule):
+class MFBPRModule(ManualThetaModule):
     """MF-BPR trained with a penalty Ω(Θ, Λ) whose Λ comes from ``granularity``.
 
     With the non-learnable ``fix`` granularity this is the paper's MF-λFix; subclasses fill the
@@ -47,7 +45,7 @@ class MFBPRModule(RankingModule):
         grad_clip_norm: float | None = None,
         name: str = "fix",
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, grad_clip_norm)
         if penalty_scope not in PENALTY_SCOPES:
             raise ValueError(f"model.penalty_scope must be one of {PENALTY_SCOPES}, got {penalty_scope!r}")
         sparse = is_row_sparse(optimizer)
@@ -56,15 +54,10 @@ class MFBPRModule(RankingModule):
                 "a row-sparse Θ optimizer (optimizer=sparse_adam|sparse_adagrad|sparse_sgd) needs "
                 f"model.penalty_scope=batch (got {penalty_scope!r}: it penalizes every row every step)"
             )
-        self.automatic_optimization = False
         self.model = MatrixFactorization(n_users, n_items, dim, init_std, sparse_grad=sparse)
         self.granularity = granularity
-        self.make_theta_optimizer = optimizer
         self.penalty_scope = penalty_scope
         self.penalty_scale = penalty_scale
-        self.grad_clip_norm = grad_clip_norm
-        self.method_name = name
-        self._epoch_started = 0.0
         self.save_hyperparameters(
             {
                 "n_users": n_users,
@@ -83,9 +76,6 @@ class MFBPRModule(RankingModule):
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.model.score_users(users)
 
-    def configure_optimizers(self) -> Any:
-        return self.make_theta_optimizer(self.model.parameters())
-
     def _lightning_theta_optimizer(self) -> Any:
         optimizers = self.optimizers()
         return optimizers[0] if isinstance(optimizers, list) else optimizers
@@ -96,7 +86,6 @@ class MFBPRModule(RankingModule):
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Triples], batch_idx: int) -> torch.Tensor:
-        users, pos, neg = batch["train"]
         # Stepping through Lightning's wrapper counts Θ-steps as global steps (Λ-steps are not).
         theta_opt = self._lightning_theta_optimizer()
         theta_opt.zero_grad(set_to_none=False)
@@ -118,7 +107,7 @@ class MFBPRModule(RankingModule):
 
         if self._is_logging_step():
             with torch.no_grad():
-                reg = penalty(self.model, self.granularity, users, pos, neg, self.penalty_scope, self.penalty_scale)
+                reg = penalty(self.model, self.granularity, batch["train"], self.penalty_scope, self.penalty_scale)
             logs = {
                 "train/bpr_loss": loss.detach(),
                 "train/penalty": reg,
@@ -134,15 +123,10 @@ class MFBPRModule(RankingModule):
         log. λFix: nothing (the Λ-step slot is absent)."""
         return {}
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_started = time.perf_counter()
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/epoch_seconds", time.perf_counter() - self._epoch_started, on_step=False, on_epoch=True)
-
 
 class FixModule(MFBPRModule):
-    """MF-λFix: one global λ (``lambda_value``), fixed for the whole run; no Λ-step."""
+    """MF-λFix: one global λ (``lambda_value``), fixed for the whole run; no Λ-step. ``kwargs``:
+    :class:`MFBPRModule`'s keyword arguments (penalty_scope, penalty_scale, grad_clip_norm, name)."""
 
     def __init__(
         self,
@@ -152,25 +136,11 @@ class FixModule(MFBPRModule):
         init_std: float,
         optimizer: Callable[..., torch.optim.Optimizer],
         lambda_value: float,
-        penalty_scope: str = "batch",
-        penalty_scale: float = 1.0,
-        grad_clip_norm: float | None = None,
-        name: str = "fix",
+        **kwargs: Any,
     ) -> None:
         if not lambda_value >= 0:
             raise ValueError(f"model.lambda_value must be ≥ 0, got {lambda_value}")
         granularity = LambdaGranularity("fix", n_users, n_items, dim, float(lambda_value))
-        super().__init__(
-            n_users,
-            n_items,
-            dim,
-            init_std,
-            optimizer,
-            granularity,
-            penalty_scope=penalty_scope,
-            penalty_scale=penalty_scale,
-            grad_clip_norm=grad_clip_norm,
-            name=name,
-        )
+        super().__init__(n_users, n_items, dim, init_std, optimizer, granularity, **kwargs)
         self.lambda_value = float(lambda_value)
         self.hparams.update(lambda_value=self.lambda_value)

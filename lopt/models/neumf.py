@@ -21,18 +21,16 @@ No GMF/MLP pre-training (NCF's optional step): both towers are trained jointly f
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lopt.models.manual_module import ManualThetaModule
 from lopt.models.mf import bpr_loss
-from lopt.models.mf_module import Triples
-from lopt.models.ranking_module import RankingModule
 from lopt.models.sparse_optim import is_row_sparse
+from lopt.models.steps import Triples
 
 LOSSES = ("bpr", "bce")
 
@@ -104,7 +102,7 @@ class NeuMF(nn.Module):
         return gmf
 
 
-class NeuMFModule(RankingModule):
+class NeuMFModule(ManualThetaModule):
     """NeuMF trained on the shared BPR triples (``name: neumf``); see the module docstring.
 
     ``optimizer`` builds the Θ optimizer from all parameters (a Hydra partial).
@@ -124,7 +122,7 @@ class NeuMFModule(RankingModule):
         score_block_elements: int = 1 << 24,
         name: str = "neumf",
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, grad_clip_norm)
         if loss not in LOSSES:
             raise ValueError(f"model.loss must be one of {LOSSES}, got {loss!r}")
         if not lambda_value >= 0:
@@ -136,15 +134,10 @@ class NeuMFModule(RankingModule):
                 "model=neumf does not support a row-sparse Θ optimizer (optimizer=sparse_adam|sparse_adagrad|"
                 "sparse_sgd): its MLP layers and embeddings are trained with dense gradients; use optimizer=adam"
             )
-        self.automatic_optimization = False
         self.model = NeuMF(n_users, n_items, dim, list(mlp_layers), init_std)
-        self.make_theta_optimizer = optimizer
         self.loss_name = loss
         self.lambda_value = float(lambda_value)
-        self.grad_clip_norm = grad_clip_norm
         self.score_block_elements = int(score_block_elements)
-        self.method_name = name
-        self._epoch_started = 0.0
         self.save_hyperparameters(
             {
                 "n_users": n_users,
@@ -162,9 +155,6 @@ class NeuMFModule(RankingModule):
     # ----------------------------------------------------------------------------- model
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.model.score_users(users, self.score_block_elements)
-
-    def configure_optimizers(self) -> Any:
-        return self.make_theta_optimizer(self.model.parameters())
 
     def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """The configured data loss of a triple batch (a scalar, mean over the batch)."""
@@ -209,12 +199,6 @@ class NeuMFModule(RankingModule):
                 on_epoch=False,
             )
         return total.detach()
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_started = time.perf_counter()
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/epoch_seconds", time.perf_counter() - self._epoch_started, on_step=False, on_epoch=True)
 
 
 __all__ = ["LOSSES", "NeuMF", "NeuMFModule"]

@@ -1,6 +1,6 @@
 """The regularizer Ω(B; Θ, Λ) of docs/method.md, its Θ-gradient, and the Θ grad-norm clip.
 
-Scopes (config ``regularizer.scope``):
+Scopes (config key ``model.penalty_scope``):
 
 * ``"batch"``: Ω = (1/|B|) Σ_{(u,i,j)∈B} Σ_k [λU[u,k]P[u,k]² + λI[i,k]Q[i,k]² + λI[j,k]Q[j,k]²]
   (once per occurrence). ∂Ω/∂P[r] = 2·c_r/|B| · λU[r] ⊙ P[r] with c_r the number of occurrences of
@@ -14,15 +14,23 @@ Scopes (config ``regularizer.scope``):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import coalesced
+from lopt.models.lambda_optim import clip_grads_, coalesced
+from lopt.models.lookahead.rows import occurrences, unique_counts
+
+if TYPE_CHECKING:
+    from lopt.models.steps import Triples
 
 SCOPES: tuple[str, ...] = ("batch", "all")
+ROW_SPARSE_NEEDS_BATCH = (
+    "a row-sparse Θ optimizer (optimizer=sparse_*) needs model.penalty_scope=batch: "
+    "scope 'all' penalizes every row every step"
+)
 
 
 class FactorModel(Protocol):
@@ -33,24 +41,20 @@ class FactorModel(Protocol):
 
 
 def check_scope(scope: str) -> str:
-    """Return ``scope`` if valid, else raise ValueError naming config key ``regularizer.scope``."""
+    """Return ``scope`` if valid, else raise ValueError naming config key ``model.penalty_scope``."""
     if scope not in SCOPES:
         raise ValueError(
-            f"unknown regularizer scope {scope!r} (config key `regularizer.scope`); valid: {', '.join(SCOPES)}"
+            f"unknown regularizer scope {scope!r} (config key `model.penalty_scope`); valid: {', '.join(SCOPES)}"
         )
     return scope
 
 
 def penalty(
-    model: FactorModel,
-    granularity: LambdaGranularity,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
-    scope: str,
-    scale: float = 1.0,
+    model: FactorModel, granularity: LambdaGranularity, batch: Triples, scope: str, scale: float = 1.0
 ) -> torch.Tensor:
-    """Ω as a scalar, differentiable in Θ and Λ. ``scale`` is used by scope "all" only."""
+    """Ω of ``batch`` (users, positives, negatives) as a scalar, differentiable in Θ and Λ. ``scale``
+    is used by scope "all" only."""
+    users, pos_items, neg_items = batch
     P, Q = model.user_factors, model.item_factors
     if check_scope(scope) == "all":
         return scale * (
@@ -68,43 +72,17 @@ def penalty(
     return total / n
 
 
-def _use_bincount(n_total: int | None, n_batch: int) -> bool:
-    """Count with a dense bincount over all ``n_total`` rows (O(n_total + |B|), no sort) when that
-    is not much larger than the batch; else sort (O(|B|·log|B|))."""
-    return n_total is not None and 0 < n_batch and n_total <= 16 * n_batch + (1 << 17)
-
-
-def _occurrences(batch_rows: torch.Tensor, rows: torch.Tensor, n_total: int | None = None) -> torch.Tensor:
-    """How often each entry of ``rows`` occurs in ``batch_rows``: (len(rows),) int64.
-
-    ``n_total`` (the number of rows of the table, ids in ``[0, n_total)``) allows a bincount."""
-    if _use_bincount(n_total, batch_rows.numel()):
-        return torch.bincount(batch_rows, minlength=n_total).index_select(0, rows)
-    sorted_rows = torch.sort(batch_rows).values
-    left = torch.searchsorted(sorted_rows, rows, right=False)
-    right = torch.searchsorted(sorted_rows, rows, right=True)
-    return right - left
-
-
-def _unique_counts(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(batch_rows, return_counts=True)`` (ascending rows, int64 counts), by a
-    bincount when ``n_total`` allows it."""
-    if _use_bincount(n_total, batch_rows.numel()):
-        counts = torch.bincount(batch_rows, minlength=n_total)
-        rows = torch.nonzero(counts, as_tuple=True)[0]
-        return rows, counts.index_select(0, rows)
-    return torch.unique(batch_rows, return_counts=True)
-
-
-def _unique_inverse(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(batch_rows, return_inverse=True)`` (ascending rows, int64 inverse), by a
-    bincount when ``n_total`` allows it."""
-    if _use_bincount(n_total, batch_rows.numel()):
-        rows = torch.nonzero(torch.bincount(batch_rows, minlength=n_total), as_tuple=True)[0]
-        position = torch.empty(n_total, dtype=torch.int64, device=batch_rows.device)
-        position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
-        return rows, position.index_select(0, batch_rows)
-    return torch.unique(batch_rows, return_inverse=True)
+def batch_penalty_rows(
+    theta: torch.Tensor,
+    lam_fn: Callable[[torch.Tensor | None], torch.Tensor],
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    n_batch: int,
+) -> torch.Tensor:
+    """Scope "batch": ∂Ω/∂Θ[rows] = 2·c_r/|B| · λ[r] ⊙ Θ[r] ((len(rows), d)) for ``rows`` occurring
+    ``counts`` times in the batch; differentiable in Λ, Θ detached."""
+    coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n_batch)
+    return coef * lam_fn(rows) * theta.detach().index_select(0, rows)
 
 
 def _side_grad_rows(
@@ -119,32 +97,29 @@ def _side_grad_rows(
     theta = theta.detach()
     if batch_rows is None:
         return (2.0 * scale) * lam_fn(rows) * theta.index_select(0, rows)
-    counts = _occurrences(batch_rows, rows, theta.shape[0])
+    counts = occurrences(batch_rows, rows, theta.shape[0])
     hit = torch.nonzero(counts, as_tuple=True)[0]
     # Only rows that occur in the batch depend on Λ: gather λ for those alone, so rows without a
     # penalty get no (zero-valued) entry in a sparse Λ gradient. (index_select: ``t[idx]``, faster.)
-    hit_rows = rows.index_select(0, hit)
-    coef = counts.index_select(0, hit).to(theta.dtype).unsqueeze(1) * (2.0 / n_batch)
-    contrib = coef * lam_fn(hit_rows) * theta.index_select(0, hit_rows)
+    contrib = batch_penalty_rows(theta, lam_fn, rows.index_select(0, hit), counts.index_select(0, hit), n_batch)
     return theta.new_zeros((rows.numel(), *theta.shape[1:])).index_copy(0, hit, contrib)
 
 
 def penalty_grad_rows(
     model: FactorModel,
     granularity: LambdaGranularity,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
+    batch: Triples,
     scope: str,
     scale: float,
     user_rows: torch.Tensor,
     item_rows: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂Ω/∂P[user_rows], ∂Ω/∂Q[item_rows]), shapes (len(user_rows), d), (len(item_rows), d).
+    """(∂Ω/∂P[user_rows], ∂Ω/∂Q[item_rows]) of ``batch``, shapes (len(user_rows), d), (len(item_rows), d).
 
     Analytic, differentiable w.r.t. Λ (Θ is detached), O(rows·d + |B|·log|B|). For scope "batch" a
     row absent from the batch gets an exact zero that does not depend on Λ.
     """
+    users, pos_items, neg_items = batch
     P, Q = model.user_factors, model.item_factors
     if check_scope(scope) == "all":
         return (
@@ -184,13 +159,7 @@ def _sparse_rows_add(grad: torch.Tensor, rows: torch.Tensor, values: torch.Tenso
 
 @torch.no_grad()
 def add_penalty_grad_(
-    model: FactorModel,
-    granularity: LambdaGranularity,
-    users: torch.Tensor,
-    pos_items: torch.Tensor,
-    neg_items: torch.Tensor,
-    scope: str,
-    scale: float = 1.0,
+    model: FactorModel, granularity: LambdaGranularity, batch: Triples, scope: str, scale: float = 1.0
 ) -> None:
     """Add ∂Ω/∂Θ (at the current Λ, no autograd graph) to ``user_factors.grad`` / ``item_factors.grad``
     in place (a missing grad starts at zero). Scope "batch": index_add_ on the batch's unique rows,
@@ -198,14 +167,11 @@ def add_penalty_grad_(
 
     Row-sparse gradients (``MatrixFactorization(sparse_grad=True)``) stay row-sparse: the penalty's
     rows join the same sparse gradient (scope "batch" only: scope "all" touches every row)."""
+    users, pos_items, neg_items = batch
     P, Q = model.user_factors, model.item_factors
     gP, gQ = _ensure_grad(P), _ensure_grad(Q)
-    if gP.is_sparse or gQ.is_sparse:
-        if check_scope(scope) == "all":
-            raise ValueError(
-                "a row-sparse Θ optimizer (optimizer=sparse_*) needs model.penalty_scope=batch: "
-                "scope 'all' penalizes every row every step"
-            )
+    if (gP.is_sparse or gQ.is_sparse) and check_scope(scope) == "all":
+        raise ValueError(ROW_SPARSE_NEEDS_BATCH)
     if check_scope(scope) == "all":
         gP.add_((2.0 * scale) * granularity.user_lambda(None).detach() * P.detach())
         gQ.add_((2.0 * scale) * granularity.item_lambda(None).detach() * Q.detach())
@@ -217,14 +183,12 @@ def add_penalty_grad_(
         (P, gP, granularity.user_lambda, users),
         (Q, gQ, granularity.item_lambda, torch.cat([pos_items, neg_items])),
     ):
-        rows, counts = _unique_counts(batch_rows, theta.shape[0])
-        coef = counts.to(theta.dtype).unsqueeze(1) * (2.0 / n)
+        rows, counts = unique_counts(batch_rows, theta.shape[0])
+        rows_grad = batch_penalty_rows(theta, lam_fn, rows, counts, n)
         if grad.is_sparse:
-            theta.grad = _sparse_rows_add(
-                grad, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows)
-            )
-            continue
-        grad.index_add_(0, rows, coef * lam_fn(rows).detach() * theta.detach().index_select(0, rows))
+            theta.grad = _sparse_rows_add(grad, rows, rows_grad)
+        else:
+            grad.index_add_(0, rows, rows_grad)
 
 
 @torch.no_grad()
@@ -234,47 +198,17 @@ def clip_grad_norm_(model: FactorModel, max_norm: float | None) -> torch.Tensor:
     (norm + 1e-6), 1). ``max_norm=None``: no clipping. Returns the total norm before clipping.
     Row-sparse gradients are coalesced (rows summed first) and scaled on their values."""
     params = [p for p in (model.user_factors, model.item_factors) if p.grad is not None]
-    if any(p.grad.is_sparse for p in params):
-        return _clip_sparse_grad_norm_(params, max_norm)
-    grads = [p.grad for p in params]
-    if not grads:
+    if not params:
         return torch.zeros((), dtype=model.user_factors.dtype, device=model.user_factors.device)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    if max_norm is not None:
-        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
-        # On the CPU reading coef is free: skip the two full passes of a multiplication by exactly 1.
-        if coef.device.type != "cpu" or bool(coef < 1.0):
-            for g in grads:
-                g.mul_(coef)
-    return total
-
-
-def _clip_sparse_grad_norm_(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
-    """:func:`clip_grad_norm_` for gradients of which some are row-sparse."""
-    for p in params:
-        if p.grad.is_sparse:
-            p.grad = coalesced(p.grad)
-    total = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(p.grad.values() if p.grad.is_sparse else p.grad) for p in params])
-    )
-    if max_norm is not None:
-        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
-        if coef.device.type != "cpu" or bool(coef < 1.0):
-            for p in params:
-                g = p.grad
-                if g.is_sparse:
-                    p.grad = torch.sparse_coo_tensor(
-                        g.indices(), g.values() * coef, g.shape, is_coalesced=True, check_invariants=False
-                    )
-                else:
-                    g.mul_(coef)
-    return total
+    return clip_grads_(params, max_norm)
 
 
 __all__ = [
+    "ROW_SPARSE_NEEDS_BATCH",
     "SCOPES",
     "FactorModel",
     "add_penalty_grad_",
+    "batch_penalty_rows",
     "check_scope",
     "clip_grad_norm_",
     "penalty",

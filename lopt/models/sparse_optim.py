@@ -20,7 +20,7 @@ accepted too and counts as "every row touched".
 ``zero_grad`` always drops the gradients (``set_to_none``): a zeroed sparse gradient would be
 carried into the next backward as an empty operand. State round-trips through ``state_dict``
 (per-row step counts included); the look-ahead replays these steps exactly
-(:func:`lopt.models.lookahead.simulate_step_rows`).
+(:func:`lopt.models.lookahead.replay.simulate_step_rows`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lopt.models.lambda_optim import coalesced
+from lopt.models.lambda_optim import coalesced, run_closure
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -65,10 +65,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

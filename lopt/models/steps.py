@@ -86,8 +86,7 @@ def theta_step(
 ) -> torch.Tensor:
     """The Θ-step: add ∇_Θ Ω(B; Θ, Λ) to g_t in ``.grad``, clip the gradient norm, step the Θ
     optimizer (a torch optimizer or Lightning's wrapper of one). Returns the norm before clipping."""
-    users, pos, neg = train_batch
-    add_penalty_grad_(model, granularity, users, pos, neg, scope, scale)
+    add_penalty_grad_(model, granularity, train_batch, scope, scale)
     grad_norm = clip_grad_norm_(model, clip_norm)
     theta_optimizer.step()
     return grad_norm

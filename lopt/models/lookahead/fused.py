@@ -1,7 +1,9 @@
 """The look-ahead's common case as a few fused kernels with a hand-written Λ-gradient.
 
 Θ optimizer Adam/AdamW (weight_decay 0), penalty scope "batch", Θ clip none or surely inactive,
-no look-ahead dropout (:func:`lopt.models.lookahead.lookahead_validation_loss` dispatches here).
+no look-ahead dropout (:func:`lopt.models.lookahead.lookahead_validation_loss` dispatches here,
+after :func:`lopt.models.lookahead.state.capability` and the clip check of
+:mod:`lopt.models.lookahead.clip`).
 Then l(V; Θ̄_{t+1}(Λ)) and ∂l/∂Λ need only elementwise work on the rows the validation batch
 touches, one gather and one scatter per validation triple, and the train batch's rows for the
 clip check: O((|B| + |V|)·d), never O((|U| + |I|)·d).
@@ -15,7 +17,7 @@ elementwise
     ∂θ̄/∂g = −α(1−β1)/D + α·m'/D² · w·(1−β2)·g / (sqrt(ṽ)·sqrt(1−β2^t)),
 
 w = ∂ṽ/∂v' (1 if v' > v_max, ½ at a tie — torch.maximum's convention —, 0 below), the second
-term 0 where ṽ = 0 (the ``_safe_sqrt`` convention of the autograd path). The replay kernel
+term 0 where ṽ = 0 (the ``safe_sqrt`` convention of the replay). The replay kernel
 returns θ̄ and K = ∂θ̄/∂λ = ∂θ̄/∂g · s·c_r·θ_r together, so the backward is ∂l/∂θ̄ ⊙ K summed to
 λ's stored shape; ∂l/∂θ̄ comes from the validation BPR (softplus' = sigmoid, scattered over the
 occurrences with ``index_add_``). Rows absent from the train batch have c_r = 0, hence K = 0.
@@ -25,31 +27,30 @@ Kernels are pure tensor functions (no input is modified) run under ``no_grad``. 
 every batch; Adam's step-dependent constants are not specialized): one fused loop per kernel with
 the row gathers inside it, instead of ~15 separate passes each allocating a temporary. Compiling
 happens once per process and kernel (seconds; cached on disk by inductor); if it fails the
-reason is logged once and the eager kernels are used. Eagerly, the forward uses the autograd
-path's tensor ops in the same order, so its loss is bit-identical to that path's.
+reason is logged once and the eager kernels are used. Eagerly, the forward uses the replay's
+tensor ops in the same order, so its loss is bit-identical to the replay's.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lopt.models.granularity import LambdaGranularity
-from lopt.models.optim_state import group_of, scalar
-from lopt.models.regularizer import FactorModel, _unique_counts
+from lopt.models.lookahead.rows import TripleRows, unique_counts
+from lopt.models.lookahead.state import ParamState
+
+if TYPE_CHECKING:
+    from lopt.models.granularity import LambdaGranularity
+    from lopt.models.lookahead.clip import ClipSide
+    from lopt.models.regularizer import FactorModel
+    from lopt.models.steps import Triples
 
 log = logging.getLogger("lopt")
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-#: The clip is known to be inactive when clip_norm / (norm + 1e-6) exceeds 1 by this margin.
-CLIP_MARGIN = 1e-4
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -113,18 +114,11 @@ def _replay_kernel(
     return new, (dnew_dlam.neg_() if negate else dnew_dlam)
 
 
-def _clip_sq_kernel(
-    theta: torch.Tensor,
-    grad: torch.Tensor,
-    lam: torch.Tensor,
-    rows: torch.Tensor,
-    counts: torch.Tensor,
-    two_over_n: float,
-    lam_rowwise: bool,
-) -> torch.Tensor:
-    """Σ over ``rows`` of ‖g[r] + 2·count_r/|B|·λ[r]⊙θ[r]‖² (0-dim): one side's share of the squared
-    norm of the regularized Θ-gradient (the train batch's rows hold all of it)."""
-    g = _regularized_grad_rows(theta, grad, lam, rows, counts, two_over_n, lam_rowwise)[2]
+def _clip_sq_kernel(*rows_args: Any) -> torch.Tensor:
+    """Σ over ``rows`` of ‖g[r] + 2·count_r/|B|·λ[r]⊙θ[r]‖² (0-dim), the arguments those of
+    :func:`_regularized_grad_rows`: one side's share of the squared norm of the regularized
+    Θ-gradient (the train batch's rows hold all of it)."""
+    g = _regularized_grad_rows(*rows_args)[2]
     return (g * g).sum()
 
 
@@ -216,57 +210,7 @@ BPR = _Kernel(_bpr_kernel)
 LAMBDA_GRAD = _Kernel(_lambda_grad_kernel)
 
 
-# ---------------------------------------------------------------------------- the fast path
-#: One side for :func:`clip_is_inactive`: (Θ parameter with g_t in ``.grad``, its λ storage, whether
-#: that storage is row-wise, the train batch's unique rows of the side, their occurrence counts).
-ClipSide = tuple[nn.Parameter, torch.Tensor, bool, torch.Tensor, torch.Tensor]
-
-
-def clip_is_inactive(sides: tuple[ClipSide, ...], n_batch: int, clip_norm: float, compiled: bool = False) -> bool:
-    """True when the Θ clip coefficient min(clip_norm / (‖g + ∂Ω/∂Θ‖ + 1e-6), 1) is surely 1 (scope
-    "batch": the train batch's rows hold the whole regularized gradient), with a margin that
-    rounding cannot flip: then it is a constant with a zero derivative. A host sync."""
-    with torch.no_grad():
-        sq = sum(
-            float(
-                CLIP_SQ(
-                    compiled,
-                    param.detach(),
-                    param.grad.detach(),
-                    storage.detach(),
-                    rows,
-                    counts,
-                    2.0 / n_batch,
-                    rowwise,
-                )
-            )
-            for param, storage, rowwise, rows, counts in sides
-        )
-    norm = math.sqrt(sq)
-    return math.isfinite(norm) and float(clip_norm) / (norm + 1e-6) > 1.0 + CLIP_MARGIN
-
-
-def applies(optimizer: torch.optim.Optimizer, params: tuple[nn.Parameter, ...]) -> bool:
-    """True when this fast path computes exactly what the autograd path would for ``optimizer``."""
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
-        return False
-    for p in params:
-        if p.is_complex() or p.is_sparse or p.grad is None or p.grad.is_sparse:
-            return False
-        try:
-            group = group_of(optimizer, p)
-        except ValueError:
-            return False
-        lr = group.get("lr")
-        if isinstance(lr, torch.Tensor) and lr.requires_grad:
-            return False
-        if scalar(group.get("weight_decay", 0.0)) != 0:
-            return False
-        if any(isinstance(t, torch.Tensor) and t.is_sparse for t in optimizer.state.get(p, {}).values()):
-            return False
-    return True
-
-
+# ---------------------------------------------------------------------------- the fused look-ahead
 class _Side:
     """One side (P or Q) of a Λ-step: the validation rows, their train-batch counts, the Adam
     constants and the λ storage; ``rows`` must be ascending and unique."""
@@ -281,25 +225,29 @@ class _Side:
         batch_rows: torch.Tensor,
         n_batch: int,
     ) -> None:
-        group = group_of(optimizer, param)
-        state = optimizer.state.get(param, {})
-        self.param, self.state = param, state
+        read = ParamState(optimizer, param)
+        self.param = param
         self.lam_storage, self.lam_rowwise = lam_storage, lam_rowwise
         self.rows = rows
         self.two_over_n = 2.0 / n_batch
-        beta1, beta2 = (scalar(b) for b in group["betas"])
-        step = (scalar(state["step"]) if "step" in state else 0.0) + 1.0
+        beta1, beta2 = read.betas()
+        step = read.next_step()
         self.adam = (
-            scalar(group["lr"]) / (1 - beta1**step),
+            read.hyper("lr") / (1 - beta1**step),
             beta1,
             beta2,
             (1 - beta2**step) ** 0.5,
-            scalar(group["eps"]),
+            read.hyper("eps"),
         )
-        self.amsgrad = bool(group.get("amsgrad", False))
-        self.negate = bool(group.get("maximize", False))
+        self.negate = read.flag("maximize")
+        #: Adam's state tensors (whole, gathered inside the kernel; max_exp_avg_sq only with amsgrad)
+        self.moments = (
+            read.tensor("exp_avg"),
+            read.tensor("exp_avg_sq"),
+            read.tensor("max_exp_avg_sq") if read.flag("amsgrad") else None,
+        )
         # the train batch's rows: all that the penalty (and the clip norm) touches
-        self.train_rows, self.train_counts = _unique_counts(batch_rows, param.shape[0])
+        self.train_rows, self.train_counts = unique_counts(batch_rows, param.shape[0])
         found = torch.searchsorted(self.train_rows, rows).clamp_(max=max(self.train_rows.numel() - 1, 0))
         hit_mask = self.train_rows.index_select(0, found) == rows
         #: occurrences of each validation row in the train batch (0: absent, no Λ-dependence)
@@ -311,14 +259,11 @@ class _Side:
         return self.param, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
 
     def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.state
         return REPLAY(
             compiled,
             self.param.detach(),
             self.param.grad.detach(),
-            s.get("exp_avg"),
-            s.get("exp_avg_sq"),
-            s.get("max_exp_avg_sq") if self.amsgrad else None,
+            *self.moments,
             self.lam_storage.detach(),
             self.rows,
             self.counts,
@@ -398,46 +343,42 @@ class _LookaheadBPR(torch.autograd.Function):
         return grad_u, grad_i, None, None, None, None, None, None
 
 
-def validation_loss(
+def sides(
     model: FactorModel,
     optimizer: torch.optim.Optimizer,
     granularity: LambdaGranularity,
-    train_batch: Batch,
-    user_rows: torch.Tensor,
-    item_rows: torch.Tensor,
-    user_idx: torch.Tensor,
-    item_idx: torch.Tensor,
-    clip_norm: float | None,
-    compiled: bool = False,
-) -> torch.Tensor | None:
-    """l(V; Θ̄_{t+1}(Λ)) for the fast path's case (:func:`applies`, scope "batch", no dropout), or
-    None when ``clip_norm`` may bind (then the caller takes the autograd path, which simulates the
-    clip). ``user_rows``/``item_rows``: the validation batch's unique rows (ascending);
-    ``user_idx``/``item_idx``: each triple's position in them (items: positives then negatives).
-
-    The clip check runs on the CPU only (elsewhere it would cost a host sync: None is returned)."""
+    train_batch: Triples,
+    valid: TripleRows,
+) -> tuple[_Side, _Side]:
+    """The user and item sides of the fused look-ahead on the validation batch's rows ``valid``."""
     users, pos, neg = train_batch
     n = users.numel()
     P, Q = model.user_factors, model.item_factors
-    if clip_norm is not None and P.device.type != "cpu":
-        return None
-    side_u = _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, user_rows, users, n)
-    side_i = _Side(
-        optimizer, Q, granularity.item_storage, granularity.item_rowwise, item_rows, torch.cat([pos, neg]), n
+    return (
+        _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, valid.user_rows, users, n),
+        _Side(
+            optimizer, Q, granularity.item_storage, granularity.item_rowwise, valid.item_rows, torch.cat([pos, neg]), n
+        ),
     )
-    if clip_norm is not None and not clip_is_inactive((side_u.clip_side(), side_i.clip_side()), n, clip_norm, compiled):
-        return None
-    n_v = user_idx.numel()
+
+
+def validation_loss(
+    granularity: LambdaGranularity, side_u: _Side, side_i: _Side, valid: TripleRows, compiled: bool = False
+) -> torch.Tensor:
+    """l(V; Θ̄_{t+1}(Λ)) for the fused case (:func:`lopt.models.lookahead.state.capability`, scope
+    "batch", no dropout, the Θ clip none or surely inactive), differentiable in the λ storages;
+    ``valid``: the validation batch's rows, as the sides were built on."""
+    n_v = valid.user_idx.numel()
     return _LookaheadBPR.apply(
         granularity.user_storage,
         granularity.item_storage,
         side_u,
         side_i,
-        user_idx,
-        item_idx[:n_v],
-        item_idx[n_v:],
+        valid.user_idx,
+        valid.item_idx[:n_v],
+        valid.item_idx[n_v:],
         compiled,
     )
 
 
-__all__ = ["CLIP_MARGIN", "ClipSide", "applies", "clip_is_inactive", "validation_loss"]
+__all__ = ["sides", "validation_loss"]

@@ -1,0 +1,82 @@
+"""The exact row-wise look-ahead Θ̄_{t+1}(Λ) and its validation loss (docs/method.md, "Doing it at the
+cost of one training step"): the dispatch between its two paths.
+
+* :mod:`.fused` — the common case (Adam/AdamW with weight_decay 0, scope "batch", the Θ clip none
+  or surely inactive, no dropout): hand-written kernels with an analytic Λ-gradient.
+* :mod:`.replay` — everything else: the per-optimizer row replays, differentiated by autograd.
+
+Both read the Θ optimizer through :mod:`.state` (its one reader and capability check), the rows
+through :mod:`.rows`, and decide whether the clip binds through :mod:`.clip`. On the fused case
+they compute the same loss and Λ-gradient (tested).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+# A module import: the regularizer imports .rows, so it may still be initializing when this runs.
+import lopt.models.regularizer as regularizer
+from lopt.models.lookahead import fused, replay
+from lopt.models.lookahead.clip import sides_inactive
+from lopt.models.lookahead.replay import lookahead_rows, simulate_step_rows
+from lopt.models.lookahead.rows import triple_rows
+from lopt.models.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPARSE, capability, unwrap
+
+if TYPE_CHECKING:
+    from lopt.models.granularity import LambdaGranularity
+    from lopt.models.regularizer import FactorModel
+    from lopt.models.steps import Triples
+
+
+def lookahead_validation_loss(
+    model: FactorModel,
+    theta_optimizer: torch.optim.Optimizer,
+    granularity: LambdaGranularity,
+    train_batch: Triples,
+    valid_batch: Triples,
+    *,
+    scope: str,
+    scale: float,
+    clip_norm: float | None,
+    dropout: float = 0.0,
+    compiled: bool = False,
+) -> torch.Tensor:
+    """l(V_t; Θ̄_{t+1}(Λ)): the BPR loss of ``valid_batch`` after the simulated Θ-step (a scalar whose
+    graph reaches Λ only; Θ, g_t and the optimizer state are constants).
+
+    Preconditions as :func:`lookahead_rows`. Only the rows ``valid_batch`` touches are simulated:
+    cost O((|B|+|V|)·d) for scope "batch" (plus O((|U|+|I|)·d) for the clip norm under scope "all").
+    ``dropout`` > 0 applies ``F.dropout`` (training mode) to the looked-ahead embeddings of each
+    validation triple. The fused case runs :mod:`.fused` (its kernels through ``torch.compile`` if
+    ``compiled``); a clip that may bind (always off the CPU, where checking costs a host sync) and
+    every other case run :mod:`.replay`.
+    """
+    P, Q = model.user_factors, model.item_factors
+    valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
+    regularizer.check_scope(scope)
+    optimizer = unwrap(theta_optimizer)
+    n_train = train_batch[0].numel()
+    if (
+        dropout <= 0
+        and scope == "batch"
+        and valid_batch[0].numel() > 0
+        and n_train > 0
+        and capability(optimizer, (P, Q)) == FUSED
+        and (clip_norm is None or P.device.type == "cpu")
+    ):
+        side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid)
+        if clip_norm is None or sides_inactive((side_u.clip_side(), side_i.clip_side()), n_train, clip_norm, compiled):
+            return fused.validation_loss(granularity, side_u, side_i, valid, compiled)
+    options = {"scope": scope, "scale": scale, "clip_norm": clip_norm, "dropout": dropout}
+    return replay.validation_loss(model, theta_optimizer, granularity, train_batch, valid, **options)
+
+
+__all__ = [
+    "SUPPORTED_OPTIMIZERS",
+    "SUPPORTED_ROW_SPARSE",
+    "lookahead_rows",
+    "lookahead_validation_loss",
+    "simulate_step_rows",
+]

@@ -1,0 +1,135 @@
+"""Row helpers of the look-ahead and the regularizer: a batch's unique rows and their counts or
+inverse (by a bincount when the table is small enough, else by a sort), row gathers, and the rows
+of a dense or row-sparse Θ gradient. All are vectorized; none modifies its inputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import nn
+
+from lopt.models.sparse_optim import row_grad
+
+if TYPE_CHECKING:
+    from lopt.models.steps import Triples
+
+
+def _use_bincount(n_total: int | None, n_batch: int) -> bool:
+    """Count with a dense bincount over all ``n_total`` rows (O(n_total + |B|), no sort) when that
+    is not much larger than the batch; else sort (O(|B|·log|B|))."""
+    return n_total is not None and 0 < n_batch and n_total <= 16 * n_batch + (1 << 17)
+
+
+def occurrences(batch_rows: torch.Tensor, rows: torch.Tensor, n_total: int | None = None) -> torch.Tensor:
+    """How often each entry of ``rows`` occurs in ``batch_rows``: (len(rows),) int64.
+
+    ``n_total`` (the number of rows of the table, ids in ``[0, n_total)``) allows a bincount."""
+    if _use_bincount(n_total, batch_rows.numel()):
+        return torch.bincount(batch_rows, minlength=n_total).index_select(0, rows)
+    sorted_rows = torch.sort(batch_rows).values
+    left = torch.searchsorted(sorted_rows, rows, right=False)
+    right = torch.searchsorted(sorted_rows, rows, right=True)
+    return right - left
+
+
+def unique_counts(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(batch_rows, return_counts=True)`` (ascending rows, int64 counts), by a
+    bincount when ``n_total`` allows it."""
+    if _use_bincount(n_total, batch_rows.numel()):
+        counts = torch.bincount(batch_rows, minlength=n_total)
+        rows = torch.nonzero(counts, as_tuple=True)[0]
+        return rows, counts.index_select(0, rows)
+    return torch.unique(batch_rows, return_counts=True)
+
+
+def unique_inverse(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(batch_rows, return_inverse=True)`` (ascending rows, int64 inverse), by a
+    bincount when ``n_total`` allows it."""
+    if _use_bincount(n_total, batch_rows.numel()):
+        rows = torch.nonzero(torch.bincount(batch_rows, minlength=n_total), as_tuple=True)[0]
+        position = torch.empty(n_total, dtype=torch.int64, device=batch_rows.device)
+        position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
+        return rows, position.index_select(0, batch_rows)
+    return torch.unique(batch_rows, return_inverse=True)
+
+
+class TripleRows(NamedTuple):
+    """A triple batch's unique user and item rows (ascending; items: positives and negatives) and
+    each triple's position in them (``item_idx``: the positives' positions, then the negatives')."""
+
+    user_rows: torch.Tensor
+    item_rows: torch.Tensor
+    user_idx: torch.Tensor
+    item_idx: torch.Tensor
+
+
+def triple_rows(batch: Triples, n_users: int, n_items: int) -> TripleRows:
+    """:class:`TripleRows` of ``batch`` (users, positives, negatives) over tables of ``n_users`` and
+    ``n_items`` rows."""
+    users, pos, neg = batch
+    user_rows, user_idx = unique_inverse(users, n_users)
+    item_rows, item_idx = unique_inverse(torch.cat([pos, neg]), n_items)
+    return TripleRows(user_rows, item_rows, user_idx, item_idx)
+
+
+def rows_of(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t[rows]`` by ``index_select`` (same values; on CPU several times faster than advanced indexing)."""
+    return t.index_select(0, rows)
+
+
+def grad_of(p: nn.Parameter) -> torch.Tensor:
+    """``p.grad`` detached: g_t, the non-regularized BPR gradient; RuntimeError when absent."""
+    if p.grad is None:
+        raise RuntimeError(
+            "look-ahead needs the non-regularized BPR gradient g_t in user_factors.grad / item_factors.grad "
+            "(run one backward of the training loss first)"
+        )
+    return p.grad.detach()
+
+
+def _found(grad_rows: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position in ``grad_rows`` (ascending, non-empty) of each of ``rows`` where present, clamped
+    elsewhere; whether it is present): both (len(rows),)."""
+    found = torch.searchsorted(grad_rows, rows).clamp_(max=grad_rows.numel() - 1)
+    return found, grad_rows.index_select(0, found) == rows
+
+
+def grad_rows(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
+    """g_t[rows] ((len(rows), d)) of a dense or row-sparse Θ gradient (rows it lacks are zero)."""
+    grad = grad_of(p)
+    if not grad.is_sparse:
+        return rows_of(grad, rows)
+    held, values = row_grad(grad)
+    if held is not None and held.numel() == rows.numel() and torch.equal(held, rows):
+        return values.clone()
+    out = values.new_zeros((rows.numel(), *values.shape[1:]))
+    if held is None or held.numel() == 0:
+        return out
+    found, present = _found(held, rows)
+    hit = torch.nonzero(present, as_tuple=True)[0]
+    return out.index_copy_(0, hit, rows_of(values, rows_of(found, hit)))
+
+
+def touched(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
+    """(len(rows), 1) bool: which ``rows`` a row-sparse optimizer's step will touch — those held by
+    ``p.grad`` (all rows for a dense gradient)."""
+    held, _ = row_grad(grad_of(p))
+    if held is None:
+        return torch.ones(rows.numel(), 1, dtype=torch.bool, device=rows.device)
+    if held.numel() == 0:
+        return torch.zeros(rows.numel(), 1, dtype=torch.bool, device=rows.device)
+    return _found(held, rows)[1].unsqueeze(1)
+
+
+__all__ = [
+    "TripleRows",
+    "grad_of",
+    "grad_rows",
+    "occurrences",
+    "rows_of",
+    "touched",
+    "triple_rows",
+    "unique_counts",
+    "unique_inverse",
+]
