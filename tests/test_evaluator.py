@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lopt.data.types import PreparedSplit
 from lopt.eval import RankingEvaluator, ranking_metrics
+from lopt.types import PreparedSplit
 
 
 def make_split(n_users: int = 30, n_items: int = 25, seed: int = 0) -> PreparedSplit:

@@ -1,4 +1,4 @@
-"""The protocol group and the eval options reach the datamodule, its evaluators and the cache key."""
+"""The protocol group and the eval options reach the evaluators, and the split options the cache key."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from lopt.data.preprocess import SPLIT_RULE_VERSION
-from lopt.train import build_datamodule
+from lopt.train import build_datamodule, prepare_data
 from tests.e2e import REPO_ROOT
 
 TINY = ["dataset.source.n_users=60", "dataset.source.n_items=40", "dataset.source.n_interactions=1500"]
@@ -22,8 +22,9 @@ def _datamodule(tmp_path: Path, overrides: list[str]):
 def test_default_is_the_paper_protocol_with_the_safe_options(tmp_path: Path) -> None:
     cfg, dm = _datamodule(tmp_path, [])
     assert (cfg.protocol.name, list(cfg.eval.ks)) == ("lambdaopt", [50, 100])
-    dm.setup("fit")
-    for which, evaluator in dm.evaluators.items():
+    dm, _, evaluators = prepare_data(cfg)
+    assert dm.evaluators is evaluators  # the datamodule's loaders cover the injected evaluators' users
+    for which, evaluator in evaluators.items():
         assert (evaluator.protocol, evaluator.ties, evaluator.valid_candidates) == (
             "lambdaopt",
             "pessimistic",
@@ -39,9 +40,9 @@ def test_standard_protocol_and_paper_options(tmp_path: Path) -> None:
         ["protocol=standard", "protocol.split.kind=leave_one_out", "eval.ties=paper", "eval.valid_candidates=paper"],
     )
     assert list(cfg.eval.ks) == [10, 20, 50]
-    dm.setup("fit")
-    evaluator = dm.evaluators["test"]
-    assert (evaluator.protocol, evaluator.ties, dm.evaluators["valid"].valid_candidates) == (
+    dm, _, evaluators = prepare_data(cfg)
+    evaluator = evaluators["test"]
+    assert (evaluator.protocol, evaluator.ties, evaluators["valid"].valid_candidates) == (
         "standard",
         "paper",
         "paper",

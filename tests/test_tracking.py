@@ -10,7 +10,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lopt.data.types import PreparedSplit
 from lopt.models.granularity import LambdaGranularity
 from lopt.tracking.callbacks import (
     LambdaSnapshotCallback,
@@ -27,6 +26,7 @@ from lopt.tracking.trajectories import (
     choose_tracked,
     thin_steps,
 )
+from lopt.types import PreparedSplit
 from tests.e2e import REPO_ROOT
 from tests.test_reproduce_table import TRACK_EVERY, finished_runs  # noqa: F401 - shared fixture
 

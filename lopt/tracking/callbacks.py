@@ -19,8 +19,8 @@ import polars as pl
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.data.types import PreparedSplit
 from lopt.eval.beyond import flatten_beyond, quintile_rows
+from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write
 from lopt.models.granularity import LambdaGranularity
 from lopt.tracking.lambda_stats import (
@@ -29,6 +29,7 @@ from lopt.tracking.lambda_stats import (
     lambda_statistics,
     quantile_sample,
     side_storage,
+    write_lambda,
 )
 from lopt.tracking.loggers import finish_wandb, is_wandb_config
 from lopt.tracking.trajectories import (
@@ -40,6 +41,7 @@ from lopt.tracking.trajectories import (
     thin_steps,
 )
 from lopt.tracking.wandb_plots import per_dim_image, trajectory_image, trajectory_table_chart
+from lopt.types import PreparedSplit
 
 log = logging.getLogger("lopt")
 
@@ -272,24 +274,22 @@ class LambdaSnapshotCallback(L.Callback):
         if granularity is None or trainer.sanity_checking or self._capped or not trainer.is_global_zero:
             return
         name = f"epoch_{trainer.current_epoch:03d}.npz"
-        arrays = {
-            "user_lambda": granularity.dense_user_lambda().cpu().numpy(),
-            "item_lambda": granularity.dense_item_lambda().cpu().numpy(),
-            "step": np.int64(trainer.global_step),
-            "epoch": np.int64(trainer.current_epoch),
-            "granularity": np.array(granularity.name),
-        }
         budget = self.max_bytes
         used = sum(size for key, size in self._sizes.items() if key != name)
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
+        def within_budget(tmp: Path) -> None:
             if budget is not None and used + tmp.stat().st_size > budget:
                 raise _OverCap(tmp.stat().st_size)
 
         try:
-            atomic_write(self.dir / name, write)
+            write_lambda(
+                self.dir / name,
+                granularity,
+                compressed=True,
+                check=within_budget,
+                step=np.int64(trainer.global_step),
+                epoch=np.int64(trainer.current_epoch),
+            )
         except _OverCap as over:
             self._capped = True
             log.warning(
@@ -381,14 +381,15 @@ def build_tracking_callbacks(cfg: DictConfig, split: PreparedSplit, output_dir: 
 
 
 class LogBeyond(L.Callback):
-    """At the end of every test pass, log the beyond-accuracy block of the datamodule's test
-    evaluator (before loggers such as W&B close their run at test teardown)."""
+    """At the end of every test pass, log the beyond-accuracy block of ``evaluator`` (the test
+    evaluator, ``lopt.eval.evaluator.RankingEvaluator``) for the module's per-user test metrics,
+    before loggers such as W&B close their run at test teardown."""
+
+    def __init__(self, evaluator: RankingEvaluator) -> None:
+        self.evaluator = evaluator
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "test_beyond"):
-            return
-        log_beyond(trainer.loggers, datamodule.test_beyond(pl_module.test_per_user), trainer.global_step)
+        log_beyond(trainer.loggers, self.evaluator.beyond_summary(pl_module.test_per_user), trainer.global_step)
 
 
 def log_beyond(loggers: Sequence[Any], beyond: dict[str, Any], step: int) -> None:
