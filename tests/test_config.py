@@ -79,7 +79,7 @@ def test_every_config_key_is_read_by_code() -> None:
     unused = []
     for path in sorted(CONF.rglob("*.yaml")):
         group = path.parent.relative_to(CONF).as_posix()
-        if group.startswith("hydra") or group == "experiment":
+        if group.startswith("hydra") or group.split("/")[0] == "experiment":
             continue
         node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         if not isinstance(node, dict):
