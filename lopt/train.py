@@ -145,16 +145,6 @@ def build_trainer(
         *build_tracking_callbacks(cfg, split, output_dir),
         LogBeyond(evaluators["test"]),
     ]
-    if cfg.checkpoint.every_n_train_steps > 0:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=output_dir / CHECKPOINT_DIR,
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-                enable_version_counter=False,
-            )
-        )
     callbacks += [CheckpointOnSignal(output_dir / CHECKPOINT_DIR / "last.ckpt"), TrainClock()]
     has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
     logger = build_logger(cfg, output_dir)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from lopt.data.preprocess import SPLIT_RULE_VERSION
-from lopt.train import build_datamodule, prepare_data
+from lopt.train import build_datamodule, build_module, prepare_data
 from tests.e2e import REPO_ROOT
 
 TINY = ["dataset.source.n_users=60", "dataset.source.n_items=40", "dataset.source.n_interactions=1500"]
@@ -64,3 +66,19 @@ def test_standard_protocol_and_paper_options(tmp_path: Path) -> None:
         )
     )
     assert len(keys) == 5
+
+
+def test_module_ranks_with_the_evaluators_handed_to_it(tmp_path: Path) -> None:
+    cfg, _ = _datamodule(tmp_path, ["model=fix"])
+    _, split, evaluators = prepare_data(cfg)
+    module = build_module(cfg, split.n_users, split.n_items)
+    users = evaluators["valid"].users[:4]
+    with pytest.raises(RuntimeError, match="use_evaluators"):
+        module.validation_step(users, 0)  # nothing reached through a trainer
+    module.use_evaluators(evaluators)
+    module.on_validation_epoch_start()
+    module.validation_step(users, 0)
+    per_user = module._collect()
+    assert torch.equal(per_user["user"], users)
+    expected = evaluators["valid"].block_metrics(users, module.score_users(users).detach())
+    assert torch.allclose(per_user["auc"], expected["auc"])
