@@ -134,7 +134,22 @@ def test_build_tracking_callbacks_from_config(tmp_path) -> None:
         WandbRunCallback,
     ]
     assert callbacks[0].every_n_steps == cfg.trainer.log_every_n_steps
+    assert callbacks[1].path == tmp_path / "lambda_trajectories.parquet"  # the run's output_dir, injected
+    assert callbacks[2].dir == tmp_path / "lambda_snapshots"
     assert build_tracking_callbacks(plain, _split(), tmp_path) == []
+
+
+def test_tracking_nodes_built_from_their_target_when_enabled(tmp_path) -> None:
+    overrides = [
+        "tracking.stats.enabled=false",
+        "tracking.stats.every_n_steps=3",
+        "tracking.trajectories.every_n_steps=7",
+    ]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=csv", *overrides])
+    callbacks = build_tracking_callbacks(cfg, _split(), tmp_path)
+    assert [type(c) for c in callbacks] == [LambdaTrajectoryCallback, LambdaSnapshotCallback]  # stats: off
+    assert callbacks[0].every_n_steps == 7
 
 
 @pytest.mark.slow

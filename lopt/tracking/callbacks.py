@@ -8,6 +8,7 @@ recording steps and evaluations only: nothing here adds a host sync to an ordina
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import polars as pl
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -341,38 +343,23 @@ class WandbRunCallback(L.Callback):
 
 
 def build_tracking_callbacks(cfg: DictConfig, split: PreparedSplit, output_dir: Path) -> list[L.Callback]:
-    """Λ statistics / trajectories / snapshots per ``cfg.tracking`` (when the group is present),
-    and the W&B run lifecycle with ``logger=wandb``. Callbacks skip modules without learned Λ."""
+    """The Λ statistics / trajectories / snapshots of ``cfg.tracking`` (when the group is present):
+    every node with a ``_target_`` and ``enabled: true`` is instantiated, its constructor given the
+    run's objects it names (``output_dir``, ``split``, ``seed`` = ``tracking.seed``); and the W&B run
+    lifecycle with ``logger=wandb``. Callbacks skip modules without learned Λ."""
     callbacks: list[L.Callback] = []
     tracking = cfg.get("tracking")
     if tracking:
-        stats, traj, snap = tracking.stats, tracking.trajectories, tracking.snapshots
-        if stats.enabled:
-            callbacks.append(
-                LambdaStatsCallback(
-                    every_n_steps=stats.every_n_steps,
-                    quantiles=list(stats.quantiles),
-                    per_dim=stats.per_dim,
-                    histogram_bins=stats.histogram_bins,
-                    max_quantile_values=stats.max_quantile_values,
-                    seed=int(tracking.seed),
-                )
-            )
-        if traj.enabled:
-            callbacks.append(
-                LambdaTrajectoryCallback(
-                    output_dir,
-                    split,
-                    n_per_stratum=traj.n_per_stratum,
-                    strata=OmegaConf.to_container(traj.strata, resolve=True),  # type: ignore[arg-type]
-                    every_n_steps=traj.every_n_steps,
-                    full_vector=traj.full_vector,
-                    seed=int(tracking.seed),
-                    wandb_max_points=traj.wandb_max_points,
-                )
-            )
-        if snap.enabled:
-            callbacks.append(LambdaSnapshotCallback(output_dir, max_mb=snap.max_mb))
+        run_objects = {"output_dir": output_dir, "split": split, "seed": int(tracking.seed)}
+        for node in tracking.values():
+            if not isinstance(node, DictConfig) or "_target_" not in node or not node.enabled:
+                continue
+            spec = OmegaConf.to_container(node, resolve=True)
+            del spec["enabled"]  # type: ignore[arg-type]
+            accepted = inspect.signature(get_class(node._target_)).parameters
+            given = {key: value for key, value in run_objects.items() if key in accepted}
+            # a partial, called with the run objects: instantiate would turn the split (a dataclass) into a config
+            callbacks.append(instantiate(spec, _partial_=True, _convert_="all")(**given))
     if is_wandb_config(cfg.get("logger")):
         callbacks.append(
             WandbRunCallback(watch=cfg.logger.get("watch"), watch_log_freq=cfg.logger.get("watch_log_freq") or 500)
