@@ -68,12 +68,16 @@ def _announce(stop: RunInterrupted, output_dir: Path) -> None:
 
 
 @contextmanager
-def _announcing(output_dir: Path) -> Iterator[None]:
-    """A :class:`RunInterrupted` raised inside is announced (exit status, resume command) and re-raised."""
+def _announcing(output_dir: Path, caught: type[BaseException], stop: RunInterrupted) -> Iterator[None]:
+    """``caught`` raised inside becomes ``stop``; a :class:`RunInterrupted` (``stop`` or one raised
+    inside) is announced (exit status, resume command) and re-raised."""
     try:
-        yield
-    except RunInterrupted as stop:
-        _announce(stop, output_dir)
+        try:
+            yield
+        except caught:
+            raise stop from None
+    except RunInterrupted as raised:
+        _announce(raised, output_dir)
         raise
 
 
@@ -90,11 +94,8 @@ def stop_before_training(output_dir: Path) -> Iterator[None]:
     except ValueError:  # not the main thread
         previous = None
     try:
-        with _announcing(output_dir):
-            try:
-                yield
-            except KeyboardInterrupt:
-                raise RunInterrupted("SIGINT", EXIT_SIGINT, None) from None
+        with _announcing(output_dir, KeyboardInterrupt, RunInterrupted("SIGINT", EXIT_SIGINT, None)):
+            yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -110,11 +111,10 @@ def stop_on_signal(trainer: L.Trainer, output_dir: Path, resuming: bool) -> Iter
     saver = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnSignal)), None)
     last = saver.path if saver is not None else None
     try:
-        with _announcing(output_dir):
-            try:
-                yield
-            except SIGTERMException:
-                raise RunInterrupted("SIGTERM", EXIT_SIGTERM, last) from None
+        with _announcing(output_dir, SIGTERMException, RunInterrupted("SIGTERM", EXIT_SIGTERM, last)):
+            yield
+    except RunInterrupted:  # announced already
+        raise
     except SystemExit as exit_:  # Lightning's exit(1) on a second Ctrl-C (nothing saved)
         if saver is None or not saver.interrupted:
             raise

@@ -82,7 +82,23 @@ def _dashboard_stat(key: str) -> bool:
     return "/dim_mean/" not in key and (leaf == "mean" or leaf.startswith("q"))
 
 
-class LambdaStatsCallback(L.Callback):
+class _EveryNSteps(L.Callback):
+    """A Λ callback that acts (:meth:`_act`) every ``every_n_steps`` Θ-steps on a module with a learned Λ."""
+
+    every_n_steps: int
+
+    def _act(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
+            self._act(trainer, granularity)
+
+
+class LambdaStatsCallback(_EveryNSteps):
     """Λ statistics per side every ``every_n_steps`` Θ-steps (and at each epoch end) under
     ``lambda/<side>/<stat>``: all of them to the CSV logger; to W&B each side's mean and quantiles,
     a histogram of each side's λ per epoch (a histogram-over-time panel) and, per evaluation, one
@@ -124,12 +140,8 @@ class LambdaStatsCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(dashboard if isinstance(logger, WandbLogger) else metrics, step=step)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        granularity = learnable_granularity(pl_module)
-        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
-            self._log_stats(trainer, granularity)
+    def _act(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
+        self._log_stats(trainer, granularity)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         granularity = learnable_granularity(pl_module)
@@ -165,7 +177,7 @@ class LambdaStatsCallback(L.Callback):
             logger.experiment.log({"trainer/global_step": trainer.global_step, "lambda/per_dim": image})
 
 
-class LambdaTrajectoryCallback(L.Callback):
+class LambdaTrajectoryCallback(_EveryNSteps):
     """Records the λ of tracked users/items every ``every_n_steps`` Θ-steps (plus the first and
     the last step) into ``<output_dir>/lambda_trajectories.parquet`` (rewritten atomically at
     each evaluation and at the end), and to W&B as a line plot per evaluation (one labelled line
@@ -207,12 +219,8 @@ class LambdaTrajectoryCallback(L.Callback):
             self._frame = pl.read_parquet(self.path).filter(pl.col("step") < trainer.global_step)
         self._record(trainer, granularity)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        granularity = learnable_granularity(pl_module)
-        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
-            self._record(trainer, granularity)
+    def _act(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
+        self._record(trainer, granularity)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if learnable_granularity(pl_module) is not None and not trainer.sanity_checking:
