@@ -393,9 +393,9 @@ def run(
     from lopt.data.preprocess import prepare_split
     from lopt.data.readers import read_movielens_dat, read_movielens_tab
     from lopt.data.sampling import NegativeSampler
-    from lopt.train import _quiet_third_party, build_datamodule, build_module, build_trainer
+    from lopt.train import build_module, build_trainer, prepare_data, quiet_third_party
 
-    _quiet_third_party()
+    quiet_third_party()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*(max_steps|GPU available|TPU available|LeafSpec).*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning.*")
@@ -463,15 +463,16 @@ def run(
     for round_ in range(rounds):
         for key, cfg in cfgs.items():
             L.seed_everything(0, verbose=False)
-            if datamodule is None or ("lambda_optimizer" in cfg) != datamodule.valid_triples:
-                datamodule = build_datamodule(cfg)
-                datamodule.split = split  # prepared above; build_datamodule would re-read the file
+            if datamodule is None or bool(cfg.model.needs_valid_triples) != datamodule.valid_triples:
+                # the split prepared above (the source file is not read again)
+                datamodule, _, evaluators = prepare_data(cfg, split=split)
             module = build_module(cfg, split.n_users, split.n_items)
+            module.use_evaluators(evaluators)
             with open_dict(cfg):
                 cfg.trainer.max_steps = warmup + per_round
                 cfg.trainer.max_epochs = -1
                 cfg.trainer.limit_val_batches = 0
-            trainer, _ = build_trainer(cfg, workdir / f"{key}-{round_}", split)
+            trainer, _ = build_trainer(cfg, workdir / f"{key}-{round_}", split, evaluators)
             timer = StepTimer(device)
             trainer.callbacks.append(timer.callback)
             trainer.fit(module, datamodule=datamodule)
@@ -530,14 +531,14 @@ def run(
     for key, suffix in EPOCH_KEYS.items():
         cfg = cfgs[key]
         L.seed_everything(0, verbose=False)
-        datamodule = build_datamodule(cfg)
-        datamodule.split = split
+        datamodule, _, evaluators = prepare_data(cfg, split=split)
         module = build_module(cfg, split.n_users, split.n_items)
+        module.use_evaluators(evaluators)
         with open_dict(cfg):
             cfg.trainer.max_steps = -1
             cfg.trainer.max_epochs = 1
             cfg.trainer.limit_val_batches = 0
-        trainer, _ = build_trainer(cfg, workdir / f"{key}-epoch", split)
+        trainer, _ = build_trainer(cfg, workdir / f"{key}-epoch", split, evaluators)
         epoch_timer = EpochTimer(device)
         trainer.callbacks.append(epoch_timer.callback)
         trainer.fit(module, datamodule=datamodule)
@@ -556,9 +557,8 @@ def run(
     # ---- full-ranking evaluation of the test split
     module = fix_module
     cfg = cfgs["fix"]
-    datamodule = build_datamodule(cfg)
-    datamodule.split = split
-    datamodule.setup("test")
+    datamodule, _, evaluators = prepare_data(cfg, split=split)
+    module.use_evaluators(evaluators)
     trainer = L.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
@@ -572,12 +572,13 @@ def run(
     trainer.test(module, datamodule=datamodule, verbose=False)
     _sync(device)
     out["eval_seconds"] = time.perf_counter() - started
-    out["eval_users"] = int(datamodule.evaluators["test"].users.numel())
+    out["eval_users"] = int(evaluators["test"].users.numel())
     out["eval_test_auc"] = module.test_metrics.get("auc", math.nan)
     # the same model and split under the standard protocol
-    datamodule = build_datamodule(method_config("fix", [*common, "protocol=standard"], compile_lookahead))
-    datamodule.split = split
-    datamodule.setup("test")
+    datamodule, _, evaluators = prepare_data(
+        method_config("fix", [*common, "protocol=standard"], compile_lookahead), split=split
+    )
+    module.use_evaluators(evaluators)
     _sync(device)
     started = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from lopt.tracking.results import Run, find_runs, find_unfinished_runs
+from lopt.analysis.results import Run, find_runs, find_unfinished_runs
 
 #: Files copied from every run, relative to its folder.
 RECORD_FILES = ("metrics.json", ".hydra/config.yaml", "per_user_test.parquet")

@@ -37,8 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from lopt.io import atomic_write  # noqa: E402
-from lopt.tracking.results import (  # noqa: E402
+from lopt.analysis.results import (  # noqa: E402
     FIX_METHOD,
     Run,
     Selection,
@@ -51,6 +50,7 @@ from lopt.tracking.results import (  # noqa: E402
     select_configurations,
     table_blocks,
 )
+from lopt.io import atomic_write  # noqa: E402
 from lopt.tracking.trajectories import MEAN_DIM, TRAJECTORY_FILE  # noqa: E402
 
 #: Figure 2's panels when the runs have them (the paper's); otherwise AUC and the first two others.

@@ -32,8 +32,7 @@ from typing import Any
 
 import yaml
 
-from lopt.io import atomic_write
-from lopt.tracking.results import (
+from lopt.analysis.results import (
     DEFAULT_PROTOCOL,
     FIX_METHOD,
     METRICS,
@@ -52,6 +51,7 @@ from lopt.tracking.results import (
     select_configurations,
     table_blocks,
 )
+from lopt.io import atomic_write
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.yaml"
 PAPER_DATASETS = ("amazon_food", "ml10m")

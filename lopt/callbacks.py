@@ -27,6 +27,20 @@ def early_stopping(
     return EarlyStopping(monitor=monitor, patience=int(patience), min_delta=float(min_delta), mode=mode, strict=True)
 
 
+def periodic_checkpoint(dirpath: str, every_n_train_steps: int) -> ModelCheckpoint | None:
+    """``last.ckpt`` in ``dirpath`` every ``every_n_train_steps`` iterations (besides the one
+    written at each evaluation), or None (off) when it is 0 (``checkpoint.every_n_train_steps``)."""
+    if int(every_n_train_steps) <= 0:
+        return None
+    return ModelCheckpoint(
+        dirpath=dirpath,
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=int(every_n_train_steps),
+        enable_version_counter=False,
+    )
+
+
 def instantiate_callbacks(nodes: DictConfig | None) -> dict[str, L.Callback]:
     """{node name: callback} for the nodes of ``cfg.callbacks`` that build one."""
     built: dict[str, L.Callback] = {}

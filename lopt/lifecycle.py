@@ -68,6 +68,20 @@ def _announce(stop: RunInterrupted, output_dir: Path) -> None:
 
 
 @contextmanager
+def _announcing(output_dir: Path, caught: type[BaseException], stop: RunInterrupted) -> Iterator[None]:
+    """``caught`` raised inside becomes ``stop``; a :class:`RunInterrupted` (``stop`` or one raised
+    inside) is announced (exit status, resume command) and re-raised."""
+    try:
+        try:
+            yield
+        except caught:
+            raise stop from None
+    except RunInterrupted as raised:
+        _announce(raised, output_dir)
+        raise
+
+
+@contextmanager
 def stop_before_training(output_dir: Path) -> Iterator[None]:
     """Data preparation: SIGTERM and Ctrl-C stop with their exit status (the split cache is
     written atomically, so nothing half-written is left)."""
@@ -80,14 +94,8 @@ def stop_before_training(output_dir: Path) -> Iterator[None]:
     except ValueError:  # not the main thread
         previous = None
     try:
-        yield
-    except RunInterrupted as stop:
-        _announce(stop, output_dir)
-        raise
-    except KeyboardInterrupt:
-        stop = RunInterrupted("SIGINT", EXIT_SIGINT, None)
-        _announce(stop, output_dir)
-        raise stop from None
+        with _announcing(output_dir, KeyboardInterrupt, RunInterrupted("SIGINT", EXIT_SIGINT, None)):
+            yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -103,14 +111,10 @@ def stop_on_signal(trainer: L.Trainer, output_dir: Path, resuming: bool) -> Iter
     saver = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnSignal)), None)
     last = saver.path if saver is not None else None
     try:
-        yield
-    except RunInterrupted as stop:
-        _announce(stop, output_dir)
+        with _announcing(output_dir, SIGTERMException, RunInterrupted("SIGTERM", EXIT_SIGTERM, last)):
+            yield
+    except RunInterrupted:  # announced already
         raise
-    except SIGTERMException:
-        stop = RunInterrupted("SIGTERM", EXIT_SIGTERM, last)
-        _announce(stop, output_dir)
-        raise stop from None
     except SystemExit as exit_:  # Lightning's exit(1) on a second Ctrl-C (nothing saved)
         if saver is None or not saver.interrupted:
             raise

@@ -12,7 +12,7 @@ into the W&B run config by :func:`log_provenance`)::
                        interpolations unresolved), seed included
 
 Runs whose ``git_commit`` or ``split_fingerprint`` differ were made by different code or on
-different data; ``lopt.tracking.results.check_provenance`` refuses to put them in one table.
+different data; ``lopt.analysis.results.check_provenance`` refuses to put them in one table.
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
-import numpy as np
 import polars as pl
 import torch
 from hydra.utils import instantiate
@@ -30,13 +30,14 @@ from lopt.callbacks import best_checkpoint, instantiate_callbacks
 from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
 from lopt.data.controls import control_changes
 from lopt.data.datamodule import InteractionDataModule
-from lopt.data.types import PreparedSplit
+from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write, atomic_write_json
-from lopt.models.granularity import LambdaGranularity
 from lopt.models.ranking_module import RankingModule
 from lopt.provenance import collect_provenance, log_provenance
-from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks
+from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks, learnable_granularity
+from lopt.tracking.lambda_stats import LAMBDA_FILE, write_lambda
 from lopt.tracking.loggers import build_logger
+from lopt.types import PreparedSplit
 
 log = logging.getLogger("lopt")
 
@@ -44,19 +45,20 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best"
 
 
-def method_label(cfg: DictConfig) -> str:
-    """The paper-table row of a config: "MF-λFix", "MF-λOpt-DUI", "SGDA", …"""
-    name = cfg.model.name
-    if name == "fix":
-        return "MF-λFix"
-    if name == "lambda_opt":
-        return f"MF-λOpt-{cfg.granularity.name.upper()}"
-    return {"sgda": "SGDA", "amf": "AMF", "neumf": "NeuMF"}.get(name, name)
+#: Keys of ``cfg.model`` that declare what the model needs and how it is reported; read here,
+#: not constructor arguments of the module:
+#: ``label`` (the paper-table row in metrics.json ``method``), ``needs_valid_triples`` (the model
+#: has a Λ-step fed by validation triples), ``reported_granularity`` (metrics.json
+#: ``granularity``), ``lambda_split_ratio`` (read by the datamodule under control=inner).
+MODEL_DECLARATIONS = ("label", "needs_valid_triples", "reported_granularity", "lambda_split_ratio")
 
 
-def build_datamodule(cfg: DictConfig, train_on_valid: bool = False) -> InteractionDataModule:
+def build_datamodule(
+    cfg: DictConfig, train_on_valid: bool = False, split: PreparedSplit | None = None
+) -> InteractionDataModule:
     """The DataModule of ``cfg.dataset`` with ``cfg.data``'s batch settings; ``train_on_valid``:
-    the refit control's fit on train ∪ valid (see :func:`refit_on_train_and_valid`)."""
+    the refit control's fit on train ∪ valid (see :func:`refit_on_train_and_valid`); ``split``:
+    a split prepared already from this config (the source is then not read again)."""
     return InteractionDataModule(
         source=instantiate(cfg.dataset.source),
         preprocess=OmegaConf.to_container(cfg.dataset.preprocess, resolve=True),
@@ -66,15 +68,41 @@ def build_datamodule(cfg: DictConfig, train_on_valid: bool = False) -> Interacti
         valid_batch_size=cfg.data.valid_batch_size,
         eval_batch_users=cfg.data.eval_batch_users,
         seed=cfg.seed,
-        valid_triples="lambda_optimizer" in cfg and not train_on_valid,
-        ks=tuple(cfg.eval.ks),
-        protocol=cfg.protocol.name,
+        valid_triples=bool(cfg.model.needs_valid_triples) and not train_on_valid,
         split=OmegaConf.to_container(cfg.protocol.split, resolve=True),
-        ties=cfg.eval.ties,
-        valid_candidates=cfg.eval.valid_candidates,
         train_on_valid=train_on_valid,
         lambda_split_ratio=cfg.model.lambda_split_ratio if control_applies(cfg, "inner") else None,
+        prepared=split,
     )
+
+
+def build_evaluators(cfg: DictConfig, split: PreparedSplit) -> dict[str, RankingEvaluator]:
+    """The ``"valid"`` and ``"test"`` evaluators of ``split`` under ``cfg.protocol`` and ``cfg.eval``."""
+    return {
+        which: RankingEvaluator(
+            split,
+            which,
+            tuple(cfg.eval.ks),
+            protocol=cfg.protocol.name,
+            ties=cfg.eval.ties,
+            valid_candidates=cfg.eval.valid_candidates,
+        )
+        for which in ("valid", "test")
+    }
+
+
+def prepare_data(
+    cfg: DictConfig, train_on_valid: bool = False, split: PreparedSplit | None = None
+) -> tuple[InteractionDataModule, PreparedSplit, dict[str, RankingEvaluator]]:
+    """(set-up datamodule, its split, its evaluators): :func:`build_datamodule`, ``setup("fit")``
+    and :func:`build_evaluators`, the evaluators handed to the datamodule. Hand them to the
+    module too (``module.use_evaluators``) before it validates or tests."""
+    datamodule = build_datamodule(cfg, train_on_valid=train_on_valid, split=split)
+    datamodule.setup("fit")
+    split = datamodule.load_split()
+    evaluators = build_evaluators(cfg, split)
+    datamodule.use_evaluators(evaluators)
+    return datamodule, split, evaluators
 
 
 #: Θ optimizers SGDA accepts: plain SGD, dense or row-sparse.
@@ -91,37 +119,33 @@ def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
         )
     extra: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "optimizer": instantiate(cfg.optimizer)}
     if "granularity" in cfg:
-        extra["granularity"] = LambdaGranularity(
-            cfg.granularity.name, n_users, n_items, cfg.model.dim, float(cfg.granularity.init)
-        )
+        granularity_cfg: Any = OmegaConf.to_container(cfg.granularity, resolve=True)
+        granularity_cfg.pop("label", None)  # the model label's suffix (model.label), not an argument
+        extra["granularity"] = instantiate(granularity_cfg, n_users=n_users, n_items=n_items, dim=cfg.model.dim)
     if "lambda_optimizer" in cfg:
         extra["lambda_optimizer"] = instantiate(cfg.lambda_optimizer)
-    model_cfg: Any = cfg.model
-    if "lambda_split_ratio" in model_cfg:  # read by the datamodule (control=inner), not a module argument
-        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-        del model_cfg["lambda_split_ratio"]
+    model_cfg: Any = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in MODEL_DECLARATIONS:
+        model_cfg.pop(key, None)
     return instantiate(model_cfg, **extra)
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, split: PreparedSplit) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, split: PreparedSplit, evaluators: Mapping[str, RankingEvaluator]
+) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Lightning Trainer with the callbacks of ``cfg.callbacks`` (the best-validation
-    checkpoint among them, returned too), the tracking callbacks and the signal checkpoint."""
+    checkpoint among them, returned too), the tracking callbacks, the beyond-accuracy log of
+    ``evaluators["test"]`` and the signal checkpoint."""
     check_accelerator(cfg)
     # The callbacks' paths (${paths.output_dir}/checkpoints) resolve against this run's directory.
     scoped = OmegaConf.merge(cfg, {"paths": {"output_dir": str(output_dir)}})
     configured = instantiate_callbacks(scoped.get("callbacks"))
     best = best_checkpoint(configured)
-    callbacks: list[L.Callback] = [*configured.values(), *build_tracking_callbacks(cfg, split, output_dir), LogBeyond()]
-    if cfg.checkpoint.every_n_train_steps > 0:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=output_dir / CHECKPOINT_DIR,
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-                enable_version_counter=False,
-            )
-        )
+    callbacks: list[L.Callback] = [
+        *configured.values(),
+        *build_tracking_callbacks(cfg, split, output_dir),
+        LogBeyond(evaluators["test"]),
+    ]
     callbacks += [CheckpointOnSignal(output_dir / CHECKPOINT_DIR / "last.ckpt"), TrainClock()]
     has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
     logger = build_logger(cfg, output_dir)
@@ -153,7 +177,7 @@ def check_accelerator(cfg: DictConfig) -> None:
         )
 
 
-def _quiet_third_party() -> None:
+def quiet_third_party() -> None:
     """Keep the console to what matters: Lightning's banner lines and known-harmless warnings."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
@@ -188,7 +212,7 @@ def control_applies(cfg: DictConfig, name: str) -> bool:
     """Whether the control ``name`` is the configured one (config group ``control``) and changes
     this run (:func:`lopt.data.controls.control_changes`)."""
     chosen = cfg.control.name
-    applies = control_changes(chosen, learns_lambda="lambda_optimizer" in cfg)
+    applies = control_changes(chosen, learns_lambda=bool(cfg.model.needs_valid_triples))
     return chosen == name and (applies or name == "none")
 
 
@@ -212,10 +236,9 @@ def refit_on_train_and_valid(cfg: DictConfig, output_dir: Path, epochs: int) -> 
     ``epochs`` epochs (those of the checkpoint selected on valid), without validation, then tested.
     Returns the tested module and its training seconds."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg, train_on_valid=True)
-    datamodule.setup("fit")
-    split = datamodule.load_split()
+    datamodule, split, evaluators = prepare_data(cfg, train_on_valid=True)
     module = build_module(cfg, split.n_users, split.n_items)
+    module.use_evaluators(evaluators)
     trainer = instantiate(
         cfg.trainer,
         max_epochs=epochs,
@@ -253,7 +276,7 @@ def write_results(
     cfg: DictConfig,
     output_dir: Path,
     module: RankingModule,
-    datamodule: InteractionDataModule,
+    split: PreparedSplit,
     best_epoch: int | None,
     train_seconds: float,
     provenance: dict[str, Any] | None = None,
@@ -261,15 +284,14 @@ def write_results(
 ) -> dict[str, Any]:
     """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics.
     ``provenance`` (``lopt.provenance.collect_provenance``) and ``control`` (:func:`control_record`)
-    go into metrics.json as they are."""
-    split = datamodule.load_split()
+    go into metrics.json as they are; the ``beyond`` block comes from the module's test evaluator."""
     metrics: dict[str, Any] = {
         "test": module.test_metrics,
         "valid": module.valid_metrics,
         "best_epoch": best_epoch,
         "model": cfg.model.name,
-        "method": method_label(cfg),
-        "granularity": cfg.granularity.name if "granularity" in cfg else ("fix" if cfg.model.name == "fix" else None),
+        "method": cfg.model.label,
+        "granularity": cfg.model.reported_granularity,
         "lambda_value": cfg.model.get("lambda_value"),
         "dataset": cfg.dataset.name,
         "protocol": cfg.protocol.name,
@@ -278,7 +300,7 @@ def write_results(
         "n_users": split.n_users,
         "n_items": split.n_items,
         "output_dir": str(output_dir),
-        "beyond": datamodule.test_beyond(module.test_per_user),
+        "beyond": module.evaluators["test"].beyond_summary(module.test_per_user),
         "provenance": provenance,
         "control": control,
     }
@@ -296,19 +318,9 @@ def write_results(
     )
     atomic_write(output_dir / "per_user_test.parquet", lambda tmp: frame.write_parquet(tmp))
 
-    granularity = getattr(module, "granularity", None)
-    if isinstance(granularity, LambdaGranularity) and granularity.learnable:
-        arrays = {
-            "user_lambda": granularity.dense_user_lambda().detach().cpu().numpy(),
-            "item_lambda": granularity.dense_item_lambda().detach().cpu().numpy(),
-            "granularity": np.array(granularity.name),
-        }
-
-        def _save(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
-
-        atomic_write(output_dir / "lambda.npz", _save)
+    granularity = learnable_granularity(module)
+    if granularity is not None:
+        write_lambda(output_dir / LAMBDA_FILE, granularity)
     return metrics
 
 
@@ -328,18 +340,17 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, select the best-validation checkpoint, test it and write the results contract."""
-    _quiet_third_party()
+    quiet_third_party()
     check_accelerator(cfg)  # before any data work
     cfg, output_dir, ckpt_path = lifecycle.start_run(cfg, Path(cfg.paths.output_dir), CHECKPOINT_DIR)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     with lifecycle.stop_before_training(output_dir):
-        datamodule = build_datamodule(cfg)
-        datamodule.setup("fit")
-        split = datamodule.load_split()
+        datamodule, split, evaluators = prepare_data(cfg)
         lifecycle.check_split(cfg, split)
     module = build_module(cfg, split.n_users, split.n_items)
-    trainer, best = build_trainer(cfg, output_dir, split)
+    module.use_evaluators(evaluators)
+    trainer, best = build_trainer(cfg, output_dir, split, evaluators)
     provenance = collect_provenance(cfg, datamodule.split_fingerprint(), trainer.strategy.root_device)
     log_provenance(trainer.loggers, provenance)
 
@@ -351,7 +362,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
     control = control_record(cfg, datamodule)
     module = apply_refit(cfg, output_dir, module, control)
-    metrics = write_results(cfg, output_dir, module, datamodule, module.valid_epoch, train_seconds, provenance, control)
+    metrics = write_results(cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control)
     print_summary(metrics, output_dir)
     return metrics
 

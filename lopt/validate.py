@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lopt.data.types import PreparedSplit
+from lopt.types import PreparedSplit
 
 
 class ConfigError(ValueError):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lopt.data.cache import FORMAT_VERSION, cache_path, load_or_build
-from lopt.data.types import PreparedSplit
+from lopt.types import PreparedSplit
 
 KEY = {
     "source": "sha256:abc123",

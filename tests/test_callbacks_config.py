@@ -44,6 +44,20 @@ def test_default_group_has_checkpoint_and_progress_and_no_early_stopping(monkeyp
     assert isinstance(built["progress"], LogProgress)
 
 
+def test_periodic_checkpoint_follows_checkpoint_every_n_train_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    assert "periodic_checkpoint" not in instantiate_callbacks(_callbacks())  # 0: off
+    built = instantiate_callbacks(_callbacks("checkpoint.every_n_train_steps=7"))
+    periodic = built["periodic_checkpoint"]
+    assert isinstance(periodic, ModelCheckpoint) and periodic is not best_checkpoint(built)
+    assert (periodic.dirpath, periodic._every_n_train_steps, periodic.save_top_k, periodic.save_last) == (
+        "/tmp/out/checkpoints",
+        7,
+        0,
+        True,
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "patience"),
     [(["callbacks=[default,early_stopping]"], 5), (["callbacks.early_stopping.patience=3"], 3)],

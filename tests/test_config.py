@@ -42,6 +42,44 @@ def test_experiment_composes(experiment: str) -> None:
         assert cfg.granularity.name == method
 
 
+#: method suffix → (model.label, needs_valid_triples, reported_granularity): the model configs' declarations
+DECLARED = {
+    "fix": ("MF-λFix", False, "fix"),
+    "d": ("MF-λOpt-D", True, "d"),
+    "du": ("MF-λOpt-DU", True, "du"),
+    "di": ("MF-λOpt-DI", True, "di"),
+    "dui": ("MF-λOpt-DUI", True, "dui"),
+    "sgda": ("SGDA", True, "dsep"),
+    "amf": ("AMF", False, None),
+    "neumf": ("NeuMF", False, None),
+}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_models_declare_label_and_needs(experiment: str) -> None:
+    cfg = _compose([f"+experiment={experiment}"])
+    declared = (cfg.model.label, cfg.model.needs_valid_triples, cfg.model.reported_granularity)
+    assert declared == DECLARED[experiment.rsplit("_", 1)[1]]
+    assert cfg.model.needs_valid_triples == ("lambda_optimizer" in cfg)  # a Λ-step has a Λ optimizer
+
+
+def test_granularity_is_built_from_its_target() -> None:
+    from lopt.models.granularity import LambdaGranularity
+    from lopt.train import build_module
+
+    cfg = _compose(["granularity=du", "granularity.init=0.5", "model.dim=3"])
+    granularity = build_module(cfg, 5, 4).granularity
+    assert isinstance(granularity, LambdaGranularity)
+    assert (granularity.name, granularity.n_users, granularity.n_items, granularity.dim, granularity.init) == (
+        "du",
+        5,
+        4,
+        3,
+        0.5,
+    )
+    assert cfg.model.label == "MF-λOpt-DU"  # the granularity's label suffix
+
+
 def test_default_is_lambda_opt_dui_on_synthetic() -> None:
     cfg = _compose([])
     assert (cfg.model.name, cfg.granularity.name, cfg.dataset.name) == ("lambda_opt", "dui", "synthetic")
@@ -79,7 +117,7 @@ def test_every_config_key_is_read_by_code() -> None:
     unused = []
     for path in sorted(CONF.rglob("*.yaml")):
         group = path.parent.relative_to(CONF).as_posix()
-        if group.startswith("hydra") or group == "experiment":
+        if group.startswith("hydra") or group.split("/")[0] == "experiment":
             continue
         node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         if not isinstance(node, dict):

@@ -7,6 +7,7 @@ import torch
 
 from lopt.data.datamodule import InteractionDataModule
 from lopt.data.sources import SyntheticSource
+from lopt.eval.evaluator import RankingEvaluator
 
 
 def _datamodule(tmp_path, valid_triples=True, seed=0, epoch_box=None) -> InteractionDataModule:
@@ -100,6 +101,9 @@ def test_mid_epoch_state_resumes_at_the_next_batch(tmp_path) -> None:
 def test_evaluation_blocks_cover_users_with_positives(tmp_path) -> None:
     dm = _datamodule(tmp_path, valid_triples=False)
     split = dm.load_split()
+    with pytest.raises(RuntimeError, match="use_evaluators"):
+        dm.val_dataloader()  # the evaluators are injected, never built here
+    dm.use_evaluators({which: RankingEvaluator(split, which, (5,)) for which in ("valid", "test")})
     for _which, loader, users in (
         ("valid", dm.val_dataloader(), split.valid_users),
         ("test", dm.test_dataloader(), split.test_users),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lopt.data.types import PreparedSplit
 from lopt.eval import RankingEvaluator, mean_ignoring_nan, ranking_metrics
+from lopt.types import PreparedSplit
 from tests.helpers.evaluation import aggregate, evaluate, evaluate_per_user
 
 

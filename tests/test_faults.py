@@ -33,7 +33,7 @@ from lopt.checkpointing import (
 from lopt.data import download
 from lopt.data.cache import cache_path, load_or_build
 from lopt.data.sources import MovieLensSource
-from lopt.data.types import PreparedSplit
+from lopt.types import PreparedSplit
 from lopt.validate import ConfigError, check_config, check_split
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
 from tests.helpers.hydra import compose_config as _cfg
@@ -564,7 +564,7 @@ def test_fresh_run_into_a_used_directory_is_refused_unless_overwrite(tmp_path: P
 
 
 def test_reproduce_table_ignores_and_lists_unfinished_runs(tmp_path: Path, capsys) -> None:
-    from lopt.tracking.results import find_runs, find_unfinished_runs
+    from lopt.analysis.results import find_runs, find_unfinished_runs
     from tests.test_reproduce_table import load_script
 
     done, killed, empty = tmp_path / "done", tmp_path / "killed", tmp_path / "empty_test"

@@ -17,7 +17,7 @@ from lopt.data.preprocess import (
     ratio_fraction,
     split_leave_ratio_out,
 )
-from lopt.data.types import PreparedSplit
+from lopt.types import PreparedSplit
 from tests.helpers.preprocess import dedupe, filter_frequency, reindex
 
 PAPER = dict(min_users_per_item=0, min_items_per_user=0, iterative=False, test_ratio=0.2, valid_ratio=0.25)

@@ -1,13 +1,15 @@
-"""The protocol group and the eval options reach the datamodule, its evaluators and the cache key."""
+"""The protocol group and the eval options reach the evaluators, and the split options the cache key."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from lopt.data.preprocess import SPLIT_RULE_VERSION
-from lopt.train import build_datamodule
+from lopt.train import build_datamodule, build_module, prepare_data
 from tests.e2e import REPO_ROOT
 
 TINY = ["dataset.source.n_users=60", "dataset.source.n_items=40", "dataset.source.n_interactions=1500"]
@@ -22,8 +24,9 @@ def _datamodule(tmp_path: Path, overrides: list[str]):
 def test_default_is_the_paper_protocol_with_the_safe_options(tmp_path: Path) -> None:
     cfg, dm = _datamodule(tmp_path, [])
     assert (cfg.protocol.name, list(cfg.eval.ks)) == ("lambdaopt", [50, 100])
-    dm.setup("fit")
-    for which, evaluator in dm.evaluators.items():
+    dm, _, evaluators = prepare_data(cfg)
+    assert dm.evaluators is evaluators  # the datamodule's loaders cover the injected evaluators' users
+    for which, evaluator in evaluators.items():
         assert (evaluator.protocol, evaluator.ties, evaluator.valid_candidates) == (
             "lambdaopt",
             "pessimistic",
@@ -39,9 +42,9 @@ def test_standard_protocol_and_paper_options(tmp_path: Path) -> None:
         ["protocol=standard", "protocol.split.kind=leave_one_out", "eval.ties=paper", "eval.valid_candidates=paper"],
     )
     assert list(cfg.eval.ks) == [10, 20, 50]
-    dm.setup("fit")
-    evaluator = dm.evaluators["test"]
-    assert (evaluator.protocol, evaluator.ties, dm.evaluators["valid"].valid_candidates) == (
+    dm, _, evaluators = prepare_data(cfg)
+    evaluator = evaluators["test"]
+    assert (evaluator.protocol, evaluator.ties, evaluators["valid"].valid_candidates) == (
         "standard",
         "paper",
         "paper",
@@ -63,3 +66,19 @@ def test_standard_protocol_and_paper_options(tmp_path: Path) -> None:
         )
     )
     assert len(keys) == 5
+
+
+def test_module_ranks_with_the_evaluators_handed_to_it(tmp_path: Path) -> None:
+    cfg, _ = _datamodule(tmp_path, ["model=fix"])
+    _, split, evaluators = prepare_data(cfg)
+    module = build_module(cfg, split.n_users, split.n_items)
+    users = evaluators["valid"].users[:4]
+    with pytest.raises(RuntimeError, match="use_evaluators"):
+        module.validation_step(users, 0)  # nothing reached through a trainer
+    module.use_evaluators(evaluators)
+    module.on_validation_epoch_start()
+    module.validation_step(users, 0)
+    per_user = module._collect()
+    assert torch.equal(per_user["user"], users)
+    expected = evaluators["valid"].block_metrics(users, module.score_users(users).detach())
+    assert torch.allclose(per_user["auc"], expected["auc"])

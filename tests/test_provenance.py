@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lopt import provenance as prov
+from lopt.analysis.results import MixedProvenanceError, Run, check_provenance, provenance_differences
 from lopt.tracking import loggers
-from lopt.tracking.results import MixedProvenanceError, Run, check_provenance, provenance_differences
 from tests.e2e import REPO_ROOT
 from tests.helpers.hydra import compose_config
 from tests.test_reproduce_table import finished_runs, load_script  # noqa: F401 - finished_runs is a fixture

@@ -10,7 +10,7 @@ import pytest
 
 from lopt.data import readers
 from lopt.data.readers import DataFormatError
-from lopt.data.types import CANONICAL_COLUMNS
+from lopt.types import CANONICAL_COLUMNS
 
 
 def _write(path: Path, text: str) -> Path:

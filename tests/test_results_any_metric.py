@@ -112,7 +112,7 @@ def test_figures_by_metric_name(standard_runs: Path, tmp_path: Path) -> None:
     assert pl.read_csv(out / "fig7_synthetic.csv")["metric"].unique().to_list() == ["ndcg@20"]
     # defaults pick metrics the runs have (AUC and two others), never the paper's absent K = 50
     figures = load_script("figures")
-    from lopt.tracking.results import find_runs
+    from lopt.analysis.results import find_runs
 
     assert figures.default_fig2_metrics(find_runs(standard_runs)) == ["auc", "mrr", "recall@5"]
 

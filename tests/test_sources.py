@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -37,9 +38,11 @@ def test_expected_dataset_configs_exist() -> None:
 
 @pytest.mark.parametrize("conf_path", DATASET_FILES, ids=lambda p: p.stem)
 def test_dataset_config_instantiates(conf_path: Path, tmp_path: Path) -> None:
-    cfg = OmegaConf.create(
-        {"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")}, "dataset": OmegaConf.load(conf_path)}
-    )
+    # composed, so the shared preprocess block (conf/preprocess/default.yaml) is pulled in
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        dataset = compose("config", overrides=[f"dataset={conf_path.stem}"]).dataset
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")}})
+    cfg.dataset = OmegaConf.to_container(dataset, resolve=False)
     if cfg.dataset.name == "custom":
         cfg.dataset.source.path = str(tmp_path / "x.csv")
     assert set(cfg.dataset) - {"download"} == {"name", "source", "preprocess"}

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from lopt.data.synthetic import generate_interactions
-from lopt.data.types import CANONICAL_COLUMNS
+from lopt.types import CANONICAL_COLUMNS
 
 DEFAULT = dict(
     n_users=2000, n_items=1000, n_interactions=60_000, rank=8, user_alpha=0.6, item_alpha=0.9, noise=0.3, seed=0

@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 import torch
 
-from lopt.data.types import PreparedSplit
 from lopt.models.granularity import LambdaGranularity
 from lopt.tracking.callbacks import (
     LambdaSnapshotCallback,
@@ -26,6 +25,7 @@ from lopt.tracking.trajectories import (
     choose_tracked,
     thin_steps,
 )
+from lopt.types import PreparedSplit
 from tests.helpers.hydra import compose_config
 from tests.test_reproduce_table import TRACK_EVERY, finished_runs  # noqa: F401 - shared fixture
 
@@ -132,7 +132,21 @@ def test_build_tracking_callbacks_from_config(tmp_path) -> None:
         WandbRunCallback,
     ]
     assert callbacks[0].every_n_steps == cfg.trainer.log_every_n_steps
+    assert callbacks[1].path == tmp_path / "lambda_trajectories.parquet"  # the run's output_dir, injected
+    assert callbacks[2].dir == tmp_path / "lambda_snapshots"
     assert build_tracking_callbacks(plain, _split(), tmp_path) == []
+
+
+def test_tracking_nodes_built_from_their_target_when_enabled(tmp_path) -> None:
+    overrides = [
+        "tracking.stats.enabled=false",
+        "tracking.stats.every_n_steps=3",
+        "tracking.trajectories.every_n_steps=7",
+    ]
+    cfg = compose_config(["logger=csv", *overrides])
+    callbacks = build_tracking_callbacks(cfg, _split(), tmp_path)
+    assert [type(c) for c in callbacks] == [LambdaTrajectoryCallback, LambdaSnapshotCallback]  # stats: off
+    assert callbacks[0].every_n_steps == 7
 
 
 @pytest.mark.slow

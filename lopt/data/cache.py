@@ -24,8 +24,8 @@ from typing import Any
 import filelock
 import numpy as np
 
-from lopt.data.types import PreparedSplit
 from lopt.io import atomic_write
+from lopt.types import PreparedSplit
 
 log = logging.getLogger("lopt.data")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lopt.data.preprocess import floor_times, ratio_fraction
-from lopt.data.types import PreparedSplit
+from lopt.types import PreparedSplit
 
 KEY_LAMBDA_SPLIT_RATIO = "model.lambda_split_ratio"
 #: The values of ``control.name``: the paper's protocol and the two fairness controls.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as L
 import numpy as np
@@ -24,14 +24,20 @@ from lopt.data.cache import load_or_build, split_fingerprint
 from lopt.data.controls import fit_arrays
 from lopt.data.preprocess import SPLIT_RULE_VERSION, prepare_split
 from lopt.data.sampling import NegativeSampler
-from lopt.data.types import PreparedSplit
-from lopt.eval.evaluator import RankingEvaluator
+from lopt.types import PreparedSplit, Triples
 
 log = logging.getLogger("lopt.data")
 
 TRAIN_STREAM, VALID_STREAM = 0, 1
 
-Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+class BlockEvaluator(Protocol):
+    """What the loaders need of an evaluator (``lopt.eval.evaluator.RankingEvaluator``): the
+    ascending users it ranks, and a switch to gather beyond-accuracy statistics."""
+
+    users: torch.Tensor
+
+    def track_beyond(self) -> None: ...
 
 
 class TripleEpochs:
@@ -143,9 +149,10 @@ class InteractionDataModule(L.LightningDataModule):
     """Loads (or builds and caches) the prepared split and serves triple batches and user blocks.
 
     ``valid_triples=True`` adds validation triples to every training batch (λOpt's Λ-step).
-    ``protocol``: "lambdaopt" or "standard" (the metrics); ``split``: ``{"kind": …, "seed": …}``
-    (see :func:`lopt.data.preprocess.split_interactions`; None = the paper's temporal split);
-    ``ties`` and ``valid_candidates``: see :class:`lopt.eval.evaluator.RankingEvaluator`.
+    ``split``: ``{"kind": …, "seed": …}`` (see :func:`lopt.data.preprocess.split_interactions`;
+    None = the paper's temporal split); ``prepared``: an already prepared split to serve instead of
+    reading ``source``. The evaluation blocks cover the users of the valid / test evaluators the
+    composition root injects with :meth:`use_evaluators` (``lopt.train.prepare_data``).
     The controls (``lopt.data.controls``): ``train_on_valid=True`` trains on train ∪ valid (no
     Λ-step possible); ``lambda_split_ratio`` draws the Λ-step's triples from the latest part of
     each user's train interactions instead of the valid split, and trains Θ on the rest.
@@ -162,13 +169,10 @@ class InteractionDataModule(L.LightningDataModule):
         eval_batch_users: int,
         seed: int,
         valid_triples: bool,
-        ks: tuple[int, ...] = (50, 100),
-        protocol: str = "lambdaopt",
         split: dict[str, Any] | None = None,
-        ties: str = "pessimistic",
-        valid_candidates: str = "clean",
         train_on_valid: bool = False,
         lambda_split_ratio: float | None = None,
+        prepared: PreparedSplit | None = None,
     ) -> None:
         super().__init__()
         if train_on_valid and valid_triples:
@@ -182,15 +186,11 @@ class InteractionDataModule(L.LightningDataModule):
         self.eval_batch_users = eval_batch_users
         self.seed = seed
         self.valid_triples = valid_triples
-        self.ks = tuple(ks)
-        self.protocol = protocol
         self.split_spec = {"kind": "temporal_user", **dict(split or {})}
-        self.ties = ties
-        self.valid_candidates = valid_candidates
         self.train_on_valid = train_on_valid
         self.lambda_split_ratio = lambda_split_ratio
-        self.split: PreparedSplit | None = None
-        self.evaluators: dict[str, RankingEvaluator] = {}
+        self.split: PreparedSplit | None = prepared
+        self.evaluators: Mapping[str, BlockEvaluator] = {}
         self._train_batches: TrainBatches | None = None
 
     def split_fingerprint(self) -> str:
@@ -230,20 +230,21 @@ class InteractionDataModule(L.LightningDataModule):
         log.info("read %s interactions in %.1f s", f"{frame.height:,}", time.perf_counter() - started)
         return frame
 
+    def use_evaluators(self, evaluators: Mapping[str, BlockEvaluator]) -> None:
+        """The ``"valid"`` and ``"test"`` evaluators (``lopt.eval.evaluator.RankingEvaluator``)
+        whose users the evaluation loaders cover."""
+        self.evaluators = evaluators
+
+    def _evaluator(self, which: str) -> BlockEvaluator:
+        if which not in self.evaluators:
+            raise RuntimeError(
+                f"no {which!r} evaluator: build them with lopt.train.build_evaluators and hand them to "
+                "datamodule.use_evaluators (lopt.train.prepare_data does both)"
+            )
+        return self.evaluators[which]
+
     def setup(self, stage: str | None = None) -> None:
         split = self.load_split()
-        if not self.evaluators:
-            self.evaluators = {
-                which: RankingEvaluator(
-                    split,
-                    which,
-                    self.ks,
-                    protocol=self.protocol,
-                    ties=self.ties,
-                    valid_candidates=self.valid_candidates,
-                )
-                for which in ("valid", "test")
-            }
         if self._train_batches is None:
             arrays = fit_arrays(split, train_on_valid=self.train_on_valid, lambda_split_ratio=self.lambda_split_ratio)
             train_sampler = NegativeSampler(
@@ -284,13 +285,11 @@ class InteractionDataModule(L.LightningDataModule):
         return self._train_batches
 
     def val_dataloader(self) -> UserBlocks:
-        return UserBlocks(self.evaluators["valid"].users, self.eval_batch_users)
+        return UserBlocks(self._evaluator("valid").users, self.eval_batch_users)
 
     def test_dataloader(self) -> UserBlocks:
-        # Every test pass also gathers the beyond-accuracy statistics (see test_beyond).
-        self.evaluators["test"].track_beyond()
-        return UserBlocks(self.evaluators["test"].users, self.eval_batch_users)
-
-    def test_beyond(self, per_user: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """The beyond-accuracy block of the latest test pass (``per_user``: its per-user metrics)."""
-        return self.evaluators["test"].beyond_summary(per_user)
+        # Every test pass also gathers the beyond-accuracy statistics (the test evaluator's
+        # beyond_summary reads them).
+        test = self._evaluator("test")
+        test.track_beyond()
+        return UserBlocks(test.users, self.eval_batch_users)

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from lopt.data.types import CANONICAL_COLUMNS, PreparedSplit
+from lopt.types import CANONICAL_COLUMNS, PreparedSplit
 
 log = logging.getLogger("lopt.data")
 

@@ -1,7 +1,7 @@
 """Raw-format readers: one function per format, each returning the canonical interaction frame.
 
 Every reader returns a polars DataFrame with exactly the columns ``user``, ``item``, ``timestamp``
-(see :data:`lopt.data.types.CANONICAL_COLUMNS`), one row per interaction, in file order.
+(see :data:`lopt.types.CANONICAL_COLUMNS`), one row per interaction, in file order.
 ``timestamp`` is Int64; ``user``/``item`` are Int64 for formats with numeric ids and String for
 string ids. Rating values are ignored: every rating is an implicit interaction. Blank lines are
 skipped. Nothing is de-duplicated or filtered here (that is preprocessing's job).
@@ -19,7 +19,7 @@ from typing import Literal
 
 import polars as pl
 
-from lopt.data.types import CANONICAL_COLUMNS
+from lopt.types import CANONICAL_COLUMNS
 
 __all__ = [
     "DataFormatError",

@@ -23,7 +23,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lopt.data.types import PreparedSplit
 from lopt.eval.beyond import BeyondAccuracy
 from lopt.eval.metrics import (
     PROTOCOLS,
@@ -37,6 +36,7 @@ from lopt.eval.metrics import (
     positive_ranks,
     standard_from_ranks,
 )
+from lopt.types import PreparedSplit
 
 __all__ = ["VALID_CANDIDATES", "RankingEvaluator"]
 

@@ -1,18 +1,22 @@
 """Full-ranking evaluation shared by every recommender LightningModule.
 
 Validation and test loops iterate blocks of users (see ``lopt.data.datamodule.UserBlocks``);
-each block is scored against all items and turned into per-user metrics by the datamodule's
-``RankingEvaluator`` (docs/protocol.md, "lambdaopt" metrics). The aggregated means are logged as
+each block is scored against all items and turned into per-user metrics by the
+``RankingEvaluator`` the composition root hands over with :meth:`RankingModule.use_evaluators`
+(``lopt.train.prepare_data``; docs/protocol.md, "lambdaopt" metrics). The aggregated means are logged as
 ``valid/<metric>`` and ``test/<metric>``; per-user values are kept for the results files.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as L
 import torch
+
+from lopt.eval.evaluator import RankingEvaluator
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,6 +36,12 @@ class RankingModule(L.LightningModule):
         #: Per-user test metrics of the latest test pass: {"user": (n,), metric: (n,)} on CPU.
         self.test_per_user: dict[str, torch.Tensor] = {}
         self.test_metrics: dict[str, float] = {}
+        #: The "valid" and "test" evaluators (see :meth:`use_evaluators`).
+        self.evaluators: Mapping[str, RankingEvaluator] = {}
+
+    def use_evaluators(self, evaluators: Mapping[str, RankingEvaluator]) -> None:
+        """The evaluators of the validation and test passes: ``{"valid": …, "test": …}``."""
+        self.evaluators = evaluators
 
     def score_users(self, users: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -57,7 +67,12 @@ class RankingModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- evaluation
     def _evaluate_block(self, users: torch.Tensor, which: str) -> None:
-        evaluator = self.trainer.datamodule.evaluators[which]
+        if which not in self.evaluators:
+            raise RuntimeError(
+                f"no {which!r} evaluator: build them with lopt.train.build_evaluators and hand them to "
+                "module.use_evaluators before validating or testing (lopt.train.prepare_data does it)"
+            )
+        evaluator = self.evaluators[which]
         with torch.no_grad():
             scores = self.score_users(users)
             metrics = evaluator.block_metrics(users, scores)

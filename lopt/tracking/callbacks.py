@@ -8,6 +8,7 @@ recording steps and evaluations only: nothing here adds a host sync to an ordina
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import polars as pl
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.data.types import PreparedSplit
 from lopt.eval.beyond import flatten_beyond, quintile_rows
+from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write
 from lopt.models.granularity import LambdaGranularity
 from lopt.tracking.lambda_stats import (
@@ -29,6 +31,7 @@ from lopt.tracking.lambda_stats import (
     lambda_statistics,
     quantile_sample,
     side_storage,
+    write_lambda,
 )
 from lopt.tracking.loggers import finish_wandb, is_wandb_config
 from lopt.tracking.trajectories import (
@@ -40,6 +43,7 @@ from lopt.tracking.trajectories import (
     thin_steps,
 )
 from lopt.tracking.wandb_plots import per_dim_image, trajectory_image, trajectory_table_chart
+from lopt.types import PreparedSplit
 
 log = logging.getLogger("lopt")
 
@@ -78,7 +82,23 @@ def _dashboard_stat(key: str) -> bool:
     return "/dim_mean/" not in key and (leaf == "mean" or leaf.startswith("q"))
 
 
-class LambdaStatsCallback(L.Callback):
+class _EveryNSteps(L.Callback):
+    """A Λ callback that acts (:meth:`_act`) every ``every_n_steps`` Θ-steps on a module with a learned Λ."""
+
+    every_n_steps: int
+
+    def _act(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        granularity = learnable_granularity(pl_module)
+        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
+            self._act(trainer, granularity)
+
+
+class LambdaStatsCallback(_EveryNSteps):
     """Λ statistics per side every ``every_n_steps`` Θ-steps (and at each epoch end) under
     ``lambda/<side>/<stat>``: all of them to the CSV logger; to W&B each side's mean and quantiles,
     a histogram of each side's λ per epoch (a histogram-over-time panel) and, per evaluation, one
@@ -120,12 +140,8 @@ class LambdaStatsCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(dashboard if isinstance(logger, WandbLogger) else metrics, step=step)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        granularity = learnable_granularity(pl_module)
-        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
-            self._log_stats(trainer, granularity)
+    def _act(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
+        self._log_stats(trainer, granularity)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         granularity = learnable_granularity(pl_module)
@@ -161,7 +177,7 @@ class LambdaStatsCallback(L.Callback):
             logger.experiment.log({"trainer/global_step": trainer.global_step, "lambda/per_dim": image})
 
 
-class LambdaTrajectoryCallback(L.Callback):
+class LambdaTrajectoryCallback(_EveryNSteps):
     """Records the λ of tracked users/items every ``every_n_steps`` Θ-steps (plus the first and
     the last step) into ``<output_dir>/lambda_trajectories.parquet`` (rewritten atomically at
     each evaluation and at the end), and to W&B as a line plot per evaluation (one labelled line
@@ -203,12 +219,8 @@ class LambdaTrajectoryCallback(L.Callback):
             self._frame = pl.read_parquet(self.path).filter(pl.col("step") < trainer.global_step)
         self._record(trainer, granularity)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        granularity = learnable_granularity(pl_module)
-        if granularity is not None and _due(trainer.global_step, self.every_n_steps):
-            self._record(trainer, granularity)
+    def _act(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
+        self._record(trainer, granularity)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if learnable_granularity(pl_module) is not None and not trainer.sanity_checking:
@@ -272,24 +284,22 @@ class LambdaSnapshotCallback(L.Callback):
         if granularity is None or trainer.sanity_checking or self._capped or not trainer.is_global_zero:
             return
         name = f"epoch_{trainer.current_epoch:03d}.npz"
-        arrays = {
-            "user_lambda": granularity.dense_user_lambda().cpu().numpy(),
-            "item_lambda": granularity.dense_item_lambda().cpu().numpy(),
-            "step": np.int64(trainer.global_step),
-            "epoch": np.int64(trainer.current_epoch),
-            "granularity": np.array(granularity.name),
-        }
         budget = self.max_bytes
         used = sum(size for key, size in self._sizes.items() if key != name)
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
+        def within_budget(tmp: Path) -> None:
             if budget is not None and used + tmp.stat().st_size > budget:
                 raise _OverCap(tmp.stat().st_size)
 
         try:
-            atomic_write(self.dir / name, write)
+            write_lambda(
+                self.dir / name,
+                granularity,
+                compressed=True,
+                check=within_budget,
+                step=np.int64(trainer.global_step),
+                epoch=np.int64(trainer.current_epoch),
+            )
         except _OverCap as over:
             self._capped = True
             log.warning(
@@ -341,38 +351,23 @@ class WandbRunCallback(L.Callback):
 
 
 def build_tracking_callbacks(cfg: DictConfig, split: PreparedSplit, output_dir: Path) -> list[L.Callback]:
-    """Λ statistics / trajectories / snapshots per ``cfg.tracking`` (when the group is present),
-    and the W&B run lifecycle with ``logger=wandb``. Callbacks skip modules without learned Λ."""
+    """The Λ statistics / trajectories / snapshots of ``cfg.tracking`` (when the group is present):
+    every node with a ``_target_`` and ``enabled: true`` is instantiated, its constructor given the
+    run's objects it names (``output_dir``, ``split``, ``seed`` = ``tracking.seed``); and the W&B run
+    lifecycle with ``logger=wandb``. Callbacks skip modules without learned Λ."""
     callbacks: list[L.Callback] = []
     tracking = cfg.get("tracking")
     if tracking:
-        stats, traj, snap = tracking.stats, tracking.trajectories, tracking.snapshots
-        if stats.enabled:
-            callbacks.append(
-                LambdaStatsCallback(
-                    every_n_steps=stats.every_n_steps,
-                    quantiles=list(stats.quantiles),
-                    per_dim=stats.per_dim,
-                    histogram_bins=stats.histogram_bins,
-                    max_quantile_values=stats.max_quantile_values,
-                    seed=int(tracking.seed),
-                )
-            )
-        if traj.enabled:
-            callbacks.append(
-                LambdaTrajectoryCallback(
-                    output_dir,
-                    split,
-                    n_per_stratum=traj.n_per_stratum,
-                    strata=OmegaConf.to_container(traj.strata, resolve=True),  # type: ignore[arg-type]
-                    every_n_steps=traj.every_n_steps,
-                    full_vector=traj.full_vector,
-                    seed=int(tracking.seed),
-                    wandb_max_points=traj.wandb_max_points,
-                )
-            )
-        if snap.enabled:
-            callbacks.append(LambdaSnapshotCallback(output_dir, max_mb=snap.max_mb))
+        run_objects = {"output_dir": output_dir, "split": split, "seed": int(tracking.seed)}
+        for node in tracking.values():
+            if not isinstance(node, DictConfig) or "_target_" not in node or not node.enabled:
+                continue
+            spec = OmegaConf.to_container(node, resolve=True)
+            del spec["enabled"]  # type: ignore[arg-type]
+            accepted = inspect.signature(get_class(node._target_)).parameters
+            given = {key: value for key, value in run_objects.items() if key in accepted}
+            # a partial, called with the run objects: instantiate would turn the split (a dataclass) into a config
+            callbacks.append(instantiate(spec, _partial_=True, _convert_="all")(**given))
     if is_wandb_config(cfg.get("logger")):
         callbacks.append(
             WandbRunCallback(watch=cfg.logger.get("watch"), watch_log_freq=cfg.logger.get("watch_log_freq") or 500)
@@ -381,14 +376,15 @@ def build_tracking_callbacks(cfg: DictConfig, split: PreparedSplit, output_dir: 
 
 
 class LogBeyond(L.Callback):
-    """At the end of every test pass, log the beyond-accuracy block of the datamodule's test
-    evaluator (before loggers such as W&B close their run at test teardown)."""
+    """At the end of every test pass, log the beyond-accuracy block of ``evaluator`` (the test
+    evaluator, ``lopt.eval.evaluator.RankingEvaluator``) for the module's per-user test metrics,
+    before loggers such as W&B close their run at test teardown."""
+
+    def __init__(self, evaluator: RankingEvaluator) -> None:
+        self.evaluator = evaluator
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "test_beyond"):
-            return
-        log_beyond(trainer.loggers, datamodule.test_beyond(pl_module.test_per_user), trainer.global_step)
+        log_beyond(trainer.loggers, self.evaluator.beyond_summary(pl_module.test_per_user), trainer.global_step)
 
 
 def log_beyond(loggers: Sequence[Any], beyond: dict[str, Any], step: int) -> None:

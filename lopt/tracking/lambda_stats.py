@@ -7,13 +7,46 @@ of the storage equal those of the dense λ — without materializing it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from lopt.io import atomic_write
 from lopt.models.granularity import LambdaGranularity
 
 SIDES = ("user", "item")
+#: The learned Λ of a finished run in its output directory (docs/results.md).
+LAMBDA_FILE = "lambda.npz"
+
+
+def write_lambda(
+    path: Path,
+    granularity: LambdaGranularity,
+    compressed: bool = False,
+    check: Callable[[Path], None] | None = None,
+    **extra: Any,
+) -> None:
+    """Write λU (``user_lambda``, |U|×d), λI (``item_lambda``, |I|×d), the granularity's name and
+    ``extra`` arrays to the .npz ``path``, atomically. ``check(tmp)`` sees the written temp file
+    before it replaces ``path``; an exception from it leaves ``path`` as it was."""
+    arrays = {
+        "user_lambda": granularity.dense_user_lambda().detach().cpu().numpy(),
+        "item_lambda": granularity.dense_item_lambda().detach().cpu().numpy(),
+        **extra,
+        "granularity": np.array(granularity.name),
+    }
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            save(handle, **arrays)
+        if check is not None:
+            check(tmp)
+
+    atomic_write(path, write)
 
 
 def side_storage(granularity: LambdaGranularity, side: str) -> torch.Tensor:

@@ -1,15 +1,20 @@
-"""Plain containers passed between the data stages (reader → preprocess → cache → DataModule)."""
+"""Plain types shared across layers: the data stages (reader → preprocess → cache → DataModule)
+produce them, evaluation, models and tracking consume them. Imports nothing of lopt."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 #: Columns of the canonical interaction frame every reader returns (polars DataFrame).
 #: ``user`` and ``item`` are raw ids (Int64 or String), ``timestamp`` is Int64 (unix seconds or
 #: any monotone clock; only its order matters).
 CANONICAL_COLUMNS = ("user", "item", "timestamp")
+
+#: One batch of BPR triples: (users, positive items, negative items), int64 tensors of equal length.
+Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
