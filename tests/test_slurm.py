@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Where .ci/slurm.sh writes `export SLURM_CONF=...` (keep in sync with LOPT_SLURM_DIR there).
 SLURM_ENV_FILE = Path(os.environ.get("LOPT_SLURM_DIR", "/tmp/lopt-slurm")) / "env"
 
-# One job per core of the CI node (2 cores), small memory request, short time limit.
+# One job per core, small memory request, short time limit.
 SLURM_OVERRIDES = [
     "hydra/launcher=slurm",
     "hydra.launcher.cpus_per_task=1",
@@ -133,7 +133,7 @@ def _job_ids(sweep_dir: Path) -> list[str]:
 
 
 def _cancel(sweep_dir: Path, env: dict[str, str]) -> None:
-    """Leave no job of this sweep on the (shared, 2-core) CI node."""
+    """Leave no job of this sweep on the shared CI node."""
     ids = _job_ids(sweep_dir)
     if ids:
         subprocess.run(["scancel", *ids], env=env, capture_output=True, timeout=30)

@@ -98,8 +98,10 @@ class Run:
 
     @property
     def learns_lambda(self) -> bool:
-        """Whether the run's model has a Λ-step (λOpt, SGDA: its config has a ``lambda_optimizer``)."""
-        return "lambda_optimizer" in self.config
+        """Whether the run's model has a Λ-step (λOpt, SGDA): its declared ``model.needs_valid_triples``;
+        for records that predate the declaration, whether its config has a ``lambda_optimizer``."""
+        declared = (self.config.get("model") or {}).get("needs_valid_triples")
+        return bool(declared) if declared is not None else "lambda_optimizer" in self.config
 
     def value(self, split: str, metric: str) -> float:
         """``metrics.json[split][metric]`` as a float (NaN when absent)."""

@@ -9,7 +9,6 @@ each block is scored against all items and turned into per-user metrics by the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import lightning.pytorch as L
 import torch
 
 from lopt.eval.evaluator import RankingEvaluator
+from lopt.eval.metrics import mean_ignoring_nan
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,13 +87,7 @@ class RankingModule(L.LightningModule):
 
     @staticmethod
     def _means(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
-        means = {}
-        for key, values in per_user.items():
-            if key == "user":
-                continue
-            finite = values[~torch.isnan(values)]
-            means[key] = float(finite.double().mean()) if len(finite) else math.nan
-        return means
+        return {key: mean_ignoring_nan(values) for key, values in per_user.items() if key != "user"}
 
     def on_validation_epoch_start(self) -> None:
         self._eval_blocks = []
