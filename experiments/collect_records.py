@@ -10,7 +10,9 @@ depth. For every run this writes ``DIR/<block>/<method>/seed<seed>/`` with what
 * ``per_user_test.parquet`` (per-user test metrics: paired tests, Figure 7);
 * ``lambda_trajectories.parquet`` of MF-λOpt-DUI runs (Figure 8).
 
-Checkpoints, logs and Λ snapshots stay behind. ``<block>`` is the BLOCK_DIR's folder name; runs
+Machine-local paths are left out: ``metrics.json``'s ``output_dir`` becomes the record folder
+(relative to DIR) and the config's ``dataset.source.path`` the data file's name. Checkpoints,
+logs and Λ snapshots stay behind. ``<block>`` is the BLOCK_DIR's folder name; runs
 sharing a method and seed (the trials of an Optuna study) get ``seed<seed>-<run folder>``. The
 copy is all-or-nothing: it is written into a temporary folder beside DIR and renamed into place,
 and an existing DIR is refused unless ``--overwrite`` is given.
@@ -19,6 +21,7 @@ and an existing DIR is refused unless ``--overwrite`` is given.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -26,12 +29,35 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from lopt.analysis.results import Run, find_runs, find_unfinished_runs
 
 #: Files copied from every run, relative to its folder.
 RECORD_FILES = ("metrics.json", ".hydra/config.yaml", "per_user_test.parquet")
 #: Extra files copied from runs of these methods.
 EXTRA_FILES = {"MF-λOpt-DUI": ("lambda_trajectories.parquet",)}
+
+
+def _metrics_without_local_paths(text: str, target: Path) -> str:
+    """metrics.json with ``output_dir`` pointing at the record folder (relative to the output)."""
+    metrics = json.loads(text)
+    metrics["output_dir"] = target.as_posix()
+    return json.dumps(metrics, indent=2) + "\n"
+
+
+def _config_without_local_paths(text: str, target: Path) -> str:
+    """The composed config with the dataset file named by its file name only (where it lay on the
+    machine that ran it says nothing about the run; tables ignore the key)."""
+    config = OmegaConf.create(text)
+    path = OmegaConf.select(config, "dataset.source.path", throw_on_resolution_failure=False)
+    if isinstance(path, str) and path:
+        OmegaConf.update(config, "dataset.source.path", Path(path).name)
+    return OmegaConf.to_yaml(config)
+
+
+#: Record files rewritten on copy so that no machine-local path is committed.
+LOCAL_PATHS = {"metrics.json": _metrics_without_local_paths, ".hydra/config.yaml": _config_without_local_paths}
 
 
 def slug(method: str) -> str:
@@ -78,8 +104,12 @@ def collect(blocks: Sequence[Path], out: Path, overwrite: bool = False, skip_unf
                 source = run.path / name
                 if not source.is_file():
                     raise ValueError(f"{source} is missing: the run did not write its records")
-                (staging / target / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, staging / target / name)
+                destination = staging / target / name
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if name in LOCAL_PATHS:
+                    destination.write_text(LOCAL_PATHS[name](source.read_text(encoding="utf-8"), target))
+                else:
+                    shutil.copyfile(source, destination)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

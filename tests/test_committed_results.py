@@ -8,6 +8,7 @@ byte for byte, each figure's data (CSV) too; the PNGs only have to be drawn.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,3 +54,28 @@ def test_committed_records_are_compact() -> None:
     assert records, "no committed records under experiments/results/ml100k"
     assert {p.name for p in records} <= allowed
     assert sum(p.stat().st_size for p in records) < 12 * 2**20
+
+
+def test_collect_records_copies_records_only_without_local_paths(tmp_path: Path) -> None:
+    collect = load_script("collect_records")
+    run = tmp_path / "block" / "ml100k_fix" / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    metrics = {"test": {"auc": 0.5}, "method": "MF-λFix", "seed": 3, "output_dir": str(run)}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / ".hydra" / "config.yaml").write_text("dataset:\n  source:\n    path: /somewhere/local/u.data\nseed: 3\n")
+    (run / "per_user_test.parquet").write_bytes(b"per-user")
+    out = tmp_path / "records"
+    [record] = collect.collect([tmp_path / "block"], out)
+    assert record == out / "block" / "mf-lfix" / "seed3"
+    assert sorted(p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file()) == [
+        ".hydra/config.yaml",
+        "metrics.json",
+        "per_user_test.parquet",
+    ]
+    assert json.loads((record / "metrics.json").read_text())["output_dir"] == "block/mf-lfix/seed3"
+    assert "/somewhere" not in (record / ".hydra" / "config.yaml").read_text()
+    assert "path: u.data" in (record / ".hydra" / "config.yaml").read_text()
+    with pytest.raises(FileExistsError):
+        collect.collect([tmp_path / "block"], out)
