@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lopt.io import atomic_write
+from lopt.validate import check_recorded_config
 
 DEFAULT_BLOCK_USERS = 1024
 
@@ -38,6 +39,7 @@ def load_run_config(run_dir: Path, data_dir: Path | None = None) -> DictConfig:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {run_dir} is not a finished lopt run")
     cfg = OmegaConf.load(config_path)
+    check_recorded_config(cfg, config_path)
     if data_dir is None and os.environ.get("LOPT_DATA_DIR"):
         data_dir = Path(os.environ["LOPT_DATA_DIR"])
     if data_dir is None:

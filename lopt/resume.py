@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lopt.io import atomic_write
-from lopt.validate import ConfigError
+from lopt.validate import ConfigError, check_recorded_config
 
 log = logging.getLogger("lopt")
 
@@ -194,6 +194,7 @@ def prepare_output_dir(cfg: DictConfig, output_dir: Path, last_checkpoint: Path)
         log.warning("%s has no %s: resuming with the config given on the command line", output_dir, RECORD)
         return RunStart(cfg, resuming=True)
     saved = record["config"]
+    check_recorded_config(OmegaConf.create(saved), output_dir / RECORD)
     saved_overrides = list(record.get("overrides") or [])
     _restore_hydra_files(output_dir, saved, saved_overrides)  # whatever happens next
     if overrides is not None:

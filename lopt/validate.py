@@ -62,6 +62,22 @@ def _shown(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+#: Keys every config of this lopt version has and a config recorded by an older version may lack.
+CURRENT_KEYS = ("model.label", "model.needs_valid_triples", "model.reported_granularity")
+
+
+def check_recorded_config(cfg: DictConfig, source: Any) -> None:
+    """Raise :class:`ConfigError` when a run's recorded config (read from ``source``) predates keys
+    this version builds the run from (:data:`CURRENT_KEYS`): such a run cannot be rebuilt."""
+    missing = [key for key in CURRENT_KEYS if OmegaConf.select(cfg, key, default="__absent__") == "__absent__"]
+    if missing:
+        raise ConfigError(
+            f"{source} was recorded by an older lopt version: its config lacks {', '.join(missing)}, "
+            "which this version needs to rebuild the run. Start a new run with the same overrides "
+            "(the recorded ones are in .hydra/overrides.yaml), or use the lopt version that made it."
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` listing every key of ``cfg`` with a bad type or range."""
     problems = []

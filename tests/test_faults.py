@@ -580,3 +580,24 @@ def test_reproduce_table_ignores_and_lists_unfinished_runs(tmp_path: Path, capsy
     assert load_script("reproduce_table").main([str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert "ignored 2 unfinished run(s)" in err and str(killed) in err and str(empty) in err
+
+
+def test_a_run_recorded_by_an_older_version_is_refused_by_name(tmp_path: Path) -> None:
+    """recommend (and resume) on a run whose config predates the model declarations: a clear
+    error naming the file, not a missing-key traceback from deep inside the build."""
+    from omegaconf import OmegaConf
+
+    from lopt.recommend import load_run_config
+    from lopt.validate import ConfigError, check_recorded_config
+    from tests.helpers.hydra import compose_config
+
+    cfg = compose_config(["model=lambda_opt", "granularity=dui"])
+    check_recorded_config(cfg, "current")  # a config of this version passes
+    old = OmegaConf.to_container(cfg, resolve=False)
+    for key in ("label", "needs_valid_triples", "reported_granularity"):
+        old["model"].pop(key)
+    run = tmp_path / "old_run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(old), run / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"config\.yaml was recorded by an older lopt.*model\.needs_valid_triples"):
+        load_run_config(run)
