@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 
 from lopt.models import steps
@@ -132,3 +133,28 @@ def lambda_opt_iteration(
         **kwargs,
     )
     steps.theta_step(model, theta_opt, gran, train, **kwargs)
+
+
+def assert_lambda_grad_matches_finite_differences(gran: LambdaGranularity, loss: Callable[[], torch.Tensor]) -> None:
+    """Backpropagate ``loss`` into Λ and compare each parameter's gradient with central finite
+    differences (h = 1e-5) at rows in train and valid (0, 1), train only (2), valid only (4) and
+    absent (6 / 8), first and last column; at least one difference must be non-zero."""
+    gran.zero_grad(set_to_none=True)
+    loss().backward()
+    h, checked_nonzero = 1e-5, 0
+    for p in gran.parameters():
+        assert p.grad is not None
+        analytic = p.grad.to_dense()
+        for r in [r for r in (0, 1, 2, 4, 6, 8) if r < p.shape[0]]:
+            for k in sorted({0, p.shape[1] - 1}):
+                with torch.no_grad():
+                    orig = p[r, k].item()
+                    p[r, k] = orig + h
+                    up = loss().item()
+                    p[r, k] = orig - h
+                    down = loss().item()
+                    p[r, k] = orig
+                fd = (up - down) / (2 * h)
+                assert analytic[r, k].item() == pytest.approx(fd, rel=1e-5, abs=2e-9), (p.shape, r, k, fd)
+                checked_nonzero += abs(fd) > 1e-8
+    assert checked_nonzero > 0, "the Λ-gradient must not be trivially zero"
