@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="time a real MovieLens ratings file (u.data or ::) instead of synthetic data; "
-        "uses --shape's schedule (e.g. --shape ml1m --ratings ../shared/data/ml-100k/u.data)",
+        "uses --shape's schedule (e.g. --shape ml1m --ratings /path/to/ml-100k/u.data)",
     )
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the shape's)")
     parser.add_argument(
