@@ -294,7 +294,7 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
     by raw torch optimizers (the loop-overhead reference)."""
     from lopt.models.steps import lambda_step, theta_step, train_loss
 
-    theta_opt.zero_grad(set_to_none=False)
+    theta_opt.zero_grad(set_to_none=True)
     loss = train_loss(module.model, batch["train"])
     if loss.device.type == "cpu" and not bool(loss.isfinite()):
         raise RuntimeError("non-finite loss")

@@ -88,7 +88,9 @@ class MFBPRModule(ManualThetaModule):
     def training_step(self, batch: dict[str, Triples], batch_idx: int) -> torch.Tensor:
         # Stepping through Lightning's wrapper counts Θ-steps as global steps (Λ-steps are not).
         theta_opt = self._lightning_theta_optimizer()
-        theta_opt.zero_grad(set_to_none=False)
+        # set_to_none: the backward's gradient becomes .grad as it is (no zero-fill of the tables
+        # and no accumulation pass over them)
+        theta_opt.zero_grad(set_to_none=True)
         loss = train_loss(self.model, batch["train"])
         self._check_finite(loss)
         self.manual_backward(loss)
