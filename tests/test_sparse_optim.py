@@ -32,6 +32,7 @@ CLIP = 0.05
 
 SPARSE: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
     "sparse_adam": lambda ps: RowSparseAdam(ps, lr=0.05),
+    "sparse_adam_fused": lambda ps: RowSparseAdam(ps, lr=0.05, fused=True),
     "sparse_adagrad": lambda ps: RowSparseAdagrad(ps, lr=0.1, lr_decay=0.05, initial_accumulator_value=0.1),
     "sparse_sgd": lambda ps: RowSparseSGD(ps, lr=0.1),
 }
@@ -226,3 +227,55 @@ def test_is_row_sparse_reads_hydra_partials() -> None:
     assert is_row_sparse(functools.partial(RowSparseAdam, lr=1e-3))
     assert is_row_sparse(RowSparseAdagrad)
     assert not is_row_sparse(functools.partial(torch.optim.Adam, lr=1e-3))
+
+
+def test_fused_sparse_adam_equals_the_reference_update() -> None:
+    """The compiled lazy-Adam row kernel computes the reference update (float rounding only), with
+    rows whose step counts differ and rows left untouched."""
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(7, 4, dtype=torch.float64))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_a, opt_b = RowSparseAdam([a], lr=0.05), RowSparseAdam([b], lr=0.05, fused=True)
+    for rows in ([0, 2, 5], [2, 3], [0, 2, 6], [1]):
+        idx = torch.tensor([rows])
+        g = torch.randn(len(rows), 4, dtype=torch.float64)
+        a.grad = torch.sparse_coo_tensor(idx, g, a.shape)
+        b.grad = torch.sparse_coo_tensor(idx, g.clone(), b.shape)
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(b, a, rtol=1e-13, atol=1e-15)
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(opt_b.state[b][key], opt_a.state[a][key], rtol=1e-13, atol=1e-15)
+    assert torch.equal(opt_b.state[b]["step"], opt_a.state[a]["step"])
+    assert opt_b.state[b]["step"].tolist() == [2, 1, 3, 1, 0, 1, 1]
+    assert torch.equal(a.detach()[4], b.detach()[4])
+    from lopt.models.sparse_optim import LAZY_ADAM
+
+    assert not LAZY_ADAM._failed, "the lazy-Adam kernel did not compile"
+
+
+def test_fused_sparse_adam_falls_back_to_eager_when_compiling_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing torch.compile is logged once, naming the switch, and the eager kernel runs."""
+    from lopt.models import sparse_optim
+    from lopt.models.compiled import Kernel
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    monkeypatch.setattr(
+        sparse_optim, "LAZY_ADAM", Kernel(sparse_optim._lazy_adam_rows_, "sparse_adam", "optimizer.fused=false")
+    )
+    a = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    opt_a, opt_b = RowSparseAdam([a], lr=0.1), RowSparseAdam([b], lr=0.1, fused=True)
+    for _ in range(2):
+        a.grad = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.ones(1, 2, dtype=torch.float64), a.shape)
+        b.grad = a.grad.clone()
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(b, a, rtol=1e-13, atol=1e-15)
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile of the sparse_adam kernel" in r.getMessage()]
+    assert len(warnings) == 1 and "optimizer.fused=false" in warnings[0]

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from lopt.models.compiled import Kernel
 from lopt.models.lambda_optim import coalesced, run_closure
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
@@ -86,17 +87,49 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             rows = torch.arange(p.shape[0], device=p.device)
         return rows, g
 
-    def _row_steps(self, p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Increment the touched rows' step counts; returns them as (rows, 1, …) in p's dtype."""
+    def _step_counts(self, p: torch.Tensor) -> torch.Tensor:
+        """The per-row step counts of ``p`` (int64, (rows,); created at 0, moved to p's device)."""
         state = self.state[p]
         if "step" not in state:
             state["step"] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
         elif state["step"].device != p.device:  # a checkpoint loaded onto another device
             state["step"] = state["step"].to(p.device)
-        counts = state["step"]
+        return state["step"]
+
+    def _row_steps(self, p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Increment the touched rows' step counts; returns them as (rows, 1, …) in p's dtype."""
+        counts = self._step_counts(p)
         step = counts.index_select(0, rows).add_(1)
         counts.index_copy_(0, rows, step)
         return step.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
+
+
+def _lazy_adam_rows_(
+    p: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    counts: torch.Tensor,
+    rows: torch.Tensor,
+    g: torch.Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """Lazy Adam on ``rows`` (ascending, unique) in place: ``counts`` (int64, (|table|,)), the moments
+    and ``p`` change on those rows only (:class:`RowSparseAdam`'s formula, in its order)."""
+    s = counts.index_select(0, rows) + 1
+    counts.index_copy_(0, rows, s)
+    s = s.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
+    m = exp_avg.index_select(0, rows).lerp(g, 1 - beta1)
+    v = exp_avg_sq.index_select(0, rows) * beta2 + (1 - beta2) * g * g
+    exp_avg.index_copy_(0, rows, m)
+    exp_avg_sq.index_copy_(0, rows, v)
+    denom = v.sqrt() / (1 - torch.pow(beta2, s)).sqrt() + eps
+    p.index_copy_(0, rows, p.index_select(0, rows) - m / denom * (lr / (1 - torch.pow(beta1, s))))
+
+
+LAZY_ADAM = Kernel(_lazy_adam_rows_, "sparse_adam", "optimizer.fused=false")
 
 
 class RowSparseAdam(RowSparseOptimizer):
@@ -105,23 +138,52 @@ class RowSparseAdam(RowSparseOptimizer):
 
         m[R] ← m[R].lerp(g, 1 − β1);  v[R] ← β2·v[R] + (1 − β2)·g²
         θ[R] ← θ[R] − lr/(1 − β1^s) · m[R] / (√v[R] / √(1 − β2^s) + eps)
+
+    ``fused=True`` runs the whole row update (gathers, moments, update, scatters) as one kernel
+    compiled by ``torch.compile`` (:mod:`lopt.models.compiled`; eager if compiling fails): one
+    pass over the touched rows instead of about twenty. ``fused=False`` runs the same formula as
+    separate tensor operations (the reference). They agree to float rounding.
     """
 
     def __init__(
-        self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        fused: bool = False,
     ) -> None:
         if not (lr >= 0 and eps >= 0 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid sparse_adam hyper-parameters {lr=}, {betas=}, {eps=} (config group `optimizer`)")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+        # stored as "compiled": torch's load_state_dict casts the step counts of a "fused" group to float32
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "compiled": bool(fused)})
 
     def _update_rows(self, p: torch.Tensor, rows: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> None:
         lr, eps = float(group["lr"]), float(group["eps"])
         beta1, beta2 = (float(b) for b in group["betas"])
-        s = self._row_steps(p, rows)
         state = self.state[p]
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        if group.get("compiled", False):
+            counts = self._step_counts(p)
+            # rows and g are views into the sparse gradient, on which dynamo's dynamic-shape tracing
+            # fails; detach() gives the same storage without the view link
+            LAZY_ADAM(
+                True,
+                p.data,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                counts,
+                rows.detach(),
+                g.detach(),
+                lr,
+                beta1,
+                beta2,
+                eps,
+            )
+            return
+        s = self._row_steps(p, rows)
         m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
         v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
         state["exp_avg"].index_copy_(0, rows, m)
