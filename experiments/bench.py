@@ -44,7 +44,9 @@ Everything is measured in ONE process (so the ratios compare like with like):
    against all items (config ``data.eval_batch_users`` users per block), beyond-accuracy
    statistics included; ``eval_standard_seconds``: the same under ``protocol=standard``
    (Recall/Precision/NDCG/HR/MAP@{10,20,50}, MRR, AUC);
-7. ``peak_rss_mb``: the peak resident memory of this process (``ru_maxrss``).
+7. ``peak_rss_mb``: the peak resident memory of this process (``ru_maxrss``), and
+   ``peak_rss_mb_by_phase``: that peak as it stood after each phase (prep, sampling, iterations,
+   epochs, evaluation), which shows the phase that set it.
 
 Prints a table and writes ``--out`` atomically (JSON). Timings on a shared machine are noisy:
 ``load_avg`` records ``os.getloadavg()`` before and after the measurement.
@@ -415,6 +417,7 @@ def run(
     reader = read_movielens_tab if path.suffix == ".data" else read_movielens_dat
     split = prepare_split(reader(path), **preprocess)
     out["prep_seconds"] = time.perf_counter() - started
+    out["peak_rss_mb_by_phase"] = {"prep": _rss_mb()}
     out["n_users"], out["n_items"] = split.n_users, split.n_items
     out["n_train"] = len(split.train_users)
     print(f"  prep {out['prep_seconds']:.2f} s", file=sys.stderr, flush=True)
@@ -431,6 +434,7 @@ def run(
         times.append(time.perf_counter() - started)
     out["sample_seconds_per_epoch"] = statistics.median(times)
     del epochs, sampler
+    out["peak_rss_mb_by_phase"]["sampling"] = _rss_mb()
     print(f"  sample {out['sample_seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
 
     # ---- training iterations, the real code path
@@ -521,6 +525,7 @@ def run(
     out["floor_adam_seconds"] = statistics.median(floor)
     out["ratio_fix_over_floor"] = fix / out["floor_adam_seconds"]
     out["timed_iterations_per_method"] = len(iterations["fix"])
+    out["peak_rss_mb_by_phase"]["iterations"] = _rss_mb()
     if step_only:
         out.update(_finish(load_before, device))
         return out
@@ -553,6 +558,7 @@ def run(
         gc.collect()
     for suffix in ("fix_sparse", "dui_sparse"):
         out[f"samples_per_second_{suffix}"] = out["n_train"] / out[f"epoch_seconds_{suffix}"]
+    out["peak_rss_mb_by_phase"]["epochs"] = _rss_mb()
 
     # ---- full-ranking evaluation of the test split
     module = fix_module
@@ -586,6 +592,7 @@ def run(
     out["eval_standard_seconds"] = time.perf_counter() - started
     out["eval_standard_recall_at_20"] = module.test_metrics.get("recall@20", math.nan)
     del fix_module, module, trainer, datamodule
+    out["peak_rss_mb_by_phase"]["evaluation"] = _rss_mb()
     out.update(_finish(load_before, device))
     return out
 

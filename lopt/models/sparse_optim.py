@@ -87,18 +87,14 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             rows = torch.arange(p.shape[0], device=p.device)
         return rows, g
 
-    def _step_counts(self, p: torch.Tensor) -> torch.Tensor:
-        """The per-row step counts of ``p`` (int64, (rows,); created at 0, moved to p's device)."""
+    def _row_steps(self, p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Increment the touched rows' step counts; returns them as (rows, 1, …) in p's dtype."""
         state = self.state[p]
         if "step" not in state:
             state["step"] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
         elif state["step"].device != p.device:  # a checkpoint loaded onto another device
             state["step"] = state["step"].to(p.device)
-        return state["step"]
-
-    def _row_steps(self, p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Increment the touched rows' step counts; returns them as (rows, 1, …) in p's dtype."""
-        counts = self._step_counts(p)
+        counts = state["step"]
         step = counts.index_select(0, rows).add_(1)
         counts.index_copy_(0, rows, step)
         return step.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
@@ -108,25 +104,22 @@ def _lazy_adam_rows_(
     p: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
-    counts: torch.Tensor,
     rows: torch.Tensor,
     g: torch.Tensor,
-    lr: float,
+    step_size: torch.Tensor,
+    bc2_sqrt: torch.Tensor,
     beta1: float,
     beta2: float,
     eps: float,
 ) -> None:
-    """Lazy Adam on ``rows`` (ascending, unique) in place: ``counts`` (int64, (|table|,)), the moments
-    and ``p`` change on those rows only (:class:`RowSparseAdam`'s formula, in its order)."""
-    s = counts.index_select(0, rows) + 1
-    counts.index_copy_(0, rows, s)
-    s = s.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
+    """Lazy Adam on ``rows`` (ascending, unique) in place, given each row's step size lr/(1 − β1^s)
+    and √(1 − β2^s) as (rows, 1, …) tensors: the moments and ``p`` change on those rows only
+    (:class:`RowSparseAdam`'s formula, in its order)."""
     m = exp_avg.index_select(0, rows).lerp(g, 1 - beta1)
     v = exp_avg_sq.index_select(0, rows) * beta2 + (1 - beta2) * g * g
     exp_avg.index_copy_(0, rows, m)
     exp_avg_sq.index_copy_(0, rows, v)
-    denom = v.sqrt() / (1 - torch.pow(beta2, s)).sqrt() + eps
-    p.index_copy_(0, rows, p.index_select(0, rows) - m / denom * (lr / (1 - torch.pow(beta1, s))))
+    p.index_copy_(0, rows, p.index_select(0, rows) - m / (v.sqrt() / bc2_sqrt + eps) * step_size)
 
 
 LAZY_ADAM = Kernel(_lazy_adam_rows_, "sparse_adam", "optimizer.fused=false")
@@ -165,31 +158,21 @@ class RowSparseAdam(RowSparseOptimizer):
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        s = self._row_steps(p, rows)
+        # per-row constants on (rows, 1): the powers are not recomputed for each of the d columns
+        step_size = lr / (1 - torch.pow(beta1, s))
+        bc2_sqrt = (1 - torch.pow(beta2, s)).sqrt()
         if group.get("compiled", False):
-            counts = self._step_counts(p)
             # rows and g are views into the sparse gradient, on which dynamo's dynamic-shape tracing
             # fails; detach() gives the same storage without the view link
-            LAZY_ADAM(
-                True,
-                p.data,
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                counts,
-                rows.detach(),
-                g.detach(),
-                lr,
-                beta1,
-                beta2,
-                eps,
-            )
+            moments = (state["exp_avg"], state["exp_avg_sq"])
+            LAZY_ADAM(True, p.data, *moments, rows.detach(), g.detach(), step_size, bc2_sqrt, beta1, beta2, eps)
             return
-        s = self._row_steps(p, rows)
         m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
         v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
         state["exp_avg"].index_copy_(0, rows, m)
         state["exp_avg_sq"].index_copy_(0, rows, v)
-        step_size = lr / (1 - torch.pow(beta1, s))
-        denom = v.sqrt().div_((1 - torch.pow(beta2, s)).sqrt()).add_(eps)
+        denom = v.sqrt().div_(bc2_sqrt).add_(eps)
         p.index_copy_(0, rows, p.index_select(0, rows).sub_(m.div(denom).mul_(step_size)))
 
 
