@@ -55,6 +55,7 @@ Prints a table and writes ``--out`` atomically (JSON). Timings on a shared machi
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import math
@@ -225,6 +226,18 @@ def ensure_file(cache_dir: Path, shape: str) -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
+def _release_memory() -> None:
+    """Free what the last method left (cycles, then glibc's free heap pages back to the system),
+    so that ``peak_rss_mb`` is the peak of the largest method, not the sum of every method's
+    heap fragments in this one process."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -468,7 +481,10 @@ def run(
         for key, cfg in cfgs.items():
             L.seed_everything(0, verbose=False)
             if datamodule is None or bool(cfg.model.needs_valid_triples) != datamodule.valid_triples:
-                # the split prepared above (the source file is not read again)
+                # the split prepared above (the source file is not read again); the previous data
+                # is dropped first so that the two never coexist
+                datamodule = evaluators = None
+                _release_memory()
                 datamodule, _, evaluators = prepare_data(cfg, split=split)
             module = build_module(cfg, split.n_users, split.n_items)
             module.use_evaluators(evaluators)
@@ -484,7 +500,8 @@ def run(
             if key == "fix" and not step_only:
                 fix_module = module
             print(
-                f"  round {round_} {key:13s} median {statistics.median(timer.iterations()[warmup:]) * 1e3:8.1f} ms",
+                f"  round {round_} {key:13s} median {statistics.median(timer.iterations()[warmup:]) * 1e3:8.1f} ms"
+                f" RSS {_rss_mb():.0f}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -504,10 +521,10 @@ def run(
                         bare.append(time.perf_counter() - started)
                 del theta_opt, batches
             del trainer, module
-            gc.collect()
+            _release_memory()
         # the dense-step floor, in the same rounds: one fused Adam update over |U|+|I| rows alone
         floor += floor_adam(split.n_users, split.n_items, int(cfgs["fix"].model.dim), device, per_round)
-        gc.collect()
+        _release_memory()
     for key in methods:
         out[f"{key}_step_seconds"] = statistics.median(iterations[key])
         out[f"{key}_step_iqr_seconds"] = _iqr(iterations[key])
@@ -555,7 +572,7 @@ def run(
             flush=True,
         )
         del trainer, module, datamodule
-        gc.collect()
+        _release_memory()
     for suffix in ("fix_sparse", "dui_sparse"):
         out[f"samples_per_second_{suffix}"] = out["n_train"] / out[f"epoch_seconds_{suffix}"]
     out["peak_rss_mb_by_phase"]["epochs"] = _rss_mb()
