@@ -550,6 +550,9 @@ def run(
     out["loop_overhead_fraction"] = fix / out["fix_bare_step_seconds"] - 1.0
 
     # ---- one full epoch of the main methods (what a user waits for)
+    datamodule = evaluators = None
+    fix_module.use_evaluators({})
+    _release_memory()
     for key, suffix in EPOCH_KEYS.items():
         cfg = cfgs[key]
         L.seed_everything(0, verbose=False)
@@ -571,7 +574,8 @@ def run(
             file=sys.stderr,
             flush=True,
         )
-        del trainer, module, datamodule
+        del trainer, module
+        datamodule = evaluators = None
         _release_memory()
     for suffix in ("fix_sparse", "dui_sparse"):
         out[f"samples_per_second_{suffix}"] = out["n_train"] / out[f"epoch_seconds_{suffix}"]
@@ -597,7 +601,10 @@ def run(
     out["eval_seconds"] = time.perf_counter() - started
     out["eval_users"] = int(evaluators["test"].users.numel())
     out["eval_test_auc"] = module.test_metrics.get("auc", math.nan)
-    # the same model and split under the standard protocol
+    # the same model and split under the standard protocol (the default protocol's data dropped first)
+    datamodule = evaluators = None
+    module.use_evaluators({})
+    _release_memory()
     datamodule, _, evaluators = prepare_data(
         method_config("fix", [*common, "protocol=standard"], compile_lookahead), split=split
     )
