@@ -54,6 +54,23 @@ def test_setup_has_unequal_counts_and_untouched_validation_rows() -> None:
 @pytest.mark.parametrize("gran_name", LEARNABLE)
 def test_fused_equals_replay(gran_name: str, prior_steps: int, sparse_grad: bool, clip: float | None) -> None:
     model, gran, opt = build(gran_name, prior_steps, sparse_grad=sparse_grad)
+    assert_fused_equals_replay(model, gran, opt, clip, nonzero_above=1e-8 if prior_steps else 0.0)
+
+
+def test_sparse_gradient_holding_other_rows_than_the_batch() -> None:
+    """A row-sparse g_t that lacks a train row (2: its penalty alone does not move it, as in the
+    replay) and holds a row outside the batch (5: it moves, without Λ-dependence)."""
+    model, gran, opt = build("dui", 3)
+    P = model.user_factors
+    held = torch.tensor([0, 1, 3, 5])
+    values = torch.randn(4, P.shape[1], dtype=P.dtype, generator=torch.Generator().manual_seed(0))
+    P.grad = torch.sparse_coo_tensor(held.unsqueeze(0), values, P.shape).coalesce()
+    assert_fused_equals_replay(model, gran, opt, EXPERIMENT_CLIP, nonzero_above=1e-8)
+
+
+def assert_fused_equals_replay(model, gran, opt, clip: float | None, nonzero_above: float) -> None:  # type: ignore[no-untyped-def]
+    """The fused path (asserted taken) and the replay give the same loss bit for bit and the same
+    Λ-gradient (same sparse rows, values to 1e-10), some of it above ``nonzero_above``."""
     slow_loss, slow = lambda_grads(model, gran, opt, clip, fast=False)
     fast_loss, fast = lambda_grads(model, gran, opt, clip, fast=True)  # asserts the fused path is taken
     assert torch.equal(fast_loss, slow_loss)  # the forward uses the replay's ops in its order
@@ -64,7 +81,7 @@ def test_fused_equals_replay(gran_name: str, prior_steps: int, sparse_grad: bool
             assert torch.equal(gs.indices(), gf.indices())
             gs, gf = gs.values(), gf.values()
         torch.testing.assert_close(gf, gs, rtol=1e-10, atol=1e-13)
-        nonzero += int((gs.abs() > (1e-8 if prior_steps else 0.0)).sum())
+        nonzero += int((gs.abs() > nonzero_above).sum())
     assert nonzero > 0
 
 

@@ -50,8 +50,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lopt.models.lookahead.rows import TripleRows, grad_source, unique_counts
+from lopt.models.lookahead.rows import GradRows, TripleRows, grad_of, grad_source, unique_counts
 from lopt.models.lookahead.state import ParamState
+from lopt.models.sparse_optim import row_grad
 
 if TYPE_CHECKING:
     from lopt.models.granularity import LambdaGranularity
@@ -259,8 +260,6 @@ class _Side:
         self.lam_storage, self.lam_rowwise = lam_storage, lam_rowwise
         self.rows = rows
         self.two_over_n = 2.0 / n_batch
-        #: where g_t[rows] is; ``held`` (lazy Adam's moving rows) is None for a dense gradient
-        self.grad = grad_source(param, rows)
         self.adam = read.adam_constants(rows, param.detach())
         self.negate = read.flag("maximize")
         #: Adam's state tensors (whole, gathered inside the kernel; max_exp_avg_sq only with amsgrad)
@@ -277,9 +276,24 @@ class _Side:
         self.counts = torch.where(hit_mask, self.train_counts.index_select(0, found), 0)
         #: positions (in ``rows``) of the rows the train batch penalizes: where Λ matters
         self.hit = torch.nonzero(hit_mask, as_tuple=True)[0]
+        #: where g_t[rows] (``held``: lazy Adam's moving rows, None for a dense gradient) and
+        #: g_t[train rows] are
+        self.grad, self.train_grad = self._grad_sources(found, hit_mask)
+
+    def _grad_sources(self, found: torch.Tensor, hit_mask: torch.Tensor) -> tuple[GradRows, GradRows | None]:
+        """:func:`grad_source` of the validation rows and of the train rows (None: not located yet).
+        A row-sparse g_t that holds exactly the train batch's rows (as the model's sparse backward
+        leaves it) reuses the validation rows' search among the train rows."""
+        held, values = row_grad(grad_of(self.param))
+        train = self.train_rows
+        if held is not None and held.numel() == train.numel() and torch.equal(held, train):
+            values = values.detach()  # a plain tensor, not a view of the sparse one (torch.compile)
+            every = torch.arange(train.numel(), device=train.device)
+            return GradRows(values, found, hit_mask.unsqueeze(1)), GradRows(values, every, None)
+        return grad_source(self.param, self.rows), None
 
     def clip_side(self) -> ClipSide:
-        train_grad = grad_source(self.param, self.train_rows)
+        train_grad = self.train_grad if self.train_grad is not None else grad_source(self.param, self.train_rows)
         return self.param, train_grad, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
 
     def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
