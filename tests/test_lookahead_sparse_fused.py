@@ -17,7 +17,7 @@ from lopt.models.mf import MatrixFactorization
 from lopt.models.sparse_optim import RowSparseAdam
 from tests.helpers import lambda_models
 from tests.helpers.lambda_models import NI, NU, TRAIN, VALID, train_backward
-from tests.test_lookahead_fast import lambda_grads
+from tests.test_lookahead_fast import assert_fast_equals_autograd
 
 LEARNABLE = [n for n in GRANULARITY_NAMES if n != "fix"]
 EXPERIMENT_CLIP = 100.0  # the experiments' Θ clip: inactive here, so the fused path must be taken
@@ -54,7 +54,7 @@ def test_setup_has_unequal_counts_and_untouched_validation_rows() -> None:
 @pytest.mark.parametrize("gran_name", LEARNABLE)
 def test_fused_equals_replay(gran_name: str, prior_steps: int, sparse_grad: bool, clip: float | None) -> None:
     model, gran, opt = build(gran_name, prior_steps, sparse_grad=sparse_grad)
-    assert_fused_equals_replay(model, gran, opt, clip, nonzero_above=1e-8 if prior_steps else 0.0)
+    assert_fast_equals_autograd(model, gran, opt, clip, nonzero_above=1e-8 if prior_steps else 0.0)
 
 
 def test_sparse_gradient_holding_other_rows_than_the_batch() -> None:
@@ -65,24 +65,7 @@ def test_sparse_gradient_holding_other_rows_than_the_batch() -> None:
     held = torch.tensor([0, 1, 3, 5])
     values = torch.randn(4, P.shape[1], dtype=P.dtype, generator=torch.Generator().manual_seed(0))
     P.grad = torch.sparse_coo_tensor(held.unsqueeze(0), values, P.shape).coalesce()
-    assert_fused_equals_replay(model, gran, opt, EXPERIMENT_CLIP, nonzero_above=1e-8)
-
-
-def assert_fused_equals_replay(model, gran, opt, clip: float | None, nonzero_above: float) -> None:  # type: ignore[no-untyped-def]
-    """The fused path (asserted taken) and the replay give the same loss bit for bit and the same
-    Λ-gradient (same sparse rows, values to 1e-10), some of it above ``nonzero_above``."""
-    slow_loss, slow = lambda_grads(model, gran, opt, clip, fast=False)
-    fast_loss, fast = lambda_grads(model, gran, opt, clip, fast=True)  # asserts the fused path is taken
-    assert torch.equal(fast_loss, slow_loss)  # the forward uses the replay's ops in its order
-    nonzero = 0
-    for (kind_s, gs), (kind_f, gf) in zip(slow, fast, strict=True):
-        assert kind_s == kind_f
-        if kind_s == "sparse":
-            assert torch.equal(gs.indices(), gf.indices())
-            gs, gf = gs.values(), gf.values()
-        torch.testing.assert_close(gf, gs, rtol=1e-10, atol=1e-13)
-        nonzero += int((gs.abs() > nonzero_above).sum())
-    assert nonzero > 0
+    assert_fast_equals_autograd(model, gran, opt, EXPERIMENT_CLIP, nonzero_above=1e-8)
 
 
 def test_rows_without_gradient_stay_put() -> None:
