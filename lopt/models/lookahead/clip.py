@@ -3,8 +3,8 @@
 When min(clip_norm / (‖g + ∂Ω/∂Θ‖ + 1e-6), 1) is surely 1 it is a constant with a zero derivative,
 and both look-ahead paths skip the clip's graph. The check runs without autograd in O(|B|·d): the
 train batch's rows hold the whole batch-scope regularized gradient (a row-sparse g_t holds no other
-rows; it is read in place, never densified). It reads the norm (a host
-sync), so it runs on the CPU only; elsewhere the clip is treated as possibly active.
+rows; it is read in place, never densified). It reads the norm (a host sync), so it runs on the
+CPU only; elsewhere the clip is treated as possibly active.
 """
 
 from __future__ import annotations

@@ -34,10 +34,10 @@ Kernels are pure tensor functions (no input is modified) run under ``no_grad``. 
 ``compiled=True`` each runs through ``torch.compile`` (dynamic shapes: one compilation serves
 every batch; Adam's step-dependent constants are not specialized; the per-row variant compiles
 once more): one fused loop per kernel with the row gathers inside it, instead of ~15 separate
-passes each allocating a temporary. Compiling
-happens once per process and kernel (seconds; cached on disk by inductor); if it fails the
-reason is logged once and the eager kernels are used. Eagerly, the forward uses the replay's
-tensor ops in the same order, so its loss is bit-identical to the replay's.
+passes each allocating a temporary. Compiling happens once per process and kernel (seconds;
+cached on disk by inductor); if it fails the reason is logged once and the eager kernels are used.
+Eagerly, the forward uses the replay's tensor ops in the same order, so its loss is bit-identical
+to the replay's (for RowSparseAdam too).
 """
 
 from __future__ import annotations
