@@ -64,7 +64,7 @@ def test_sparse_gradient_holding_other_rows_than_the_batch() -> None:
     P = model.user_factors
     held = torch.tensor([0, 1, 3, 5])
     values = torch.randn(4, P.shape[1], dtype=P.dtype, generator=torch.Generator().manual_seed(0))
-    P.grad = torch.sparse_coo_tensor(held.unsqueeze(0), values, P.shape).coalesce()
+    P.grad = torch.sparse_coo_tensor(held.unsqueeze(0), values, P.shape, check_invariants=True).coalesce()
     assert_fast_equals_autograd(model, gran, opt, EXPERIMENT_CLIP, nonzero_above=1e-8)
 
 
