@@ -15,6 +15,8 @@ from lopt.models.lookahead import fused
 from lopt.models.mf import MatrixFactorization
 from tests.helpers.lambda_models import lambda_opt_iteration
 from tests.test_lookahead_fast import BIG_CLIP, build, lambda_grads
+from tests.test_lookahead_sparse_fused import EXPERIMENT_CLIP
+from tests.test_lookahead_sparse_fused import build as build_sparse
 
 KERNELS = ("REPLAY", "CLIP_SQ", "BPR", "LAMBDA_GRAD")
 
@@ -49,13 +51,30 @@ def _assert_same(got: list, want: list, rtol: float, atol: float) -> None:
     ],
 )
 def test_compiled_kernels_equal_eager(opt_name: str, gran_name: str, prior_steps: int) -> None:
-    model, gran, opt = build(opt_name, gran_name, prior_steps)
-    eager_loss, eager = lambda_grads(model, gran, opt, BIG_CLIP, fast=True, compiled=False)
-    compiled_loss, compiled = lambda_grads(model, gran, opt, BIG_CLIP, fast=True, compiled=True)
-    assert counters["stats"]["unique_graphs"] >= 3, "the kernels were not compiled"
+    _assert_compiled_equals_eager(*build(opt_name, gran_name, prior_steps), BIG_CLIP, min_graphs=3)
+
+
+def _assert_compiled_equals_eager(model, gran, opt, clip: float, min_graphs: int) -> None:  # type: ignore[no-untyped-def]
+    """The fused path's loss and Λ-gradient, compiled (at least ``min_graphs`` graphs, no
+    fallback) and eager: the same to rounding."""
+    eager_loss, eager = lambda_grads(model, gran, opt, clip, fast=True, compiled=False)
+    compiled_loss, compiled = lambda_grads(model, gran, opt, clip, fast=True, compiled=True)
+    assert counters["stats"]["unique_graphs"] >= min_graphs, "the kernels were not compiled"
     assert not any(getattr(fused, k)._failed for k in KERNELS)
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-12, atol=0.0)
     _assert_same(compiled, eager, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("gran_name", "prior_steps", "sparse_grad"),
+    [("d", 3, True), ("dui", 3, True), ("du", 0, True), ("di", 3, False)],
+)
+def test_compiled_row_sparse_adam_kernels_equal_eager(gran_name: str, prior_steps: int, sparse_grad: bool) -> None:
+    """RowSparseAdam's per-row variant (per-row Adam constants, the untouched-row mask, gradient
+    rows read from the sparse gradient) and the clip check on it, compiled."""
+    model, gran, opt = build_sparse(gran_name, prior_steps, sparse_grad=sparse_grad)
+    _assert_compiled_equals_eager(model, gran, opt, EXPERIMENT_CLIP, min_graphs=4)  # CLIP_SQ compiled too
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """The exact row-wise look-ahead Θ̄_{t+1}(Λ) and its validation loss (docs/method.md, "Doing it at the
 cost of one training step"): the dispatch between its two paths.
 
-* :mod:`.fused` — the common case (Adam/AdamW with weight_decay 0, scope "batch", the Θ clip none
-  or surely inactive, no dropout): hand-written kernels with an analytic Λ-gradient.
+* :mod:`.fused` — the common case (Adam/AdamW with weight_decay 0 or the row-sparse lazy Adam,
+  scope "batch", the Θ clip none or surely inactive, no dropout): hand-written kernels with an
+  analytic Λ-gradient.
 * :mod:`.replay` — everything else: the per-optimizer row replays, differentiated by autograd.
 
 Both read the Θ optimizer through :mod:`.state` (its one reader and capability check), the rows

@@ -2,8 +2,9 @@
 
 When min(clip_norm / (‖g + ∂Ω/∂Θ‖ + 1e-6), 1) is surely 1 it is a constant with a zero derivative,
 and both look-ahead paths skip the clip's graph. The check runs without autograd in O(|B|·d): the
-train batch's rows hold the whole batch-scope regularized gradient. It reads the norm (a host
-sync), so it runs on the CPU only; elsewhere the clip is treated as possibly active.
+train batch's rows hold the whole batch-scope regularized gradient (a row-sparse g_t holds no other
+rows; it is read in place, never densified). It reads the norm (a host sync), so it runs on the
+CPU only; elsewhere the clip is treated as possibly active.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-# A module import: the regularizer imports .rows, so it may still be initializing when this runs.
-import lopt.models.regularizer as regularizer
 from lopt.models.lookahead import fused
-from lopt.models.lookahead.rows import grad_of, grad_rows, unique_counts
+from lopt.models.lookahead.rows import GradRows, grad_source, unique_counts
 
 if TYPE_CHECKING:
     from lopt.models.granularity import LambdaGranularity
@@ -27,9 +26,9 @@ if TYPE_CHECKING:
 #: The clip is known to be inactive when clip_norm / (norm + 1e-6) exceeds 1 by this margin.
 CLIP_MARGIN = 1e-4
 
-#: One side: (Θ parameter with g_t in ``.grad``, its λ storage, whether that storage is row-wise,
-#: the train batch's unique rows of the side, their occurrence counts).
-ClipSide = tuple[nn.Parameter, torch.Tensor, bool, torch.Tensor, torch.Tensor]
+#: One side: (Θ parameter, where its g_t holds the train rows, its λ storage, whether that storage
+#: is row-wise, the train batch's unique rows of the side, their occurrence counts).
+ClipSide = tuple[nn.Parameter, GradRows, torch.Tensor, bool, torch.Tensor, torch.Tensor]
 
 
 def _below(norm: float, clip_norm: float) -> bool:
@@ -37,15 +36,15 @@ def _below(norm: float, clip_norm: float) -> bool:
 
 
 def sides_inactive(sides: tuple[ClipSide, ...], n_batch: int, clip_norm: float, compiled: bool = False) -> bool:
-    """True when the clip coefficient is surely 1 for dense Θ gradients, with a margin that rounding
-    cannot flip (the squared norm by the fused kernel, compiled if ``compiled``)."""
+    """True when the clip coefficient is surely 1, with a margin that rounding cannot flip (the
+    squared norm by the fused kernel, compiled if ``compiled``; dense or row-sparse g_t)."""
     with torch.no_grad():
         sq = sum(
             float(
                 fused.CLIP_SQ(
                     compiled,
                     param.detach(),
-                    param.grad.detach(),
+                    *grad,
                     storage.detach(),
                     rows,
                     counts,
@@ -53,7 +52,7 @@ def sides_inactive(sides: tuple[ClipSide, ...], n_batch: int, clip_norm: float, 
                     rowwise,
                 )
             )
-            for param, storage, rowwise, rows, counts in sides
+            for param, grad, storage, rowwise, rows, counts in sides
         )
     return _below(math.sqrt(sq), clip_norm)
 
@@ -67,34 +66,14 @@ def clip_is_inactive(
     if P.device.type != "cpu":
         return False
     users, pos, neg = train_batch
-    if grad_of(P).is_sparse or grad_of(Q).is_sparse:
-        return _sparse_inactive(model, granularity, train_batch, clip_norm)
-    sides = tuple(
-        (theta, storage, rowwise, *unique_counts(batch_rows, theta.shape[0]))
-        for theta, storage, rowwise, batch_rows in (
-            (P, granularity.user_storage, granularity.user_rowwise, users),
-            (Q, granularity.item_storage, granularity.item_rowwise, torch.cat([pos, neg])),
-        )
-    )
-    return sides_inactive(sides, users.numel(), clip_norm)
-
-
-@torch.no_grad()
-def _sparse_inactive(
-    model: FactorModel, granularity: LambdaGranularity, train_batch: Triples, clip_norm: float
-) -> bool:
-    """:func:`clip_is_inactive` for row-sparse Θ gradients (the same sum over the train rows, the
-    same margin)."""
-    users, pos, neg = train_batch
-    n, sq = users.numel(), 0.0
-    for theta, lam_fn, batch_rows in (
-        (model.user_factors, granularity.user_lambda, users),
-        (model.item_factors, granularity.item_lambda, torch.cat([pos, neg])),
+    sides = []
+    for theta, storage, rowwise, batch_rows in (
+        (P, granularity.user_storage, granularity.user_rowwise, users),
+        (Q, granularity.item_storage, granularity.item_rowwise, torch.cat([pos, neg])),
     ):
         rows, counts = unique_counts(batch_rows, theta.shape[0])
-        g = grad_rows(theta, rows).add_(regularizer.batch_penalty_rows(theta, lam_fn, rows, counts, n))
-        sq += float((g * g).sum())
-    return _below(math.sqrt(sq), clip_norm)
+        sides.append((theta, grad_source(theta, rows), storage, rowwise, rows, counts))
+    return sides_inactive(tuple(sides), users.numel(), clip_norm)
 
 
 __all__ = ["CLIP_MARGIN", "ClipSide", "clip_is_inactive", "sides_inactive"]

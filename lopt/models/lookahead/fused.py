@@ -1,9 +1,9 @@
 """The look-ahead's common case as a few fused kernels with a hand-written Λ-gradient.
 
-Θ optimizer Adam/AdamW (weight_decay 0), penalty scope "batch", Θ clip none or surely inactive,
-no look-ahead dropout (:func:`lopt.models.lookahead.lookahead_validation_loss` dispatches here,
-after :func:`lopt.models.lookahead.state.capability` and the clip check of
-:mod:`lopt.models.lookahead.clip`).
+Θ optimizer Adam/AdamW (weight_decay 0) or the lazy :class:`lopt.models.sparse_optim.RowSparseAdam`,
+penalty scope "batch", Θ clip none or surely inactive, no look-ahead dropout
+(:func:`lopt.models.lookahead.lookahead_validation_loss` dispatches here, after
+:func:`lopt.models.lookahead.state.capability` and the clip check of :mod:`lopt.models.lookahead.clip`).
 Then l(V; Θ̄_{t+1}(Λ)) and ∂l/∂Λ need only elementwise work on the rows the validation batch
 touches, one gather and one scatter per validation triple, and the train batch's rows for the
 clip check: O((|B| + |V|)·d), never O((|U| + |I|)·d).
@@ -22,13 +22,22 @@ returns θ̄ and K = ∂θ̄/∂λ = ∂θ̄/∂g · s·c_r·θ_r together, so t
 λ's stored shape; ∂l/∂θ̄ comes from the validation BPR (softplus' = sigmoid, scattered over the
 occurrences with ``index_add_``). Rows absent from the train batch have c_r = 0, hence K = 0.
 
+RowSparseAdam (lazy Adam; no amsgrad, no maximize) differs in two ways. Its bias corrections use
+each row's own step count: t is s_r, the row's count after this step's increment, so α and
+sqrt(1−β2^t) are (n, 1) tensors (Python floats for dense Adam), and θ̄ = θ − (m'/D)·α in its op
+order. And it moves only the rows its gradient holds (:func:`lopt.models.lookahead.rows.touched`):
+a validation row a row-sparse g_t lacks keeps θ̄ = θ exactly and K = 0. g_t[rows] is gathered
+from the sparse gradient's values (:class:`lopt.models.lookahead.rows.GradRows`: the rows'
+positions among the held ones), which is never densified.
+
 Kernels are pure tensor functions (no input is modified) run under ``no_grad``. With
 ``compiled=True`` each runs through ``torch.compile`` (dynamic shapes: one compilation serves
-every batch; Adam's step-dependent constants are not specialized): one fused loop per kernel with
-the row gathers inside it, instead of ~15 separate passes each allocating a temporary. Compiling
-happens once per process and kernel (seconds; cached on disk by inductor); if it fails the
-reason is logged once and the eager kernels are used. Eagerly, the forward uses the replay's
-tensor ops in the same order, so its loss is bit-identical to the replay's.
+every batch; Adam's step-dependent constants are not specialized; the per-row variant compiles
+once more): one fused loop per kernel with the row gathers inside it, instead of ~15 separate
+passes each allocating a temporary. Compiling happens once per process and kernel (seconds;
+cached on disk by inductor); if it fails the reason is logged once and the eager kernels are used.
+Eagerly, the forward uses the replay's tensor ops in the same order, so its loss is bit-identical
+to the replay's (for RowSparseAdam too).
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lopt.models.lookahead.rows import TripleRows, unique_counts
+from lopt.models.lookahead.rows import GradRows, TripleRows, grad_of, grad_source, unique_counts
 from lopt.models.lookahead.state import ParamState
+from lopt.models.sparse_optim import row_grad
 
 if TYPE_CHECKING:
     from lopt.models.granularity import LambdaGranularity
@@ -57,6 +67,8 @@ log = logging.getLogger("lopt")
 def _regularized_grad_rows(
     theta: torch.Tensor,
     grad: torch.Tensor,
+    grad_idx: torch.Tensor,
+    grad_held: torch.Tensor | None,
     lam: torch.Tensor,
     rows: torch.Tensor,
     counts: torch.Tensor,
@@ -64,16 +76,23 @@ def _regularized_grad_rows(
     lam_rowwise: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(θ[rows], c = 2·count/|B| as (n, 1), g[rows] + c·λ[rows]⊙θ[rows]): the rows' parameters and
-    regularized Θ-gradient (``lam`` row-stored if ``lam_rowwise``, else broadcast (1, k))."""
+    regularized Θ-gradient (``lam`` row-stored if ``lam_rowwise``, else broadcast (1, k)). g[rows]
+    is ``grad[grad_idx]`` (:class:`lopt.models.lookahead.rows.GradRows`), zero where ``grad_held``
+    ((n, 1) bool, or None: everywhere held) is False."""
     p = theta.index_select(0, rows)
     coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
     lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
-    return p, coef, grad.index_select(0, rows).add_(coef * lam_rows * p)
+    g = grad.index_select(0, grad_idx)
+    if grad_held is not None:
+        g = g.masked_fill_(~grad_held, 0.0)
+    return p, coef, g.add_(coef * lam_rows * p)
 
 
 def _replay_kernel(
     theta: torch.Tensor,
     grad: torch.Tensor,
+    grad_idx: torch.Tensor,
+    moving: torch.Tensor | None,
     exp_avg: torch.Tensor | None,
     exp_avg_sq: torch.Tensor | None,
     max_exp_avg_sq: torch.Tensor | None,
@@ -81,17 +100,20 @@ def _replay_kernel(
     rows: torch.Tensor,
     counts: torch.Tensor,
     two_over_n: float,
-    step_size: float,
+    step_size: float | torch.Tensor,
     beta1: float,
     beta2: float,
-    bc2_sqrt: float,
+    bc2_sqrt: float | torch.Tensor,
     eps: float,
     lam_rowwise: bool,
     negate: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(θ̄[rows], K = ∂θ̄[rows]/∂λ[rows]), both (len(rows), d); λ is ``lam[rows]`` if ``lam_rowwise``
-    else ``lam`` broadcast ((1, k)); ``counts`` (len(rows),) are the train-batch occurrences."""
-    p, coef, g = _regularized_grad_rows(theta, grad, lam, rows, counts, two_over_n, lam_rowwise)
+    else ``lam`` broadcast ((1, k)); ``counts`` (len(rows),) are the train-batch occurrences; g[rows]
+    is ``grad[grad_idx]``. ``step_size`` and ``bc2_sqrt`` are Python floats (one step count) or
+    (len(rows), 1) tensors (per-row counts); rows where ``moving`` ((n, 1) bool; None: every row)
+    is False keep θ̄ = θ and K = 0."""
+    p, coef, g = _regularized_grad_rows(theta, grad, grad_idx, None, lam, rows, counts, two_over_n, lam_rowwise)
     if negate:
         g = g.neg_()
     m = (1 - beta1) * g if exp_avg is None else exp_avg.index_select(0, rows).lerp_(g, 1 - beta1)
@@ -103,7 +125,10 @@ def _replay_kernel(
     v_hat = v if held is None else torch.maximum(held, v)
     root = v_hat.sqrt()
     denom = root.div(bc2_sqrt).add_(eps)
-    new = torch.addcdiv(p, m, denom, value=-step_size)
+    if isinstance(step_size, torch.Tensor):  # RowSparseAdam's per-row update, in its op order
+        new = p - m.div(denom).mul_(step_size)
+    else:
+        new = torch.addcdiv(p, m, denom, value=-step_size)
     # ∂θ̄/∂g (module docstring), then · ∂g/∂λ = s·c_r·θ_r; in place on fresh temporaries (fewer
     # allocations eagerly, where they dominate at this size; the same fused loop when compiled)
     through_v = torch.mul(m, g).div_((denom * denom).mul_(root)).mul_(step_size * (1 - beta2) / bc2_sqrt)
@@ -111,7 +136,12 @@ def _replay_kernel(
         through_v = through_v.mul_(torch.where(v > held, 1.0, torch.where(v == held, 0.5, 0.0)).to(v.dtype))
     through_v = through_v.masked_fill_(root == 0, 0.0)
     dnew_dlam = through_v.sub_(denom.reciprocal().mul_(step_size * (1 - beta1))).mul_(coef).mul_(p)
-    return new, (dnew_dlam.neg_() if negate else dnew_dlam)
+    if negate:
+        dnew_dlam = dnew_dlam.neg_()
+    if moving is not None:  # lazy Adam leaves rows without a gradient as they are
+        new = torch.where(moving, new, p)
+        dnew_dlam = dnew_dlam.masked_fill_(~moving, 0.0)
+    return new, dnew_dlam
 
 
 def _clip_sq_kernel(*rows_args: Any) -> torch.Tensor:
@@ -230,15 +260,7 @@ class _Side:
         self.lam_storage, self.lam_rowwise = lam_storage, lam_rowwise
         self.rows = rows
         self.two_over_n = 2.0 / n_batch
-        beta1, beta2 = read.betas()
-        step = read.next_step()
-        self.adam = (
-            read.hyper("lr") / (1 - beta1**step),
-            beta1,
-            beta2,
-            (1 - beta2**step) ** 0.5,
-            read.hyper("eps"),
-        )
+        self.adam = read.adam_constants(rows, param.detach())
         self.negate = read.flag("maximize")
         #: Adam's state tensors (whole, gathered inside the kernel; max_exp_avg_sq only with amsgrad)
         self.moments = (
@@ -254,15 +276,31 @@ class _Side:
         self.counts = torch.where(hit_mask, self.train_counts.index_select(0, found), 0)
         #: positions (in ``rows``) of the rows the train batch penalizes: where Λ matters
         self.hit = torch.nonzero(hit_mask, as_tuple=True)[0]
+        #: where g_t[rows] (``held``: lazy Adam's moving rows, None for a dense gradient) and
+        #: g_t[train rows] are
+        self.grad, self.train_grad = self._grad_sources(found, hit_mask)
+
+    def _grad_sources(self, found: torch.Tensor, hit_mask: torch.Tensor) -> tuple[GradRows, GradRows | None]:
+        """:func:`grad_source` of the validation rows and of the train rows (None: not located yet).
+        A row-sparse g_t that holds exactly the train batch's rows (as the model's sparse backward
+        leaves it) reuses the validation rows' search among the train rows."""
+        held, values = row_grad(grad_of(self.param))
+        train = self.train_rows
+        if held is not None and held.numel() == train.numel() and torch.equal(held, train):
+            values = values.detach()  # a plain tensor, not a view of the sparse one (torch.compile)
+            every = torch.arange(train.numel(), device=train.device)
+            return GradRows(values, found, hit_mask.unsqueeze(1)), GradRows(values, every, None)
+        return grad_source(self.param, self.rows), None
 
     def clip_side(self) -> ClipSide:
-        return self.param, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
+        train_grad = self.train_grad if self.train_grad is not None else grad_source(self.param, self.train_rows)
+        return self.param, train_grad, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
 
     def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return REPLAY(
             compiled,
             self.param.detach(),
-            self.param.grad.detach(),
+            *self.grad,
             *self.moments,
             self.lam_storage.detach(),
             self.rows,

@@ -1,6 +1,7 @@
 """Row helpers of the look-ahead and the regularizer: a batch's unique rows and their counts or
 inverse (by a bincount when the table is small enough, else by a sort), row gathers, and the rows
-of a dense or row-sparse Θ gradient. All are vectorized; none modifies its inputs."""
+of a dense or row-sparse Θ gradient (gathered, or located for a kernel to gather). All are
+vectorized; none modifies its inputs."""
 
 from __future__ import annotations
 
@@ -111,6 +112,32 @@ def grad_rows(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
     return out.index_copy_(0, hit, rows_of(values, rows_of(found, hit)))
 
 
+class GradRows(NamedTuple):
+    """Where a Θ gradient keeps g_t[rows], read without densifying a row-sparse gradient:
+    ``source.index_select(0, index)`` is g_t[rows] on the rows ``held`` marks ((len(rows), 1) bool;
+    None: on every row); elsewhere g_t[rows] is 0 (a row the sparse gradient lacks)."""
+
+    source: torch.Tensor
+    index: torch.Tensor
+    held: torch.Tensor | None
+
+
+def grad_source(p: nn.Parameter, rows: torch.Tensor) -> GradRows:
+    """:class:`GradRows` of ``p.grad`` for ``rows``: the dense gradient indexed by ``rows``, or the
+    sparse gradient's values indexed by each row's position among the held rows (clamped where
+    absent; an empty gradient reads one zero row)."""
+    held, values = row_grad(grad_of(p))
+    if held is None:
+        return GradRows(values, rows, None)
+    if held.numel() == 0:
+        zero = values.new_zeros((1, *values.shape[1:]))
+        index = torch.zeros_like(rows)
+        return GradRows(zero, index, torch.zeros(rows.numel(), 1, dtype=torch.bool, device=rows.device))
+    found, present = _found(held, rows)
+    # detach: values() is a view whose base is the sparse tensor, which torch.compile cannot trace
+    return GradRows(values.detach(), found, present.unsqueeze(1))
+
+
 def touched(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
     """(len(rows), 1) bool: which ``rows`` a row-sparse optimizer's step will touch — those held by
     ``p.grad`` (all rows for a dense gradient)."""
@@ -123,8 +150,10 @@ def touched(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "GradRows",
     "TripleRows",
     "grad_of",
+    "grad_source",
     "grad_rows",
     "occurrences",
     "rows_of",

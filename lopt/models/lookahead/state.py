@@ -25,8 +25,11 @@ REPLAYED: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.AdamW,
     torch.optim.Adagrad,
 )
-#: The optimizer types the fused Adam kernels compute (weight_decay 0, dense gradients and state).
-FUSED_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.Adam, torch.optim.AdamW)
+#: The optimizer types the fused Adam kernels compute (weight_decay 0, dense state): dense Adam/AdamW
+#: (dense gradients) and the lazy :class:`RowSparseAdam` (row-sparse or dense gradients).
+FUSED_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.Adam, torch.optim.AdamW, RowSparseAdam)
+#: Of those, the ones that take a row-sparse gradient and count steps per row.
+PER_ROW_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (RowSparseAdam,)
 
 #: The paths of :func:`capability`.
 FUSED, REPLAY = "fused", "replay"
@@ -90,6 +93,21 @@ class ParamState:
         )
         return (before + 1).unsqueeze(1)
 
+    def adam_constants(
+        self, rows: torch.Tensor, like: torch.Tensor
+    ) -> tuple[float | torch.Tensor, float, float, float | torch.Tensor, float]:
+        """(α = lr/(1−β1^s), β1, β2, sqrt(1−β2^s), eps) of this Adam step: s the global step count
+        after it (Python floats) for dense Adam; for a per-row optimizer (:data:`PER_ROW_OPTIMIZERS`)
+        each of ``rows``' own count after its increment, α and sqrt(1−β2^s) as (len(rows), 1)
+        tensors in ``like``'s dtype and device (the ops of :class:`RowSparseAdam`)."""
+        beta1, beta2 = self.betas()
+        lr, eps = self.hyper("lr"), self.hyper("eps")
+        if type(self.optimizer) in PER_ROW_OPTIMIZERS:
+            s = self.next_row_steps(rows, like)
+            return lr / (1 - torch.pow(beta1, s)), beta1, beta2, (1 - torch.pow(beta2, s)).sqrt(), eps
+        step = self.next_step()
+        return lr / (1 - beta1**step), beta1, beta2, (1 - beta2**step) ** 0.5, eps
+
     def tensor(self, key: str) -> torch.Tensor | None:
         """The whole state tensor ``key`` (None when absent)."""
         return self.state.get(key)
@@ -106,7 +124,8 @@ class ParamState:
 
 def capability(optimizer: torch.optim.Optimizer, params: tuple[nn.Parameter, ...]) -> str:
     """:data:`FUSED` when the fused Adam kernels compute exactly what the replay would for
-    ``optimizer`` and ``params`` (Adam/AdamW, weight_decay 0, dense gradients and state), else
+    ``optimizer`` and ``params`` (Adam/AdamW with weight_decay 0 and dense gradients, or
+    :class:`RowSparseAdam` with row-sparse (sparse_dim 1) or dense gradients; dense state), else
     :data:`REPLAY`. Raises NotImplementedError (naming the config group) for an optimizer or a
     parameter the look-ahead cannot simulate, ValueError for a parameter the optimizer does not
     manage."""
@@ -129,7 +148,7 @@ def capability(optimizer: torch.optim.Optimizer, params: tuple[nn.Parameter, ...
         fused = (
             fused
             and p.grad is not None
-            and not p.grad.is_sparse
+            and (not p.grad.is_sparse or (type(optimizer) in PER_ROW_OPTIMIZERS and p.grad.sparse_dim() == 1))
             and read.hyper("weight_decay", 0.0) == 0
             and not any(isinstance(t, torch.Tensor) and t.is_sparse for t in read.state.values())
         )
@@ -138,6 +157,7 @@ def capability(optimizer: torch.optim.Optimizer, params: tuple[nn.Parameter, ...
 
 __all__ = [
     "FUSED",
+    "PER_ROW_OPTIMIZERS",
     "REPLAY",
     "SUPPORTED_OPTIMIZERS",
     "SUPPORTED_ROW_SPARSE",
