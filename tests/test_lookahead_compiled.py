@@ -129,7 +129,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, ca
         return call
 
     for name in KERNELS:
-        monkeypatch.setattr(fused, name, fused._Kernel(getattr(fused, name).fn))
+        monkeypatch.setattr(fused, name, fused._kernel(getattr(fused, name).fn))
     monkeypatch.setattr(torch, "compile", broken_compile)
     model, gran, opt = build("adam", "dui", 2)
     eager_loss, eager = lambda_grads(model, gran, opt, BIG_CLIP, fast=True, compiled=False)

@@ -42,7 +42,6 @@ to the replay's (for RowSparseAdam too).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lopt.models.compiled import Kernel
 from lopt.models.lookahead.rows import GradRows, TripleRows, grad_of, grad_source, unique_counts
 from lopt.models.lookahead.state import ParamState
 from lopt.models.sparse_optim import row_grad
@@ -59,8 +59,6 @@ if TYPE_CHECKING:
     from lopt.models.lookahead.clip import ClipSide
     from lopt.models.regularizer import FactorModel
     from lopt.models.steps import Triples
-
-log = logging.getLogger("lopt")
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -208,36 +206,14 @@ def _lambda_grad_kernel(
     return prod.sum(1, keepdim=True) if width_one else prod
 
 
-class _Kernel:
-    """A pure tensor function, run eagerly or through ``torch.compile`` (built on first use)."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-        self._compiled: Callable[..., Any] | None = None
-        self._failed = False
-
-    def __call__(self, compiled: bool, *args: Any) -> Any:
-        if compiled and not self._failed:
-            if self._compiled is None:
-                self._compiled = torch.compile(self.fn, dynamic=True)
-            try:
-                return self._compiled(*args)
-            except Exception as error:  # a missing C++ compiler, an inductor bug: the math is the same eagerly
-                self._failed = True
-                log.warning(
-                    "torch.compile of the look-ahead kernel %s failed (%s: %s); using the eager kernel "
-                    "(same results, slower). Set model.compile_lookahead=false to skip compiling.",
-                    self.fn.__name__,
-                    type(error).__name__,
-                    str(error).splitlines()[0] if str(error) else "",
-                )
-        return self.fn(*args)
+def _kernel(fn: Callable[..., Any]) -> Kernel:
+    return Kernel(fn, "look-ahead", "model.compile_lookahead=false")
 
 
-REPLAY = _Kernel(_replay_kernel)
-CLIP_SQ = _Kernel(_clip_sq_kernel)
-BPR = _Kernel(_bpr_kernel)
-LAMBDA_GRAD = _Kernel(_lambda_grad_kernel)
+REPLAY = _kernel(_replay_kernel)
+CLIP_SQ = _kernel(_clip_sq_kernel)
+BPR = _kernel(_bpr_kernel)
+LAMBDA_GRAD = _kernel(_lambda_grad_kernel)
 
 
 # ---------------------------------------------------------------------------- the fused look-ahead
