@@ -83,3 +83,20 @@ def test_bench_tiny_writes_every_key(tmp_path) -> None:  # type: ignore[no-untyp
     assert "ratio_dui_over_fix" in proc.stdout  # the printed table
     # the cached data file is reused by a second run (generated once)
     assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").rglob("ratings.dat"))
+
+
+def test_popularity_interactions_are_distinct_pairs_in_range() -> None:
+    """The large shape's generator: distinct (user, item) pairs, ids in range, every user present,
+    close to the requested count, deterministic."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_module", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    frame = bench.popularity_interactions(2000, 5000, 20_000, user_alpha=0.6, item_alpha=0.9)
+    assert frame.select(["user", "item"]).is_duplicated().sum() == 0
+    assert frame["user"].n_unique() == 2000 and frame["user"].max() == 1999
+    assert 0 <= frame["item"].min() and frame["item"].max() < 5000
+    assert 0.8 * 20_000 <= frame.height <= 20_000
+    assert frame.equals(bench.popularity_interactions(2000, 5000, 20_000, user_alpha=0.6, item_alpha=0.9))
