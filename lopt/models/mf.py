@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -34,20 +32,9 @@ class MatrixFactorization(nn.Module):
         self.user_factors = nn.Parameter(torch.randn(n_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(n_items, dim) * init_std)
         self.sparse_grad = bool(sparse_grad)
-        self._grad_buffers: dict[str, torch.Tensor] = {}
         if not self.sparse_grad:
-            for name, table in (("user", self.user_factors), ("item", self.item_factors)):
-                table.register_post_accumulate_grad_hook(partial(self._densify_grad, name))
-
-    def _densify_grad(self, name: str, table: torch.Tensor) -> None:
-        """Replace a sparse ``table.grad`` by its dense values in the table's reused buffer."""
-        grad = table.grad
-        if grad is None or not grad.is_sparse:
-            return
-        buffer = self._grad_buffers.get(name)
-        if buffer is None or buffer.shape != table.shape or buffer.dtype != grad.dtype or buffer.device != grad.device:
-            buffer = self._grad_buffers[name] = torch.empty(table.shape, dtype=grad.dtype, device=grad.device)
-        table.grad = dense_from_rows(grad, buffer)
+            for table in (self.user_factors, self.item_factors):
+                table.register_post_accumulate_grad_hook(DenseGradFromRows())
 
     def forward(
         self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor
@@ -91,6 +78,26 @@ def sparse_triple_scores(
     q = F.embedding(item_rows, item_factors, sparse=True)
     # index_select: its backward is an index_add_ (advanced indexing's accumulating index_put_ sorts)
     return (p * q.index_select(0, item_idx[:n])).sum(-1), (p * q.index_select(0, item_idx[n:])).sum(-1)
+
+
+class DenseGradFromRows:
+    """Post-accumulate-grad hook of one factor table: replaces a sparse ``table.grad`` by its dense
+    values, written into a buffer this hook keeps across steps (reallocated only when the table's
+    shape, dtype or device changes). It holds no reference to the table or the model, so a model
+    that owns it can still be garbage-collected (a hook referencing its model would form a cycle
+    through the parameter that Python's collector cannot see)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, table: torch.Tensor) -> None:
+        grad = table.grad
+        if grad is None or not grad.is_sparse:
+            return
+        buffer = self.buffer
+        if buffer is None or buffer.shape != table.shape or buffer.dtype != grad.dtype or buffer.device != grad.device:
+            buffer = self.buffer = torch.empty(table.shape, dtype=grad.dtype, device=grad.device)
+        table.grad = dense_from_rows(grad, buffer)
 
 
 def dense_from_rows(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
