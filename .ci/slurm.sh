@@ -57,7 +57,9 @@ wait_for() {
     pid="$(recorded_pid "$daemon")"
     until "$@" >/dev/null 2>&1; do
         ((SECONDS < deadline)) || return 1
-        if [[ -n "$pid" ]] && ! pid_is "$pid" "$daemon"; then
+        # alive, not pid_is: right after the launch the PID may still run setsid/setpriv, which
+        # exec the daemon (no PID recycling to guard against within this wait)
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
             log "$daemon (pid $pid) exited"
             return 1
         fi
