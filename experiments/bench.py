@@ -57,6 +57,7 @@ Prints a table and writes ``--out`` atomically (JSON). Timings on a shared machi
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import gc
 import logging
@@ -64,6 +65,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -480,7 +482,10 @@ def run(
     print(f"  sample {out['sample_seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
 
     # ---- training iterations, the real code path
+    # the runs' checkpoints and logs: each method's removed after its run, the rest at exit
+    # (a large-shape checkpoint with its optimizer states is gigabytes)
     workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-"))
+    atexit.register(shutil.rmtree, workdir, True)
     common = [
         f"paths.data_dir={cache_dir}",
         f"paths.output_dir={workdir}",
@@ -525,6 +530,7 @@ def run(
             timer = StepTimer(device)
             trainer.callbacks.append(timer.callback)
             trainer.fit(module, datamodule=datamodule)
+            shutil.rmtree(workdir / f"{key}-{round_}", ignore_errors=True)
             iterations[key] += timer.iterations()[warmup:]
             if key == "fix" and not step_only:
                 fix_module = module
@@ -596,6 +602,7 @@ def run(
         epoch_timer = EpochTimer(device)
         trainer.callbacks.append(epoch_timer.callback)
         trainer.fit(module, datamodule=datamodule)
+        shutil.rmtree(workdir / f"{key}-epoch", ignore_errors=True)
         out[f"epoch_seconds_{suffix}"] = epoch_timer.seconds[0]
         out[f"epoch_iterations_{suffix}"] = int(trainer.global_step)
         print(

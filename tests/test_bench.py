@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -37,6 +38,8 @@ def test_bench_tiny_writes_every_key(tmp_path) -> None:  # type: ignore[no-untyp
     finally:
         sys.path.remove(str(BENCH.parent))
     out = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.run(
         [
             sys.executable,
@@ -54,8 +57,10 @@ def test_bench_tiny_writes_every_key(tmp_path) -> None:  # type: ignore[no-untyp
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not list(scratch.glob("lopt-bench-*")), "the runs' checkpoints were left behind"
     result = json.loads(out.read_text())
     missing = [k for k in bench.REQUIRED_KEYS if k not in result]
     assert not missing, f"bench.json lacks {missing}"
