@@ -100,6 +100,15 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         return step.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
 
 
+def lazy_adam_constants(
+    lr: float, beta1: float, beta2: float, steps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (step size lr/(1 − β1^s), √(1 − β2^s)) of lazy Adam for the rows' step counts
+    ``steps`` (after this step's increment, in the parameter's dtype): one definition for the
+    optimizer and the look-ahead that replays it, so the two agree bit for bit."""
+    return lr / (1 - torch.pow(beta1, steps)), (1 - torch.pow(beta2, steps)).sqrt()
+
+
 def _lazy_adam_rows_(
     p: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -160,8 +169,7 @@ class RowSparseAdam(RowSparseOptimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         s = self._row_steps(p, rows)
         # per-row constants on (rows, 1): the powers are not recomputed for each of the d columns
-        step_size = lr / (1 - torch.pow(beta1, s))
-        bc2_sqrt = (1 - torch.pow(beta2, s)).sqrt()
+        step_size, bc2_sqrt = lazy_adam_constants(lr, beta1, beta2, s)
         if group.get("compiled", False):
             # rows and g are views into the sparse gradient, on which dynamo's dynamic-shape tracing
             # fails; detach() gives the same storage without the view link
@@ -223,4 +231,12 @@ class RowSparseSGD(RowSparseOptimizer):
         p.index_add_(0, rows, g, alpha=-float(group["lr"]))
 
 
-__all__ = ["RowSparseAdagrad", "RowSparseAdam", "RowSparseOptimizer", "RowSparseSGD", "is_row_sparse", "row_grad"]
+__all__ = [
+    "RowSparseAdagrad",
+    "RowSparseAdam",
+    "RowSparseOptimizer",
+    "RowSparseSGD",
+    "is_row_sparse",
+    "lazy_adam_constants",
+    "row_grad",
+]

@@ -24,7 +24,7 @@ from lopt.models.lookahead.clip import clip_is_inactive
 from lopt.models.lookahead.rows import TripleRows, grad_of, grad_rows, occurrences, rows_of, touched, unique_counts
 from lopt.models.lookahead.state import ParamState, capability, unwrap
 from lopt.models.mf import bpr_loss
-from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD
+from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, lazy_adam_constants
 
 if TYPE_CHECKING:
     from lopt.models.granularity import LambdaGranularity
@@ -145,8 +145,8 @@ def _row_sparse_adam_rows(
     p = rows_of(param.detach(), rows)
     s = read.next_row_steps(rows, p)
     m, v = _adam_moments(read, rows, grad, beta1, beta2)
-    step_size = lr / (1 - torch.pow(beta1, s))
-    denom = safe_sqrt(v) / (1 - torch.pow(beta2, s)).sqrt() + eps
+    step_size, bc2_sqrt = lazy_adam_constants(lr, beta1, beta2, s)
+    denom = safe_sqrt(v) / bc2_sqrt + eps
     return torch.where(touched(param, rows), p - (m / denom) * step_size, p)
 
 

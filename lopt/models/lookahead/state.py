@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lopt.models.lookahead.rows import rows_of
-from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD
+from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, lazy_adam_constants
 
 SUPPORTED_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "Adagrad")
 #: lopt's row-sparse Θ optimizers (lopt.models.sparse_optim), replayed exactly too.
@@ -103,8 +103,8 @@ class ParamState:
         beta1, beta2 = self.betas()
         lr, eps = self.hyper("lr"), self.hyper("eps")
         if type(self.optimizer) in PER_ROW_OPTIMIZERS:
-            s = self.next_row_steps(rows, like)
-            return lr / (1 - torch.pow(beta1, s)), beta1, beta2, (1 - torch.pow(beta2, s)).sqrt(), eps
+            step_size, bc2_sqrt = lazy_adam_constants(lr, beta1, beta2, self.next_row_steps(rows, like))
+            return step_size, beta1, beta2, bc2_sqrt, eps
         step = self.next_step()
         return lr / (1 - beta1**step), beta1, beta2, (1 - beta2**step) ** 0.5, eps
 
