@@ -24,7 +24,7 @@ Everything is measured in ONE process (so the ratios compare like with like):
    100, the look-ahead kernels compiled as the λOpt experiments set it — ``--compile-lookahead``
    forces them on or off) and ``ml10m_dui`` with ``lambda_optimizer=adam`` (dense LambdaAdam,
    amsgrad): the
-   module and Trainer are built by ``lopt.train.build_module`` / ``build_trainer`` exactly as
+   module and Trainer are built by ``lopt.pipeline.build_module`` / ``build_trainer`` exactly as
    ``run.py`` builds them (CSV logger, log every 50 steps, checkpoint callback), and a
    ``Trainer(max_steps=…)`` runs the real ``training_step``. A callback stamps
    ``on_train_batch_start``; one iteration is the time from one stamp to the next, i.e. all a
@@ -37,7 +37,7 @@ Everything is measured in ONE process (so the ratios compare like with like):
    (|U|+|I|)×d parameter set alone, timed in the same rounds (the memory-bandwidth floor of a
    dense step; ``ratio_fix_over_floor``);
 5. ``loop_overhead_fraction``: the λFix iteration under the Trainer against the same step
-   without Lightning (the step functions of ``lopt.models.steps`` that the modules call, driven
+   without Lightning (the step functions of ``lopt.lookahead.steps`` that the modules call, driven
    by a plain loop, :func:`_bare_step`), ``median(trainer) / median(bare) − 1``;
 5b. ``epoch_seconds_{fix,dui,fix_sparse,dui_sparse}``: one full training epoch under the Trainer
    (no validation), and ``samples_per_second_{fix,dui}_sparse``: training triples per second of
@@ -127,9 +127,9 @@ EPOCH_KEYS: dict[str, str] = {
 }
 #: The Λ optimizer of each λOpt key, set explicitly (whatever the experiment config picks): the
 #: paper's ML-10M LambdaSGD lr 1e-3, and dense LambdaAdam (amsgrad, the paper's Amazon setting).
-_LAMBDA_SGD = {"_target_": "lopt.models.lambda_optim.LambdaSGD", "_partial_": True, "lr": 1e-3}
+_LAMBDA_SGD = {"_target_": "lopt.optim.lambda_optimizers.LambdaSGD", "_partial_": True, "lr": 1e-3}
 _LAMBDA_ADAM = {
-    "_target_": "lopt.models.lambda_optim.LambdaAdam",
+    "_target_": "lopt.optim.lambda_optimizers.LambdaAdam",
     "_partial_": True,
     "lr": 1e-2,
     "betas": [0.9, 0.999],
@@ -336,9 +336,9 @@ class StepTimer:
 
 def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, Any]) -> None:
     """One iteration of ``MFBPRModule.training_step`` (+ ``LambdaOptModule.before_theta_step``)
-    without Lightning: the same step functions (:mod:`lopt.models.steps`) on the same module, driven
+    without Lightning: the same step functions (:mod:`lopt.lookahead.steps`) on the same module, driven
     by raw torch optimizers (the loop-overhead reference)."""
-    from lopt.models.steps import lambda_step, theta_step, train_loss
+    from lopt.lookahead.steps import lambda_step, theta_step, train_loss
 
     theta_opt.zero_grad(set_to_none=True)
     loss = train_loss(module.model, batch["train"])
@@ -439,7 +439,7 @@ def run(
     from lopt.data.preprocess import prepare_split
     from lopt.data.readers import read_movielens_dat, read_movielens_tab
     from lopt.data.sampling import NegativeSampler
-    from lopt.train import build_module, build_trainer, prepare_data, quiet_third_party
+    from lopt.pipeline import build_module, build_trainer, prepare_data, quiet_third_party
 
     quiet_third_party()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

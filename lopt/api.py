@@ -87,7 +87,7 @@ def train(
     ``overrides``: the command line's overrides, e.g. ``["+experiment=ml100k_dui", "seed=1",
     "hydra.run.dir=runs/dui_1"]``. ``configure_logging=False`` leaves Python logging as it is.
     """
-    from lopt.train import run  # torch and Lightning load here, not on `import lopt`
+    from lopt.pipeline import run  # torch and Lightning load here, not on `import lopt`
 
     cfg = compose_run_config(overrides, config_dir, config_name)
     output_dir = Path(cfg.hydra.runtime.output_dir)

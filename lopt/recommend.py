@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lopt.io import atomic_write
-from lopt.validate import check_recorded_config
+from lopt.run.validate import check_recorded_config
 
 DEFAULT_BLOCK_USERS = 1024
 
@@ -117,7 +117,7 @@ def recommend(
 
 def load_best_module(cfg: DictConfig, run_dir: Path, n_users: int, n_items: int) -> torch.nn.Module:
     """The run's module with the weights of ``checkpoints/best.ckpt``."""
-    from lopt.train import BEST_NAME, CHECKPOINT_DIR, build_module
+    from lopt.pipeline import BEST_NAME, CHECKPOINT_DIR, build_module
 
     ckpt_path = run_dir / CHECKPOINT_DIR / f"{BEST_NAME}.ckpt"
     if not ckpt_path.is_file():
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--block-users", type=int, default=DEFAULT_BLOCK_USERS, help="users scored at once")
     args = parser.parse_args(argv)
     try:
-        from lopt.train import build_datamodule
+        from lopt.pipeline import build_datamodule
 
         cfg = load_run_config(args.run_dir, args.data_dir)
         split = build_datamodule(cfg).load_split()

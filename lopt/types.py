@@ -1,9 +1,11 @@
 """Plain types shared across layers: the data stages (reader → preprocess → cache → DataModule)
-produce them, evaluation, models and tracking consume them. Imports nothing of lopt."""
+produce them, evaluation, models, optimizers and tracking consume them. Imports nothing of lopt."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +17,9 @@ CANONICAL_COLUMNS = ("user", "item", "timestamp")
 
 #: One batch of BPR triples: (users, positive items, negative items), int64 tensors of equal length.
 Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+#: What a torch optimizer's constructor takes as ``params``: tensors, or param-group dicts.
+ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 
-from lopt.models.amf import AMFModule, adversarial_rows
 from lopt.models.mf import bpr_loss, triple_scores
-from lopt.models.mf_module import FixModule
+from lopt.modules.amf import AMFModule, adversarial_rows
+from lopt.modules.fix import FixModule
 from tests.helpers.trainer import fit_batches
 
 NU, NI, D, B = 11, 13, 5, 24

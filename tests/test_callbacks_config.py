@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from lopt import train
-from lopt.callbacks import best_checkpoint, instantiate_callbacks
+from lopt.run.trainer_callbacks import best_checkpoint, instantiate_callbacks
 from lopt.tracking import progress
 from lopt.tracking.progress import LogProgress, make_progress
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES

@@ -65,7 +65,7 @@ def test_experiment_models_declare_label_and_needs(experiment: str) -> None:
 
 def test_granularity_is_built_from_its_target() -> None:
     from lopt.models.granularity import LambdaGranularity
-    from lopt.train import build_module
+    from lopt.pipeline import build_module
 
     cfg = _compose(["granularity=du", "granularity.init=0.5", "model.dim=3"])
     granularity = build_module(cfg, 5, 4).granularity

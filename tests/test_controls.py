@@ -11,7 +11,7 @@ import pytest
 
 from lopt.data.controls import carve_latest, fit_arrays
 from lopt.data.preprocess import prepare_split
-from lopt.train import build_datamodule, build_module, control_applies
+from lopt.pipeline import build_datamodule, build_module, control_applies
 from tests.e2e import TINY_OVERRIDES, read_metrics, run_cli
 from tests.helpers.hydra import compose_config
 

@@ -23,18 +23,18 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from lopt.checkpointing import (
+from lopt.data import download
+from lopt.data.cache import cache_path, load_or_build
+from lopt.data.sources import MovieLensSource
+from lopt.run.checkpointing import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     AtomicCheckpointIO,
     checkpoint_problem,
     resume_checkpoint,
 )
-from lopt.data import download
-from lopt.data.cache import cache_path, load_or_build
-from lopt.data.sources import MovieLensSource
+from lopt.run.validate import ConfigError, check_config, check_split
 from lopt.types import PreparedSplit
-from lopt.validate import ConfigError, check_config, check_split
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
 from tests.helpers.hydra import compose_config as _cfg
 
@@ -86,7 +86,7 @@ def _signal_at_step(signame: str, step: int) -> str:
     """Launcher patch: send ``signame`` to the process itself after training batch ``step``."""
     return (
         "import lightning.pytorch as L\n"
-        "import lopt.train as T\n"
+        "import lopt.pipeline as T\n"
         "class _At(L.Callback):\n"
         "    def on_train_batch_end(self, trainer, *a):\n"
         f"        if trainer.global_step == {step}:\n"
@@ -588,7 +588,7 @@ def test_a_run_recorded_by_an_older_version_is_refused_by_name(tmp_path: Path) -
     from omegaconf import OmegaConf
 
     from lopt.recommend import load_run_config
-    from lopt.validate import ConfigError, check_recorded_config
+    from lopt.run.validate import ConfigError, check_recorded_config
     from tests.helpers.hydra import compose_config
 
     cfg = compose_config(["model=lambda_opt", "granularity=dui"])

@@ -9,15 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_, coalesced
+from lopt.models.rows import coalesced
+from lopt.optim.lambda_optimizers import LambdaAdam, LambdaRowSparseAdam, LambdaSGD, clip_lambda_grad_
 from tests.helpers.lambda_models import NU, D, lambda_opt_iteration, model_and_lambda
 
 FACTORIES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd": lambda ps: LambdaSGD(ps, lr=0.5),
     "adam": lambda ps: LambdaAdam(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=False),
     "adam_amsgrad": lambda ps: LambdaAdam(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=True),
-    "rowsparse_adam": lambda ps: RowSparseAdam(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=False),
-    "rowsparse_adam_amsgrad": lambda ps: RowSparseAdam(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=True),
+    "rowsparse_adam": lambda ps: LambdaRowSparseAdam(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=False),
+    "rowsparse_adam_amsgrad": lambda ps: LambdaRowSparseAdam(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, amsgrad=True),
 }
 
 
@@ -92,7 +93,7 @@ def test_row_sparse_adam_equals_adam_when_every_row_gets_gradient() -> None:
     torch.manual_seed(0)
     a = nn.Parameter(torch.rand(NU, D, dtype=torch.float64) + 1.0)
     b = nn.Parameter(a.detach().clone())
-    oa = RowSparseAdam([a], lr=0.01, betas=(0.9, 0.99), eps=1e-8, amsgrad=True)
+    oa = LambdaRowSparseAdam([a], lr=0.01, betas=(0.9, 0.99), eps=1e-8, amsgrad=True)
     ob = torch.optim.Adam([b], lr=0.01, betas=(0.9, 0.99), eps=1e-8, amsgrad=True)
     for _ in range(4):
         g = torch.randn(NU, D, dtype=torch.float64)
@@ -105,7 +106,7 @@ def test_row_sparse_adam_equals_adam_when_every_row_gets_gradient() -> None:
 
 def test_row_sparse_adam_uses_per_row_step_count() -> None:
     a = nn.Parameter(torch.ones(2, 1, dtype=torch.float64))
-    opt = RowSparseAdam([a], lr=0.1, betas=(0.9, 0.999), eps=0.0)
+    opt = LambdaRowSparseAdam([a], lr=0.1, betas=(0.9, 0.999), eps=0.0)
     a.grad = sparse_rows([0], torch.tensor([[1.0]], dtype=torch.float64), 2)
     opt.step()
     a.grad = sparse_rows([0, 1], torch.tensor([[1.0], [1.0]], dtype=torch.float64), 2)

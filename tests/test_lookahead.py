@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from lopt.models import steps
+from lopt.lookahead import steps
+from lopt.lookahead.dispatch import lookahead_rows, lookahead_validation_loss, simulate_step_rows
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
-from lopt.models.lookahead import lookahead_rows, lookahead_validation_loss, simulate_step_rows
 from lopt.models.mf import MatrixFactorization, bpr_loss
 from tests.helpers import lambda_models
 from tests.helpers.lambda_models import (

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from lopt.lookahead import fused
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lookahead import fused
 from lopt.models.mf import MatrixFactorization
 from tests.helpers.lambda_models import lambda_opt_iteration
 from tests.test_lookahead_fast import BIG_CLIP, build, lambda_grads

@@ -9,10 +9,11 @@ from unittest import mock
 import pytest
 import torch
 
-from lopt.models import lookahead
+from lopt.lookahead import dispatch as lookahead
+from lopt.lookahead import fused
+from lopt.lookahead.dispatch import lookahead_validation_loss
+from lopt.lookahead.state import REPLAY
 from lopt.models.granularity import GRANULARITY_NAMES
-from lopt.models.lookahead import fused, lookahead_validation_loss
-from lopt.models.lookahead.state import REPLAY
 from tests.helpers import lambda_models
 from tests.helpers.lambda_models import TRAIN, VALID, model_and_lambda, train_backward
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lopt.models import steps
+from lopt.lookahead import fused, steps
+from lopt.lookahead.clip import CLIP_MARGIN, clip_is_inactive
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
-from lopt.models.lookahead import fused
-from lopt.models.lookahead.clip import CLIP_MARGIN, clip_is_inactive
-from lopt.models.lookahead.rows import triple_rows
 from lopt.models.mf import MatrixFactorization
-from lopt.models.sparse_optim import RowSparseAdam
+from lopt.models.rows import triple_rows
+from lopt.optim.row_sparse import RowSparseAdam
 from tests.helpers import lambda_models
 from tests.helpers.lambda_models import NI, NU, TRAIN, VALID, train_backward
 from tests.test_lookahead_fast import assert_fast_equals_autograd

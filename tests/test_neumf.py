@@ -7,7 +7,8 @@ import functools
 import pytest
 import torch
 
-from lopt.models.neumf import NeuMF, NeuMFModule
+from lopt.models.neumf import NeuMF
+from lopt.modules.neumf import NeuMFModule
 from tests.helpers.trainer import fit_batches
 
 NU, NI, D, LAYERS = 9, 23, 6, [8, 6, 4]

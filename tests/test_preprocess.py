@@ -10,13 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lopt.data.preprocess import (
-    _order_by,
-    floor_times,
-    prepare_split,
-    ratio_fraction,
-    split_leave_ratio_out,
-)
+from lopt.data.preprocess import prepare_split
+from lopt.data.split import floor_times, order_by, ratio_fraction, split_leave_ratio_out
 from lopt.types import PreparedSplit
 from tests.helpers.preprocess import dedupe, filter_frequency, reindex
 
@@ -317,5 +312,5 @@ def test_time_order_is_stable_on_many_ties(ts_span: int) -> None:
     n = 200_000
     users = rng.integers(0, 300, n)
     ts = rng.integers(0, 50, n) * (ts_span // 50)  # few distinct timestamps: many ties
-    order = _order_by(users.astype(np.int64), ts)
+    order = order_by(users.astype(np.int64), ts)
     assert np.array_equal(order, np.lexsort((np.arange(n), ts, users)))

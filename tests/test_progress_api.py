@@ -12,7 +12,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from lopt.train import check_accelerator
+from lopt.pipeline import check_accelerator
 from tests.e2e import TINY_OVERRIDES, run_cli
 from tests.helpers.hydra import compose_config
 

@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_opt import LambdaOptModule
-from lopt.train import build_module
+from lopt.modules.lambda_opt import LambdaOptModule
+from lopt.pipeline import build_module
 from tests.e2e import REPO_ROOT
 
 NU, NI, D, B, STEPS = 10, 12, 4, 32, 12

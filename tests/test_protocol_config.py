@@ -8,8 +8,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lopt.data.preprocess import SPLIT_RULE_VERSION
-from lopt.train import build_datamodule, build_module, prepare_data
+from lopt.data.split import SPLIT_RULE_VERSION
+from lopt.pipeline import build_datamodule, build_module, prepare_data
 from tests.e2e import REPO_ROOT
 
 TINY = ["dataset.source.n_users=60", "dataset.source.n_items=40", "dataset.source.n_interactions=1500"]

@@ -1,4 +1,4 @@
-"""Provenance of a run (lopt.provenance) and the refusal to tabulate runs of mixed provenance."""
+"""Provenance of a run (lopt.run.provenance) and the refusal to tabulate runs of mixed provenance."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lopt import provenance as prov
 from lopt.analysis.results import MixedProvenanceError, Run, check_provenance, provenance_differences
+from lopt.run import provenance as prov
 from lopt.tracking import loggers
 from tests.e2e import REPO_ROOT
 from tests.helpers.hydra import compose_config

@@ -121,8 +121,8 @@ def test_figures_by_metric_name(standard_runs: Path, tmp_path: Path) -> None:
 def test_recommend_from_a_run(standard_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
+    from lopt.pipeline import build_datamodule
     from lopt.recommend import load_run_config, main
-    from lopt.train import build_datamodule
 
     run_dir = next((standard_runs / "dui").glob("*/metrics.json")).parent
     monkeypatch.setenv("LOPT_DATA_DIR", str(standard_runs.parent / "data"))

@@ -132,7 +132,7 @@ class _PoisonAfterFirstEpoch(L.Callback):
 
 @pytest.mark.slow
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    from lopt.models.ranking_module import NonFiniteLossError
+    from lopt.modules.ranking import NonFiniteLossError
 
     original = train.build_tracking_callbacks
     monkeypatch.setattr(train, "build_tracking_callbacks", lambda *a: [*original(*a), _PoisonAfterFirstEpoch()])

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_opt import LambdaOptModule
-from lopt.models.lambda_optim import LambdaSGD
 from lopt.models.mf import bpr_loss, triple_scores
-from lopt.train import build_module
+from lopt.modules.lambda_opt import LambdaOptModule
+from lopt.optim.lambda_optimizers import LambdaSGD
+from lopt.pipeline import build_module
 from tests.helpers.hydra import compose_config
 from tests.helpers.trainer import fit_batches
 
@@ -52,11 +52,11 @@ def _sgda_from_config(seed: int):
 @pytest.mark.parametrize("experiment", ["ml100k_sgda", "ml10m_sgda", "amazon_food_sgda"])
 def test_sgda_experiments_are_lambda_opt_with_rendles_choices(experiment: str) -> None:
     cfg = compose_config([f"+experiment={experiment}"])
-    assert cfg.model._target_ == "lopt.models.lambda_opt.LambdaOptModule" and cfg.model.name == "sgda"
+    assert cfg.model._target_ == "lopt.modules.lambda_opt.LambdaOptModule" and cfg.model.name == "sgda"
     assert cfg.granularity.name == "dsep"
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0
     assert cfg.optimizer.weight_decay == 0 and not cfg.optimizer.nesterov
-    assert cfg.lambda_optimizer._target_ == "lopt.models.lambda_optim.LambdaSGD"
+    assert cfg.lambda_optimizer._target_ == "lopt.optim.lambda_optimizers.LambdaSGD"
     assert cfg.model.lambda_update_interval == 1 and cfg.model.penalty_scope == "batch"
 
 

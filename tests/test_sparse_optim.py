@@ -9,12 +9,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from lopt.models import steps
+from lopt.lookahead import steps
+from lopt.lookahead.dispatch import lookahead_rows, lookahead_validation_loss
 from lopt.models.granularity import GRANULARITY_NAMES, LambdaGranularity
-from lopt.models.lookahead import lookahead_rows, lookahead_validation_loss
 from lopt.models.mf import MatrixFactorization, bpr_loss
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
-from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, is_row_sparse
+from lopt.optim.row_sparse import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, is_row_sparse
 from tests.helpers import lambda_models
 from tests.helpers.lambda_models import (
     NI,
@@ -249,7 +249,7 @@ def test_fused_sparse_adam_equals_the_reference_update() -> None:
     assert torch.equal(opt_b.state[b]["step"], opt_a.state[a]["step"])
     assert opt_b.state[b]["step"].tolist() == [2, 1, 3, 1, 0, 1, 1]
     assert torch.equal(a.detach()[4], b.detach()[4])
-    from lopt.models.sparse_optim import LAZY_ADAM
+    from lopt.optim.row_sparse import LAZY_ADAM
 
     assert not LAZY_ADAM._failed, "the lazy-Adam kernel did not compile"
 
@@ -258,15 +258,15 @@ def test_fused_sparse_adam_falls_back_to_eager_when_compiling_fails(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A failing torch.compile is logged once, naming the switch, and the eager kernel runs."""
-    from lopt.models import sparse_optim
-    from lopt.models.compiled import Kernel
+    from lopt.optim import lazy_adam, row_sparse
+    from lopt.optim.compiled import Kernel
 
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
     monkeypatch.setattr(
-        sparse_optim, "LAZY_ADAM", Kernel(sparse_optim._lazy_adam_rows_, "sparse_adam", "optimizer.fused=false")
+        row_sparse, "LAZY_ADAM", Kernel(lazy_adam._lazy_adam_rows_, "sparse_adam", "optimizer.fused=false")
     )
     a = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
     b = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))

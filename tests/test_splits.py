@@ -8,8 +8,9 @@ import polars as pl
 import pytest
 import torch
 
-from lopt.data.preprocess import item_order, prepare_split, split_interactions
+from lopt.data.preprocess import prepare_split
 from lopt.data.readers import read_movielens_tab
+from lopt.data.split import item_order, split_interactions
 from lopt.eval import RankingEvaluator
 from tests.helpers.evaluation import evaluate
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lopt.data.preprocess import floor_times, ratio_fraction
+from lopt.data.split import floor_times, ratio_fraction
 from lopt.types import PreparedSplit
 
 KEY_LAMBDA_SPLIT_RATIO = "model.lambda_split_ratio"
@@ -58,7 +58,7 @@ def carve_latest(users: np.ndarray, ratio: float, key: str = KEY_LAMBDA_SPLIT_RA
 
     ``users`` must be grouped by user with each user's rows in time order — the order of
     :class:`PreparedSplit`'s train arrays (``prepare_split`` sorts them by user, then time).
-    ``ratio`` in [0, 1), floored exactly as the split's own ratios (``preprocess.ratio_fraction``).
+    ``ratio`` in [0, 1), floored exactly as the split's own ratios (``split.ratio_fraction``).
     Vectorized: one pass over the rows, no loop over users.
     """
     fraction = ratio_fraction(ratio, key)

@@ -22,8 +22,9 @@ import torch
 
 from lopt.data.cache import load_or_build, split_fingerprint
 from lopt.data.controls import fit_arrays
-from lopt.data.preprocess import SPLIT_RULE_VERSION, prepare_split
+from lopt.data.preprocess import prepare_split
 from lopt.data.sampling import NegativeSampler
+from lopt.data.split import SPLIT_RULE_VERSION
 from lopt.types import PreparedSplit, Triples
 
 log = logging.getLogger("lopt.data")
@@ -149,10 +150,10 @@ class InteractionDataModule(L.LightningDataModule):
     """Loads (or builds and caches) the prepared split and serves triple batches and user blocks.
 
     ``valid_triples=True`` adds validation triples to every training batch (λOpt's Λ-step).
-    ``split``: ``{"kind": …, "seed": …}`` (see :func:`lopt.data.preprocess.split_interactions`;
+    ``split``: ``{"kind": …, "seed": …}`` (see :func:`lopt.data.split.split_interactions`;
     None = the paper's temporal split); ``prepared``: an already prepared split to serve instead of
     reading ``source``. The evaluation blocks cover the users of the valid / test evaluators the
-    composition root injects with :meth:`use_evaluators` (``lopt.train.prepare_data``).
+    composition root injects with :meth:`use_evaluators` (``lopt.pipeline.prepare_data``).
     The controls (``lopt.data.controls``): ``train_on_valid=True`` trains on train ∪ valid (no
     Λ-step possible); ``lambda_split_ratio`` draws the Λ-step's triples from the latest part of
     each user's train interactions instead of the valid split, and trains Θ on the rest.
@@ -238,8 +239,8 @@ class InteractionDataModule(L.LightningDataModule):
     def _evaluator(self, which: str) -> BlockEvaluator:
         if which not in self.evaluators:
             raise RuntimeError(
-                f"no {which!r} evaluator: build them with lopt.train.build_evaluators and hand them to "
-                "datamodule.use_evaluators (lopt.train.prepare_data does both)"
+                f"no {which!r} evaluator: build them with lopt.pipeline.build_evaluators and hand them to "
+                "datamodule.use_evaluators (lopt.pipeline.prepare_data does both)"
             )
         return self.evaluators[which]
 

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lopt.models.rows import row_grad, triple_rows
+
 
 class MatrixFactorization(nn.Module):
     """Θ = (P, Q), P ∈ R^{n_users×dim}, Q ∈ R^{n_items×dim}; ŷ(u, i) = p_u · q_i. No biases.
@@ -14,7 +16,7 @@ class MatrixFactorization(nn.Module):
     run). The forward gathers the batch's unique rows once (:func:`sparse_triple_scores`), so the
     backward yields a row-sparse gradient: a sparse COO tensor over those rows (ascending).
 
-    * ``sparse_grad=True`` keeps it so (for :mod:`lopt.models.sparse_optim`): no dense
+    * ``sparse_grad=True`` keeps it so (for :mod:`lopt.optim.row_sparse`): no dense
       (rows × dim) gradient is ever allocated.
     * ``sparse_grad=False`` (the paper's dense, row-separable optimizers): a hook on each table
       turns the sparse gradient into a dense ``.grad`` as soon as it is accumulated, written into a
@@ -68,8 +70,6 @@ def sparse_triple_scores(
     """:func:`triple_scores` whose backward gives each table a row-sparse gradient: the batch's
     unique rows (ascending, one entry each) are gathered once by ``F.embedding(sparse=True)``,
     then expanded to the triples (their gradients summed per row by the gather's backward)."""
-    from lopt.models.lookahead.rows import triple_rows
-
     n = users.numel()
     user_rows, item_rows, user_idx, item_idx = triple_rows(
         (users, pos_items, neg_items), user_factors.shape[0], item_factors.shape[0]
@@ -103,8 +103,6 @@ class DenseGradFromRows:
 def dense_from_rows(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``grad.to_dense()`` written into ``out`` (same shape; its contents are overwritten): zeroed,
     then the coalesced rows of the sparse ``grad`` (sparse_dim 1) copied in. Returns ``out``."""
-    from lopt.models.sparse_optim import row_grad
-
     rows, values = row_grad(grad)
     out.zero_()
     return out.index_copy_(0, rows, values) if rows is not None else out.copy_(values)

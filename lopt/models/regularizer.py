@@ -14,17 +14,14 @@ Scopes (config key ``model.penalty_scope``):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import clip_grads_, coalesced
-from lopt.models.lookahead.rows import occurrences, unique_counts
-
-if TYPE_CHECKING:
-    from lopt.models.steps import Triples
+from lopt.models.rows import coalesced, occurrences, unique_counts
+from lopt.types import Triples
 
 SCOPES: tuple[str, ...] = ("batch", "all")
 ROW_SPARSE_NEEDS_BATCH = (
@@ -214,3 +211,36 @@ __all__ = [
     "penalty",
     "penalty_grad_rows",
 ]
+
+
+@torch.no_grad()
+def clip_grads_(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Clip the total L2 norm of the gradients of ``params`` (each holding a dense or sparse
+    ``.grad``) to ``max_norm`` in place, with ``torch.nn.utils.clip_grad_norm_`` semantics (grads *=
+    min(max_norm / (norm + 1e-6), 1)). ``max_norm=None``: no clipping. Returns the total norm before
+    clipping (a 0-dim tensor).
+
+    A sparse grad's norm is the norm of its coalesced values (duplicates summed first); sparse grads
+    are replaced by their coalesced version and scaled on their values."""
+    norms = []
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = coalesced(p.grad)
+            norms.append(torch.linalg.vector_norm(p.grad.values()))
+        else:
+            norms.append(torch.linalg.vector_norm(p.grad))
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm is not None:
+        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
+        # On the CPU reading coef is free: skip scaling by exactly 1 (a pass over every gradient).
+        if coef.device.type == "cpu" and not bool(coef < 1.0):
+            return total
+        for p in params:
+            g = p.grad
+            if g.is_sparse:
+                p.grad = torch.sparse_coo_tensor(
+                    g.indices(), g.values() * coef, g.shape, is_coalesced=True, check_invariants=False
+                )
+            else:
+                g.mul_(coef)
+    return total

@@ -1,6 +1,6 @@
 """A tiny MF model with a Λ and a Θ optimizer whose state real steps have built, the fixed train and
 validation batches the look-ahead tests share, and the real λOpt steps
-(:mod:`lopt.models.steps`) driving them."""
+(:mod:`lopt.lookahead.steps`) driving them."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from lopt.models import steps
+from lopt.lookahead import steps
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import MatrixFactorization
-from lopt.models.steps import Triples
+from lopt.types import Triples
 
 NU, NI, D = 7, 9, 4
 # repeated users/items; user 6 and item 8 absent from the train batch; users 4, 5 only in valid

@@ -5,31 +5,29 @@ Every supported Θ optimizer is row-separable, so the new value of ``param[rows]
 those rows' parameter, gradient and optimizer state. :func:`simulate_step_rows` gathers exactly
 those and replays the optimizer's update formula out of place (differentiable in the gradient),
 reading the optimizer's real state and param_group (lr after any scheduler) through
-:class:`lopt.models.lookahead.state.ParamState`. Invariant (tested): with Λ fixed, the simulated
+:class:`lopt.lookahead.state.ParamState`. Invariant (tested): with Λ fixed, the simulated
 rows equal what ``optimizer.step()`` then writes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-# A module import: the regularizer imports .rows, so it may still be initializing when this runs.
-import lopt.models.regularizer as regularizer
-from lopt.models.lookahead.clip import clip_is_inactive
-from lopt.models.lookahead.rows import TripleRows, grad_of, grad_rows, occurrences, rows_of, touched, unique_counts
-from lopt.models.lookahead.state import ParamState, capability, unwrap
+from lopt.lookahead.clip import clip_is_inactive
+from lopt.lookahead.state import ParamState, capability, unwrap
+from lopt.models import regularizer
+from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import bpr_loss
-from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, lazy_adam_constants
-
-if TYPE_CHECKING:
-    from lopt.models.granularity import LambdaGranularity
-    from lopt.models.regularizer import FactorModel
-    from lopt.models.steps import Triples
+from lopt.models.regularizer import FactorModel
+from lopt.models.rows import TripleRows, grad_of, grad_rows, occurrences, rows_of, touched, unique_counts
+from lopt.optim.lazy_adam import lazy_adam_constants
+from lopt.optim.row_sparse import RowSparseAdagrad, RowSparseAdam, RowSparseSGD
+from lopt.types import Triples
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -191,7 +189,7 @@ def simulate_step_rows(
     maximize, momentum, dampening, nesterov, lr_decay). ``foreach``, ``fused``, ``capturable`` and
     ``differentiable`` do not change the update and are accepted. Supported: torch.optim.SGD, Adam,
     AdamW, Adagrad (exact types) and lopt's row-sparse optimizers; anything else raises
-    NotImplementedError (:func:`lopt.models.lookahead.state.capability`).
+    NotImplementedError (:func:`lopt.lookahead.state.capability`).
     """
     optimizer = unwrap(optimizer)
     capability(optimizer, (param,))

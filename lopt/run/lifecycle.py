@@ -3,7 +3,7 @@
 ``start_run`` (before any data is read): config check, output directory policy (fresh /
 overwrite / resume with the recorded config), the checkpoint to resume from.
 ``stop_before_training`` and ``stop_on_signal``: SIGTERM and SIGINT end the process with
-:data:`~lopt.checkpointing.EXIT_SIGTERM` / :data:`~lopt.checkpointing.EXIT_SIGINT`, after
+:data:`~lopt.run.checkpointing.EXIT_SIGTERM` / :data:`~lopt.run.checkpointing.EXIT_SIGINT`, after
 saving ``last.ckpt`` when training had started, and print the command that continues the run.
 """
 
@@ -22,7 +22,7 @@ import lightning.pytorch as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from lopt.checkpointing import (
+from lopt.run.checkpointing import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     CheckpointOnSignal,
@@ -30,8 +30,8 @@ from lopt.checkpointing import (
     TrainClock,
     resume_checkpoint,
 )
-from lopt.resume import CsvLogKeeper, prepare_output_dir, resume_command
-from lopt.validate import check_config, check_split
+from lopt.run.resume import CsvLogKeeper, prepare_output_dir, resume_command
+from lopt.run.validate import check_config, check_split
 
 __all__ = ["check_split", "start_run", "stop_before_training", "stop_on_signal", "train_seconds"]
 

@@ -3,7 +3,7 @@
 Validation and test loops iterate blocks of users (see ``lopt.data.datamodule.UserBlocks``);
 each block is scored against all items and turned into per-user metrics by the
 ``RankingEvaluator`` the composition root hands over with :meth:`RankingModule.use_evaluators`
-(``lopt.train.prepare_data``; docs/protocol.md, "lambdaopt" metrics). The aggregated means are logged as
+(``lopt.pipeline.prepare_data``; docs/protocol.md, "lambdaopt" metrics). The aggregated means are logged as
 ``valid/<metric>`` and ``test/<metric>``; per-user values are kept for the results files.
 """
 
@@ -69,8 +69,8 @@ class RankingModule(L.LightningModule):
     def _evaluate_block(self, users: torch.Tensor, which: str) -> None:
         if which not in self.evaluators:
             raise RuntimeError(
-                f"no {which!r} evaluator: build them with lopt.train.build_evaluators and hand them to "
-                "module.use_evaluators before validating or testing (lopt.train.prepare_data does it)"
+                f"no {which!r} evaluator: build them with lopt.pipeline.build_evaluators and hand them to "
+                "module.use_evaluators before validating or testing (lopt.pipeline.prepare_data does it)"
             )
         evaluator = self.evaluators[which]
         with torch.no_grad():

@@ -13,22 +13,17 @@ they compute the same loss and Λ-gradient (tested).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-# A module import: the regularizer imports .rows, so it may still be initializing when this runs.
-import lopt.models.regularizer as regularizer
-from lopt.models.lookahead import fused, replay
-from lopt.models.lookahead.clip import sides_inactive
-from lopt.models.lookahead.replay import lookahead_rows, simulate_step_rows
-from lopt.models.lookahead.rows import triple_rows
-from lopt.models.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPARSE, capability, unwrap
-
-if TYPE_CHECKING:
-    from lopt.models.granularity import LambdaGranularity
-    from lopt.models.regularizer import FactorModel
-    from lopt.models.steps import Triples
+from lopt.lookahead import fused, replay
+from lopt.lookahead.clip import sides_inactive
+from lopt.lookahead.replay import lookahead_rows, simulate_step_rows
+from lopt.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPARSE, capability, unwrap
+from lopt.models import regularizer
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.regularizer import FactorModel
+from lopt.models.rows import triple_rows
+from lopt.types import Triples
 
 
 def lookahead_validation_loss(

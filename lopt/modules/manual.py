@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lopt.models.ranking_module import RankingModule
+from lopt.modules.ranking import RankingModule
 
 
 class ManualThetaModule(RankingModule):

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from lopt.models.mf import bpr_loss, triple_scores
-from lopt.models.mf_module import FixModule
-from lopt.models.sparse_optim import is_row_sparse
-from lopt.models.steps import Triples
+from lopt.modules.fix import FixModule
+from lopt.optim.row_sparse import is_row_sparse
+from lopt.types import Triples
 
 
 def adversarial_rows(grad: torch.Tensor, rows: torch.Tensor, eps: float) -> torch.Tensor:

@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
+from lopt.lookahead.steps import theta_step, train_loss
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.manual_module import ManualThetaModule
 from lopt.models.mf import MatrixFactorization
-from lopt.models.regularizer import penalty
-from lopt.models.sparse_optim import is_row_sparse
-from lopt.models.steps import Triples, theta_step, train_loss
-
-PENALTY_SCOPES = ("batch", "all")
+from lopt.models.regularizer import SCOPES, penalty
+from lopt.modules.manual import ManualThetaModule
+from lopt.optim.row_sparse import is_row_sparse
+from lopt.types import Triples
 
 
 class MFBPRModule(ManualThetaModule):
@@ -29,7 +28,7 @@ class MFBPRModule(ManualThetaModule):
 
     With the non-learnable ``fix`` granularity this is the paper's MF-λFix; subclasses fill the
     Λ-step slot. ``optimizer`` builds the Θ optimizer from the parameters (a Hydra partial); a
-    row-sparse one (:mod:`lopt.models.sparse_optim`) makes the factor gradients row-sparse.
+    row-sparse one (:mod:`lopt.optim.row_sparse`) makes the factor gradients row-sparse.
     """
 
     def __init__(
@@ -46,8 +45,8 @@ class MFBPRModule(ManualThetaModule):
         name: str = "fix",
     ) -> None:
         super().__init__(optimizer, grad_clip_norm)
-        if penalty_scope not in PENALTY_SCOPES:
-            raise ValueError(f"model.penalty_scope must be one of {PENALTY_SCOPES}, got {penalty_scope!r}")
+        if penalty_scope not in SCOPES:
+            raise ValueError(f"model.penalty_scope must be one of {SCOPES}, got {penalty_scope!r}")
         sparse = is_row_sparse(optimizer)
         if sparse and penalty_scope != "batch":
             raise ValueError(

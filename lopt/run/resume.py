@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lopt.io import atomic_write
-from lopt.validate import ConfigError, check_recorded_config
+from lopt.run.validate import ConfigError, check_recorded_config
 
 log = logging.getLogger("lopt")
 

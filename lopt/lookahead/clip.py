@@ -10,25 +10,18 @@ CPU only; elsewhere the clip is treated as possibly active.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from lopt.models.lookahead import fused
-from lopt.models.lookahead.rows import GradRows, grad_source, unique_counts
-
-if TYPE_CHECKING:
-    from lopt.models.granularity import LambdaGranularity
-    from lopt.models.regularizer import FactorModel
-    from lopt.models.steps import Triples
+from lopt.lookahead import fused
+from lopt.lookahead.fused import ClipSide
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.regularizer import FactorModel
+from lopt.models.rows import grad_source, unique_counts
+from lopt.types import Triples
 
 #: The clip is known to be inactive when clip_norm / (norm + 1e-6) exceeds 1 by this margin.
 CLIP_MARGIN = 1e-4
-
-#: One side: (Θ parameter, where its g_t holds the train rows, its λ storage, whether that storage
-#: is row-wise, the train batch's unique rows of the side, their occurrence counts).
-ClipSide = tuple[nn.Parameter, GradRows, torch.Tensor, bool, torch.Tensor, torch.Tensor]
 
 
 def _below(norm: float, clip_norm: float) -> bool:

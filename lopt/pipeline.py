@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-import types
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,15 +23,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from lopt import lifecycle
-from lopt.callbacks import best_checkpoint, instantiate_callbacks
-from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
 from lopt.data.controls import control_changes
 from lopt.data.datamodule import InteractionDataModule
 from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write, atomic_write_json
-from lopt.models.ranking_module import RankingModule
-from lopt.provenance import collect_provenance, log_provenance
+from lopt.modules.ranking import RankingModule
+from lopt.run import lifecycle
+from lopt.run.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
+from lopt.run.provenance import collect_provenance, log_provenance
+from lopt.run.trainer_callbacks import best_checkpoint, instantiate_callbacks
 from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks, learnable_granularity
 from lopt.tracking.lambda_stats import LAMBDA_FILE, write_lambda
 from lopt.tracking.loggers import build_logger
@@ -106,7 +104,7 @@ def prepare_data(
 
 
 #: Θ optimizers SGDA accepts: plain SGD, dense or row-sparse.
-SGDA_OPTIMIZERS = ("torch.optim.SGD", "lopt.models.sparse_optim.RowSparseSGD")
+SGDA_OPTIMIZERS = ("torch.optim.SGD", "lopt.optim.row_sparse.RowSparseSGD")
 
 
 def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
@@ -283,7 +281,7 @@ def write_results(
     control: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics.
-    ``provenance`` (``lopt.provenance.collect_provenance``) and ``control`` (:func:`control_record`)
+    ``provenance`` (``lopt.run.provenance.collect_provenance``) and ``control`` (:func:`control_record`)
     go into metrics.json as they are; the ``beyond`` block comes from the module's test evaluator."""
     metrics: dict[str, Any] = {
         "test": module.test_metrics,
@@ -365,16 +363,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = write_results(cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control)
     print_summary(metrics, output_dir)
     return metrics
-
-
-class _CallableModule(types.ModuleType):
-    """Makes ``from lopt import train; train([...])`` the Python API (:func:`lopt.api.train`)
-    while ``lopt.train`` stays this module (``from lopt.train import run`` keeps working)."""
-
-    def __call__(self, overrides: Any = (), **kwargs: Any) -> dict[str, Any]:
-        from lopt.api import train
-
-        return train(overrides, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

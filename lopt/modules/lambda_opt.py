@@ -1,8 +1,8 @@
 """MF-λOpt: MF-BPR whose fine-grained Λ is learned by a validation look-ahead (docs/method.md).
 
 Per iteration: one training forward/backward (g_t), then every ``lambda_update_interval``
-iterations a Λ-step (:func:`lopt.models.steps.lambda_step`) — the validation loss of the exact
-row-wise look-ahead Θ̄_{t+1}(Λ) and its Λ-gradient (:mod:`lopt.models.lookahead`: hand-written
+iterations a Λ-step (:func:`lopt.lookahead.steps.lambda_step`) — the validation loss of the exact
+row-wise look-ahead Θ̄_{t+1}(Λ) and its Λ-gradient (:mod:`lopt.lookahead.dispatch`: hand-written
 kernels for an Adam Θ optimizer, autograd through the optimizer's replay otherwise), clipped,
 stepped by the Λ optimizer, projected to Λ ≥ 0 — and finally the Θ-step with the updated Λ. The
 training gradient g_t is reused by both steps.
@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from lopt.lookahead.steps import lambda_step
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.mf_module import MFBPRModule
-from lopt.models.steps import Triples, lambda_step
+from lopt.modules.fix import MFBPRModule
+from lopt.types import Triples
 
 
 class LambdaOptModule(MFBPRModule):

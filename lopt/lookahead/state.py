@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lopt.models.lookahead.rows import rows_of
-from lopt.models.sparse_optim import RowSparseAdagrad, RowSparseAdam, RowSparseSGD, lazy_adam_constants
+from lopt.models.rows import rows_of
+from lopt.optim.lazy_adam import lazy_adam_constants
+from lopt.optim.row_sparse import RowSparseAdagrad, RowSparseAdam, RowSparseSGD
 
 SUPPORTED_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "Adagrad")
-#: lopt's row-sparse Θ optimizers (lopt.models.sparse_optim), replayed exactly too.
+#: lopt's row-sparse Θ optimizers (lopt.optim.row_sparse), replayed exactly too.
 SUPPORTED_ROW_SPARSE: tuple[str, ...] = ("RowSparseAdam", "RowSparseAdagrad", "RowSparseSGD")
 #: The optimizer types the replay simulates (exact types: a subclass may change ``step``).
 REPLAYED: tuple[type[torch.optim.Optimizer], ...] = (
@@ -133,7 +134,7 @@ def capability(optimizer: torch.optim.Optimizer, params: tuple[nn.Parameter, ...
         raise NotImplementedError(
             f"look-ahead cannot simulate the Θ optimizer {type(optimizer).__module__}.{type(optimizer).__qualname__} "
             f"(config group `optimizer`); supported: torch.optim.{', torch.optim.'.join(SUPPORTED_OPTIMIZERS)}, "
-            f"lopt.models.sparse_optim.{', lopt.models.sparse_optim.'.join(SUPPORTED_ROW_SPARSE)}"
+            f"lopt.optim.row_sparse.{', lopt.optim.row_sparse.'.join(SUPPORTED_ROW_SPARSE)}"
         )
     fused = type(optimizer) in FUSED_OPTIMIZERS
     for p in params:

@@ -1,5 +1,5 @@
 """The MF-BPR iteration's steps as pure functions (docs/method.md, "Training"), shared by the
-LightningModules (:mod:`lopt.models.mf_module`, :mod:`lopt.models.lambda_opt`) and by the
+LightningModules (:mod:`lopt.modules.fix`, :mod:`lopt.modules.lambda_opt`) and by the
 benchmark's plain loop, so that what is timed without Lightning is the very step that trains.
 
 One iteration: :func:`train_loss` (then its backward → g_t in ``.grad``), :func:`lambda_step`
@@ -12,13 +12,12 @@ from typing import Any
 
 import torch
 
+from lopt.lookahead.dispatch import lookahead_validation_loss
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.lambda_optim import LambdaAdam, LambdaSGD, RowSparseAdam, clip_lambda_grad_
-from lopt.models.lookahead import lookahead_validation_loss
 from lopt.models.mf import MatrixFactorization, bpr_loss
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
-
-Triples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+from lopt.optim.lambda_optimizers import LambdaAdam, LambdaRowSparseAdam, LambdaSGD, clip_lambda_grad_
+from lopt.types import Triples
 
 
 def train_loss(model: MatrixFactorization, train_batch: Triples) -> torch.Tensor:
@@ -29,7 +28,7 @@ def train_loss(model: MatrixFactorization, train_batch: Triples) -> torch.Tensor
 
 #: Λ optimizers that project every entry they update onto [0, ∞) themselves (exact types: a
 #: subclass may change ``step``); :func:`lambda_step` skips its own full pass over Λ after them.
-SELF_PROJECTING: tuple[type[torch.optim.Optimizer], ...] = (LambdaSGD, LambdaAdam, RowSparseAdam)
+SELF_PROJECTING: tuple[type[torch.optim.Optimizer], ...] = (LambdaSGD, LambdaAdam, LambdaRowSparseAdam)
 
 
 def lambda_step(

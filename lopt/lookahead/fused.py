@@ -1,9 +1,9 @@
 """The look-ahead's common case as a few fused kernels with a hand-written Λ-gradient.
 
-Θ optimizer Adam/AdamW (weight_decay 0) or the lazy :class:`lopt.models.sparse_optim.RowSparseAdam`,
+Θ optimizer Adam/AdamW (weight_decay 0) or the lazy :class:`lopt.optim.row_sparse.RowSparseAdam`,
 penalty scope "batch", Θ clip none or surely inactive, no look-ahead dropout
-(:func:`lopt.models.lookahead.lookahead_validation_loss` dispatches here, after
-:func:`lopt.models.lookahead.state.capability` and the clip check of :mod:`lopt.models.lookahead.clip`).
+(:func:`lopt.lookahead.dispatch.lookahead_validation_loss` dispatches here, after
+:func:`lopt.lookahead.state.capability` and the clip check of :mod:`lopt.lookahead.clip`).
 Then l(V; Θ̄_{t+1}(Λ)) and ∂l/∂Λ need only elementwise work on the rows the validation batch
 touches, one gather and one scatter per validation triple, and the train batch's rows for the
 clip check: O((|B| + |V|)·d), never O((|U| + |I|)·d).
@@ -25,9 +25,9 @@ occurrences with ``index_add_``). Rows absent from the train batch have c_r = 0,
 RowSparseAdam (lazy Adam; no amsgrad, no maximize) differs in two ways. Its bias corrections use
 each row's own step count: t is s_r, the row's count after this step's increment, so α and
 sqrt(1−β2^t) are (n, 1) tensors (Python floats for dense Adam), and θ̄ = θ − (m'/D)·α in its op
-order. And it moves only the rows its gradient holds (:func:`lopt.models.lookahead.rows.touched`):
+order. And it moves only the rows its gradient holds (:func:`lopt.models.rows.touched`):
 a validation row a row-sparse g_t lacks keeps θ̄ = θ exactly and K = 0. g_t[rows] is gathered
-from the sparse gradient's values (:class:`lopt.models.lookahead.rows.GradRows`: the rows'
+from the sparse gradient's values (:class:`lopt.models.rows.GradRows`: the rows'
 positions among the held ones), which is never densified.
 
 Kernels are pure tensor functions (no input is modified) run under ``no_grad``. With
@@ -43,22 +43,18 @@ to the replay's (for RowSparseAdam too).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lopt.models.compiled import Kernel
-from lopt.models.lookahead.rows import GradRows, TripleRows, grad_of, grad_source, unique_counts
-from lopt.models.lookahead.state import ParamState
-from lopt.models.sparse_optim import row_grad
-
-if TYPE_CHECKING:
-    from lopt.models.granularity import LambdaGranularity
-    from lopt.models.lookahead.clip import ClipSide
-    from lopt.models.regularizer import FactorModel
-    from lopt.models.steps import Triples
+from lopt.lookahead.state import ParamState
+from lopt.models.granularity import LambdaGranularity
+from lopt.models.regularizer import FactorModel
+from lopt.models.rows import GradRows, TripleRows, grad_of, grad_source, row_grad, unique_counts
+from lopt.optim.compiled import Kernel
+from lopt.types import Triples
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -75,7 +71,7 @@ def _regularized_grad_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(θ[rows], c = 2·count/|B| as (n, 1), g[rows] + c·λ[rows]⊙θ[rows]): the rows' parameters and
     regularized Θ-gradient (``lam`` row-stored if ``lam_rowwise``, else broadcast (1, k)). g[rows]
-    is ``grad[grad_idx]`` (:class:`lopt.models.lookahead.rows.GradRows`), zero where ``grad_held``
+    is ``grad[grad_idx]`` (:class:`lopt.models.rows.GradRows`), zero where ``grad_held``
     ((n, 1) bool, or None: everywhere held) is False."""
     p = theta.index_select(0, rows)
     coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
@@ -209,6 +205,10 @@ def _lambda_grad_kernel(
 def _kernel(fn: Callable[..., Any]) -> Kernel:
     return Kernel(fn, "look-ahead", "model.compile_lookahead=false")
 
+
+#: One side: (Θ parameter, where its g_t holds the train rows, its λ storage, whether that storage
+#: is row-wise, the train batch's unique rows of the side, their occurrence counts).
+ClipSide = tuple[nn.Parameter, GradRows, torch.Tensor, bool, torch.Tensor, torch.Tensor]
 
 REPLAY = _kernel(_replay_kernel)
 CLIP_SQ = _kernel(_clip_sq_kernel)
@@ -379,7 +379,7 @@ def sides(
 def validation_loss(
     granularity: LambdaGranularity, side_u: _Side, side_i: _Side, valid: TripleRows, compiled: bool = False
 ) -> torch.Tensor:
-    """l(V; Θ̄_{t+1}(Λ)) for the fused case (:func:`lopt.models.lookahead.state.capability`, scope
+    """l(V; Θ̄_{t+1}(Λ)) for the fused case (:func:`lopt.lookahead.state.capability`, scope
     "batch", no dropout, the Θ clip none or surely inactive), differentiable in the λ storages;
     ``valid``: the validation batch's rows, as the sides were built on."""
     n_v = valid.user_idx.numel()

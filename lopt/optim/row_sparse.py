@@ -20,34 +20,20 @@ accepted too and counts as "every row touched".
 ``zero_grad`` always drops the gradients (``set_to_none``): a zeroed sparse gradient would be
 carried into the next backward as an empty operand. State round-trips through ``state_dict``
 (per-row step counts included); the look-ahead replays these steps exactly
-(:func:`lopt.models.lookahead.replay.simulate_step_rows`).
+(:func:`lopt.lookahead.replay.simulate_step_rows`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from lopt.models.compiled import Kernel
-from lopt.models.lambda_optim import coalesced, run_closure
-
-ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-
-
-def row_grad(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(ascending unique row indices, or None for "every row"; their (rows, *shape[1:]) values)
-    of a Θ gradient. Sparse gradients must have one index dimension (rows); they are coalesced
-    (without a sort when already ascending)."""
-    if not grad.is_sparse:
-        return None, grad
-    if grad.sparse_dim() != 1:
-        raise ValueError(
-            f"a row-sparse optimizer needs row gradients (sparse_dim 1), got sparse_dim {grad.sparse_dim()}"
-        )
-    g = coalesced(grad)
-    return g.indices()[0], g.values()
+from lopt.models.rows import row_grad
+from lopt.optim.closure import run_closure
+from lopt.optim.lazy_adam import LAZY_ADAM, adam_rows_, lazy_adam_constants
+from lopt.types import ParamsT
 
 
 def is_row_sparse(factory: Any) -> bool:
@@ -100,40 +86,6 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         return step.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
 
 
-def lazy_adam_constants(
-    lr: float, beta1: float, beta2: float, steps: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (step size lr/(1 − β1^s), √(1 − β2^s)) of lazy Adam for the rows' step counts
-    ``steps`` (after this step's increment, in the parameter's dtype): one definition for the
-    optimizer and the look-ahead that replays it, so the two agree bit for bit."""
-    return lr / (1 - torch.pow(beta1, steps)), (1 - torch.pow(beta2, steps)).sqrt()
-
-
-def _lazy_adam_rows_(
-    p: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    rows: torch.Tensor,
-    g: torch.Tensor,
-    step_size: torch.Tensor,
-    bc2_sqrt: torch.Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-) -> None:
-    """Lazy Adam on ``rows`` (ascending, unique) in place, given each row's step size lr/(1 − β1^s)
-    and √(1 − β2^s) as (rows, 1, …) tensors: the moments and ``p`` change on those rows only
-    (:class:`RowSparseAdam`'s formula, in its order)."""
-    m = exp_avg.index_select(0, rows).lerp(g, 1 - beta1)
-    v = exp_avg_sq.index_select(0, rows) * beta2 + (1 - beta2) * g * g
-    exp_avg.index_copy_(0, rows, m)
-    exp_avg_sq.index_copy_(0, rows, v)
-    p.index_copy_(0, rows, p.index_select(0, rows) - m / (v.sqrt() / bc2_sqrt + eps) * step_size)
-
-
-LAZY_ADAM = Kernel(_lazy_adam_rows_, "sparse_adam", "optimizer.fused=false")
-
-
 class RowSparseAdam(RowSparseOptimizer):
     """Lazy Adam with per-row bias correction (module docstring). For touched rows R, with
     s = the rows' step counts after the increment:
@@ -142,7 +94,7 @@ class RowSparseAdam(RowSparseOptimizer):
         θ[R] ← θ[R] − lr/(1 − β1^s) · m[R] / (√v[R] / √(1 − β2^s) + eps)
 
     ``fused=True`` runs the whole row update (gathers, moments, update, scatters) as one kernel
-    compiled by ``torch.compile`` (:mod:`lopt.models.compiled`; eager if compiling fails): one
+    compiled by ``torch.compile`` (:mod:`lopt.optim.lazy_adam`; eager if compiling fails): one
     pass over the touched rows instead of about twenty. ``fused=False`` runs the same formula as
     separate tensor operations (the reference). They agree to float rounding.
     """
@@ -176,12 +128,7 @@ class RowSparseAdam(RowSparseOptimizer):
             moments = (state["exp_avg"], state["exp_avg_sq"])
             LAZY_ADAM(True, p.data, *moments, rows.detach(), g.detach(), step_size, bc2_sqrt, beta1, beta2, eps)
             return
-        m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
-        v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        state["exp_avg"].index_copy_(0, rows, m)
-        state["exp_avg_sq"].index_copy_(0, rows, v)
-        denom = v.sqrt().div_(bc2_sqrt).add_(eps)
-        p.index_copy_(0, rows, p.index_select(0, rows).sub_(m.div(denom).mul_(step_size)))
+        adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, g, step_size, bc2_sqrt, beta1, beta2, eps)
 
 
 class RowSparseAdagrad(RowSparseOptimizer):
@@ -237,6 +184,4 @@ __all__ = [
     "RowSparseOptimizer",
     "RowSparseSGD",
     "is_row_sparse",
-    "lazy_adam_constants",
-    "row_grad",
 ]

@@ -1,19 +1,45 @@
 """Row helpers of the look-ahead and the regularizer: a batch's unique rows and their counts or
-inverse (by a bincount when the table is small enough, else by a sort), row gathers, and the rows
-of a dense or row-sparse Θ gradient (gathered, or located for a kernel to gather). All are
+inverse (by a bincount when the table is small enough, else by a sort), row gathers, the rows
+of a dense or row-sparse gradient (coalesced; gathered, or located for a kernel to gather). All are
 vectorized; none modifies its inputs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from lopt.models.sparse_optim import row_grad
+from lopt.types import Triples
 
-if TYPE_CHECKING:
-    from lopt.models.steps import Triples
+
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """``grad.coalesce()`` for a sparse COO tensor; without the sort and copy when its row indices
+    are already strictly increasing (as the look-ahead's fast path produces them — autograd's
+    accumulation drops the coalesced flag)."""
+    if grad.is_coalesced():
+        return grad
+    if grad.sparse_dim() == 1:
+        rows = grad._indices()[0]
+        if rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all()):
+            return torch.sparse_coo_tensor(
+                grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False
+            )
+    return grad.coalesce()
+
+
+def row_grad(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(ascending unique row indices, or None for "every row"; their (rows, *shape[1:]) values)
+    of a Θ gradient. Sparse gradients must have one index dimension (rows); they are coalesced
+    (without a sort when already ascending)."""
+    if not grad.is_sparse:
+        return None, grad
+    if grad.sparse_dim() != 1:
+        raise ValueError(
+            f"a row-sparse optimizer needs row gradients (sparse_dim 1), got sparse_dim {grad.sparse_dim()}"
+        )
+    g = coalesced(grad)
+    return g.indices()[0], g.values()
 
 
 def _use_bincount(n_total: int | None, n_batch: int) -> bool:
@@ -151,6 +177,8 @@ def touched(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "GradRows",
+    "coalesced",
+    "row_grad",
     "TripleRows",
     "grad_of",
     "grad_source",
