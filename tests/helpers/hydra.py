@@ -8,7 +8,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from tests.helpers.paths import REPO_ROOT
+
+CONF_DIR = REPO_ROOT / "conf"
 
 
 def compose_config(

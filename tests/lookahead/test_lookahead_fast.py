@@ -1,0 +1,65 @@
+"""The hand-written Adam fast path of lookahead_validation_loss equals the autograd path: same loss,
+same Λ-gradient (values to 1e-10 in float64, same sparse rows), for every granularity."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+from lopt.lookahead import fused
+from lopt.lookahead.dispatch import lookahead_validation_loss
+from tests.helpers.lambda_models import TRAIN, VALID, model_and_lambda, train_backward
+from tests.helpers.lookahead import ADAMS, BIG_CLIP, LEARNABLE, assert_fast_equals_autograd, build_adam, lambda_grads
+
+
+@pytest.mark.parametrize("clip", [None, BIG_CLIP], ids=["noclip", "inactive_clip"])
+@pytest.mark.parametrize("prior_steps", [0, 3], ids=["first", "later"])
+@pytest.mark.parametrize("opt_name", list(ADAMS))
+@pytest.mark.parametrize("gran_name", LEARNABLE)
+def test_fast_path_equals_autograd_path(gran_name: str, opt_name: str, prior_steps: int, clip: float | None) -> None:
+    model, gran, opt = build_adam(opt_name, gran_name, prior_steps)
+    # Adam's first step moves by ≈ lr·sign(g): its Λ-dependence is through eps only (tiny, not 0)
+    assert_fast_equals_autograd(model, gran, opt, clip, nonzero_above=1e-8 if prior_steps else 0.0)
+
+
+def test_amsgrad_branch_where_max_is_held() -> None:
+    """amsgrad with max_exp_avg_sq above v' on some entries (no Λ dependence through v there)."""
+    model, gran, opt = build_adam("adam_amsgrad", "dui", 3)
+    state = opt.state[model.user_factors]
+    with torch.no_grad():
+        state["max_exp_avg_sq"][:, :2] += 1.0  # held max on half the entries
+    slow_loss, slow = lambda_grads(model, gran, opt, None, fast=False)
+    fast_loss, fast = lambda_grads(model, gran, opt, None, fast=True)
+    assert torch.equal(fast_loss, slow_loss)
+    for (_, gs), (_, gf) in zip(slow, fast, strict=True):
+        torch.testing.assert_close(gf.values(), gs.values(), rtol=1e-10, atol=1e-13)
+
+
+def test_float32_fast_path_close_to_autograd() -> None:
+    model, gran, opt = build_adam("adam", "dui", 3, dtype=torch.float32)
+    _, slow = lambda_grads(model, gran, opt, None, fast=False)
+    _, fast = lambda_grads(model, gran, opt, None, fast=True)
+    for (_, gs), (_, gf) in zip(slow, fast, strict=True):
+        torch.testing.assert_close(gf.values(), gs.values(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("opt_factory", "clip", "dropout"),
+    [
+        (lambda ps: torch.optim.Adam(ps, lr=0.05), 0.05, 0.0),  # active clip
+        (lambda ps: torch.optim.Adam(ps, lr=0.05), None, 0.5),  # dropout
+        (lambda ps: torch.optim.Adam(ps, lr=0.05, weight_decay=0.01), None, 0.0),  # L2
+        (lambda ps: torch.optim.SGD(ps, lr=0.1), None, 0.0),
+    ],
+    ids=["active_clip", "dropout", "adam_l2", "sgd"],
+)
+def test_other_cases_take_the_autograd_path(opt_factory, clip, dropout) -> None:  # type: ignore[no-untyped-def]
+    model, gran = model_and_lambda("dui", lam_offset=None)
+    opt = opt_factory(list(model.parameters()))
+    train_backward(model, opt)
+    with mock.patch.object(fused._LookaheadBPR, "apply", side_effect=AssertionError("fast path taken")):
+        lookahead_validation_loss(
+            model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, dropout=dropout
+        ).backward()
