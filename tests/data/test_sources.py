@@ -7,13 +7,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lopt.data import download
 from lopt.data.download import ARCHIVES, Archive, ensure_file
 from lopt.data.sources import AmazonFoodSource, CustomSource, MovieLensSource, SyntheticSource
+from tests.helpers.hydra import compose_config
 from tests.helpers.paths import REPO_ROOT
 
 CONF = REPO_ROOT / "conf" / "dataset"
@@ -40,8 +40,7 @@ def test_expected_dataset_configs_exist() -> None:
 @pytest.mark.parametrize("conf_path", DATASET_FILES, ids=lambda p: p.stem)
 def test_dataset_config_instantiates(conf_path: Path, tmp_path: Path) -> None:
     # composed, so the shared preprocess block (conf/preprocess/default.yaml) is pulled in
-    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
-        dataset = compose("config", overrides=[f"dataset={conf_path.stem}"]).dataset
+    dataset = compose_config([f"dataset={conf_path.stem}"]).dataset
     cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")}})
     cfg.dataset = OmegaConf.to_container(dataset, resolve=False)
     if cfg.dataset.name == "custom":

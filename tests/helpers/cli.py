@@ -10,18 +10,9 @@ from pathlib import Path
 
 from tests.helpers.paths import REPO_ROOT
 
-#: Overrides that make any run tiny: a small synthetic dataset, small model, 2 epochs, no logger.
-TINY_OVERRIDES = [
-    "dataset=synthetic",
-    "dataset.source.n_users=120",
-    "dataset.source.n_items=120",  # ≥ every cut-off K of eval.ks (50, 100)
-    "dataset.source.n_interactions=3000",
-    "model.dim=8",
-    "trainer.max_epochs=2",
-    "data.batch_size=256",
-    "data.valid_batch_size=256",
-    "logger=none",
-]
+#: Overrides that make any run tiny (conf/debug/tiny.yaml): a small synthetic dataset, a small
+#: model, 2 epochs, no logger; later overrides still win.
+TINY_OVERRIDES = ["+debug=tiny"]
 
 
 def run_cli(

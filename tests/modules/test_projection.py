@@ -7,13 +7,12 @@ import functools
 import lightning.pytorch as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 from lopt.models.granularity import LambdaGranularity
 from lopt.modules.lambda_opt import LambdaOptModule
 from lopt.pipeline import build_module
-from tests.helpers.cli import REPO_ROOT
+from tests.helpers.hydra import compose_config
 
 NU, NI, D, B, STEPS = 10, 12, 4, 32, 12
 
@@ -92,20 +91,18 @@ def test_module_projects_lambda_after_each_step_with_plain_adam(
 
 def test_config_with_torch_adam_for_lambda_builds_and_projects() -> None:
     """`lambda_optimizer._target_=torch.optim.Adam` composes into a module whose Λ stays ≥ 0."""
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                "granularity=d",
-                "lambda_optimizer._target_=torch.optim.Adam",
-                "lambda_optimizer.lr=0.5",
-                "+lambda_optimizer.weight_decay=10.0",
-                f"model.dim={D}",
-                "model.init_std=0.5",
-                "granularity.init=0.01",
-                "model.lambda_grad_clip_norm=null",
-            ],
-        )
+    cfg = compose_config(
+        [
+            "granularity=d",
+            "lambda_optimizer._target_=torch.optim.Adam",
+            "lambda_optimizer.lr=0.5",
+            "+lambda_optimizer.weight_decay=10.0",
+            f"model.dim={D}",
+            "model.init_std=0.5",
+            "granularity.init=0.01",
+            "model.lambda_grad_clip_norm=null",
+        ]
+    )
     module = build_module(cfg, NU, NI)
     assert min(_fit(module)) >= 0.0
     assert type(module.lambda_optimizer()) is torch.optim.Adam
@@ -118,19 +115,17 @@ def test_lopts_own_optimizers_project_themselves(name: str, monkeypatch: pytest.
     calls = []
     original = LambdaGranularity.project_
     monkeypatch.setattr(LambdaGranularity, "project_", lambda self: (calls.append(1), original(self)))
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                "granularity=dui",
-                f"lambda_optimizer={name}",
-                "lambda_optimizer.lr=0.5",
-                f"model.dim={D}",
-                "model.init_std=0.5",
-                "granularity.init=0.01",
-                "model.lambda_grad_clip_norm=null",
-            ],
-        )
+    cfg = compose_config(
+        [
+            "granularity=dui",
+            f"lambda_optimizer={name}",
+            "lambda_optimizer.lr=0.5",
+            f"model.dim={D}",
+            "model.init_std=0.5",
+            "granularity.init=0.01",
+            "model.lambda_grad_clip_norm=null",
+        ]
+    )
     module = build_module(cfg, NU, NI)
     assert min(_fit(module)) >= 0.0 and calls == []
     assert min(_fit(_module("d"))) >= 0.0 and len(calls) == STEPS

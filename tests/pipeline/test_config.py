@@ -9,18 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.helpers.cli import REPO_ROOT
+from tests.helpers.hydra import compose_config
 
 CONF = REPO_ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def _compose(overrides: list[str], hydra_config: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
+    return compose_config(overrides, return_hydra_config=hydra_config)
 
 
 def test_experiments_exist_for_every_paper_cell() -> None:

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from lopt.data.split import SPLIT_RULE_VERSION
 from lopt.pipeline import build_datamodule, build_module, prepare_data
-from tests.helpers.cli import REPO_ROOT
+from tests.helpers.hydra import compose_config
 
 TINY = ["dataset.source.n_users=60", "dataset.source.n_items=40", "dataset.source.n_interactions=1500"]
 
 
 def _datamodule(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, f"paths.cache_dir={tmp_path}", *overrides])
+    cfg = compose_config([*TINY, f"paths.cache_dir={tmp_path}", *overrides])
     return cfg, build_datamodule(cfg)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
@@ -16,12 +15,12 @@ from lopt import train
 from lopt.run.trainer_callbacks import best_checkpoint, instantiate_callbacks
 from lopt.tracking import progress
 from lopt.tracking.progress import LogProgress, make_progress
-from tests.helpers.cli import REPO_ROOT, TINY_OVERRIDES
+from tests.helpers.cli import TINY_OVERRIDES
+from tests.helpers.hydra import compose_config
 
 
 def _callbacks(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp/out", *overrides])
+    cfg = compose_config(["paths.output_dir=/tmp/out", *overrides])
     return cfg.callbacks
 
 
