@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from lopt import lifecycle
 from lopt.callbacks import best_checkpoint, instantiate_callbacks
 from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
+from lopt.run.checkpoint_keep import prune_checkpoints
 from lopt.data.controls import control_changes
 from lopt.data.datamodule import InteractionDataModule
 from lopt.eval.evaluator import RankingEvaluator
@@ -363,6 +364,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     control = control_record(cfg, datamodule)
     module = apply_refit(cfg, output_dir, module, control)
     metrics = write_results(cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control)
+    prune_checkpoints(output_dir / CHECKPOINT_DIR, OmegaConf.select(cfg, "checkpoint.keep", default="auto"))
     print_summary(metrics, output_dir)
     return metrics
 

@@ -1,0 +1,1 @@
+"""A run's lifecycle around training (start, signals, resume, checkpoints, validation)."""
