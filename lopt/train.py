@@ -28,13 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from lopt import lifecycle
 from lopt.callbacks import best_checkpoint, instantiate_callbacks
 from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
-from lopt.run.checkpoint_keep import prune_checkpoints
 from lopt.data.controls import control_changes
 from lopt.data.datamodule import InteractionDataModule
 from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.ranking_module import RankingModule
 from lopt.provenance import collect_provenance, log_provenance
+from lopt.run.checkpoint_keep import prune_checkpoints
 from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks, learnable_granularity
 from lopt.tracking.lambda_stats import LAMBDA_FILE, write_lambda
 from lopt.tracking.loggers import build_logger
