@@ -285,3 +285,20 @@ def test_study_killed_mid_way_resumes_with_the_same_command_then_rerun_best(tmp_
     trial = read_metrics(study_dir / best["trial"])
     assert rerun_metrics["lambda_value"] == pytest.approx(trial["lambda_value"])
     assert rerun_metrics["valid"] == trial["valid"] and rerun_metrics["test"] == trial["test"]  # reproduced
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_stored_study_opens_again_with_optuna(tmp_path: Path, kind: str) -> None:
+    """Both file storages the sweeper opens keep a study across processes' views of it."""
+    import optuna
+
+    from lopt.sweep.study import open_storage, storage_url
+
+    url = storage_url(kind, tmp_path)
+    study = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("x", 1e-3, 1.0, log=True)
+    study.tell(trial, 0.5)
+    assert (tmp_path / ("study.db" if kind == "sqlite" else "study.journal")).is_file()
+    again = optuna.load_study(study_name="s", storage=open_storage(url))
+    assert [t.value for t in again.trials] == [0.5] and again.best_params == trial.params
