@@ -1,11 +1,13 @@
 """Re-run the best configuration of finished Optuna studies (``+tune=…``) for several seeds.
 
     python experiments/rerun_best.py STUDY_DIR [STUDY_DIR …] [--seeds 0,1,2,3,4] [--out DIR]
-                                     [--dry-run] [OVERRIDE …]
+                                     [--storage URL] [--dry-run] [OVERRIDE …]
 
-STUDY_DIR is the sweep folder of ``python run.py -m +experiment=… +tune=…``: it holds Optuna's
-``optimization_results.yaml`` (best_params) and the trials' ``N/.hydra/hydra.yaml`` (the study's
-command line). For each study this launches one multirun::
+STUDY_DIR is a study's folder, ``<study.dir>/<study.name>`` (``studies/…`` by default): its
+``study.yaml`` names the study and its storage, and the study is read from that storage with
+optuna's API: its best trial's parameters and the command line that made it (kept in the
+study). ``--storage`` gives the storage URL instead (one with a password, which study.yaml
+leaves out). For each study this launches one multirun::
 
     python run.py -m <the study's overrides, +tune=X → +budget=equal> <best_params> seed=<seeds> <OVERRIDE …>
 
@@ -30,7 +32,7 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_FILE = "optimization_results.yaml"
+STUDY_FILE = "study.yaml"
 #: Config groups/nodes of a study that a re-run leaves out (the sweeper and its settings).
 STUDY_ONLY = ("tune", "study")
 #: Hydra overrides of a study that a re-run sets itself.
@@ -46,25 +48,37 @@ def _under(key: str, roots: Sequence[str]) -> bool:
     return any(key == root or key.startswith(root + ".") or key.startswith(root + "/") for root in roots)
 
 
-def study_command_line(study_dir: Path) -> tuple[list[str], list[str]]:
-    """(task overrides, hydra overrides) of the study's command line, read from a trial's hydra.yaml
-    (the trial's own sampled values are among the task overrides)."""
-    trials = sorted(p for p in study_dir.glob("*/.hydra/hydra.yaml") if p.parent.parent.name.isdigit())
-    if not trials:
-        raise FileNotFoundError(f"{study_dir} holds no trial (N/.hydra/hydra.yaml): is it the sweep folder of a study?")
-    overrides = yaml.safe_load(trials[0].read_text(encoding="utf-8"))["hydra"]["overrides"]
-    return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
+def load_study(study_dir: Path, storage: str | None = None):
+    """The optuna study of ``study_dir`` (its study.yaml names it and its storage)."""
+    import optuna
+
+    from lopt.sweep.study import open_storage
+
+    info_path = study_dir / STUDY_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(
+            f"{info_path} is missing: give the folder of a study, <study.dir>/<study.name> (studies/… by default)"
+        )
+    info = yaml.safe_load(info_path.read_text(encoding="utf-8"))
+    url = storage or info["storage"]
+    try:
+        return optuna.load_study(study_name=info["name"], storage=open_storage(url))
+    except KeyError as error:
+        raise FileNotFoundError(f"{url} holds no study {info['name']!r} ({info_path})") from error
 
 
-def best_params(study_dir: Path) -> dict[str, object]:
-    """Optuna's best_params of the study (``optimization_results.yaml``)."""
-    path = study_dir / RESULTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the study in {study_dir} has not finished")
-    results = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(results, dict) or "best_params" not in results:
-        raise ValueError(f"{path} has no best_params (a multi-objective study cannot be re-run by this script)")
-    return dict(results["best_params"])
+def study_command_line(study) -> tuple[list[str], list[str]]:
+    """(task overrides, hydra overrides) of the command that made the study."""
+    return list(study.user_attrs.get("overrides") or []), list(study.user_attrs.get("hydra_overrides") or [])
+
+
+def best_params(study) -> dict[str, object]:
+    """The parameters of the study's best completed trial."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise ValueError(f"study {study.study_name} has no completed trial yet: run (or resume) it first")
+    return dict(study.best_trial.params)
 
 
 def _label(overrides: Sequence[str], fallback: str) -> str:
@@ -75,10 +89,13 @@ def _label(overrides: Sequence[str], fallback: str) -> str:
     return fallback
 
 
-def rerun_command(study_dir: Path, seeds: str, out: Path, extra: Sequence[str] = ()) -> list[str]:
+def rerun_command(
+    study_dir: Path, seeds: str, out: Path, extra: Sequence[str] = (), storage: str | None = None
+) -> list[str]:
     """The ``run.py -m`` command that re-runs the study's best configuration for ``seeds``."""
-    task, hydra_overrides = study_command_line(study_dir)
-    params = best_params(study_dir)
+    study = load_study(study_dir, storage)
+    task, hydra_overrides = study_command_line(study)
+    params = best_params(study)
     given = {override_key(o): o for o in extra}  # given again for the re-run: theirs win, in place
     overrides = []
     for override in task:
@@ -110,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="root of the re-runs' sweep folders (default <STUDY_DIR>-best)"
     )
+    parser.add_argument("--storage", default=None, help="the studies' storage URL (default: from study.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_intermixed_args(argv)
     studies = [Path(s) for s in args.studies if "=" not in s]
@@ -118,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one study folder")
     try:
         commands = [
-            rerun_command(study, args.seeds, args.out or study.with_name(study.name + "-best"), extra)
+            rerun_command(study, args.seeds, args.out or study.with_name(study.name + "-best"), extra, args.storage)
             for study in studies
         ]
     except (FileNotFoundError, ValueError) as error:

@@ -29,6 +29,7 @@ from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write, atomic_write_json
 from lopt.modules.ranking import RankingModule
 from lopt.run import lifecycle
+from lopt.run.checkpoint_keep import prune_checkpoints
 from lopt.run.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
 from lopt.run.provenance import collect_provenance, log_provenance
 from lopt.run.trainer_callbacks import best_checkpoint, instantiate_callbacks
@@ -361,5 +362,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     control = control_record(cfg, datamodule)
     module = apply_refit(cfg, output_dir, module, control)
     metrics = write_results(cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control)
+    prune_checkpoints(output_dir / CHECKPOINT_DIR, OmegaConf.select(cfg, "checkpoint.keep", default="auto"))
     print_summary(metrics, output_dir)
     return metrics

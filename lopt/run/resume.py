@@ -41,6 +41,7 @@ RESUMABLE_CHANGES: tuple[str, ...] = (
     "trainer.max_epochs",
     "data.eval_batch_users",
     "checkpoint.every_n_train_steps",
+    "checkpoint.keep",
     "paths.cache_dir",
     "data.cache",
 )

@@ -46,6 +46,7 @@ RULES: tuple[_Rule, ...] = (
     ("eval.every_n_epochs", lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),
     ("eval.monitor", lambda v: isinstance(v, str), "a metric name such as auc or ndcg@50"),
     ("checkpoint.every_n_train_steps", lambda v: _is_int(v) and v >= 0, "an integer ≥ 0"),
+    ("checkpoint.keep", lambda v: v in ("all", "best", "none", "auto"), "all, best, none or auto"),
     ("trainer.max_epochs", lambda v: _is_int(v) and v >= 1, "an integer ≥ 1 (epochs to train)"),
     ("model.dim", lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),
     ("model.lambda_value", lambda v: _is_number(v) and v >= 0, "a number ≥ 0"),

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"run"},
     {"pipeline"},
     {"api", "recommend"},
-    {"analysis"},
+    {"analysis", "sweep"},
     {"__init__"},  # the package facade: `from lopt import train`
 ]
 #: Layers a package may import besides its own, by docs/layout.md (a subset of those above it).

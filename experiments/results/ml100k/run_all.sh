@@ -31,14 +31,13 @@ common=(dataset=ml100k logger=csv hydra/launcher=local)
 if [[ -n "$DATA" ]]; then common+=(dataset.source.path="$DATA"); fi
 budget=(study.n_trials="$TRIALS" budget.max_epochs="$EPOCHS" budget.patience="$PATIENCE")
 
-# 1. One Optuna study per method (same trials, same budget), 2 trials at a time. λOpt is tuned
-#    once, on its headline granularity DUI; D, DU and DI re-use that study's Λ settings.
+# 1. One Optuna study per method (same trials, same budget), 2 trials at a time, stored in
+#    $RUNS/studies/ml100k_$m/ (a finished study runs no trial again; an interrupted one resumes).
+#    λOpt is tuned once, on its headline granularity DUI; D, DU and DI re-use that study's Λ settings.
 for m in fix sgda amf neumf dui; do
-  study="$RUNS/studies/ml100k_$m"
-  if [[ -f "$study/optimization_results.yaml" ]]; then continue; fi
   tune=$m; [[ $m == dui ]] && tune=lambda_opt
   $PY run.py -m +experiment=ml100k_$m +tune=$tune "${common[@]}" "${budget[@]}" \
-    hydra.sweep.dir="$study" > "$RUNS/study_$m.log" 2>&1
+    study.dir="$RUNS/studies" study.name=ml100k_$m >> "$RUNS/study_$m.log" 2>&1
 done
 
 # 2. The best configuration of every study, re-run for the seeds, in each block.
