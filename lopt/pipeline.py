@@ -324,11 +324,14 @@ def write_results(
 
 
 def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
-    """A small results table and where the outputs went."""
+    """A small results table and where the outputs went. The best epoch is counted from 1, as
+    in the progress bar and the log (metrics.json's ``best_epoch`` counts from 0)."""
     keys = list(metrics["test"].keys())
     width = max(len(k) for k in keys) if keys else 6
+    best = metrics["best_epoch"]
     lines = [
-        f"{metrics['method']} on {metrics['dataset']} (seed {metrics['seed']}), best epoch {metrics['best_epoch']}",
+        f"{metrics['method']} on {metrics['dataset']} (seed {metrics['seed']}), "
+        f"best epoch {best + 1 if best is not None else 'n/a'}",
         f"{'metric':<{width}}  {'valid':>8}  {'test':>8}",
     ]
     for key in keys:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 #: Columns of the canonical interaction frame every reader returns (polars DataFrame).
-#: ``user`` and ``item`` are raw ids (Int64 or String), ``timestamp`` is Int64 (unix seconds or
-#: any monotone clock; only its order matters).
+#: ``user`` and ``item`` are raw ids (Int64 or String), ``timestamp`` is Int64, or Float64 when
+#: the file's timestamps have fractions (unix seconds or any monotone clock; only its order matters).
 CANONICAL_COLUMNS = ("user", "item", "timestamp")
 
 #: One batch of BPR triples: (users, positive items, negative items), int64 tensors of equal length.

@@ -110,7 +110,7 @@ def load_or_build(
     # Fast path: a complete file is visible (os.replace is atomic), no lock needed.
     if path.exists():
         try:
-            return _load(path, key_json)
+            return _loaded(path, key_json)
         except CacheError as err:
             log.debug("cache file %s failed validation before locking: %s", path, err)
 
@@ -129,7 +129,7 @@ def load_or_build(
     try:
         if path.exists():
             try:
-                return _load(path, key_json)
+                return _loaded(path, key_json)
             except CacheError as err:
                 log.warning("cache file %s is invalid (%s); rebuilding it", path, err)
                 path.unlink(missing_ok=True)
@@ -151,6 +151,19 @@ def load_or_build(
         return split
     finally:
         lock.release()
+
+
+def _loaded(path: Path, key_json: str) -> PreparedSplit:
+    """:func:`_load`, with one log line naming the file on a hit (a run that skips reading and
+    preprocessing says which prepared split it uses)."""
+    split = _load(path, key_json)
+    log.info(
+        "prepared split read from the cache %s (%s users, %s items; data.cache=false rebuilds it)",
+        path,
+        f"{split.n_users:,}",
+        f"{split.n_items:,}",
+    )
+    return split
 
 
 def _not_writable(err: OSError, cache_dir: Path) -> OSError:

@@ -219,7 +219,10 @@ class InteractionDataModule(L.LightningDataModule):
         split = {"kind": self.split_spec["kind"], "rule": SPLIT_RULE_VERSION}
         if split["kind"] == "random_user":
             split["seed"] = int(self.split_spec.get("seed", 0))
-        return {"source": self.source.fingerprint(), "preprocess": self.preprocess, "split": split}
+        # min_rating unset (null) leaves the key as it was before the option existed, so the
+        # splits already cached stay valid.
+        preprocess = {k: v for k, v in self.preprocess.items() if not (k == "min_rating" and v is None)}
+        return {"source": self.source.fingerprint(), "preprocess": preprocess, "split": split}
 
     def _read_source(self) -> pl.DataFrame:
         """The source's canonical frame, with a log line before and after (large files take a
@@ -227,7 +230,8 @@ class InteractionDataModule(L.LightningDataModule):
         name = getattr(self.source, "path", None) or type(self.source).__name__
         log.info("reading %s (the prepared split is cached afterwards)", name)
         started = time.perf_counter()
-        frame = self.source.load()
+        # Ratings are read only when dataset.preprocess.min_rating filters by them.
+        frame = self.source.load(rating=True) if self.preprocess.get("min_rating") is not None else self.source.load()
         log.info("read %s interactions in %.1f s", f"{frame.height:,}", time.perf_counter() - started)
         return frame
 

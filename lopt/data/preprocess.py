@@ -3,6 +3,8 @@
 
 Implements the "lambdaopt" protocol (docs/protocol.md):
 
+0. only with ``min_rating`` set (off by default: the paper keeps every rating): keep the
+   interactions rated ≥ ``min_rating`` (the usual explicit → implicit conversion);
 1. keep (user, item, timestamp); drop duplicate (user, item) pairs, keeping the earliest;
 2. filter once: items with ≥ ``min_users_per_item`` distinct users, then users with
    ≥ ``min_items_per_user`` distinct items (``iterative=True``: repeat until stable, a k-core);
@@ -19,6 +21,7 @@ Every stage is vectorized (polars expressions / numpy sorts); nothing loops over
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 
@@ -42,6 +45,7 @@ log = logging.getLogger("lopt.data")
 #: Config keys named in error messages (the dataset config group's preprocess block).
 KEY_MIN_USERS_PER_ITEM = "dataset.preprocess.min_users_per_item"
 KEY_MIN_ITEMS_PER_USER = "dataset.preprocess.min_items_per_user"
+KEY_MIN_RATING = "dataset.preprocess.min_rating"
 
 
 class _Stage:
@@ -196,14 +200,17 @@ def prepare_split(
     valid_ratio: float,
     split_kind: str = "temporal_user",
     split_seed: int = 0,
+    min_rating: float | None = None,
 ) -> PreparedSplit:
-    """Run dedupe → filter → reindex → split on a canonical frame and return the split.
+    """Run rating filter → dedupe → filter → reindex → split on a canonical frame and return the split.
 
     ``split_kind``/``split_seed``: see :func:`split_interactions` (the default is the paper's).
+    ``min_rating``: keep only the interactions whose ``rating`` is ≥ it (None: keep all).
 
-    ``frame`` has columns ``user``, ``item`` (Int64 or String raw ids) and ``timestamp``
-    (integer); other columns are ignored. Raises ``ValueError`` on invalid parameters, on
-    null values, and when filtering leaves no interaction (naming the config keys to lower).
+    ``frame`` has columns ``user``, ``item`` (Int64 or String raw ids), ``timestamp`` (integer
+    or float: only its order is used) and, with ``min_rating``, ``rating``; other columns are
+    ignored. Raises ``ValueError`` on invalid parameters, on null values, and when filtering
+    leaves no interaction (naming the config keys to lower).
     """
     # Validate every parameter before spending time on the data.
     ratio_fraction(test_ratio, KEY_TEST_RATIO)
@@ -212,10 +219,13 @@ def prepare_split(
         raise ValueError(f"{KEY_SPLIT_KIND} must be one of {SPLIT_KINDS}, got {split_kind!r}")
     _check_threshold(min_users_per_item, KEY_MIN_USERS_PER_ITEM)
     _check_threshold(min_items_per_user, KEY_MIN_ITEMS_PER_USER)
+    _check_min_rating(min_rating)
+    t_start = time.perf_counter()
+    if min_rating is not None:
+        frame = _keep_rated(frame, float(min_rating))
     frame = _canonical(frame)
     if frame.height == 0:
         raise ValueError("the interaction frame is empty: the reader returned no rows")
-    t_start = time.perf_counter()
 
     stage = _Stage("encode", frame.height)
     users, user_ids = _encode(frame["user"])
@@ -280,6 +290,40 @@ def prepare_split(
     return PreparedSplit(**parts, n_users=len(user_ids), n_items=len(item_ids), user_ids=user_ids, item_ids=item_ids)
 
 
+def _check_min_rating(value: float | None) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"{KEY_MIN_RATING} must be a number (e.g. 4) or null (keep every rating), got {value!r}")
+
+
+def _keep_rated(frame: pl.DataFrame, min_rating: float) -> pl.DataFrame:
+    """The rows of ``frame`` whose ``rating`` is ≥ ``min_rating`` (a logged stage); a clear
+    error when the frame has no rating column or keeps nothing."""
+    if "rating" not in frame.columns:
+        raise ValueError(
+            f"{KEY_MIN_RATING}={min_rating:g} keeps interactions by rating, but the interaction frame has no "
+            "'rating' column (this source has no ratings): set dataset.preprocess.min_rating=null, or, with "
+            "dataset=custom, name the column with dataset.source.rating_col"
+        )
+    ratings = frame["rating"]
+    if ratings.null_count():
+        raise ValueError(f"the 'rating' column has {ratings.null_count()} null values; {KEY_MIN_RATING} needs them all")
+    stage = _Stage("rating", frame.height)
+    kept = frame.filter(pl.col("rating") >= min_rating)
+    stage.done(kept.height, f"{KEY_MIN_RATING}={min_rating:g}")
+    if kept.height == 0:
+        raise ValueError(
+            f"no interaction is rated ≥ {KEY_MIN_RATING}={min_rating:g} (the ratings range from "
+            f"{ratings.min()} to {ratings.max()}); lower it, or set it to null to keep every rating"
+        )
+    return kept
+
+
 def _require_columns(frame: pl.DataFrame) -> None:
     """ValueError unless the canonical columns are present and free of nulls."""
     missing = [c for c in CANONICAL_COLUMNS if c not in frame.columns]
@@ -294,13 +338,21 @@ def _require_columns(frame: pl.DataFrame) -> None:
 
 
 def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
-    """Select the canonical columns and check their dtypes; timestamp cast to Int64."""
+    """Select the canonical columns and check their dtypes; timestamp cast to Int64 (a float
+    timestamp becomes its dense rank: the same order and the same ties, as integers)."""
     _require_columns(frame)
     frame = frame.select(CANONICAL_COLUMNS)
     for name in ("user", "item"):
         dtype = frame.schema[name]
         if not (dtype.is_integer() or dtype == pl.String):
             raise ValueError(f"column {name!r} must hold integer or string ids, got {dtype}")
-    if not frame.schema["timestamp"].is_integer():
-        raise ValueError(f"column 'timestamp' must be an integer, got {frame.schema['timestamp']}")
+    dtype = frame.schema["timestamp"]
+    if dtype.is_float():
+        finite = frame["timestamp"].is_finite()
+        if not finite.all():
+            row = int(finite.not_().arg_true()[0])
+            raise ValueError(f"column 'timestamp' must hold finite numbers, got {frame['timestamp'][row]} in row {row}")
+        return frame.with_columns(pl.col("timestamp").rank("dense").cast(pl.Int64))
+    if not dtype.is_integer():
+        raise ValueError(f"column 'timestamp' must be a number (integer or float), got {dtype}")
     return frame.with_columns(pl.col("timestamp").cast(pl.Int64))

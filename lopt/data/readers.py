@@ -1,10 +1,13 @@
 """Raw-format readers: one function per format, each returning the canonical interaction frame.
 
-Every reader returns a polars DataFrame with exactly the columns ``user``, ``item``, ``timestamp``
-(see :data:`lopt.types.CANONICAL_COLUMNS`), one row per interaction, in file order.
-``timestamp`` is Int64; ``user``/``item`` are Int64 for formats with numeric ids and String for
-string ids. Rating values are ignored: every rating is an implicit interaction. Blank lines are
-skipped. Nothing is de-duplicated or filtered here (that is preprocessing's job).
+Every reader returns a polars DataFrame with the columns ``user``, ``item``, ``timestamp``
+(see :data:`lopt.types.CANONICAL_COLUMNS`), one row per interaction, in file order, and with
+``rating=True`` a fourth column ``rating`` (Float64) for formats that have one.
+``timestamp`` is Int64 when every value is an integer (``"1.2e9"`` counts: it is one), Float64
+otherwise (e.g. ``978300760.5``); ``user``/``item`` are Int64 for formats with numeric ids and
+String for string ids. Every rating is an interaction (``dataset.preprocess.min_rating`` drops
+low ones later). Blank lines are skipped. Nothing is de-duplicated or filtered here (that is
+preprocessing's job).
 
 Parsing is vectorized (polars). A malformed file raises :class:`DataFormatError`, whose message
 names the file, the 1-based line number, what is wrong and what to do; the offending line is
@@ -49,122 +52,142 @@ class DataFormatError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def read_movielens_tab(path: str | Path) -> pl.DataFrame:
+def read_movielens_tab(path: str | Path, rating: bool = False) -> pl.DataFrame:
     """MovieLens-100K ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, no header.
 
-    Returns the canonical frame with Int64 user/item/timestamp, one row per non-blank line.
+    Returns the canonical frame with Int64 user/item/timestamp (plus ``rating``), one row per
+    non-blank line.
     """
-    return _read_movielens_lines(path, "\t", "u.data has 4 tab-separated integer fields: user item rating timestamp")
+    hint = "u.data has 4 tab-separated fields: user item rating timestamp (integer ids, numeric rating and timestamp)"
+    return _read_movielens_lines(path, "\t", hint, rating)
 
 
-def read_movielens_dat(path: str | Path) -> pl.DataFrame:
+def read_movielens_dat(path: str | Path, rating: bool = False) -> pl.DataFrame:
     """MovieLens-1M/10M ``ratings.dat``: ``user::item::rating::timestamp``, no header.
 
-    Returns the canonical frame with Int64 user/item/timestamp, one row per non-blank line.
+    Returns the canonical frame with Int64 user/item/timestamp (plus ``rating``), one row per
+    non-blank line.
     """
-    return _read_movielens_lines(
-        path, "::", "ratings.dat has 4 '::'-separated integer fields: user::item::rating::timestamp"
+    hint = (
+        "ratings.dat has 4 '::'-separated fields: user::item::rating::timestamp "
+        "(integer ids, numeric rating and timestamp)"
     )
+    return _read_movielens_lines(path, "::", hint, rating)
 
 
-def _read_movielens_lines(path: str | Path, separator: str, hint: str) -> pl.DataFrame:
-    """``user<sep>item<sep>rating<sep>timestamp`` integer lines, no header (the rating is unused)."""
+def _read_movielens_lines(path: str | Path, separator: str, hint: str, rating: bool) -> pl.DataFrame:
+    """``user<sep>item<sep>rating<sep>timestamp`` lines, no header (the rating read when asked)."""
     fields: dict[str, Column] = {"user": 0, "item": 1, "timestamp": 3}
+    if rating:
+        fields["rating"] = 2
     return _read_delimited_lines(Path(path), separator, fields, n_fields=4, id_kind="int", hint=hint)
 
 
-def read_movielens_csv(path: str | Path) -> pl.DataFrame:
+def read_movielens_csv(path: str | Path, rating: bool = False) -> pl.DataFrame:
     """MovieLens-20M/25M/latest ``ratings.csv`` (header ``userId,movieId,rating,timestamp``).
 
-    Returns the canonical frame with Int64 user/item/timestamp.
+    Returns the canonical frame with Int64 user/item/timestamp (plus ``rating``).
     """
     fields: dict[str, Column] = {"user": "userId", "item": "movieId", "timestamp": "timestamp"}
+    if rating:
+        fields["rating"] = "rating"
     hint = (
-        "a MovieLens ratings.csv with header userId,movieId,rating,timestamp and integer values (for "
+        "a MovieLens ratings.csv with header userId,movieId,rating,timestamp, integer ids and numeric "
+        "rating and timestamp (for "
         "another layout use dataset=custom and set dataset.source.user_col/item_col/timestamp_col)"
     )
     return _read_csv(Path(path), fields, id_kind="int", key_hint=hint)
 
 
-def read_amazon_kaggle_csv(path: str | Path) -> pl.DataFrame:
-    """Amazon Fine Food ``Reviews.csv`` (Kaggle): columns ``ProductId, UserId, Time`` are used.
+def read_amazon_kaggle_csv(path: str | Path, rating: bool = False) -> pl.DataFrame:
+    """Amazon Fine Food ``Reviews.csv`` (Kaggle): columns ``ProductId, UserId, Time`` are used
+    (and ``Score``, the 1–5 star rating, with ``rating=True``).
 
     Quoted free-text fields may contain commas, quotes and newlines. Returns the canonical frame
     with String user (``UserId``) and item (``ProductId``) ids and Int64 timestamp (``Time``).
     """
     fields: dict[str, Column] = {"user": "UserId", "item": "ProductId", "timestamp": "Time"}
+    if rating:
+        fields["rating"] = "Score"
     hint = (
-        "the Kaggle Reviews.csv with columns Id,ProductId,UserId,...,Score,Time,... and an integer Time "
+        "the Kaggle Reviews.csv with columns Id,ProductId,UserId,...,Score,Time,... and a numeric Time "
         "(for the SNAP finefoods.txt.gz set dataset.source.format=snap; for another layout use dataset=custom)"
     )
     return _read_csv(Path(path), fields, id_kind="str", key_hint=hint)
 
 
-_SNAP_KEYS = ("product/productId:", "review/userId:", "review/time:")
+#: The keys of a SNAP review block that are read, in their order within a block.
+_SNAP_KEYS = {"item": "product/productId:", "user": "review/userId:", "timestamp": "review/time:"}
+_SNAP_RATING_KEYS = {
+    "item": "product/productId:",
+    "user": "review/userId:",
+    "rating": "review/score:",
+    "timestamp": "review/time:",
+}
 
 
-def read_amazon_snap(path: str | Path) -> pl.DataFrame:
+def read_amazon_snap(path: str | Path, rating: bool = False) -> pl.DataFrame:
     """Amazon Fine Food SNAP release ``finefoods.txt(.gz)``: blocks of ``key: value`` lines.
 
-    Each review block holds ``product/productId``, ``review/userId`` and ``review/time`` lines
-    (in that order, among others such as ``review/text``); blocks are separated by blank lines.
-    Bytes that are not UTF-8 are replaced. Returns the canonical frame with String user/item ids
-    and Int64 timestamp, one row per block.
+    Each review block holds ``product/productId``, ``review/userId``, ``review/score`` and
+    ``review/time`` lines (in that order, among others such as ``review/text``); blocks are
+    separated by blank lines. ``review/score`` is read with ``rating=True`` only. Bytes that are
+    not UTF-8 are replaced. Returns the canonical frame with String user/item ids and Int64
+    timestamp, one row per block.
     """
     path = _existing(path)
+    keys = _SNAP_RATING_KEYS if rating else _SNAP_KEYS
+    prefixes = list(keys.values())
+    n_keys = len(prefixes)
+    expected_block = ", ".join(p.rstrip(":") for p in prefixes)
+    block_hint = f"each SNAP review block to list {expected_block} once each, in this order"
     lines = _read_lines(path)
     text = pl.col("line")
-    code = (
-        pl.when(text.str.starts_with(_SNAP_KEYS[0]))
-        .then(0)
-        .when(text.str.starts_with(_SNAP_KEYS[1]))
-        .then(1)
-        .when(text.str.starts_with(_SNAP_KEYS[2]))
-        .then(2)
-    )
+    code = pl.when(text.str.starts_with(prefixes[0])).then(0)
+    for k, prefix in enumerate(prefixes[1:], start=1):
+        code = code.when(text.str.starts_with(prefix)).then(k)
     keyed = lines.with_columns(code.alias("key")).filter(pl.col("key").is_not_null())
-    # The kept keys must repeat product, user, time, product, user, time, ...
-    expected = pl.int_range(pl.len()) % 3
+    # The kept keys must repeat in block order: product, user, [score,] time, product, ...
+    expected = pl.int_range(pl.len()) % n_keys
     bad = keyed.with_row_index("k").filter(pl.col("key") != expected).head(1)
     if bad.height:
         k, key = bad["k"][0], bad["key"][0]
-        want = _SNAP_KEYS[k % 3]
+        want = prefixes[k % n_keys]
         _raise(
             path,
             int(bad[_LINE][0]),
-            f"expected a '{want}' line here but found '{_SNAP_KEYS[key]}' (a review block lacks or repeats a field)",
-            "each SNAP review block to list product/productId, review/userId, ..., review/time once each",
+            f"expected a '{want}' line here but found '{prefixes[key]}' (a review block lacks or repeats a field)",
+            block_hint,
             bad["line"][0],
         )
-    if keyed.height % 3:
+    if keyed.height % n_keys:
         last = keyed.tail(1)
         _raise(
             path,
             int(last[_LINE][0]),
             "the last review block is incomplete (the file may be truncated; download it again)",
-            "each SNAP review block to list product/productId, review/userId, ..., review/time once each",
+            block_hint,
             last["line"][0],
         )
     if keyed.height == 0:
-        _raise_empty(path, "expected blocks of product/productId, review/userId, review/time lines")
+        _raise_empty(path, f"expected blocks of {expected_block} lines")
     value = text.str.splitn(":", 2).struct.field("field_1").str.strip_chars()
     keyed = keyed.with_columns(value.alias("value"))
     raw = pl.DataFrame(
         {
-            "user": keyed["value"].gather_every(3, 1),
-            "item": keyed["value"].gather_every(3, 0),
-            "timestamp": keyed["value"].gather_every(3, 2),
-            _LINE: keyed[_LINE].gather_every(3, 0),
+            **{canon: keyed["value"].gather_every(n_keys, k) for k, canon in enumerate(keys)},
+            _LINE: keyed[_LINE].gather_every(n_keys, 0),
         }
     )
     try:
-        return _finish(raw, "str")
+        return _finish(raw.drop(_LINE), "str")
     except _BadRow as bad:
         _raise(
             path,
             int(raw[_LINE][bad.row]),
             bad.what,
-            "the review block starting at that line to have non-empty ids and 'review/time: <unix seconds>'",
+            "the review block starting at that line to have non-empty ids, a numeric 'review/score: <stars>' "
+            "(dataset.preprocess.min_rating) and 'review/time: <unix seconds>'",
         )
         raise
 
@@ -178,16 +201,18 @@ def read_custom(
     has_header: bool = True,
     file_format: Literal["csv", "parquet", "auto"] = "auto",
     column_names: Sequence[str] | None = None,
+    rating_col: Column | None = None,
 ) -> pl.DataFrame:
-    """Any CSV/TSV/Parquet file with user, item and (optionally) timestamp columns.
+    """Any CSV/TSV/Parquet file with user, item and (optionally) timestamp and rating columns.
 
     Columns are given by name (a header name, a Parquet column, or one of ``column_names`` for a
     headerless file) or by 0-based position. ``timestamp_col=None`` means "use file order": the
     timestamp is then the 0-based row index. ``separator`` may have several characters (e.g.
     ``"::"``); such files are split per line and cannot quote fields. Ids are Int64 when every
-    value is an integer, String otherwise; the timestamp must be an integer (Parquet
-    datetimes/dates become unix seconds). ``file_format="auto"`` picks Parquet for ``.parquet``/
-    ``.pq`` files and CSV otherwise.
+    value is an integer, String otherwise; the timestamp must be a number (Int64 when every
+    value is an integer, Float64 otherwise; Parquet datetimes/dates become unix seconds).
+    ``rating_col``: a numeric column returned as ``rating`` (Float64); None: the file has no
+    rating. ``file_format="auto"`` picks Parquet for ``.parquet``/``.pq`` files and CSV otherwise.
     """
     path = _existing(path)
     if file_format == "auto":
@@ -195,13 +220,15 @@ def read_custom(
     fields: dict[str, Column] = {"user": user_col, "item": item_col}
     if timestamp_col is not None:
         fields["timestamp"] = timestamp_col
+    if rating_col is not None:
+        fields["rating"] = rating_col
     if file_format == "parquet":
         return _read_parquet(path, fields)
     if file_format != "csv":
         raise ValueError(f"dataset.source.file_format must be 'csv', 'parquet' or 'auto', got {file_format!r}")
     hint = (
         "the layout set by dataset.source.separator, has_header, column_names and the "
-        "*_col keys, with integer timestamps"
+        "*_col keys, with numeric timestamps and ratings"
     )
     if len(separator) == 1:
         return _read_csv(
@@ -322,8 +349,9 @@ def _read_repeated_char_separated(
 ) -> pl.DataFrame | None:
     """Fast path for integer files split by one repeated character (``\t``, ``::``): polars'
     native reader on the single character, every ``len(separator)``-th column being a field and
-    the columns between them required empty. Returns None on any irregularity (the careful
-    per-line path then parses the file again and locates the problem)."""
+    the columns between them required empty; ids and timestamps Int64, a rating Float64.
+    Returns None on any irregularity, a non-integer timestamp included (the careful per-line
+    path then parses the file again, types it and locates any problem)."""
     if len(set(separator)) != 1 or not all(isinstance(c, int) for c in fields.values()):
         return None
     k = len(separator)
@@ -332,7 +360,8 @@ def _read_repeated_char_separated(
     names = [f"column_{i + 1}" for i in range(n_cols + k)]
     gaps = [names[i] for i in range(n_cols + k) if i % k or i >= n_cols]
     wanted = {canon: names[pos * k] for canon, pos in fields.items()}
-    schema = {c: pl.Int64 if c in wanted.values() else pl.String for c in names}
+    dtypes = {col: pl.Float64 if canon == "rating" else pl.Int64 for canon, col in wanted.items()}
+    schema = {c: dtypes.get(c, pl.String) for c in names}
     try:
         df = pl.read_csv(
             path,
@@ -348,11 +377,13 @@ def _read_repeated_char_separated(
     except (pl.exceptions.PolarsError, ValueError):
         return None
     out = df.select(pl.col(col).alias(canon) for canon, col in wanted.items())
+    if "rating" in out.columns:
+        out = out.with_columns(_finite(out["rating"]))
     if out.null_count().row(0) != (0,) * out.width:
         return None  # blank lines, short lines or empty fields: let the careful path decide
     if gaps and df.select(pl.any_horizontal(pl.col(gaps).is_not_null()).any()).item():
         return None
-    return out.select(CANONICAL_COLUMNS)
+    return out.select(_output_columns(out))
 
 
 def _read_csv(
@@ -478,7 +509,8 @@ def _read_parquet(path: Path, fields: dict[str, Column]) -> pl.DataFrame:
             path,
             bad.row + 1,
             bad.what,
-            "non-null ids and integer or datetime timestamps in the columns named by dataset.source.*_col",
+            "non-null ids, numeric or datetime timestamps and numeric ratings in the columns named by "
+            "dataset.source.*_col",
             unit="row",
         )
         raise
@@ -499,21 +531,26 @@ class _BadRow(Exception):
 
 
 def _finish(raw: pl.DataFrame, id_kind: IdKind) -> pl.DataFrame:
-    """Type a raw String frame (``user``, ``item``, optional ``timestamp``) into the canonical
-    frame; a missing timestamp column becomes the 0-based row index (file order).
+    """Type a raw String frame (``user``, ``item``, optional ``timestamp`` and ``rating``) into
+    the canonical frame; a missing timestamp column becomes the 0-based row index (file order).
 
     Fast path: one cast per column. Only when a value fails (null, empty id, non-integer where
-    an integer is required) does :func:`_first_bad_row` locate the first bad row, raised as
-    :class:`_BadRow`.
+    an integer is required, a timestamp or rating that is not a finite number) does
+    :func:`_first_bad_row` locate the first bad row, raised as :class:`_BadRow`.
     """
     if "timestamp" in raw.columns:
-        timestamp = _int_series(raw["timestamp"])
+        timestamp = _timestamp_series(raw["timestamp"])
     else:
         timestamp = pl.int_range(raw.height, dtype=pl.Int64, eager=True)
-    out = pl.DataFrame(
-        {"user": _id_series(raw["user"], id_kind), "item": _id_series(raw["item"], id_kind), "timestamp": timestamp}
-    )
-    bad = out.null_count().row(0) != (0, 0, 0) or any(
+    columns = {
+        "user": _id_series(raw["user"], id_kind),
+        "item": _id_series(raw["item"], id_kind),
+        "timestamp": timestamp,
+    }
+    if "rating" in raw.columns:
+        columns["rating"] = _finite(_float_series(raw["rating"]))
+    out = pl.DataFrame(columns)
+    bad = any(out.null_count().row(0)) or any(
         out[c].dtype == pl.String and (out[c].str.len_bytes() == 0).any() for c in ("user", "item")
     )
     if bad:
@@ -523,12 +560,51 @@ def _finish(raw: pl.DataFrame, id_kind: IdKind) -> pl.DataFrame:
     return out
 
 
+def _output_columns(frame: pl.DataFrame) -> list[str]:
+    """The canonical columns, then ``rating`` when the frame has it."""
+    return [*CANONICAL_COLUMNS, *(["rating"] if "rating" in frame.columns else [])]
+
+
 def _int_series(values: pl.Series) -> pl.Series:
     """Int64 cast; null where a value is not an integer (surrounding spaces are allowed)."""
     out = values.cast(pl.Int64, strict=False)
     if out.null_count() != values.null_count():
         out = values.str.strip_chars().cast(pl.Int64, strict=False)
     return out
+
+
+def _float_series(values: pl.Series) -> pl.Series:
+    """Float64 cast; null where a value is not a number (surrounding spaces are allowed)."""
+    out = values.cast(pl.Float64, strict=False)
+    if out.null_count() != values.null_count():
+        out = values.str.strip_chars().cast(pl.Float64, strict=False)
+    return out
+
+
+def _finite(values: pl.Series) -> pl.Series:
+    """``values`` with NaN and ±inf made null (so that the bad-row check reports them)."""
+    return values.set(~values.is_finite().fill_null(True), None)
+
+
+#: Float timestamps that are whole numbers below this are exact in a float64 and become Int64.
+_EXACT_FLOAT_INT = 2**53
+
+
+def _timestamp_series(values: pl.Series) -> pl.Series:
+    """Int64 when every value is an integer, written as one (``978300760``) or as a float of a
+    whole number (``"1.2e9"``, ``"978300760.0"``); Float64 otherwise (``978300760.5``); null
+    where a value is not a finite number. Only the order of timestamps is used downstream, and
+    a Float64 column orders as its values do."""
+    out = _int_series(values)
+    if out.null_count() == values.null_count():
+        return out
+    floats = _finite(_float_series(values))
+    if floats.null_count() != values.null_count():
+        return out  # some value is not a number: the bad-row check names it
+    whole = (floats == floats.round()) & (floats.abs() < _EXACT_FLOAT_INT)
+    if whole.fill_null(True).all():
+        return floats.cast(pl.Int64)
+    return floats
 
 
 def _id_series(values: pl.Series, id_kind: IdKind) -> pl.Series:
@@ -544,27 +620,34 @@ def _as_int(col: pl.Expr) -> pl.Expr:
     return col.str.strip_chars().cast(pl.Int64, strict=False)
 
 
+def _as_finite_float(col: pl.Expr) -> pl.Expr:
+    """The value as a float64; null when it is not a number or not finite."""
+    value = col.str.strip_chars().cast(pl.Float64, strict=False)
+    return pl.when(value.is_finite()).then(value)
+
+
 def _first_bad_row(raw: pl.DataFrame, id_kind: IdKind) -> tuple[int, str] | None:
-    """(row index, problem) of the first row with a missing value or a non-integer where an
-    integer is required; None when every row is fine. Vectorized: a strict cast per column,
-    then the first flagged row."""
+    """(row index, problem) of the first row with a missing value, a non-integer id where an
+    integer is required, or a timestamp or rating that is not a finite number; None when every
+    row is fine. Vectorized: a strict cast per column, then the first flagged row."""
     checks: list[tuple[str, str, pl.Expr]] = []  # (column, problem, flag)
-    for canon in ("user", "item", "timestamp"):
+    for canon in ("user", "item", "timestamp", "rating"):
         if canon not in raw.columns:
             continue
         col = pl.col(canon)
         empty = col.is_null() | (col.str.strip_chars().str.len_bytes() == 0)
         checks.append((canon, f"empty or missing {canon} field", empty))
-        if canon == "timestamp" or id_kind == "int":
-            kind = "timestamp" if canon == "timestamp" else f"{canon} id"
-            checks.append((canon, f"non-integer {kind}", ~empty & _as_int(col).is_null()))
+        if canon in ("timestamp", "rating"):
+            checks.append((canon, f"non-numeric {canon}", ~empty & _as_finite_float(col).is_null()))
+        elif id_kind == "int":
+            checks.append((canon, f"non-integer {canon} id", ~empty & _as_int(col).is_null()))
     flags = raw.select(*[e.alias(f"b{k}") for k, (_, _, e) in enumerate(checks)])
     idx = flags.select(pl.any_horizontal(pl.all()).arg_true().first()).item()
     if idx is None:
         return None
     k = next(k for k, flag in enumerate(flags.row(idx)) if flag)
     canon, what, _ = checks[k]
-    if what.startswith("non-integer"):
+    if what.startswith("non-"):
         what = f"{what} {raw[canon][idx]!r}"
     return idx, what
 

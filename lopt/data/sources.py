@@ -1,20 +1,22 @@
 """Data sources: what Hydra instantiates from ``dataset.source`` (``_target_``).
 
-Each source has ``load() -> pl.DataFrame`` (the canonical ``user, item, timestamp`` frame, see
-:mod:`lopt.data.readers`) and ``fingerprint() -> str`` (a stable hex identity of the raw data
-and parse options, for cache keys: resolved path + size + mtime_ns for files, all parameters
-for synthetic data). Constructors only validate their arguments (errors name the config key
-``dataset.source.<key>``); files are touched (and downloaded) by ``load``/``fingerprint``, which
-the DataModule calls before anything is trained. A file the user names is read as it is: a
-missing, empty, unreadable file or a folder is an error naming it, and nothing is ever
-downloaded under a user's filename (only MovieLens's default location under
-``paths.data_dir`` is filled from the GroupLens archive).
+Each source has ``load(rating=False) -> pl.DataFrame`` (the canonical ``user, item, timestamp``
+frame, see :mod:`lopt.data.readers`; ``rating=True`` adds the ``rating`` column, or raises
+:class:`NoRatingsError` for a source without ratings) and ``fingerprint() -> str`` (a stable
+hex identity of the raw data and parse options, for cache keys: resolved path + size +
+mtime_ns for files, all parameters for synthetic data). Constructors only validate their
+arguments (errors name the config key ``dataset.source.<key>``); files are touched (and
+downloaded) by ``load``/``fingerprint``, which the DataModule calls before anything is
+trained. A file the user names is read as it is: a missing, empty, unreadable file or a
+folder is an error naming it, and nothing is ever downloaded under a user's filename (only
+MovieLens's default location under ``paths.data_dir`` is filled from the GroupLens archive).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,44 @@ import polars as pl
 from lopt.data import readers, synthetic
 from lopt.data.download import ARCHIVES, check_data_file, ensure_file
 
-__all__ = ["MovieLensSource", "AmazonFoodSource", "CustomSource", "SyntheticSource"]
+__all__ = [
+    "MovieLensSource",
+    "AmazonFoodSource",
+    "CustomSource",
+    "SyntheticSource",
+    "NoRatingsError",
+    "decode_separator",
+]
 
 #: Bump when a reader's output for the same file changes (it invalidates caches).
 READER_VERSION = 1
 _KEY = "dataset.source"
+
+
+class NoRatingsError(ValueError):
+    """Ratings were asked for (``dataset.preprocess.min_rating``) from a source without them."""
+
+
+#: Names accepted for ``dataset.source.separator`` (a tab is awkward to type on a command line).
+SEPARATOR_NAMES = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+#: Backslash escapes decoded in ``dataset.source.separator``: a shell passes ``'\t'`` to Hydra
+#: as the two characters backslash and t.
+_SEPARATOR_ESCAPES = {"\\t": "\t", "\\\\": "\\"}
+
+
+def decode_separator(value: Any) -> str:
+    """The separator that ``dataset.source.separator`` names: a name of :data:`SEPARATOR_NAMES`
+    (``tab``), the escapes ``\\t`` (tab) and ``\\\\`` (one backslash) as typed on a command
+    line, or the characters themselves (``","``, ``"::"``, a real tab from YAML's ``"\\t"``)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{_KEY}.separator must be a non-empty string, e.g. ',', tab, '\\t' or '::', got {value!r}")
+    if value in SEPARATOR_NAMES:
+        return SEPARATOR_NAMES[value]
+    if "\\" in value:
+        value = re.sub(r"\\\\|\\t", lambda m: _SEPARATOR_ESCAPES[m.group(0)], value)
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{_KEY}.separator must not contain a line break, got {value!r}")
+    return value
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -64,9 +99,17 @@ class _FileSource:
             return ensure_file(self.path, self.archive, f"{_KEY}.path", self.hint, self.lock_dir)
         return check_data_file(self.path, f"{_KEY}.path", self.hint)
 
-    def load(self) -> pl.DataFrame:
-        """The canonical frame (downloads the archive first when the file is missing)."""
+    def load(self, rating: bool = False) -> pl.DataFrame:
+        """The canonical frame (downloads the archive first when the file is missing); with
+        ``rating=True`` also the ``rating`` column (:class:`NoRatingsError` when the file has none)."""
+        if rating:
+            self._check_ratings()
+            return self._read(self._file(), rating=True)
         return self._read(self._file())
+
+    def _check_ratings(self) -> None:
+        """Raise :class:`NoRatingsError` when this source cannot give ratings (all formats read
+        here have a rating column; a custom file names it with ``rating_col``)."""
 
     def fingerprint(self) -> str:
         """Hex digest of (class, resolved path, size, mtime_ns, parse options, reader version)."""
@@ -83,7 +126,7 @@ class _FileSource:
             }
         )
 
-    def _read(self, file: Path) -> pl.DataFrame:
+    def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
         raise NotImplementedError
 
     def _options(self) -> dict[str, Any]:
@@ -135,8 +178,8 @@ class MovieLensSource(_FileSource):
                 f"give it with {_KEY}.path=/path/to/{self.path.name}."
             )
 
-    def _read(self, file: Path) -> pl.DataFrame:
-        return self._READERS[self.format](file)
+    def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
+        return self._READERS[self.format](file, rating=rating)
 
     def _options(self) -> dict[str, Any]:
         return {"format": self.format}
@@ -156,8 +199,8 @@ class AmazonFoodSource(_FileSource):
         super().__init__(path)
         self.format = _choice("format", format, tuple(self._READERS))
 
-    def _read(self, file: Path) -> pl.DataFrame:
-        return self._READERS[self.format](file)
+    def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
+        return self._READERS[self.format](file, rating=rating)
 
     def _options(self) -> dict[str, Any]:
         return {"format": self.format}
@@ -178,30 +221,36 @@ class CustomSource(_FileSource):
         has_header: bool = True,
         file_format: str = "auto",
         column_names: Sequence[str] | None = None,
+        rating_col: str | int | None = None,
     ) -> None:
         super().__init__(path)
-        cols = {"user_col": user_col, "item_col": item_col, "timestamp_col": timestamp_col}
+        cols = {"user_col": user_col, "item_col": item_col, "timestamp_col": timestamp_col, "rating_col": rating_col}
         for key, col in cols.items():
-            if col is None and key != "timestamp_col":
+            if col is None and key in ("user_col", "item_col"):
                 raise ValueError(f"{_KEY}.{key} must name a column (or give its 0-based position)")
             if col is not None and (isinstance(col, bool) or not isinstance(col, (str, int))):
                 raise ValueError(f"{_KEY}.{key} must be a column name or a 0-based position, got {col!r}")
         given = [c for c in cols.values() if c is not None]
         if len(set(given)) != len(given):
-            raise ValueError(f"{_KEY}.user_col/item_col/timestamp_col must be different columns, got {cols}")
-        if not isinstance(separator, str) or not separator or "\n" in separator:
-            raise ValueError(
-                f"{_KEY}.separator must be a non-empty string without newlines "
-                f"(e.g. ',', '\\t', '::'), got {separator!r}"
-            )
+            raise ValueError(f"{_KEY}.user_col/item_col/timestamp_col/rating_col must be different columns, got {cols}")
+        separator = decode_separator(separator)
         if not isinstance(has_header, bool):
             raise ValueError(f"{_KEY}.has_header must be true or false, got {has_header!r}")
         self.user_col, self.item_col, self.timestamp_col = user_col, item_col, timestamp_col
+        self.rating_col = rating_col
         self.separator, self.has_header = separator, has_header
         self.file_format = _choice("file_format", file_format, ("csv", "parquet", "auto"))
         self.column_names = None if column_names is None else [str(c) for c in column_names]
 
-    def _read(self, file: Path) -> pl.DataFrame:
+    def _check_ratings(self) -> None:
+        if self.rating_col is None:
+            raise NoRatingsError(
+                f"dataset.preprocess.min_rating keeps interactions by rating, but {_KEY}.rating_col is null: "
+                f"name the rating column ({_KEY}.rating_col=rating, or its 0-based position), or set "
+                "dataset.preprocess.min_rating=null to keep every interaction"
+            )
+
+    def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
         return readers.read_custom(
             file,
             self.user_col,
@@ -211,10 +260,11 @@ class CustomSource(_FileSource):
             self.has_header,
             self.file_format,
             self.column_names,
+            rating_col=self.rating_col if rating else None,
         )
 
     def _options(self) -> dict[str, Any]:
-        return {
+        options = {
             "user_col": self.user_col,
             "item_col": self.item_col,
             "timestamp_col": self.timestamp_col,
@@ -223,6 +273,9 @@ class CustomSource(_FileSource):
             "file_format": self.file_format,
             "column_names": self.column_names,
         }
+        if self.rating_col is not None:  # absent when unset: fingerprints of older configs stay valid
+            options["rating_col"] = self.rating_col
+        return options
 
 
 class SyntheticSource:
@@ -256,8 +309,14 @@ class SyntheticSource:
             "seed": seed,
         }
 
-    def load(self) -> pl.DataFrame:
-        """The generated canonical frame (Int64 ids and timestamps)."""
+    def load(self, rating: bool = False) -> pl.DataFrame:
+        """The generated canonical frame (Int64 ids and timestamps); generated data has no
+        ratings (``rating=True`` raises :class:`NoRatingsError`)."""
+        if rating:
+            raise NoRatingsError(
+                "dataset.preprocess.min_rating keeps interactions by rating, but dataset=synthetic generates "
+                "implicit interactions without ratings: set dataset.preprocess.min_rating=null"
+            )
         return synthetic.generate_interactions(**self.params)
 
     def fingerprint(self) -> str:

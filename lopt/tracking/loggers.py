@@ -7,6 +7,12 @@ that cannot reach the server within ``logger.init_timeout`` seconds falls back t
 fallback is announced once per process; the ``wandb sync DIR`` command of an offline run is
 printed when the run is finished (:func:`finish_wandb`, called by the tracking callbacks).
 Jobs of one Hydra multirun share a W&B group named after the sweep directory.
+
+A run is named ``<method>/<dataset>/seed<k>`` (in a multirun followed by the job's other swept
+values) and tagged ``method:…``, ``dataset:…``, ``granularity:…``, ``protocol:…`` and
+``control:…``; its config is the composed Hydra config, once (:class:`ConfigOnlyWandbLogger` does not
+add the module's flat hyperparameters beside it); its summary keeps the best validation value
+of every ranking metric of the protocol.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lopt.eval.metrics import metric_names
+
 log = logging.getLogger("lopt")
 
 WANDB_MODES = ("online", "offline", "disabled")
@@ -28,6 +36,15 @@ WANDB_MODES = ("online", "offline", "disabled")
 LOPT_WANDB_KEYS = ("mode", "group", "name", "init_timeout", "watch", "watch_log_freq")
 _MAX_GROUP_CHARS = 128
 _announced_offline = False
+
+
+class ConfigOnlyWandbLogger(WandbLogger):
+    """Lightning's WandbLogger whose run config is only the composed Hydra config (given to
+    ``wandb.init`` by :func:`build_wandb_logger`). Lightning would add the LightningModule's
+    hyperparameters too, a flat copy of ``model.*`` (``dim`` beside ``model.dim``)."""
+
+    def log_hyperparams(self, params: Any) -> None:
+        return None
 
 
 def is_wandb_config(logger_cfg: Any) -> bool:
@@ -113,6 +130,28 @@ def swept_values(job_overrides: list[str], sweep_dir: str, sweeper_params: Any =
     return ",".join(o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in bare)
 
 
+def run_name(cfg: DictConfig, swept: str | None = None) -> str:
+    """``<method>/<dataset>/seed<k>`` (e.g. ``MF-λOpt-DUI/ml100k/seed0``); ``swept``: a multirun
+    job's swept values (:func:`swept_values`), whose keys other than ``seed`` are appended in
+    brackets so that the jobs of a grid are told apart (``MF-λFix/ml100k/seed0 [model.lambda_value=0.01]``)."""
+    name = f"{cfg.model.label}/{cfg.dataset.name}/seed{cfg.seed}"
+    others = [o for o in (swept or "").split(",") if o and o.split("=", 1)[0].lstrip("+~") != "seed"]
+    return f"{name} [{','.join(others)}]" if others else name
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    """``method:…``, ``dataset:…``, ``granularity:…`` (when the method has one), ``protocol:…``
+    and ``control:…`` of the run (W&B tags are at most 64 characters)."""
+    values = {
+        "method": cfg.model.label,
+        "dataset": cfg.dataset.name,
+        "granularity": cfg.model.get("reported_granularity"),
+        "protocol": cfg.protocol.name,
+        "control": OmegaConf.select(cfg, "control.name", default=None),
+    }
+    return [f"{key}:{value}"[:64] for key, value in values.items() if value is not None]
+
+
 def sweep_group(sweep_dir: str | None) -> str | None:
     """The W&B group of a sweep: its directory (as given to Hydra), at most 128 characters."""
     if not sweep_dir:
@@ -139,11 +178,10 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger | bool:
     mode, reason = resolve_wandb_mode(node.get("mode"))
     sweep_dir, job_num, swept = _hydra_job()
     group = node.get("group") or sweep_group(sweep_dir)
-    name = node.get("name")
-    if name is None and job_num is not None:
-        name = f"{job_num}:{swept}" if swept else job_num
+    name = node.get("name") or run_name(cfg, swept if job_num is not None else None)
     kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in LOPT_WANDB_KEYS}
     kwargs.pop("_target_", None)
+    kwargs["tags"] = [*run_tags(cfg), *(t for t in kwargs.get("tags") or [] if t not in run_tags(cfg))]
     save_dir = Path(kwargs.get("save_dir") or output_dir)
     save_dir.mkdir(parents=True, exist_ok=True)  # before init: W&B otherwise warns and probes git
     kwargs["save_dir"] = str(save_dir)
@@ -166,7 +204,7 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger | bool:
         getattr(logger, "_wandb_init", {}).pop("anonymous", None)
         run = logger.experiment  # start the run now, so failures surface here and not mid-training
         if run_mode != "disabled":
-            define_dashboard_metrics(run, list(cfg.eval.ks))
+            define_dashboard_metrics(run, list(cfg.eval.ks), str(cfg.protocol.name))
         return logger
 
     if reason is not None and not _announced_offline:
@@ -183,11 +221,13 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger | bool:
         return make("offline")
 
 
-def define_dashboard_metrics(run: Any, ks: list[int]) -> None:
-    """The run summary keeps the best validation value of each metric (AUC, HR@K, NDCG@K), not
-    the last; ``epoch`` (a counter) gets no panel of its own. ``best_epoch`` is added to the
-    summary after the test (the tested checkpoint's epoch)."""
-    for name in ["auc", *(f"{metric}@{k}" for k in ks for metric in ("hr", "ndcg"))]:
+def define_dashboard_metrics(run: Any, ks: list[int], protocol: str = "lambdaopt") -> None:
+    """The run summary keeps the best validation value of each ranking metric of ``protocol``
+    (:func:`lopt.eval.metrics.metric_names`: AUC, HR@K, NDCG@K; the standard protocol's MRR,
+    Recall@K, Precision@K and MAP@K too), not the last; ``epoch`` (a counter) gets no panel of
+    its own. ``best_epoch`` is added to the summary after the test (the tested checkpoint's
+    epoch, counted from 0 as in metrics.json and W&B's own ``epoch``)."""
+    for name in metric_names(ks, protocol):
         run.define_metric(f"valid/{name}", summary="max")
     run.define_metric("epoch", hidden=True)
 

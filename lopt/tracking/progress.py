@@ -1,4 +1,4 @@
-"""Progress of a run: a rich bar in a terminal, log lines everywhere else.
+"""Progress of a run: a rich bar in a terminal, log lines everywhere, the log file always.
 
 A batch job (SLURM, nohup, ``docker run`` without ``-t``) has no terminal, so a progress bar
 prints nothing useful there. :class:`LogProgress` writes one line per training epoch instead —
@@ -6,6 +6,11 @@ epoch, global step, mean train loss, the Λ-step's validation loss (λOpt, its l
 value), the validation metrics when the epoch was evaluated, elapsed time and an ETA — and,
 within epochs and evaluations longer than ``every_n_seconds``, a line each time that passes.
 The train loss is summed on the device; the host reads it once per line, so no step syncs.
+
+In a terminal, :class:`RichBar` shows the bar and writes the same lines to the run's log file
+only (``extra=FILE_ONLY``, see :mod:`lopt.tracking.log_routing`), so ``run.log`` reads the same
+however the run was started. Epochs are counted from 1 in everything shown (bar, lines, the
+run's summary), as ``trainer.max_epochs`` counts them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
+
+from lopt.tracking.log_routing import FILE_ONLY
 
 log = logging.getLogger("lopt")
 
@@ -43,18 +50,18 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def make_progress(style: str = "auto", every_n_seconds: float = 60.0) -> L.Callback | None:
-    """The progress callback of ``callbacks.progress``: ``rich`` (a terminal bar), ``log`` (log
-    lines), ``auto`` (rich iff stderr is a terminal) or ``none``."""
+def make_progress(style: str = "auto", every_n_seconds: float = 60.0) -> L.Callback:
+    """The progress callback of ``callbacks.progress``: ``rich`` (a terminal bar; the log lines
+    go to the log file only), ``log`` (log lines on the console and in the log file), ``auto``
+    (rich iff stderr is a terminal) or ``none`` (nothing on the console; the log file still gets
+    the lines)."""
     if style not in PROGRESS_STYLES:
         raise ValueError(f"callbacks.progress.style must be one of {PROGRESS_STYLES}, got {style!r}")
     if style == "auto":
         style = "rich" if stderr_is_terminal() else "log"
     if style == "rich":
-        return RichProgressBar()
-    if style == "log":
-        return LogProgress(every_n_seconds=every_n_seconds)
-    return None
+        return RichBar(every_n_seconds=every_n_seconds)
+    return LogProgress(every_n_seconds=every_n_seconds, console=style == "log")
 
 
 def _scalar(value: Any) -> float | None:
@@ -64,10 +71,12 @@ def _scalar(value: Any) -> float | None:
 
 
 class LogProgress(L.Callback):
-    """Log lines for runs without a terminal (see module docstring)."""
+    """Log lines for runs without a terminal (see module docstring); ``console=False``: for the
+    log file only."""
 
-    def __init__(self, every_n_seconds: float = 60.0) -> None:
+    def __init__(self, every_n_seconds: float = 60.0, console: bool = True) -> None:
         self.every_n_seconds = float(every_n_seconds or 0.0)
+        self.console = bool(console)
         self._fit_started = 0.0
         self._first_epoch = 0
         self._epoch_started = 0.0
@@ -79,11 +88,14 @@ class LogProgress(L.Callback):
         self._evaluated: dict[str, float] | None = None
         self._lookahead: Any = None
 
+    def _info(self, message: str, *args: Any) -> None:
+        log.info(message, *args, extra=None if self.console else FILE_ONLY)
+
     # ----------------------------------------------------------------------------- training
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.monotonic()
         self._first_epoch = trainer.current_epoch  # > 0 when resumed
-        log.info("training: %s epochs, %s steps per epoch", self._epochs(trainer), self._batches(trainer) or "?")
+        self._info("training: %s epochs, %s steps per epoch", self._epochs(trainer), self._batches(trainer) or "?")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = self._last_line = time.monotonic()
@@ -108,7 +120,7 @@ class LogProgress(L.Callback):
             done, total = batch_idx + 1, self._batches(trainer)
             fraction = done / total if total else 0.0
             eta = (now - self._epoch_started) * (1 / fraction - 1) if fraction > 0 else None
-            log.info(
+            self._info(
                 "epoch %d/%s  batch %d/%s  step %d  train_loss %s  epoch ETA %s",
                 trainer.current_epoch + 1,
                 self._epochs(trainer),
@@ -138,7 +150,7 @@ class LogProgress(L.Callback):
         remaining = (trainer.max_epochs or 0) - (epoch + 1)
         if done > 0 and remaining >= 0 and trainer.max_epochs and trainer.max_epochs > 0:
             parts.append(f"ETA {format_seconds(elapsed / done * remaining)}")
-        log.info("  ".join(parts))
+        self._info("  ".join(parts))
         self._last_line = now
 
     def _mean_loss(self) -> str:
@@ -170,7 +182,7 @@ class LogProgress(L.Callback):
         total = int(total) if isinstance(total, int | float) and total != float("inf") else None
         done = batch_idx + 1
         eta = (now - self._eval_started) * (total / done - 1) if total else None
-        log.info(
+        self._info(
             "%s evaluation: batch %d/%s  elapsed %s  ETA %s",
             which,
             done,
@@ -201,7 +213,7 @@ class LogProgress(L.Callback):
         }
         self._evaluated = {k: v for k, v in metrics.items() if v is not None}
         if trainer.state.fn != TrainerFn.FITTING:  # an evaluation outside fit (the final one)
-            log.info(
+            self._info(
                 "valid (after epoch %d)  %s  took %s",
                 trainer.current_epoch,
                 " ".join(f"{k}={v:.4f}" for k, v in self._evaluated.items()),
@@ -210,7 +222,7 @@ class LogProgress(L.Callback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_start()
-        log.info("test evaluation of the best checkpoint")
+        self._info("test evaluation of the best checkpoint")
 
     def on_test_batch_end(
         self,
@@ -222,3 +234,38 @@ class LogProgress(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         self._eval_batch(trainer, "test", batch_idx, trainer.num_test_batches)
+
+
+class RichBar(RichProgressBar):
+    """Lightning's rich progress bar, its epochs counted from 1 (``Epoch 1/15`` … ``Epoch 15/15``,
+    as the log lines and ``trainer.max_epochs`` count them; Lightning shows ``Epoch 0/14``), and
+    a :class:`LogProgress` whose lines go to the log file only."""
+
+    def __init__(self, every_n_seconds: float = 60.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lines = LogProgress(every_n_seconds=every_n_seconds, console=False)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            description += f"/{self.trainer.max_epochs}"
+        if len(self.validation_description) > len(description):  # as Lightning: no flicker
+            description = f"{description:{len(self.validation_description)}}"
+        return description
+
+
+def _bar_then_lines(name: str) -> Any:
+    """A :class:`RichBar` hook that runs the bar's hook, then the log lines' one."""
+
+    def hook(self: RichBar, *args: Any, **kwargs: Any) -> None:
+        getattr(RichProgressBar, name)(self, *args, **kwargs)
+        getattr(self.lines, name)(*args, **kwargs)
+
+    hook.__name__ = name
+    return hook
+
+
+# Every hook LogProgress implements runs on the bar, then on its lines.
+for _name in [n for n in vars(LogProgress) if n.startswith("on_")]:
+    setattr(RichBar, _name, _bar_then_lines(_name))
+del _name

@@ -60,6 +60,22 @@ def test_round_trip_and_second_call_skips_build(tmp_path: Path, string_ids: bool
         assert "key_json" in data.files
 
 
+def test_cache_hit_is_logged_with_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A miss logs where the split was cached; a hit logs one line naming the file it read."""
+    build = _Counter(small_split())
+    with caplog.at_level(logging.INFO, logger="lopt.data"):
+        load_or_build(KEY, build, tmp_path)
+        assert not any("read from the cache" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        load_or_build(KEY, build, tmp_path)
+    hits = [r.getMessage() for r in caplog.records if "read from the cache" in r.getMessage()]
+    assert hits == [
+        f"prepared split read from the cache {cache_path(KEY, tmp_path)} (7 users, 11 items; "
+        "data.cache=false rebuilds it)"
+    ]
+    assert build.calls == 1
+
+
 def test_different_key_different_file_and_disabled_cache(tmp_path: Path) -> None:
     build = _Counter(small_split())
     load_or_build(KEY, build, tmp_path)

@@ -314,3 +314,66 @@ def test_time_order_is_stable_on_many_ties(ts_span: int) -> None:
     ts = rng.integers(0, 50, n) * (ts_span // 50)  # few distinct timestamps: many ties
     order = order_by(users.astype(np.int64), ts)
     assert np.array_equal(order, np.lexsort((np.arange(n), ts, users)))
+
+
+# --------------------------------------------------------------------------- min_rating, float timestamps
+
+
+def _split_items(split: PreparedSplit, part: str) -> dict[int, list]:
+    users, items = getattr(split, f"{part}_users"), getattr(split, f"{part}_items")
+    return {int(split.user_ids[u]): split.item_ids[items[users == u]].tolist() for u in np.unique(users)}
+
+
+def test_min_rating_keeps_interactions_rated_at_least_it(caplog: pytest.LogCaptureFixture) -> None:
+    """Only ratings ≥ min_rating survive (before dedupe: a low re-rating of a pair is dropped, so
+    the pair's time is that of its high rating); the stage is logged; None keeps everything."""
+    frame = pl.DataFrame(
+        {
+            "user": [1, 1, 1, 1, 1, 2, 2],
+            "item": [10, 11, 12, 13, 10, 10, 11],
+            "timestamp": [5, 1, 2, 3, 0, 1, 2],
+            "rating": [4.0, 5.0, 3.5, 4.5, 1.0, 4.0, 2.0],
+        }
+    )
+    params = {**PAPER, "test_ratio": 0.34, "valid_ratio": 0.0}
+    with caplog.at_level(logging.INFO, logger="lopt.data"):
+        split = prepare_split(frame, **params, min_rating=4)
+    assert split.item_ids.tolist() == [10, 11, 13] and split.user_ids.tolist() == [1, 2]
+    # user 1 keeps 11 (t=1), 13 (t=3), 10 (t=5, its rating-1 copy at t=0 dropped): test = 10
+    assert _split_items(split, "test") == {1: [10]} and _split_items(split, "train") == {1: [11, 13], 2: [10]}
+    assert any("preprocess rating" in r.getMessage() and "min_rating=4" in r.getMessage() for r in caplog.records)
+    everything = prepare_split(frame, **params, min_rating=None)
+    assert everything.item_ids.tolist() == [10, 11, 12, 13]
+    assert _split_items(everything, "test") == {1: [13]}  # (1, 10) now dates from its rating-1 copy at t=0
+    assert prepare_split(frame.drop("rating"), **params).n_users == 2  # no rating needed when off
+
+
+def test_min_rating_errors_name_the_key() -> None:
+    frame = _frame([(1, 1, 1), (1, 2, 2)])
+    with pytest.raises(ValueError, match=r"dataset\.preprocess\.min_rating=4 .* no 'rating' column"):
+        prepare_split(frame, **PAPER, min_rating=4)
+    rated = frame.with_columns(pl.Series("rating", [1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"no interaction is rated ≥ dataset\.preprocess\.min_rating=4.*1\.0 to 2\.0"):
+        prepare_split(rated, **PAPER, min_rating=4)
+    for bad in ("4", True, float("nan")):
+        with pytest.raises(ValueError, match=r"dataset\.preprocess\.min_rating must be a number"):
+            prepare_split(rated, **PAPER, min_rating=bad)
+
+
+def test_float_timestamps_order_the_split() -> None:
+    """Float timestamps (fractions of a second apart, and a float beside an integer-valued one)
+    order the split as their values do, ties included; the result equals that of integer
+    timestamps in the same order."""
+    ts = [978300760.5, 978300760.25, 978300760.75, 978300761.0, 1.2e9, 978300760.25]
+    frame = pl.DataFrame({"user": [1] * 5 + [2], "item": [1, 2, 3, 4, 5, 1], "timestamp": ts})
+    params = {**PAPER, "test_ratio": 0.4, "valid_ratio": 0.34}
+    split = prepare_split(frame, **params)
+    assert _split_items(split, "test") == {1: [4, 5]}  # the two latest: 978300761.0 < 1.2e9
+    assert _split_items(split, "valid") == {1: [3]}
+    assert _split_items(split, "train") == {1: [2, 1], 2: [1]}  # 0.25 before 0.5
+    ranks = frame.with_columns(pl.Series("timestamp", [2, 1, 3, 4, 5, 1]))
+    same = prepare_split(ranks, **params)
+    for part in ("train", "valid", "test"):
+        assert _split_items(same, part) == _split_items(split, part)
+    with pytest.raises(ValueError, match="finite"):
+        prepare_split(frame.with_columns(pl.Series("timestamp", [float("nan")] * 6)), **params)

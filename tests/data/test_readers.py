@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import polars as pl
@@ -56,7 +57,7 @@ def test_ml100k_real_file(ml100k_path: Path) -> None:
     [
         ("1::2::5::100\n3::4::5\n", 2, "expected 4 fields"),
         ("1::2::5::100\n3::4::5::6::7\n", 2, "expected 4 fields"),
-        ("1::2::5::100\n\n3::4::5::1e9x\n", 3, "non-integer timestamp '1e9x'"),
+        ("1::2::5::100\n\n3::4::5::1e9x\n", 3, "non-numeric timestamp '1e9x'"),
         ("1::2::5::100\nbob::4::5::100\n", 2, "non-integer user id 'bob'"),
         ("1::2::5::100\n1::2::5::100\n7::x::5::100\n", 3, "non-integer item id 'x'"),
     ],
@@ -79,7 +80,7 @@ def test_movielens_tab_error_line(tmp_path: Path) -> None:
 def test_movielens_csv_errors(tmp_path: Path) -> None:
     header = "userId,movieId,rating,timestamp\n"
     f = _write(tmp_path / "a.csv", header + "1,2,3.0,10\n1,3,3.0,oops\n")
-    with pytest.raises(DataFormatError, match=r"a\.csv: line 3: non-integer timestamp 'oops'"):
+    with pytest.raises(DataFormatError, match=r"a\.csv: line 3: non-numeric timestamp 'oops'"):
         readers.read_movielens_csv(f)
     f = _write(tmp_path / "b.csv", header + "1,2,3.0,10\n1,3,3.0,11,12\n")
     with pytest.raises(DataFormatError, match=r"b\.csv: line 3: more than 4 fields"):
@@ -129,7 +130,7 @@ def test_amazon_kaggle_error_line_counts_embedded_newlines(tmp_path: Path) -> No
         "3,B3,U3,w,1,1,5,notatime,s,t\n"  # line 6
     )
     f = _write(tmp_path / "Reviews.csv", text)
-    with pytest.raises(DataFormatError, match=r"line 6: non-integer timestamp 'notatime'"):
+    with pytest.raises(DataFormatError, match=r"line 6: non-numeric timestamp 'notatime'"):
         readers.read_amazon_kaggle_csv(f)
     f = _write(tmp_path / "R2.csv", KAGGLE_HEADER + '1,B1,U1,x,1,1,5,100,s,"a\nb"\n2,B2,,x,1,1,5,1,s,t\n')
     with pytest.raises(DataFormatError, match=r"line 4: empty or missing user field"):
@@ -178,7 +179,7 @@ def test_amazon_snap_errors(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"line 14: expected a 'review/userId:' line"):
         readers.read_amazon_snap(f)
     f.write_bytes(SNAP.replace("1346976000", "soon").encode("latin-1"))
-    with pytest.raises(DataFormatError, match=r"line 10: non-integer timestamp 'soon'"):
+    with pytest.raises(DataFormatError, match=r"line 10: non-numeric timestamp 'soon'"):
         readers.read_amazon_snap(f)
 
 
@@ -234,7 +235,7 @@ def test_custom_missing_column_names_key(tmp_path: Path) -> None:
 
 def test_custom_bad_timestamp_line(tmp_path: Path) -> None:
     f = _write(tmp_path / "c.tsv", "u\ti\tt\n1\t2\t3\n1\t3\t2020-01-01\n")
-    with pytest.raises(DataFormatError, match=r"line 3: non-integer timestamp '2020-01-01'"):
+    with pytest.raises(DataFormatError, match=r"line 3: non-numeric timestamp '2020-01-01'"):
         readers.read_custom(f, "u", "i", "t", separator="\t")
 
 
@@ -251,3 +252,67 @@ def test_fast_and_careful_paths_agree(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(readers, "_read_repeated_char_separated", lambda *a: None)
     careful = readers.read_movielens_dat(f)
     assert fast.equals(careful) and fast.height == 2000
+
+
+# ----------------------------------------------------------------------------------- float timestamps, ratings
+
+
+def test_float_timestamps_are_read_as_floats_in_file_order(tmp_path: Path) -> None:
+    """A fractional timestamp makes the column Float64 (MovieLens fast path, CSV and Parquet);
+    whole-number floats ("1.2e9", "978300760.0") stay Int64; the values keep their order."""
+    f = _write(tmp_path / "ratings.dat", "1::2::5::978300760.5\n1::3::4::978300760.25\n2::2::3::1.2e9\n")
+    df = readers.read_movielens_dat(f)
+    assert df.schema["timestamp"] == pl.Float64
+    assert df["timestamp"].to_list() == [978300760.5, 978300760.25, 1.2e9]
+    whole = _write(tmp_path / "whole.dat", "1::2::5::1.2e9\n1::3::4::978300760.0\n2::2::3:: 7 \n")
+    assert _rows(readers.read_movielens_dat(whole)) == [(1, 2, 1_200_000_000), (1, 3, 978300760), (2, 2, 7)]
+    csv = _write(tmp_path / "r.csv", "userId,movieId,rating,timestamp\n1,1,4.0,1.5\n1,3,4.0,1.25\n")
+    assert readers.read_movielens_csv(csv)["timestamp"].to_list() == [1.5, 1.25]
+    pq = tmp_path / "x.parquet"
+    pl.DataFrame({"u": [1, 2], "i": [3, 4], "t": [0.1 + 0.2, 1e-300]}).write_parquet(pq)
+    assert readers.read_custom(pq, "u", "i", "t")["timestamp"].to_list() == [0.1 + 0.2, 1e-300]  # exact
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1.5.2"])
+def test_timestamp_that_is_not_a_finite_number_names_its_line(tmp_path: Path, bad: str) -> None:
+    f = _write(tmp_path / "ratings.dat", f"1::2::5::1.5\n1::3::4::{bad}\n")
+    with pytest.raises(DataFormatError, match=rf"ratings\.dat: line 2: non-numeric timestamp '{re.escape(bad)}'"):
+        readers.read_movielens_dat(f)
+
+
+def test_ratings_read_on_request_from_every_format(tmp_path: Path) -> None:
+    """rating=True adds a Float64 `rating` column (half stars kept); without it the frame has the
+    canonical columns only."""
+    dat = _write(tmp_path / "ratings.dat", "1::2::3.5::100\n1::3::5::101\n")
+    assert readers.read_movielens_dat(dat, rating=True).rows() == [(1, 2, 100, 3.5), (1, 3, 101, 5.0)]
+    assert readers.read_movielens_dat(dat).columns == list(CANONICAL_COLUMNS)
+    tab = _write(tmp_path / "u.data", "1\t2\t3\t100\n")
+    assert readers.read_movielens_tab(tab, rating=True)["rating"].to_list() == [3.0]
+    csv = _write(tmp_path / "r.csv", "userId,movieId,rating,timestamp\n1,1,4.5,9\n")
+    assert readers.read_movielens_csv(csv, rating=True).rows() == [(1, 1, 9, 4.5)]
+    kaggle = _write(tmp_path / "Reviews.csv", KAGGLE_HEADER + "1,B1,U1,x,1,1,4,100,s,t\n")
+    assert readers.read_amazon_kaggle_csv(kaggle, rating=True).rows() == [("U1", "B1", 100, 4.0)]
+    snap = tmp_path / "finefoods.txt.gz"
+    snap.write_bytes(gzip.compress(SNAP.encode("latin-1")))
+    assert readers.read_amazon_snap(snap, rating=True).rows() == [
+        ("A3SGXH7AUHU8GW", "B001E4KFG0", 1303862400, 5.0),
+        ("A1D87F6ZCVE5NK", "B00813GRG4", 1346976000, 1.0),
+    ]
+    custom = _write(tmp_path / "c.csv", "u,i,stars,t\na,b,2,7\n")
+    assert readers.read_custom(custom, "u", "i", "t", rating_col="stars").rows() == [("a", "b", 7, 2.0)]
+    pq = tmp_path / "x.parquet"
+    pl.DataFrame({"u": [1], "i": [2], "t": [3], "r": [4]}).write_parquet(pq)
+    assert readers.read_custom(pq, "u", "i", "t", rating_col="r").rows() == [(1, 2, 3, 4.0)]
+
+
+def test_bad_rating_names_its_line(tmp_path: Path) -> None:
+    dat = _write(tmp_path / "ratings.dat", "1::2::3::100\n1::3::five::101\n")
+    with pytest.raises(DataFormatError, match=r"line 2: non-numeric rating 'five'"):
+        readers.read_movielens_dat(dat, rating=True)
+    assert readers.read_movielens_dat(dat).height == 2  # not read, not checked
+    snap = tmp_path / "finefoods.txt"
+    snap.write_bytes(SNAP.replace("review/score: 1.0\n", "").encode("latin-1"))
+    with pytest.raises(
+        DataFormatError, match=r"line 14: expected a 'review/score:' line here but found 'review/time:'"
+    ):
+        readers.read_amazon_snap(snap, rating=True)

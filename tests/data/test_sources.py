@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 
 from lopt.data import download
 from lopt.data.download import ARCHIVES, Archive, ensure_file
-from lopt.data.sources import AmazonFoodSource, CustomSource, MovieLensSource, SyntheticSource
+from lopt.data.sources import AmazonFoodSource, CustomSource, MovieLensSource, NoRatingsError, SyntheticSource
 from tests.helpers.hydra import compose_config
 from tests.helpers.paths import REPO_ROOT
 
 CONF = REPO_ROOT / "conf" / "dataset"
 DATASET_FILES = sorted(CONF.glob("*.yaml"))
-PREPROCESS_KEYS = {"min_users_per_item", "min_items_per_user", "iterative", "test_ratio", "valid_ratio"}
+PREPROCESS_KEYS = {"min_rating", "min_users_per_item", "min_items_per_user", "iterative", "test_ratio", "valid_ratio"}
 
 
 def test_expected_dataset_configs_exist() -> None:
@@ -153,3 +153,40 @@ def test_registry_has_all_movielens_archives() -> None:
         assert spec.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
         assert spec.known_hash is None or spec.known_hash.split(":")[0] in ("md5", "sha256")
     assert ARCHIVES["ml-10m"].member == "ml-10M100K/ratings.dat"
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [("tab", "\t"), ("\\t", "\t"), ("\t", "\t"), ("::", "::"), (",", ","), ("semicolon", ";"), ("\\\\", "\\")],
+)
+def test_separator_names_and_typed_escapes(tmp_path: Path, given: str, meant: str) -> None:
+    """`separator=tab` and a typed `\\t` (what a shell hands Hydra for '\\t') both mean a tab;
+    they read the same file and share one fingerprint (one cache entry)."""
+    f = tmp_path / "r.txt"
+    f.write_text(meant.join(["u", "i", "t"]) + "\n" + meant.join(["1", "2", "3"]) + "\n")
+    source = CustomSource(f, "u", "i", "t", separator=given)
+    assert source.separator == meant
+    assert source.load().rows() == [(1, 2, 3)]
+    assert source.fingerprint() == CustomSource(f, "u", "i", "t", separator=meant).fingerprint()
+
+
+def test_separator_with_line_break_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"dataset\.source\.separator must not contain a line break"):
+        CustomSource("x", "u", "i", "t", separator="\n")
+
+
+def test_ratings_from_a_source_without_them_name_the_keys(tmp_path: Path) -> None:
+    """load(rating=True): generated data and a custom file without rating_col refuse, naming
+    dataset.preprocess.min_rating (and rating_col); with rating_col the column comes back."""
+    with pytest.raises(NoRatingsError, match=r"dataset=synthetic.*dataset\.preprocess\.min_rating=null"):
+        SyntheticSource(20, 20, 100, 2, 0.5, 0.5, 0.3, 0).load(rating=True)
+    f = tmp_path / "r.csv"
+    f.write_text("u,i,t,r\n1,2,3,4.5\n")
+    with pytest.raises(NoRatingsError, match=r"dataset\.source\.rating_col is null"):
+        CustomSource(f, "u", "i", "t").load(rating=True)
+    rated = CustomSource(f, "u", "i", "t", rating_col="r")
+    assert rated.load(rating=True).rows() == [(1, 2, 3, 4.5)] and rated.load().rows() == [(1, 2, 3)]
+    assert rated.fingerprint() != CustomSource(f, "u", "i", "t").fingerprint()
+    ml = tmp_path / "u.data"
+    ml.write_text("1\t2\t4\t100\n")
+    assert MovieLensSource(ml, "tab").load(rating=True)["rating"].to_list() == [4.0]

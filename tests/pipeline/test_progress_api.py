@@ -83,3 +83,95 @@ def test_gpu_trainer_without_gpu_names_trainer_cpu(monkeypatch: pytest.MonkeyPat
     with pytest.raises(RuntimeError, match="trainer=cpu"):
         check_accelerator(gpu)
     check_accelerator(cpu)
+
+
+def _run_in_a_terminal(args: list[str], cwd: Path, timeout: float = 600) -> tuple[int, str]:
+    """Run ``python run.py ARGS`` with stdin, stdout and stderr on a pseudo-terminal (as in an
+    interactive shell); (exit code, everything it printed)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from tests.e2e import REPO_ROOT
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "WANDB_MODE": "disabled", "LOPT_DATA_DIR": str(cwd / "data"), "COLUMNS": "160"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "run.py"), *args], cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    code = proc.wait(timeout=60)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_run_in_a_terminal_shows_a_bar_and_logs_every_epoch_to_run_log(tmp_path: Path) -> None:
+    """Under a pseudo-terminal: the rich bar counts epochs from 1 (Epoch 1/3 … 3/3, as the log),
+    the epoch lines do not tear the bar on the console but are all in run.log, and the summary
+    names the best epoch counted from 1 (metrics.json's best_epoch + 1)."""
+    run_dir = tmp_path / "run"
+    code, console = _run_in_a_terminal(
+        [*TINY_OVERRIDES, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
+    assert code == 0, console[-4000:]
+    log = (run_dir / "run.log").read_text()
+    epoch_lines = [line for line in log.splitlines() if re.search(r"\] - epoch \d/3  step \d+  train_loss", line)]
+    assert [re.search(r"epoch (\d)/3", line).group(1) for line in epoch_lines] == ["1", "2", "3"], log[-3000:]
+    assert "training: 3 epochs" in log and "test evaluation of the best checkpoint" in log
+    assert "preprocess split" in log  # the rest of the log is there as before
+    assert not re.search(r"\] - epoch \d/3  step", console)  # file only: not printed over the bar
+    assert "Epoch 1/3" in console and "Epoch 3/3" in console and "Epoch 0/" not in console
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f"best epoch {metrics['best_epoch'] + 1}" in console
+
+
+def test_bar_counts_epochs_from_one_and_file_only_lines_skip_the_console(tmp_path: Path) -> None:
+    """The bar's description is 1-based (`Epoch 1/15` … `Epoch 15/15`); records logged for the
+    file only reach a file handler but not a handler with lopt's ConsoleFilter."""
+    import io
+    import logging
+    from types import SimpleNamespace
+
+    from lopt.tracking.log_routing import FILE_ONLY, ConsoleFilter
+    from lopt.tracking.progress import RichBar
+
+    bar = RichBar()
+    bar._trainer = SimpleNamespace(max_epochs=15)
+    assert bar._get_train_description(0).strip() == "Epoch 1/15"
+    assert bar._get_train_description(14).strip() == "Epoch 15/15"
+    console, file = io.StringIO(), tmp_path / "run.log"
+    to_console, to_file = logging.StreamHandler(console), logging.FileHandler(file)
+    to_console.addFilter(ConsoleFilter())
+    logger = logging.getLogger("lopt.test_routing")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in (to_console, to_file):
+        logger.addHandler(handler)
+    try:
+        logger.info("everywhere")
+        logger.info("file only", extra=FILE_ONLY)
+    finally:
+        for handler in (to_console, to_file):
+            logger.removeHandler(handler)
+            handler.close()
+    assert console.getvalue() == "everywhere\n" and file.read_text() == "everywhere\nfile only\n"

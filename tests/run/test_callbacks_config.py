@@ -83,7 +83,9 @@ def test_progress_styles(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(make_progress("auto"), RichProgressBar)
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
     assert isinstance(make_progress("auto"), LogProgress)
-    assert make_progress("none") is None
+    quiet = make_progress("none")  # nothing on the console; the log file still gets the lines
+    assert isinstance(quiet, LogProgress) and not quiet.console
+    assert make_progress("log").console and not make_progress("rich").lines.console
     with pytest.raises(ValueError, match="callbacks.progress.style"):
         make_progress("bar")
     assert progress.format_seconds(3725.2) == "1:02:05" and progress.format_seconds(59) == "0:59"

@@ -90,7 +90,7 @@ def test_key_written_by_wandb_login_gives_an_online_run(tmp_path: Path) -> None:
         ).stdout.splitlines()[-1]
     )
     assert after["resolved"] == ["online", None] and after["credentials"] == [True, None]
-    assert after["logger"] == "WandbLogger" and ["init", "online"] in after["calls"]
+    assert after["logger"] == "ConfigOnlyWandbLogger" and ["init", "online"] in after["calls"]
     assert ["define_metric", "valid/auc", "max"] in after["calls"]
     assert ["define_metric", "valid/ndcg@100", "max"] in after["calls"]
 
@@ -164,7 +164,8 @@ def _inspect(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_offline_multirun_through_cli(tmp_path: Path) -> None:
     """WANDB_MODE=offline, no key: each job gets its own finished offline run in its output
-    directory, both offline jobs share the sweep's group and are named by their swept values,
+    directory, both offline jobs share the sweep's group and are named <method>/<dataset>/seed<k>
+    [other swept values], the config holds the composed config once (no flat module hparams),
     logger.mode=disabled writes nothing, and the records hold the metrics (summary: the best
     validation values and epoch), a few Λ panels (mean, quantiles, histogram per side; the
     per-dimension means as one image) and the λ-trajectory plot and its one final table."""
@@ -251,7 +252,14 @@ def test_offline_multirun_through_cli(tmp_path: Path) -> None:
         assert summary["best_epoch"] == jobs[n]["best_epoch"]
         definitions = {r["metric"].get("name"): r["metric"] for r in records if r["type"] == "metric"}
         assert definitions["valid/ndcg@100"]["summary"] == {"max": True}
-        assert run["display_name"] == f"{n}:logger.mode=null,seed={jobs[n]['seed']}"  # the swept values
+        # <method>/<dataset>/seed<k>, then the other swept values
+        assert run["display_name"] == f"MF-λOpt-DUI/synthetic/seed{jobs[n]['seed']} [logger.mode=null]"
+        assert "protocol:lambdaopt" in run["tags"] and "dataset:synthetic" in run["tags"]
+        config = dict(run.get("config", {}).get("update", {}))
+        for r in records:
+            if r["type"] == "config":
+                config.update(r["config"].get("update", {}))
+        assert "model" in config and "dim" not in config and "lambda_optimizer" in config, sorted(config)
         table = json.loads((run_dirs[0] / "files" / history["lambda_traj/lines_table.path"]).read_text())
         assert {"step", "side", "stratum", "raw_id", "frequency", "label", "value"} <= set(table["columns"])
         assert len(table["data"]) == history["lambda_traj/lines_table.nrows"] > 0
@@ -264,3 +272,38 @@ def test_offline_multirun_through_cli(tmp_path: Path) -> None:
             == f"{row[column['side']]} {row[column['stratum']]} {row[column['raw_id']]} (n={row[column['frequency']]})"
         )
     assert groups == {str(sweep)} and len(run_ids) == 2
+
+
+def test_run_name_tags_config_once_and_max_summaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An offline run (no network) is named <method>/<dataset>/seed<k> and tagged with method,
+    dataset, granularity, protocol and control (plus logger.tags); Lightning's hyperparameter
+    call adds no flat copy of model.* to the config; every ranking metric of the standard
+    protocol gets a max summary — all read back from the run's own records."""
+    monkeypatch.setattr(loggers, "_announced_offline", True)
+    cfg = _cfg(tmp_path / "run", "logger.mode=offline", "protocol=standard", "seed=3", "logger.tags=[mine]")
+    logger = build_logger(cfg, tmp_path / "run")
+    try:
+        run = logger.experiment
+        assert run.name == "MF-λOpt-DUI/synthetic/seed3"
+        tags = {"method:MF-λOpt-DUI", "dataset:synthetic", "granularity:dui", "protocol:standard", "control:none"}
+        assert set(run.tags) == tags | {"mine"}
+        logger.log_hyperparams({"dim": 8, "lr": 0.1})  # what Lightning does with the module's hparams
+        assert "dim" not in run.config and "lr" not in run.config
+        assert run.config["model"]["dim"] == cfg.model.dim
+    finally:
+        sync_dir = loggers.finish_wandb(logger)
+    records = _inspect(sync_dir)
+    definitions = {r["metric"].get("name"): r["metric"] for r in records if r["type"] == "metric"}
+    for name in ("auc", "mrr", "recall@10", "precision@20", "ndcg@50", "hr@10", "map@50"):
+        assert definitions[f"valid/{name}"]["summary"] == {"max": True}, name
+    run_record = next(r["run"] for r in records if r["type"] == "run")
+    assert run_record["display_name"] == "MF-λOpt-DUI/synthetic/seed3" and set(run_record["tags"]) == tags | {"mine"}
+
+
+def test_run_name_in_a_multirun_adds_the_other_swept_values() -> None:
+    cfg = compose_config(["model=fix", "dataset=ml100k", "seed=2"])
+    assert loggers.run_name(cfg) == "MF-λFix/ml100k/seed2"
+    assert loggers.run_name(cfg, "seed=2") == "MF-λFix/ml100k/seed2"
+    assert loggers.run_name(cfg, "model.lambda_value=0.01,seed=2") == "MF-λFix/ml100k/seed2 [model.lambda_value=0.01]"
+    assert "granularity:fix" in loggers.run_tags(cfg)
+    assert not any(t.startswith("granularity:") for t in loggers.run_tags(compose_config(["model=neumf"])))
