@@ -94,13 +94,14 @@ def prepare_data(
     cfg: DictConfig, train_on_valid: bool = False, split: PreparedSplit | None = None
 ) -> tuple[InteractionDataModule, PreparedSplit, dict[str, RankingEvaluator]]:
     """(set-up datamodule, its split, its evaluators): :func:`build_datamodule`, ``setup("fit")``
-    and :func:`build_evaluators`, the evaluators handed to the datamodule. Hand them to the
-    module too (``module.use_evaluators``) before it validates or tests."""
+    and :func:`build_evaluators`; the datamodule gets the users each evaluator ranks (its
+    evaluation blocks). The evaluators go to the module (``module.use_evaluators``), the one
+    place that evaluates, before it validates or tests."""
     datamodule = build_datamodule(cfg, train_on_valid=train_on_valid, split=split)
     datamodule.setup("fit")
     split = datamodule.load_split()
     evaluators = build_evaluators(cfg, split)
-    datamodule.use_evaluators(evaluators)
+    datamodule.use_eval_users({which: evaluator.users for which, evaluator in evaluators.items()})
     return datamodule, split, evaluators
 
 

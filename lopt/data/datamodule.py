@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
@@ -30,15 +30,6 @@ from lopt.types import PreparedSplit, Triples
 log = logging.getLogger("lopt.data")
 
 TRAIN_STREAM, VALID_STREAM = 0, 1
-
-
-class BlockEvaluator(Protocol):
-    """What the loaders need of an evaluator (``lopt.eval.evaluator.RankingEvaluator``): the
-    ascending users it ranks, and a switch to gather beyond-accuracy statistics."""
-
-    users: torch.Tensor
-
-    def track_beyond(self) -> None: ...
 
 
 class TripleEpochs:
@@ -152,8 +143,8 @@ class InteractionDataModule(L.LightningDataModule):
     ``valid_triples=True`` adds validation triples to every training batch (λOpt's Λ-step).
     ``split``: ``{"kind": …, "seed": …}`` (see :func:`lopt.data.split.split_interactions`;
     None = the paper's temporal split); ``prepared``: an already prepared split to serve instead of
-    reading ``source``. The evaluation blocks cover the users of the valid / test evaluators the
-    composition root injects with :meth:`use_evaluators` (``lopt.pipeline.prepare_data``).
+    reading ``source``. The evaluation blocks cover the users the valid / test evaluators rank,
+    handed over by the composition root with :meth:`use_eval_users` (``lopt.pipeline.prepare_data``).
     The controls (``lopt.data.controls``): ``train_on_valid=True`` trains on train ∪ valid (no
     Λ-step possible); ``lambda_split_ratio`` draws the Λ-step's triples from the latest part of
     each user's train interactions instead of the valid split, and trains Θ on the rest.
@@ -191,7 +182,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.train_on_valid = train_on_valid
         self.lambda_split_ratio = lambda_split_ratio
         self.split: PreparedSplit | None = prepared
-        self.evaluators: Mapping[str, BlockEvaluator] = {}
+        self.eval_users: Mapping[str, torch.Tensor] = {}
         self._train_batches: TrainBatches | None = None
 
     def split_fingerprint(self) -> str:
@@ -235,18 +226,18 @@ class InteractionDataModule(L.LightningDataModule):
         log.info("read %s interactions in %.1f s", f"{frame.height:,}", time.perf_counter() - started)
         return frame
 
-    def use_evaluators(self, evaluators: Mapping[str, BlockEvaluator]) -> None:
-        """The ``"valid"`` and ``"test"`` evaluators (``lopt.eval.evaluator.RankingEvaluator``)
-        whose users the evaluation loaders cover."""
-        self.evaluators = evaluators
+    def use_eval_users(self, users: Mapping[str, torch.Tensor]) -> None:
+        """``{"valid": …, "test": …}``: the ascending users each evaluation loader covers in blocks
+        (those the evaluator of that split ranks: ``RankingEvaluator.users``)."""
+        self.eval_users = users
 
-    def _evaluator(self, which: str) -> BlockEvaluator:
-        if which not in self.evaluators:
+    def _eval_users(self, which: str) -> torch.Tensor:
+        if which not in self.eval_users:
             raise RuntimeError(
-                f"no {which!r} evaluator: build them with lopt.pipeline.build_evaluators and hand them to "
-                "datamodule.use_evaluators (lopt.pipeline.prepare_data does both)"
+                f"no {which!r} users to evaluate: hand the evaluators' users to datamodule.use_eval_users "
+                "(lopt.pipeline.prepare_data does it)"
             )
-        return self.evaluators[which]
+        return self.eval_users[which]
 
     def setup(self, stage: str | None = None) -> None:
         split = self.load_split()
@@ -290,11 +281,7 @@ class InteractionDataModule(L.LightningDataModule):
         return self._train_batches
 
     def val_dataloader(self) -> UserBlocks:
-        return UserBlocks(self._evaluator("valid").users, self.eval_batch_users)
+        return UserBlocks(self._eval_users("valid"), self.eval_batch_users)
 
     def test_dataloader(self) -> UserBlocks:
-        # Every test pass also gathers the beyond-accuracy statistics (the test evaluator's
-        # beyond_summary reads them).
-        test = self._evaluator("test")
-        test.track_beyond()
-        return UserBlocks(test.users, self.eval_batch_users)
+        return UserBlocks(self._eval_users("test"), self.eval_batch_users)

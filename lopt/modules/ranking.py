@@ -66,13 +66,16 @@ class RankingModule(L.LightningModule):
             )
 
     # ----------------------------------------------------------------------------- evaluation
-    def _evaluate_block(self, users: torch.Tensor, which: str) -> None:
+    def _evaluator(self, which: str) -> RankingEvaluator:
         if which not in self.evaluators:
             raise RuntimeError(
                 f"no {which!r} evaluator: build them with lopt.pipeline.build_evaluators and hand them to "
                 "module.use_evaluators before validating or testing (lopt.pipeline.prepare_data does it)"
             )
-        evaluator = self.evaluators[which]
+        return self.evaluators[which]
+
+    def _evaluate_block(self, users: torch.Tensor, which: str) -> None:
+        evaluator = self._evaluator(which)
         with torch.no_grad():
             scores = self.score_users(users)
             metrics = evaluator.block_metrics(users, scores)
@@ -103,6 +106,9 @@ class RankingModule(L.LightningModule):
             self.log("valid_auc", means["auc"], prog_bar=True, logger=False)
 
     def on_test_epoch_start(self) -> None:
+        # Every test pass also gathers the beyond-accuracy statistics (the test evaluator's
+        # beyond_summary reads them); validation passes never do.
+        self._evaluator("test").track_beyond()
         self._eval_blocks = []
 
     def test_step(self, users: torch.Tensor, batch_idx: int) -> None:

@@ -101,9 +101,9 @@ def test_mid_epoch_state_resumes_at_the_next_batch(tmp_path) -> None:
 def test_evaluation_blocks_cover_users_with_positives(tmp_path) -> None:
     dm = _datamodule(tmp_path, valid_triples=False)
     split = dm.load_split()
-    with pytest.raises(RuntimeError, match="use_evaluators"):
-        dm.val_dataloader()  # the evaluators are injected, never built here
-    dm.use_evaluators({which: RankingEvaluator(split, which, (5,)) for which in ("valid", "test")})
+    with pytest.raises(RuntimeError, match="use_eval_users"):
+        dm.val_dataloader()  # the evaluated users are handed over, never derived here
+    dm.use_eval_users({which: RankingEvaluator(split, which, (5,)).users for which in ("valid", "test")})
     for _which, loader, users in (
         ("valid", dm.val_dataloader(), split.valid_users),
         ("test", dm.test_dataloader(), split.test_users),

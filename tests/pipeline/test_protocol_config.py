@@ -23,7 +23,8 @@ def test_default_is_the_paper_protocol_with_the_safe_options(tmp_path: Path) -> 
     cfg, dm = _datamodule(tmp_path, [])
     assert (cfg.protocol.name, list(cfg.eval.ks)) == ("lambdaopt", [50, 100])
     dm, _, evaluators = prepare_data(cfg)
-    assert dm.evaluators is evaluators  # the datamodule's loaders cover the injected evaluators' users
+    for which in evaluators:  # the datamodule's loaders cover the users the evaluators rank
+        assert torch.equal(dm.eval_users[which], evaluators[which].users)
     for which, evaluator in evaluators.items():
         assert (evaluator.protocol, evaluator.ties, evaluator.valid_candidates) == (
             "lambdaopt",
@@ -80,3 +81,21 @@ def test_module_ranks_with_the_evaluators_handed_to_it(tmp_path: Path) -> None:
     assert torch.equal(per_user["user"], users)
     expected = evaluators["valid"].block_metrics(users, module.score_users(users).detach())
     assert torch.allclose(per_user["auc"], expected["auc"])
+
+
+def test_beyond_accuracy_is_gathered_by_the_test_phase_only(tmp_path: Path) -> None:
+    """The test pass starts a fresh beyond-accuracy accumulation; building loaders or validating
+    does not (the switch belongs to the test phase)."""
+    cfg, _ = _datamodule(tmp_path, ["model=fix"])
+    datamodule, split, evaluators = prepare_data(cfg)
+    module = build_module(cfg, split.n_users, split.n_items)
+    module.use_evaluators(evaluators)
+    users = evaluators["test"].users
+    datamodule.test_dataloader()
+    with torch.no_grad():  # the test evaluator scoring outside a test pass
+        per_user = evaluators["test"].block_metrics(users, module.score_users(users))
+    assert evaluators["test"].beyond_summary({"user": users, **per_user}) == {}
+    module.on_test_epoch_start()
+    module.test_step(users, 0)
+    module.on_test_epoch_end = lambda: None  # no trainer to log to
+    assert evaluators["test"].beyond_summary(module._collect())
