@@ -107,6 +107,7 @@ def test_select_metric_option(finished_runs: Path, tmp_path: Path, table: Module
     assert "λ=0.01 selected by mean valid ndcg@50" in table.render(tmp_path, "ndcg@50")[0]
 
 
+@pytest.mark.slow
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "experiments" / "reproduce_table.py"), str(tmp_path / "nope")],

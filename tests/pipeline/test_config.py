@@ -134,6 +134,7 @@ def test_every_config_key_is_read_by_code() -> None:
     assert not unused, "config keys never read by the code:\n" + "\n".join(unused)
 
 
+@pytest.mark.slow
 def test_unknown_key_fails_before_training(tmp_path: Path) -> None:
     started = time.perf_counter()
     proc = subprocess.run(
@@ -149,6 +150,7 @@ def test_unknown_key_fails_before_training(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 60
 
 
+@pytest.mark.slow
 def test_unknown_group_option_fails(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run.py"), "granularity=nope", f"hydra.run.dir={tmp_path}/run"],

@@ -37,6 +37,7 @@ def _make(tmp_path: Path, target: str, fakes: dict[str, str], *args: str) -> sub
     )
 
 
+@pytest.mark.slow
 def test_python3_of_another_version_stops_with_what_to_install(tmp_path: Path) -> None:
     proc = _make(tmp_path, "setup", {"python3": "3.10.12"})
     assert proc.returncode != 0
@@ -53,12 +54,14 @@ def test_python3_of_another_version_stops_with_what_to_install(tmp_path: Path) -
         ({"python3": "3.10.12"}, "none"),
     ],
 )
+@pytest.mark.slow
 def test_choice_of_interpreter(tmp_path: Path, fakes: dict[str, str], chosen: str) -> None:
     proc = _make(tmp_path, "which-python", fakes)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == chosen
 
 
+@pytest.mark.slow
 def test_explicit_python_must_be_311(tmp_path: Path) -> None:
     proc = _make(tmp_path, "which-python", {"py310": "3.10.12"}, "PYTHON=py310")
     assert proc.returncode != 0 and "not a Python 3.11" in proc.stderr

@@ -191,6 +191,7 @@ def test_dockerfile_structure(dockerfile):
     assert re.search(r"pip install (\S+ )*\.(\s|$|\[)", runs), f"{path}: the project is not pip-installed"
 
 
+@pytest.mark.slow
 def test_copy_sources_exist_in_the_repository(dockerfile):
     path, instructions = dockerfile
     args = build_args(instructions)

@@ -59,6 +59,7 @@ def problems_in(relative: str, text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_nothing_refers_outside_the_repository() -> None:
     problems = []
     for relative in repository_files():

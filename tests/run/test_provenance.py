@@ -26,6 +26,7 @@ def _cfg(*overrides: str):
     return compose_config(overrides)
 
 
+@pytest.mark.slow
 def test_collect_provenance_fields() -> None:
     block = prov.collect_provenance(_cfg("seed=3"), "v1-abc", torch.device("cpu"))
     assert set(block) == KEYS
@@ -53,6 +54,7 @@ def test_outside_a_git_checkout_commit_is_null(tmp_path: Path) -> None:
     assert block["git_commit"] is None and block["git_dirty"] is None
 
 
+@pytest.mark.slow
 def test_git_dirty_tracks_uncommitted_changes(tmp_path: Path) -> None:
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -105,6 +107,7 @@ def test_check_provenance_names_the_runs_that_differ() -> None:
     assert provenance_differences([*same, old])["git_commit"]["unknown"] == [Path("old")]
 
 
+@pytest.mark.slow
 def test_reproduce_table_refuses_mixed_commits(tmp_path: Path) -> None:
     """The script exits 2 naming the run of the other commit, before any table is made."""
     for name, commit in (("r0", "c1"), ("r1", "c1"), ("r2", "c2")):

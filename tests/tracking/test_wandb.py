@@ -65,6 +65,7 @@ def _clean_env(home: Path) -> dict[str, str]:
     return {**env, "HOME": str(home), "WANDB_SILENT": "true", "PYTHONPATH": str(REPO_ROOT)}
 
 
+@pytest.mark.slow
 def test_key_written_by_wandb_login_gives_an_online_run(tmp_path: Path) -> None:
     """`wandb login --no-verify KEY` into an empty HOME: wandb's lookup finds it, the run is online
     (wandb.init patched out), and the validation metrics are defined with summary=max. Without the
@@ -274,6 +275,7 @@ def test_offline_multirun_through_cli(tmp_path: Path) -> None:
     assert groups == {str(sweep)} and len(run_ids) == 2
 
 
+@pytest.mark.slow
 def test_run_name_tags_config_once_and_max_summaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An offline run (no network) is named <method>/<dataset>/seed<k> and tagged with method,
     dataset, granularity, protocol and control (plus logger.tags); Lightning's hyperparameter
