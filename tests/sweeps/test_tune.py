@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.helpers.cli import REPO_ROOT, TINY_OVERRIDES, read_metrics, run_cli
+from tests.helpers.hydra import compose_config
 from tests.helpers.scripts import load_script
 
 #: Every method of the paper's table and the search space it is tuned over.
@@ -34,15 +34,10 @@ STUDIES = {
 }
 
 
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
-
-
 @pytest.mark.parametrize("experiment", list(STUDIES))
 def test_every_method_gets_the_same_study_and_budget(experiment: str) -> None:
     tune, space = STUDIES[experiment]
-    cfg = _compose([f"+experiment={experiment}", f"+tune={tune}"])
+    cfg = compose_config([f"+experiment={experiment}", f"+tune={tune}"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.lopt_sweeper.LoptSweeper" and sweeper.monitor == cfg.eval.monitor
     assert set(sweeper.params) == space  # the experiment's own λ grid is replaced, not extended
@@ -65,7 +60,9 @@ def test_search_spaces_become_optuna_distributions() -> None:
     from lopt.sweep.study import search_space
 
     def space(experiment: str, tune: str, arguments=()):
-        params = _compose([f"+experiment={experiment}", f"+tune={tune}"]).hydra.sweeper.params
+        params = compose_config(
+            [f"+experiment={experiment}", f"+tune={tune}"], return_hydra_config=True
+        ).hydra.sweeper.params
         return search_space({str(k): str(v) for k, v in params.items()}, list(arguments))
 
     lam = space("ml100k_fix", "fix")[0]["model.lambda_value"]
