@@ -37,7 +37,8 @@ def test_committed_records_regenerate_table_md_byte_for_byte(tmp_path: Path) -> 
 @pytest.mark.slow
 @pytest.mark.usefixtures("in_repo_root")
 def test_committed_records_regenerate_the_figure_data(tmp_path: Path) -> None:
-    figures = load_script("figures")
+    import lopt.analysis.figures as figures
+
     written = figures.make_figures(RESULTS / "runs", tmp_path) + figures.make_figures(RESULTS / "study_fix", tmp_path)
     committed = sorted(p.name for p in RESULTS.glob("fig*.csv"))
     assert sorted(p.with_suffix(".csv").name for p in written) == committed

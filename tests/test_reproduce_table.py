@@ -76,7 +76,9 @@ def finished_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def table() -> ModuleType:
-    return load_script("reproduce_table")
+    import lopt.analysis.table
+
+    return lopt.analysis.table
 
 
 @pytest.mark.slow
@@ -206,13 +208,13 @@ def _fake_run(root: Path, name: str, control: str, valid_auc: float, test_auc: f
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_fairness_controls_get_their_own_tables(tmp_path: Path) -> None:
+def test_fairness_controls_get_their_own_tables(tmp_path: Path, table: ModuleType) -> None:
     """A refit run has the same valid scores as its paper-protocol twin: the two blocks must be
     tabulated apart, never selected against each other."""
     _fake_run(tmp_path, "paper", "none", valid_auc=0.9, test_auc=0.80, lam=0.01)
     _fake_run(tmp_path, "refit", "refit", valid_auc=0.9, test_auc=0.85, lam=0.01)
     _fake_run(tmp_path, "paper_small", "none", valid_auc=0.7, test_auc=0.70, lam=1.0)
-    markdown, _ = load_script("reproduce_table").render(tmp_path, "auc", False, ["auc"], "generic")
+    markdown, _ = table.render(tmp_path, "auc", False, ["auc"], "generic")
     assert "## ml100k\n" not in markdown
     plain, refit = markdown.split("## ml100k (control=none)")[1].split("## ml100k (control=refit)")
     assert "| MF-λFix | 1 | 0.8000 |" in plain and "0.8500" not in plain

@@ -14,7 +14,6 @@ import pytest
 from filelock import FileLock
 
 from tests.e2e import REPO_ROOT, TINY_OVERRIDES, run_cli
-from tests.test_reproduce_table import load_script
 
 STANDARD = ["protocol=standard", "eval.ks=[5,20]", "seed=0,1", "logger=csv"]
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
@@ -111,7 +110,7 @@ def test_figures_by_metric_name(standard_runs: Path, tmp_path: Path) -> None:
     assert set(pl.read_csv(out / "fig2_synthetic.csv")["metric"].to_list()) == {"recall@20", "ndcg@20"}
     assert pl.read_csv(out / "fig7_synthetic.csv")["metric"].unique().to_list() == ["ndcg@20"]
     # defaults pick metrics the runs have (AUC and two others), never the paper's absent K = 50
-    figures = load_script("figures")
+    import lopt.analysis.figures as figures
     from lopt.analysis.results import find_runs
 
     assert figures.default_fig2_metrics(find_runs(standard_runs)) == ["auc", "mrr", "recall@5"]
