@@ -63,7 +63,7 @@ def test_collect_records_copies_records_only_without_local_paths(tmp_path: Path)
     (run / ".hydra").mkdir(parents=True)
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
-    metrics = {"test": {"auc": 0.5}, "method": "MF-λFix", "seed": 3, "output_dir": str(run)}
+    metrics = {"test": {"auc": 0.5}, "method": "MF-λFix", "dataset": "ml100k", "seed": 3, "output_dir": str(run)}
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / ".hydra" / "config.yaml").write_text("dataset:\n  source:\n    path: /somewhere/local/u.data\nseed: 3\n")
     (run / "per_user_test.parquet").write_bytes(b"per-user")

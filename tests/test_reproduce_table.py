@@ -144,9 +144,9 @@ def test_selection_uses_validation_only(finished_runs: Path, tmp_path: Path, tab
         for k, run in enumerate(runs):
             good = lam == winner
             _set(run, valid_auc=0.9 + 0.01 * k if good else 0.2, test_auc=0.1 + 0.02 * k if good else 0.95)
-    markdown, _ = table.render(tmp_path)
+    markdown = table.render(tmp_path).markdown
     fix_row = next(line for line in markdown.splitlines() if line.startswith("| MF-λFix |"))
-    assert fix_row.split(" | ")[2] == "0.1100 ± 0.0141"  # mean/std of the validation winner's test AUC
+    assert fix_row.split(" | ")[5] == "0.1100 ± 0.0141"  # mean/std of the validation winner's test AUC
     assert f"λ={winner:g} selected by mean valid auc" in markdown
 
 
@@ -159,8 +159,8 @@ def test_select_metric_option(finished_runs: Path, tmp_path: Path, table: Module
             metrics["valid"]["auc"] = 0.9 if lam == 0.0 else 0.1  # auc prefers λ=0 …
             metrics["valid"]["ndcg@50"] = 0.1 if lam == 0.0 else 0.9  # … ndcg@50 prefers λ=0.01
             (run / "metrics.json").write_text(json.dumps(metrics))
-    assert "λ=0 selected by mean valid auc" in table.render(tmp_path, "auc")[0]
-    assert "λ=0.01 selected by mean valid ndcg@50" in table.render(tmp_path, "ndcg@50")[0]
+    assert "λ=0 selected by mean valid auc" in table.render(tmp_path, "auc").markdown
+    assert "λ=0.01 selected by mean valid ndcg@50" in table.render(tmp_path, "ndcg@50").markdown
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -214,8 +214,8 @@ def test_fairness_controls_get_their_own_tables(tmp_path: Path, table: ModuleTyp
     _fake_run(tmp_path, "paper", "none", valid_auc=0.9, test_auc=0.80, lam=0.01)
     _fake_run(tmp_path, "refit", "refit", valid_auc=0.9, test_auc=0.85, lam=0.01)
     _fake_run(tmp_path, "paper_small", "none", valid_auc=0.7, test_auc=0.70, lam=1.0)
-    markdown, _ = table.render(tmp_path, "auc", False, ["auc"], "generic")
+    markdown = table.render(tmp_path, "auc", False, ["auc"], "generic").markdown
     assert "## ml100k\n" not in markdown
     plain, refit = markdown.split("## ml100k (control=none)")[1].split("## ml100k (control=refit)")
-    assert "| MF-λFix | 1 | 0.8000 |" in plain and "0.8500" not in plain
-    assert "| MF-λFix | 1 | 0.8500 |" in refit and "0.8000" not in refit
+    assert "| MF-λFix | 1 | own | — | 4 | 0.8000 |" in plain and "0.8500" not in plain
+    assert "| MF-λFix | 1 | own | — | 4 | 0.8500 |" in refit and "0.8000" not in refit

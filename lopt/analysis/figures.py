@@ -27,9 +27,10 @@ A figure whose runs are absent is skipped with a note; the script fails only if 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,16 +39,20 @@ import polars as pl
 
 from lopt.analysis.results import (
     FIX_METHOD,
+    Malformed,
+    PerUserError,
     Run,
     Selection,
     available_metrics,
     block_runs,
+    blocks,
     check_metrics,
-    find_runs,
+    config_identity,
+    config_labels,
     metric_title,
     per_user_metrics,
+    scan_runs,
     select_configurations,
-    table_blocks,
 )
 from lopt.io import atomic_write
 from lopt.tracking.trajectories import MEAN_DIM, TRAJECTORY_FILE
@@ -69,18 +74,22 @@ def _pyplot() -> Any:
 
 #: Figure 2's panels when the runs have them (the paper's); otherwise AUC and the first two others.
 FIG2_METRICS = ("auc", "hr@50", "ndcg@50")
+#: Figure file formats (``--format``); the data behind each figure is always written as CSV too.
+FORMATS = ("png", "svg", "pdf")
 LAMBDA_OPT_ORDER = ("MF-λOpt-DUI", "MF-λOpt-DU", "MF-λOpt-DI", "MF-λOpt-D")
 STRATUM_COLOURS = {"sparse": "tab:red", "median": "tab:orange", "active": "tab:blue"}
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
-def _save(fig: matplotlib.figure.Figure, frame: pl.DataFrame, out: Path, stem: str) -> Path:
-    """Write ``stem.png`` and ``stem.csv`` atomically; return the PNG path."""
-    png = out / f"{stem}.png"
-    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight"))
+def _save(fig: matplotlib.figure.Figure, frame: pl.DataFrame, out: Path, stem: str, fmt: str = "png") -> Path:
+    """Write ``stem.<fmt>`` (png, svg or pdf) and ``stem.csv`` atomically; return the figure's path."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    path = out / f"{stem}.{fmt}"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight"))
     _pyplot().close(fig)
     atomic_write(out / f"{stem}.csv", lambda tmp: frame.write_csv(tmp))
-    return png
+    return path
 
 
 def _learned_methods(selections: dict[tuple[str, str], Selection], dataset: str) -> list[str]:
@@ -100,13 +109,36 @@ def default_fig2_metrics(runs: Sequence[Run]) -> list[str]:
     return ([m for m in ("auc",) if m in have] + rest)[:3]
 
 
+def fig2_configurations(runs: Sequence[Run]) -> dict[Path, str]:
+    """Run folder → label of its configuration apart from λ: λFix runs that differ in anything but
+    λ, the seed and the split (e.g. 1 and 3 epochs) are distinct curves, each labelled by the keys
+    in which the configurations differ ("" when they do not)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        identity = config_identity(run.config)
+        (identity.get("model") or {}).pop("lambda_value", None)
+        groups.setdefault(json.dumps(identity, sort_keys=True, default=str), []).append(run)
+    ordered = [groups[k] for k in sorted(groups)]
+    labels = config_labels(ordered, ignore=("model.lambda_value",))
+    return {run.path: label for label, group in zip(labels, ordered, strict=True) for run in group}
+
+
 def fig2_frame(runs: Sequence[Run], dataset: str, metrics: Sequence[str] | None = None) -> pl.DataFrame:
-    """Test metrics of the dataset's λFix runs by λ: mean, std (sample; NaN for one seed), n."""
+    """Test metrics of the dataset's λFix runs by configuration (apart from λ) and λ: mean, std
+    (sample; NaN for one run) and n over seeds and splits."""
     metrics = available_metrics(runs) if metrics is None else metrics
+    fix = [r for r in runs if r.dataset == dataset and r.method == FIX_METHOD and r.lambda_value is not None]
+    config_of = fig2_configurations(fix)
     rows = [
-        {"dataset": dataset, "lambda": r.lambda_value, "seed": r.seed, "metric": m, "value": r.value("test", m)}
-        for r in runs
-        if r.dataset == dataset and r.method == FIX_METHOD and r.lambda_value is not None
+        {
+            "dataset": dataset,
+            "config": config_of[r.path],
+            "lambda": r.lambda_value,
+            "seed": r.seed,
+            "metric": m,
+            "value": r.value("test", m),
+        }
+        for r in fix
         for m in metrics
     ]
     if not rows:
@@ -114,9 +146,9 @@ def fig2_frame(runs: Sequence[Run], dataset: str, metrics: Sequence[str] | None 
     return (
         pl.DataFrame(rows)
         .filter(pl.col("value").is_finite())
-        .group_by("dataset", "lambda", "metric")
+        .group_by("dataset", "config", "lambda", "metric")
         .agg(pl.col("value").mean().alias("mean"), pl.col("value").std().alias("std"), pl.len().alias("n"))
-        .sort("metric", "lambda")
+        .sort("metric", "config", "lambda")
     )
 
 
@@ -137,20 +169,34 @@ def figure2(
     metrics: Sequence[str] = FIG2_METRICS,
     stem: str | None = None,
     title: str = "",
+    fmt: str = "png",
 ) -> Path | None:
     frame = fig2_frame(runs, dataset, metrics)
-    if frame.height == 0 or frame["lambda"].n_unique() < 2:  # one λ: no curve to draw
-        return None
+    if frame.height == 0 or frame.group_by("config").agg(pl.col("lambda").n_unique())["lambda"].max() < 2:
+        return None  # no configuration has two λ: no curve to draw
     learned = _learned_methods(selections, dataset)
+    configs = frame["config"].unique(maintain_order=True).sort().to_list()
     fig, axes = _pyplot().subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        part = frame.filter(pl.col("metric") == metric).sort("lambda")
-        lambdas = part["lambda"].to_numpy().astype(np.float64)
-        x, zero_at = lambda_positions(lambdas)
-        std = np.nan_to_num(part["std"].to_numpy().astype(np.float64), nan=0.0)
-        ax.errorbar(
-            x, part["mean"].to_numpy(), yerr=std, marker="o", capsize=3, color="black", label=f"{FIX_METHOD} (test)"
-        )
+        x_all = []
+        for config in configs:
+            part = frame.filter((pl.col("metric") == metric) & (pl.col("config") == config)).sort("lambda")
+            if part.height == 0:
+                continue
+            x_all.append(part["lambda"].to_numpy().astype(np.float64))
+        lambdas_all = np.concatenate(x_all) if x_all else np.array([1.0])
+        _, zero_at = lambda_positions(lambdas_all)
+        for c, config in enumerate(configs):
+            part = frame.filter((pl.col("metric") == metric) & (pl.col("config") == config)).sort("lambda")
+            if part.height == 0:
+                continue
+            lambdas = part["lambda"].to_numpy().astype(np.float64)
+            x = np.where(lambdas > 0, lambdas, zero_at if zero_at is not None else 1.0)
+            std = np.nan_to_num(part["std"].to_numpy().astype(np.float64), nan=0.0)
+            label = f"{FIX_METHOD} (test)" + (f" {config}" if config else "")
+            style = {"color": "black"} if len(configs) == 1 else {"color": f"C{c + len(learned)}"}
+            ax.errorbar(x, part["mean"].to_numpy(), yerr=std, marker="o", capsize=3, label=label, **style)
+        x = np.where(lambdas_all > 0, lambdas_all, zero_at if zero_at is not None else 1.0)
         for k, method in enumerate(learned):
             mean, _, n = selections[(dataset, method)].mean_std("test", metric)
             if n:
@@ -166,7 +212,7 @@ def figure2(
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Figure 2{title} — sensitivity of MF-λFix to λ")
     fig.tight_layout()
-    return _save(fig, frame, out, stem or f"fig2_{dataset}")
+    return _save(fig, frame, out, stem or f"fig2_{dataset}", fmt)
 
 
 # ------------------------------------------------------------------------------ Figure 7
@@ -269,7 +315,13 @@ def fig7_frame(
 
 
 def figure7(
-    selections: dict[tuple[str, str], Selection], dataset: str, metric: str, out: Path, stem: str, title: str = ""
+    selections: dict[tuple[str, str], Selection],
+    dataset: str,
+    metric: str,
+    out: Path,
+    stem: str,
+    title: str = "",
+    fmt: str = "png",
 ) -> Path | None:
     frame = fig7_frame(selections, dataset, metric)
     if frame.height == 0:
@@ -303,7 +355,7 @@ def figure7(
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, frame, out, stem)
+    return _save(fig, frame, out, stem, fmt)
 
 
 # ------------------------------------------------------------------------------ Figure 8
@@ -320,7 +372,7 @@ def trajectory_run(runs: Sequence[Run], dataset: str) -> Run | None:
     return min(candidates, key=rank)
 
 
-def figure8(runs: Sequence[Run], dataset: str, out: Path, stem: str, title: str = "") -> Path | None:
+def figure8(runs: Sequence[Run], dataset: str, out: Path, stem: str, title: str = "", fmt: str = "png") -> Path | None:
     run = trajectory_run(runs, dataset)
     if run is None:
         return None
@@ -351,7 +403,25 @@ def figure8(runs: Sequence[Run], dataset: str, out: Path, stem: str, title: str 
     fig.suptitle(f"Figure 8 — {dataset}{title}: λ-trajectories, {run.method} seed {run.seed}")
     fig.tight_layout()
     csv = frame.with_columns(pl.lit(str(run.path)).alias("run"), pl.lit(run.method).alias("method"))
-    return _save(fig, csv, out, stem)
+    return _save(fig, csv, out, stem, fmt)
+
+
+def _list_skipped(skipped: Sequence[Malformed]) -> None:
+    print(f"skipped {len(skipped)} malformed run(s):", file=sys.stderr)
+    for item in skipped:
+        print(f"  {item.path}: {item.reason}", file=sys.stderr)
+
+
+def _attempt(draw: Callable[..., Path | None], arguments: tuple | None, problems: list[Malformed]) -> Path | None:
+    """``draw(*arguments)``; None when ``arguments`` is None (the block lacks what it needs) or a
+    run's per-user file is unusable (that run is added to ``problems``)."""
+    if arguments is None:
+        return None
+    try:
+        return draw(*arguments)
+    except PerUserError as error:
+        problems.append(Malformed(error.run, error.reason))
+        return None
 
 
 def make_figures(
@@ -360,58 +430,83 @@ def make_figures(
     metric: str = "auc",
     select_metric: str = "auc",
     fig2_metrics: Sequence[str] | None = None,
+    fmt: str = "png",
+    strict: bool = False,
 ) -> list[Path]:
-    """Every figure that the runs under ``results_dir`` allow; returns the PNG paths. Metrics are
-    keys of the runs' metrics.json (SystemExit naming the option when no run has one)."""
-    runs = find_runs(results_dir)
+    """Every figure that the runs under ``results_dir`` allow, one set per block (dataset ×
+    protocol × control, as the table's); returns the figure paths. Metrics are keys of the runs'
+    metrics.json (SystemExit naming the option when no run has one); a block whose runs lack a
+    metric skips the figures that need it. Malformed runs are skipped and listed on stderr
+    (``strict``: SystemExit instead)."""
+    if fmt not in FORMATS:
+        raise SystemExit(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    runs, malformed = scan_runs(results_dir)
+    if malformed:
+        _list_skipped(malformed)
+        if strict:
+            raise SystemExit("error: --strict: malformed runs (listed above); fix or remove them")
     if not runs:
         raise SystemExit(f"no finished runs (metrics.json + .hydra/config.yaml) under {results_dir}")
     try:
         check_metrics([metric], runs, "test", "--metric")
         check_metrics([select_metric], runs, "valid", "--select-metric")
-        panels = (
-            check_metrics(fig2_metrics, runs, "test", "--fig2-metrics") if fig2_metrics else default_fig2_metrics(runs)
-        )
+        if fig2_metrics:
+            check_metrics(fig2_metrics, runs, "test", "--fig2-metrics")
     except ValueError as error:
         raise SystemExit(str(error)) from None
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for protocol, control in table_blocks(runs):
-        block = block_runs(runs, protocol, control)
-        selections = select_configurations(block, select_metric)
-        # named like the table's blocks: the protocol when the runs mix protocols, the control if any
-        mixed = len({r.protocol for r in runs}) > 1
-        labels = [f"{protocol} protocol"] * mixed + [f"control={control}"] * (control != "none")
-        title = f" ({', '.join(labels)})" if labels else ""
-        suffix = f"_{protocol}" * mixed + f"_{control}" * (control != "none")
-        for dataset in sorted({r.dataset for r in block}):
-            drawn = (
-                (
-                    "Figure 2 (needs MF-λFix runs at two or more λ)",
-                    figure2(block, selections, dataset, out, panels, f"fig2_{dataset}{suffix}", title),
-                ),
-                (
-                    "Figure 7 (needs MF-λFix and MF-λOpt runs)",
-                    figure7(selections, dataset, metric, out, f"fig7_{dataset}{suffix}", title),
-                ),
-                (
-                    f"Figure 8 (needs a run with {TRAJECTORY_FILE})",
-                    figure8(block, dataset, out, f"fig8_{dataset}{suffix}", title),
-                ),
-            )
-            for name, path in drawn:
-                if path is None:
-                    print(f"{dataset}{title}: skipped {name}", file=sys.stderr)
-                else:
-                    written.append(path)
-                    print(path)
+    written: list[Path] = []
+    problems: list[Malformed] = []
+    all_blocks = blocks(runs)
+    protocol_shown = len({b.protocol for b in all_blocks}) > 1  # named like the table's blocks
+    control_shown = {b.control for b in all_blocks} != {"none"}
+    for block in all_blocks:
+        block_set = block_runs(runs, block)
+        title = block.title(protocol_shown, control_shown)[len(block.dataset) :]
+        stem = f"{block.dataset}{block.suffix(protocol_shown)}"
+        have = available_metrics(block_set)
+        if select_metric not in available_metrics(block_set, "valid"):
+            print(f"{block.dataset}{title}: skipped, no run has valid metric {select_metric!r}", file=sys.stderr)
+            continue
+        selections = select_configurations(block_set, select_metric, block)
+        panels = [m for m in (fig2_metrics or default_fig2_metrics(block_set)) if m in have]
+        attempts = (
+            (
+                "Figure 2 (needs MF-λFix runs at two or more λ)",
+                figure2,
+                (block_set, selections, block.dataset, out, panels, f"fig2_{stem}", title, fmt) if panels else None,
+            ),
+            (
+                f"Figure 7 (needs MF-λFix and MF-λOpt runs with test {metric})",
+                figure7,
+                (selections, block.dataset, metric, out, f"fig7_{stem}", title, fmt) if metric in have else None,
+            ),
+            (
+                f"Figure 8 (needs a run with {TRAJECTORY_FILE})",
+                figure8,
+                (block_set, block.dataset, out, f"fig8_{stem}", title, fmt),
+            ),
+        )
+        for name, draw, arguments in attempts:
+            path = _attempt(draw, arguments, problems)
+            if path is None:
+                print(f"{block.dataset}{title}: skipped {name}", file=sys.stderr)
+            else:
+                written.append(path)
+                print(path)
+    if problems:
+        _list_skipped(problems)
+        if strict:
+            raise SystemExit("error: --strict: malformed runs (listed above); fix or remove them")
     if not written:
         raise SystemExit(f"no figure could be drawn from the runs under {results_dir}")
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lopt figures", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/figures)")
     parser.add_argument("--metric", default="auc", help="test metric key of Figure 7 (default auc)")
@@ -421,15 +516,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="comma-separated metric keys of Figure 2's panels (default: auc,hr@50,ndcg@50 when present)",
     )
+    parser.add_argument("--format", default="png", choices=FORMATS, help="figure file format (default png)")
+    parser.add_argument(
+        "--strict", action="store_true", help="fail (exit 2) on any malformed run instead of skipping it"
+    )
     args = parser.parse_args(argv)
     panels = [m.strip() for m in args.fig2_metrics.split(",") if m.strip()] if args.fig2_metrics else None
     try:
         make_figures(
-            args.results_dir, args.out or args.results_dir / "figures", args.metric, args.select_metric, panels
+            args.results_dir,
+            args.out or args.results_dir / "figures",
+            args.metric,
+            args.select_metric,
+            panels,
+            args.format,
+            args.strict,
         )
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as error:
+        if isinstance(error.code, str):
+            print(error.code if error.code.startswith("error:") else f"error: {error.code}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 
