@@ -236,22 +236,35 @@ def _bucket_means(runs: Sequence[Run], metric: str, bucket_of: pl.DataFrame) -> 
 
 
 def fig7_frame(
-    selections: dict[tuple[str, str], Selection], dataset: str, metric: str, n_buckets: int = 5
+    selections: dict[tuple[str, str], Selection],
+    dataset: str,
+    metric: str,
+    n_buckets: int = 5,
+    problems: list[Malformed] | None = None,
 ) -> pl.DataFrame:
     """Per λOpt method and frequency bucket: users, mean λFix / method metric, gain and relative gain
     (%) of the seed-averaged users, and the spread of the relative gain over seeds: each of the
     method's seeds against λFix's run of the same seed (λFix's seed average when it lacks that
-    seed), ``rel_gain_pct_std`` (sample std, NaN for one seed), ``rel_gain_pct_min``/``_max``, ``seeds``."""
+    seed), ``rel_gain_pct_std`` (sample std, NaN for one seed), ``rel_gain_pct_min``/``_max``, ``seeds``.
+    A λOpt method with an unusable per-user file is left out (its run added to ``problems`` when
+    given, else the PerUserError propagates); λFix's own failure always propagates."""
     fix = selections.get((dataset, FIX_METHOD))
     learned = _learned_methods(selections, dataset)
     if fix is None or not learned:
         return pl.DataFrame()
     base = per_user_metrics(fix.runs, metric)
-    fix_by_seed = {r.seed: r for r in fix.runs}
+    fix_by_seed = {(r.split_params, r.seed): r for r in fix.runs}
     rows = []
     for method in learned:
         runs = selections[(dataset, method)].runs
-        joined = per_user_metrics(runs, metric).join(base, on="raw_user_id", suffix="_fix")
+        try:
+            own = per_user_metrics(runs, metric)
+        except PerUserError as error:
+            if problems is None:
+                raise
+            problems.append(Malformed(error.run, error.reason))
+            continue
+        joined = own.join(base, on="raw_user_id", suffix="_fix")
         if joined.height == 0:
             continue
         bucket, edges = frequency_buckets(joined["train_frequency"].to_numpy(), n_buckets)
@@ -266,7 +279,8 @@ def fig7_frame(
         )
         per_seed = []  # one frame per seed: bucket → relative gain (%) of that seed over λFix
         for run in runs:
-            paired = [fix_by_seed[run.seed]] if run.seed in fix_by_seed else list(fix.runs)
+            unit = (run.split_params, run.seed)
+            paired = [fix_by_seed[unit]] if unit in fix_by_seed else list(fix.runs)
             seed_gain = _bucket_means([run], metric, bucket_of).join(
                 _bucket_means(paired, metric, bucket_of), on="bucket", suffix="_fix"
             )
@@ -322,8 +336,9 @@ def figure7(
     stem: str,
     title: str = "",
     fmt: str = "png",
+    problems: list[Malformed] | None = None,
 ) -> Path | None:
-    frame = fig7_frame(selections, dataset, metric)
+    frame = fig7_frame(selections, dataset, metric, problems=problems)
     if frame.height == 0:
         return None
     methods = frame["method"].unique(maintain_order=True).to_list()
@@ -479,7 +494,9 @@ def make_figures(
             (
                 f"Figure 7 (needs MF-λFix and MF-λOpt runs with test {metric})",
                 figure7,
-                (selections, block.dataset, metric, out, f"fig7_{stem}", title, fmt) if metric in have else None,
+                (selections, block.dataset, metric, out, f"fig7_{stem}", title, fmt, problems)
+                if metric in have
+                else None,
             ),
             (
                 f"Figure 8 (needs a run with {TRAJECTORY_FILE})",

@@ -24,6 +24,7 @@ three sources of variance: another split of the data, another training run, othe
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,8 +44,9 @@ def unit_means(delta: np.ndarray) -> np.ndarray:
 
 def point_delta(splits: Sequence[np.ndarray]) -> np.ndarray:
     """(M,) Δ: mean over splits of the mean over seeds of the mean over users (NaN-aware)."""
-    per_split = [np.nanmean(unit_means(d), axis=1) if d.shape[1] else np.full(d.shape[0], np.nan) for d in splits]
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a metric without any value stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_split = [np.nanmean(unit_means(d), axis=1) for d in splits]
         return np.nanmean(np.stack(per_split), axis=0) if per_split else np.array([])
 
 
@@ -97,7 +99,8 @@ def hierarchical_bootstrap(splits: Sequence[np.ndarray], replicates: int, seed: 
             where = np.nonzero(drawn == s)
             if len(where[0]):
                 slots[where] = _resampled_split(delta, rng, len(where[0]))
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # a replicate whose drawn splits have no value stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             out[start : start + rows] = np.nanmean(slots, axis=1)
     return out
 
