@@ -184,6 +184,7 @@ class Comparison:
     users: int = 0
     replicates: int = 0
     matched: bool = True  # both sides' runs trained Θ on the same data (their records say so)
+    borrowed: bool = False  # both sides are rows borrowed from the paper block: its comparison, not this block's
 
     def survives(self, k: int, alpha: float) -> bool:
         return bool(np.isfinite(self.p_holm[k]) and self.p_holm[k] < alpha)
@@ -211,6 +212,7 @@ def compare(
 
     for method, against in pairs:
         matched = streams(method) == streams(against)
+        borrowed = selections[(dataset, method)].borrowed and selections[(dataset, against)].borrowed
         try:
             paired = paired_deltas(selections[(dataset, method)].runs, selections[(dataset, against)].runs, metrics)
         except PerUserError as error:
@@ -238,6 +240,7 @@ def compare(
                 users=paired.users,
                 replicates=replicates,
                 matched=matched,
+                borrowed=borrowed,
             )
         )
     adjusted = stats.holm(np.concatenate([c.p for c in comparisons]) if comparisons else np.array([]))
@@ -527,13 +530,21 @@ def verdict_lines(report: BlockReport, rule: Rule) -> list[str]:
             survives = comparison.survives(k, rule.alpha)
             word = ("better" if delta > 0 else "worse") if survives else "no difference shown"
             outcomes.append(word)
-            decision = word if comparison.matched else "Θ trained on different data, no verdict"
+            decision = (
+                "both rows borrowed from the paper block, see its verdict"
+                if comparison.borrowed
+                else word
+                if comparison.matched
+                else "Θ trained on different data, no verdict"
+            )
             lines.append(
                 f"{head} Δ = {_signed(delta)} [{_signed(comparison.low[k])}, {_signed(comparison.high[k])}], "
                 f"p = {_fmt_p(comparison.p[k])}, Holm p = {_fmt_p(comparison.p_holm[k])} → {decision}"
             )
         names = " and ".join(metric_title(m) for m in claim.metrics)
-        if comparison is not None and not comparison.matched:
+        if comparison is not None and comparison.borrowed:
+            summary = "no verdict of its own (both rows borrowed from the paper block)"
+        elif comparison is not None and not comparison.matched:
             summary = "no verdict (the two rows' Θ trained on different data)"
         elif all(o == "better" for o in outcomes):
             summary = f"HOLDS: {claim.method} beats {claim.against} on {names}"
