@@ -109,12 +109,16 @@ def test_table_renders_every_row(finished_runs: Path, tmp_path: Path) -> None:
     assert order[1 : 1 + len(paper_rows)] == paper_rows  # after the header, in the paper's order
     for method in ("MF-λFix", "MF-λOpt-DU", "MF-λOpt-DUI"):
         cells = rows[method].strip("| ").split(" | ")
-        assert cells[1] == "2", cells  # two seeds
-        assert "±" in cells[2] and cells[3] == "—"  # ours with std; synthetic has no paper value
+        assert cells[1:3] == ["2", "own"], cells  # two seeds, the block's own runs
+        assert cells[3].endswith("/2") and cells[4].endswith(" / 2"), cells  # stopped early, best epoch / cap
+        assert "±" in cells[5] and cells[6] == "—"  # ours with std; synthetic has no paper value
     assert set(rows["SGDA"].strip("| ").split(" | ")[1:]) == {"—"}
     assert "λ=" in markdown and "selected by mean valid auc" in markdown
-    wilcoxon = markdown.split("Paired Wilcoxon")[1]
-    assert "| MF-λOpt-DUI |" in wilcoxon and "| MF-λOpt-DU |" in wilcoxon and "p=" in wilcoxon
+    differences = markdown.split("Holm-adjusted over the")[1]
+    assert "| MF-λOpt-DUI | MF-λFix | yes |" in differences and "| MF-λOpt-DU | MF-λFix | yes |" in differences
+    assert "p=" in differences and "hierarchical bootstrap" in markdown
+    verdict = out.with_name("verdict.md").read_text()
+    assert "synthetic | lambdaopt | control=none | AUC | MF-λOpt-DUI − MF-λFix: Δ = " in verdict
     tex = out.with_suffix(".tex").read_text()
     assert r"\begin{tabular}" in tex and r"MF-$\lambda$Opt-DUI" in tex
 

@@ -77,9 +77,8 @@ def test_table_any_metric_and_layouts(standard_runs: Path, tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| Method"))
-    assert (
-        header == "| Method | seeds | Recall@20 | NDCG@20 |"
-    )  # generic layout: the runs are not on the paper's protocol
+    # generic layout: the runs are not on the paper's protocol
+    assert header == "| Method | runs | rows | stopped early | best epoch (median / cap) | Recall@20 | NDCG@20 |"
     fix_row = next(line for line in proc.stdout.splitlines() if line.startswith("| MF-λFix |"))
     assert "±" in fix_row and "—" not in fix_row
     assert "selected by mean valid ndcg@20" in proc.stdout
