@@ -12,7 +12,6 @@ import polars as pl
 import pytest
 
 from tests.helpers.cli import REPO_ROOT
-from tests.helpers.scripts import load_script
 
 
 @pytest.mark.slow
@@ -46,14 +45,16 @@ def test_figures_written(finished_runs: Path, tmp_path: Path) -> None:  # noqa: 
 
 
 def test_zero_lambda_gets_its_own_log_position() -> None:
-    figures = load_script("figures")
+    import lopt.analysis.figures as figures
+
     x, zero_at = figures.lambda_positions(np.array([0.0, 1e-4, 1e-2, 10.0]))
     assert zero_at == pytest.approx(1e-5) and x[0] == zero_at and list(x[1:]) == [1e-4, 1e-2, 10.0]
     assert figures.lambda_positions(np.array([1e-3, 1.0]))[1] is None
 
 
 def test_frequency_buckets_cover_every_user() -> None:
-    figures = load_script("figures")
+    import lopt.analysis.figures as figures
+
     freq = np.array([1, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55])
     bucket, edges = figures.frequency_buckets(freq, 5)
     assert bucket.min() == 0 and bucket.max() == len(edges) - 2

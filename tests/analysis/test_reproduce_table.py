@@ -17,12 +17,13 @@ from types import ModuleType
 import pytest
 
 from tests.helpers.cli import REPO_ROOT
-from tests.helpers.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def table() -> ModuleType:
-    return load_script("reproduce_table")
+    import lopt.analysis.table
+
+    return lopt.analysis.table
 
 
 @pytest.mark.slow
@@ -53,12 +54,16 @@ def test_table_renders_every_row(finished_runs: Path, tmp_path: Path) -> None:
     assert order[1 : 1 + len(paper_rows)] == paper_rows  # after the header, in the paper's order
     for method in ("MF-λFix", "MF-λOpt-DU", "MF-λOpt-DUI"):
         cells = rows[method].strip("| ").split(" | ")
-        assert cells[1] == "2", cells  # two seeds
-        assert "±" in cells[2] and cells[3] == "—"  # ours with std; synthetic has no paper value
+        assert cells[1:3] == ["2", "own"], cells  # two seeds, the block's own runs
+        assert cells[3].endswith("/2") and cells[4].endswith(" / 2"), cells  # stopped early, best epoch / cap
+        assert "±" in cells[5] and cells[6] == "—"  # ours with std; synthetic has no paper value
     assert set(rows["SGDA"].strip("| ").split(" | ")[1:]) == {"—"}
     assert "λ=" in markdown and "selected by mean valid auc" in markdown
-    wilcoxon = markdown.split("Paired Wilcoxon")[1]
-    assert "| MF-λOpt-DUI |" in wilcoxon and "| MF-λOpt-DU |" in wilcoxon and "p=" in wilcoxon
+    differences = markdown.split("Holm-adjusted over the")[1]
+    assert "| MF-λOpt-DUI | MF-λFix | yes |" in differences and "| MF-λOpt-DU | MF-λFix | yes |" in differences
+    assert "p=" in differences and "hierarchical bootstrap" in markdown
+    verdict = out.with_name("verdict.md").read_text()
+    assert "synthetic | lambdaopt | control=none | AUC | MF-λOpt-DUI − MF-λFix: Δ = " in verdict
     tex = out.with_suffix(".tex").read_text()
     assert r"\begin{tabular}" in tex and r"MF-$\lambda$Opt-DUI" in tex
 
@@ -88,9 +93,9 @@ def test_selection_uses_validation_only(finished_runs: Path, tmp_path: Path, tab
         for k, run in enumerate(runs):
             good = lam == winner
             _set(run, valid_auc=0.9 + 0.01 * k if good else 0.2, test_auc=0.1 + 0.02 * k if good else 0.95)
-    markdown, _ = table.render(tmp_path)
+    markdown = table.render(tmp_path).markdown
     fix_row = next(line for line in markdown.splitlines() if line.startswith("| MF-λFix |"))
-    assert fix_row.split(" | ")[2] == "0.1100 ± 0.0141"  # mean/std of the validation winner's test AUC
+    assert fix_row.split(" | ")[5] == "0.1100 ± 0.0141"  # mean/std of the validation winner's test AUC
     assert f"λ={winner:g} selected by mean valid auc" in markdown
 
 
@@ -103,8 +108,8 @@ def test_select_metric_option(finished_runs: Path, tmp_path: Path, table: Module
             metrics["valid"]["auc"] = 0.9 if lam == 0.0 else 0.1  # auc prefers λ=0 …
             metrics["valid"]["ndcg@50"] = 0.1 if lam == 0.0 else 0.9  # … ndcg@50 prefers λ=0.01
             (run / "metrics.json").write_text(json.dumps(metrics))
-    assert "λ=0 selected by mean valid auc" in table.render(tmp_path, "auc")[0]
-    assert "λ=0.01 selected by mean valid ndcg@50" in table.render(tmp_path, "ndcg@50")[0]
+    assert "λ=0 selected by mean valid auc" in table.render(tmp_path, "auc").markdown
+    assert "λ=0.01 selected by mean valid ndcg@50" in table.render(tmp_path, "ndcg@50").markdown
 
 
 @pytest.mark.slow
@@ -153,14 +158,14 @@ def _fake_run(root: Path, name: str, control: str, valid_auc: float, test_auc: f
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_fairness_controls_get_their_own_tables(tmp_path: Path) -> None:
+def test_fairness_controls_get_their_own_tables(tmp_path: Path, table: ModuleType) -> None:
     """A refit run has the same valid scores as its paper-protocol twin: the two blocks must be
     tabulated apart, never selected against each other."""
     _fake_run(tmp_path, "paper", "none", valid_auc=0.9, test_auc=0.80, lam=0.01)
     _fake_run(tmp_path, "refit", "refit", valid_auc=0.9, test_auc=0.85, lam=0.01)
     _fake_run(tmp_path, "paper_small", "none", valid_auc=0.7, test_auc=0.70, lam=1.0)
-    markdown, _ = load_script("reproduce_table").render(tmp_path, "auc", False, ["auc"], "generic")
+    markdown = table.render(tmp_path, "auc", False, ["auc"], "generic").markdown
     assert "## ml100k\n" not in markdown
     plain, refit = markdown.split("## ml100k (control=none)")[1].split("## ml100k (control=refit)")
-    assert "| MF-λFix | 1 | 0.8000 |" in plain and "0.8500" not in plain
-    assert "| MF-λFix | 1 | 0.8500 |" in refit and "0.8000" not in refit
+    assert "| MF-λFix | 1 | own | — | 4 | 0.8000 |" in plain and "0.8500" not in plain
+    assert "| MF-λFix | 1 | own | — | 4 | 0.8500 |" in refit and "0.8000" not in refit

@@ -14,7 +14,6 @@ import pytest
 from filelock import FileLock
 
 from tests.helpers.cli import REPO_ROOT, TINY_OVERRIDES, run_cli
-from tests.helpers.scripts import load_script
 
 STANDARD = ["protocol=standard", "eval.ks=[5,20]", "seed=0,1", "logger=csv"]
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
@@ -78,9 +77,8 @@ def test_table_any_metric_and_layouts(standard_runs: Path, tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| Method"))
-    assert (
-        header == "| Method | seeds | Recall@20 | NDCG@20 |"
-    )  # generic layout: the runs are not on the paper's protocol
+    # generic layout: the runs are not on the paper's protocol
+    assert header == "| Method | runs | rows | stopped early | best epoch (median / cap) | Recall@20 | NDCG@20 |"
     fix_row = next(line for line in proc.stdout.splitlines() if line.startswith("| MF-λFix |"))
     assert "±" in fix_row and "—" not in fix_row
     assert "selected by mean valid ndcg@20" in proc.stdout
@@ -111,7 +109,7 @@ def test_figures_by_metric_name(standard_runs: Path, tmp_path: Path) -> None:
     assert set(pl.read_csv(out / "fig2_synthetic.csv")["metric"].to_list()) == {"recall@20", "ndcg@20"}
     assert pl.read_csv(out / "fig7_synthetic.csv")["metric"].unique().to_list() == ["ndcg@20"]
     # defaults pick metrics the runs have (AUC and two others), never the paper's absent K = 50
-    figures = load_script("figures")
+    import lopt.analysis.figures as figures
     from lopt.analysis.results import find_runs
 
     assert figures.default_fig2_metrics(find_runs(standard_runs)) == ["auc", "mrr", "recall@5"]

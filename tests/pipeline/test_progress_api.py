@@ -95,7 +95,7 @@ def _run_in_a_terminal(args: list[str], cwd: Path, timeout: float = 600) -> tupl
     import sys
     import time
 
-    from tests.e2e import REPO_ROOT
+    from tests.helpers.paths import REPO_ROOT
 
     master, slave = pty.openpty()
     env = {**os.environ, "WANDB_MODE": "disabled", "LOPT_DATA_DIR": str(cwd / "data"), "COLUMNS": "160"}

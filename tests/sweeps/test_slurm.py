@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import TINY_OVERRIDES
 from tests.helpers.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -93,14 +94,7 @@ def slurm_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_overrides() -> list[str]:
-    """The overrides that make a run tiny (synthetic data, few epochs), shared by the e2e tests."""
-    try:
-        from tests.helpers.cli import TINY_OVERRIDES
-    except ImportError:
-        try:
-            from e2e import TINY_OVERRIDES  # tests/ itself on sys.path (pytest's rootdir insertion)
-        except ImportError as err:
-            pytest.fail(f"tests/e2e.py must define TINY_OVERRIDES (a list of Hydra overrides): {err}")
+    """The overrides that make a run tiny (conf/debug/tiny.yaml), shared by the e2e tests."""
     return list(TINY_OVERRIDES)
 
 
