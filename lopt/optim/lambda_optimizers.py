@@ -23,7 +23,7 @@ import torch
 from lopt.models.regularizer import clip_grads_
 from lopt.models.rows import coalesced, row_grad
 from lopt.optim.closure import run_closure
-from lopt.optim.lazy_adam import adam_rows_, lazy_adam_constants
+from lopt.optim.lazy_adam import adam_rows_, check_hyperparameters, lazy_adam_constants
 from lopt.optim.row_sparse import RowSparseOptimizer
 from lopt.types import ParamsT
 
@@ -128,10 +128,7 @@ class LambdaRowSparseAdam(RowSparseOptimizer):
         eps: float = 1e-8,
         amsgrad: bool = False,
     ) -> None:
-        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(
-                f"invalid row_sparse_adam hyper-parameters {lr=}, {betas=}, {eps=} (config group `lambda_optimizer`)"
-            )
+        check_hyperparameters(lr, betas, eps, "row_sparse_adam (config group `lambda_optimizer`)")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "amsgrad": amsgrad})
 
     def _update_rows(self, p: torch.Tensor, rows: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> None:

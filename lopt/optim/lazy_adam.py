@@ -26,6 +26,13 @@ def lazy_adam_constants(
     return lr / (1 - torch.pow(beta1, steps)), (1 - torch.pow(beta2, steps)).sqrt()
 
 
+def check_hyperparameters(lr: float, betas: tuple[float, float], eps: float, where: str) -> None:
+    """ValueError naming ``where`` (the optimizer's config name and group) unless lr ≥ 0, eps ≥ 0
+    and 0 ≤ β1, β2 < 1 (a NaN fails too)."""
+    if not (lr >= 0 and eps >= 0 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+        raise ValueError(f"invalid {where} hyper-parameters {lr=}, {betas=}, {eps=}")
+
+
 def adam_rows_(
     p: torch.Tensor,
     exp_avg: torch.Tensor,

@@ -32,7 +32,7 @@ import torch
 
 from lopt.models.rows import row_grad
 from lopt.optim.closure import run_closure
-from lopt.optim.lazy_adam import LAZY_ADAM, adam_rows_, lazy_adam_constants
+from lopt.optim.lazy_adam import LAZY_ADAM, adam_rows_, check_hyperparameters, lazy_adam_constants
 from lopt.types import ParamsT
 
 
@@ -107,8 +107,7 @@ class RowSparseAdam(RowSparseOptimizer):
         eps: float = 1e-8,
         fused: bool = False,
     ) -> None:
-        if not (lr >= 0 and eps >= 0 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"invalid sparse_adam hyper-parameters {lr=}, {betas=}, {eps=} (config group `optimizer`)")
+        check_hyperparameters(lr, betas, eps, "sparse_adam (config group `optimizer`)")
         # stored as "compiled": torch's load_state_dict casts the step counts of a "fused" group to float32
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "compiled": bool(fused)})
 

@@ -40,6 +40,8 @@ ALLOWED: dict[str, set[str]] = {
     "modules": {"types", "io", "eval", "models", "optim", "lookahead"},
     "tracking": {"types", "io", "eval", "models"},
     "run": {"types", "io", "eval"},
+    "analysis": {"types", "io", "data", "tracking"},
+    "sweep": {"types", "io"},
 }
 
 
