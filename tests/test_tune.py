@@ -46,7 +46,7 @@ def test_every_method_gets_the_same_study_and_budget(experiment: str) -> None:
         assert OmegaConf.select(cfg, key, throw_on_missing=True) is not None, key
     # The same trials and epochs for every method.
     assert (sweeper.n_trials, sweeper.n_jobs, sweeper.sampler.seed) == (20, 2, 0)
-    assert cfg.trainer.max_epochs == cfg.budget.max_epochs == 80
+    assert cfg.trainer.max_epochs == cfg.budget.max_epochs == 400
     assert cfg.eval.monitor == "auc" and cfg.eval.every_n_epochs == 1
     # The same early stopping for every method, on the selection metric.
     stopping = cfg.callbacks.early_stopping
