@@ -29,10 +29,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
+from lopt.sweep.study import best_params, load_stored_study
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STUDY_FILE = "study.yaml"
 #: Config groups/nodes of a study that a re-run leaves out (the sweeper and its settings).
 STUDY_ONLY = ("tune", "study")
 #: Hydra overrides of a study that a re-run sets itself.
@@ -48,37 +47,9 @@ def _under(key: str, roots: Sequence[str]) -> bool:
     return any(key == root or key.startswith(root + ".") or key.startswith(root + "/") for root in roots)
 
 
-def load_study(study_dir: Path, storage: str | None = None):
-    """The optuna study of ``study_dir`` (its study.yaml names it and its storage)."""
-    import optuna
-
-    from lopt.sweep.study import open_storage
-
-    info_path = study_dir / STUDY_FILE
-    if not info_path.is_file():
-        raise FileNotFoundError(
-            f"{info_path} is missing: give the folder of a study, <study.dir>/<study.name> (studies/… by default)"
-        )
-    info = yaml.safe_load(info_path.read_text(encoding="utf-8"))
-    url = storage or info["storage"]
-    try:
-        return optuna.load_study(study_name=info["name"], storage=open_storage(url))
-    except KeyError as error:
-        raise FileNotFoundError(f"{url} holds no study {info['name']!r} ({info_path})") from error
-
-
 def study_command_line(study) -> tuple[list[str], list[str]]:
     """(task overrides, hydra overrides) of the command that made the study."""
     return list(study.user_attrs.get("overrides") or []), list(study.user_attrs.get("hydra_overrides") or [])
-
-
-def best_params(study) -> dict[str, object]:
-    """The parameters of the study's best completed trial."""
-    from optuna.trial import TrialState
-
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise ValueError(f"study {study.study_name} has no completed trial yet: run (or resume) it first")
-    return dict(study.best_trial.params)
 
 
 def _label(overrides: Sequence[str], fallback: str) -> str:
@@ -93,7 +64,7 @@ def rerun_command(
     study_dir: Path, seeds: str, out: Path, extra: Sequence[str] = (), storage: str | None = None
 ) -> list[str]:
     """The ``run.py -m`` command that re-runs the study's best configuration for ``seeds``."""
-    study = load_study(study_dir, storage)
+    study = load_stored_study(study_dir, storage)
     task, hydra_overrides = study_command_line(study)
     params = best_params(study)
     given = {override_key(o): o for o in extra}  # given again for the re-run: theirs win, in place

@@ -7,6 +7,7 @@ and Hydra's ``.hydra/config.yaml``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -19,14 +20,15 @@ import lightning.pytorch as L
 import polars as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.data.controls import control_changes
+from lopt.data.controls import THETA_DATA, ControlSettings, blocks_served, control_block, parse_control
 from lopt.data.datamodule import InteractionDataModule
 from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write, atomic_write_json
+from lopt.modules.fix import MFBPRModule
 from lopt.modules.ranking import RankingModule
 from lopt.run import lifecycle
 from lopt.run.checkpoint_keep import prune_checkpoints
@@ -34,6 +36,7 @@ from lopt.run.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, Train
 from lopt.run.provenance import collect_provenance, log_provenance
 from lopt.run.trainer_callbacks import best_checkpoint, instantiate_callbacks
 from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks, learnable_granularity
+from lopt.tracking.lambda_replay import EpochLambdaSnapshots, LambdaReplay, epoch_snapshot_path
 from lopt.tracking.lambda_stats import LAMBDA_FILE, write_lambda
 from lopt.tracking.loggers import build_logger
 from lopt.types import PreparedSplit
@@ -48,8 +51,8 @@ BEST_NAME = "best"
 #: not constructor arguments of the module:
 #: ``label`` (the paper-table row in metrics.json ``method``), ``needs_valid_triples`` (the model
 #: has a Λ-step fed by validation triples), ``reported_granularity`` (metrics.json
-#: ``granularity``), ``lambda_split_ratio`` (read by the datamodule under control=inner).
-MODEL_DECLARATIONS = ("label", "needs_valid_triples", "reported_granularity", "lambda_split_ratio")
+#: ``granularity``).
+MODEL_DECLARATIONS = ("label", "needs_valid_triples", "reported_granularity")
 
 
 def build_datamodule(
@@ -70,7 +73,7 @@ def build_datamodule(
         valid_triples=bool(cfg.model.needs_valid_triples) and not train_on_valid,
         split=OmegaConf.to_container(cfg.protocol.split, resolve=True),
         train_on_valid=train_on_valid,
-        lambda_split_ratio=cfg.model.lambda_split_ratio if control_applies(cfg, "inner") else None,
+        lambda_split_ratio=control_settings(cfg).lambda_split_ratio if not train_on_valid else None,
         prepared=split,
     )
 
@@ -131,11 +134,16 @@ def build_module(cfg: DictConfig, n_users: int, n_items: int) -> RankingModule:
 
 
 def build_trainer(
-    cfg: DictConfig, output_dir: Path, split: PreparedSplit, evaluators: Mapping[str, RankingEvaluator]
+    cfg: DictConfig,
+    output_dir: Path,
+    split: PreparedSplit,
+    evaluators: Mapping[str, RankingEvaluator],
+    extra_callbacks: list[L.Callback] | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Lightning Trainer with the callbacks of ``cfg.callbacks`` (the best-validation
-    checkpoint among them, returned too), the tracking callbacks, the beyond-accuracy log of
-    ``evaluators["test"]`` and the signal checkpoint."""
+    checkpoint among them, returned too), the tracking callbacks, ``extra_callbacks`` (those a
+    control needs, :func:`control_callbacks`), the beyond-accuracy log of ``evaluators["test"]``
+    and the signal checkpoint."""
     check_accelerator(cfg)
     # The callbacks' paths (${paths.output_dir}/checkpoints) resolve against this run's directory.
     scoped = OmegaConf.merge(cfg, {"paths": {"output_dir": str(output_dir)}})
@@ -144,6 +152,7 @@ def build_trainer(
     callbacks: list[L.Callback] = [
         *configured.values(),
         *build_tracking_callbacks(cfg, split, output_dir),
+        *(extra_callbacks or []),
         LogBeyond(evaluators["test"]),
     ]
     callbacks += [CheckpointOnSignal(output_dir / CHECKPOINT_DIR / "last.ckpt"), TrainClock()]
@@ -208,43 +217,118 @@ def _ensure_final_validation(
         best.best_model_path, best.best_model_score = str(path), torch.tensor(score)
 
 
+def control_settings(cfg: DictConfig) -> ControlSettings:
+    """The checked ``control`` group of ``cfg`` (:func:`lopt.data.controls.parse_control`)."""
+    return parse_control(OmegaConf.to_container(cfg.control, resolve=True))
+
+
+def learns_lambda(cfg: DictConfig) -> bool:
+    """Whether ``cfg.model`` has a Λ-step (λOpt, SGDA): its declared ``needs_valid_triples``."""
+    return bool(cfg.model.needs_valid_triples)
+
+
 def control_applies(cfg: DictConfig, name: str) -> bool:
-    """Whether the control ``name`` is the configured one (config group ``control``) and changes
-    this run (:func:`lopt.data.controls.control_changes`)."""
-    chosen = cfg.control.name
-    applies = control_changes(chosen, learns_lambda=bool(cfg.model.needs_valid_triples))
-    return chosen == name and (applies or name == "none")
+    """Whether the control ``name`` is the configured one (config group ``control``). The controls
+    are matched (:func:`lopt.data.controls.matched_control_changes`): each changes every model."""
+    return control_settings(cfg).name == name
+
+
+def replays_lambda(cfg: DictConfig) -> bool:
+    """Whether this run's refit replays Λ along the first fit's per-epoch snapshots
+    (``control=refit control.lambda=trajectory`` on a model with a Λ-step)."""
+    settings = control_settings(cfg)
+    return settings.name == "refit" and settings.lambda_mode == "trajectory" and learns_lambda(cfg)
+
+
+def control_callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
+    """Callbacks of the first fit that a control needs: the per-epoch Λ snapshots a trajectory
+    refit replays."""
+    return [EpochLambdaSnapshots(output_dir)] if replays_lambda(cfg) else []
 
 
 def control_record(cfg: DictConfig, datamodule: InteractionDataModule) -> dict[str, Any]:
-    """The ``control`` block of metrics.json: the switch, whether it changed this run, and (inner)
-    how many interactions the Θ and Λ streams drew from."""
-    name = cfg.control.name
-    record: dict[str, Any] = {"name": name, "applied": name != "none" and control_applies(cfg, name)}
-    if name == "inner" and record["applied"]:
-        batches = datamodule.train_dataloader()
-        record.update(
-            lambda_split_ratio=float(cfg.model.lambda_split_ratio),
-            theta_interactions=len(batches.train.users),
-            lambda_interactions=len(batches.valid.users) if batches.valid is not None else 0,
-        )
+    """The ``control`` block of metrics.json: the switch and its settings, the table block the run
+    belongs to (``block``) and the blocks it stands for unchanged (``serves``), ``matched`` (the
+    controls change every method alike), ``borrowed`` (false: the run ran under this control; a
+    record copied into another block it serves says true), and what the fit trained on: the Θ
+    stream's data and interactions and the Λ stream's (0 without a Λ-step). A refit adds its own
+    counts in :func:`apply_refit`."""
+    settings = control_settings(cfg)
+    theta, lam = datamodule.stream_sizes()
+    record: dict[str, Any] = {
+        "name": settings.name,
+        "applied": settings.name != "none",
+        "matched": True,
+        "block": control_block(settings),
+        "serves": list(blocks_served(settings, learns_lambda(cfg))),
+        "borrowed": False,
+        "theta_data": THETA_DATA["inner" if settings.name == "inner" else "none"],
+        "theta_interactions": theta,
+        "lambda_data": (("Λ-split" if settings.name == "inner" else "valid") if learns_lambda(cfg) else None),
+        "lambda_interactions": lam,
+    }
+    if settings.name == "inner":
+        record["lambda_split_ratio"] = settings.lambda_split_ratio
+    if settings.name == "refit":
+        record["lambda"] = settings.lambda_mode if learns_lambda(cfg) else None
     return record
 
 
-def refit_on_train_and_valid(cfg: DictConfig, output_dir: Path, epochs: int) -> tuple[RankingModule, float]:
+def build_refit_module(cfg: DictConfig, n_users: int, n_items: int, selected: RankingModule) -> RankingModule:
+    """The module of the refit: ``cfg.model`` afresh for a model without a Λ-step; for one with a
+    Λ-step, MF-BPR with the same Θ settings whose Λ is a frozen copy of the selected checkpoint's
+    (no Λ-step, no Λ parameter that requires a gradient). Built right after seeding, so Θ starts
+    from the first fit's initialization either way."""
+    if not learns_lambda(cfg):
+        return build_module(cfg, n_users, n_items)
+    frozen = copy.deepcopy(learnable_granularity(selected))
+    if frozen is None:
+        raise RuntimeError(f"model {cfg.model.name} declares a Λ-step but its module has no learned granularity")
+    frozen.requires_grad_(False)
+    model = cfg.model
+    return MFBPRModule(
+        n_users,
+        n_items,
+        model.dim,
+        model.init_std,
+        instantiate(cfg.optimizer),
+        frozen,
+        penalty_scope=model.penalty_scope,
+        penalty_scale=model.penalty_scale,
+        grad_clip_norm=model.grad_clip_norm,
+        name=model.name,
+    )
+
+
+def refit_on_train_and_valid(
+    cfg: DictConfig, output_dir: Path, epochs: int, selected: RankingModule
+) -> tuple[RankingModule, dict[str, Any]]:
     """The refit control's second fit: the same config and seed trained afresh on train ∪ valid for
-    ``epochs`` epochs (those of the checkpoint selected on valid), without validation, then tested.
-    Returns the tested module and its training seconds."""
+    ``epochs`` epochs (those of the checkpoint selected on valid), without validation, then tested;
+    a model with a Λ-step keeps ``selected``'s Λ frozen, or (``control.lambda=trajectory``) replays
+    the first fit's per-epoch Λ. Returns the tested module and what the refit did: the epochs and
+    Θ-steps it trained (counted by the trainer), its Θ interactions, seconds, and the replayed
+    snapshots."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, split, evaluators = prepare_data(cfg, train_on_valid=True)
-    module = build_module(cfg, split.n_users, split.n_items)
+    module = build_refit_module(cfg, split.n_users, split.n_items, selected)
     module.use_evaluators(evaluators)
+    callbacks: list[L.Callback] = []
+    if replays_lambda(cfg):
+        snapshots = [epoch_snapshot_path(output_dir, e) for e in range(epochs)]
+        missing = [p.name for p in snapshots if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"control.lambda=trajectory: Λ snapshots {missing} are missing in "
+                f"{output_dir / snapshots[0].parent.name} (they are written during the first fit of such a run)"
+            )
+        callbacks.append(LambdaReplay(snapshots))
     trainer = instantiate(
         cfg.trainer,
         max_epochs=epochs,
         limit_val_batches=0,
         logger=False,
-        callbacks=[],
+        callbacks=callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -254,22 +338,55 @@ def refit_on_train_and_valid(cfg: DictConfig, output_dir: Path, epochs: int) -> 
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - started
     trainer.test(module, datamodule=datamodule, verbose=False)
-    return module, seconds
+    theta, _ = datamodule.stream_sizes()
+    done: dict[str, Any] = {
+        "epochs_trained": int(trainer.current_epoch),
+        "steps_trained": int(trainer.global_step),
+        "theta_data": THETA_DATA["refit"],
+        "theta_interactions": theta,
+        "train_seconds": seconds,
+    }
+    if callbacks:
+        done["lambda_snapshots"] = [p.name for p in callbacks[0].loaded]
+    return module, done
 
 
 def apply_refit(cfg: DictConfig, output_dir: Path, selected: RankingModule, record: dict[str, Any]) -> RankingModule:
-    """Under ``control=refit`` (models without a Λ-step): refit on train ∪ valid for the selected
-    checkpoint's epochs (``best_epoch + 1``); the returned module carries the refit's test metrics
-    and the selection's valid metrics. ``record`` gains the refit's epochs, seconds and the
-    selected checkpoint's own test metrics. Otherwise ``selected`` is returned unchanged."""
+    """Under ``control=refit`` (every model): refit on train ∪ valid for the selected checkpoint's
+    epochs (``best_epoch + 1``); the returned module carries the refit's test metrics and the
+    selection's valid metrics. ``record`` gains ``epochs`` (the selected count), what the refit
+    trained (``epochs_trained``, ``steps_trained``, its data), its seconds and the selected
+    checkpoint's own test metrics (``selection_test``); the first fit's data move to
+    ``selection_theta_*``. Otherwise ``selected`` is returned unchanged."""
     if not control_applies(cfg, "refit"):
         return selected
     epochs = int(selected.valid_epoch) + 1
     log.info("control=refit: training afresh on train ∪ valid for %d epochs", epochs)
-    refit, seconds = refit_on_train_and_valid(cfg, output_dir, epochs)
+    refit, done = refit_on_train_and_valid(cfg, output_dir, epochs, selected)
+    if done["epochs_trained"] != epochs:
+        trained = done["epochs_trained"]
+        raise RuntimeError(f"control=refit: the refit trained {trained} epochs, not the selected {epochs}")
     refit.valid_metrics, refit.valid_epoch = dict(selected.valid_metrics), selected.valid_epoch
-    record.update(epochs=epochs, train_seconds=seconds, selection_test=dict(selected.test_metrics))
+    record.update(
+        selection_theta_data=record["theta_data"],
+        selection_theta_interactions=record["theta_interactions"],
+        epochs=epochs,
+        selection_test=dict(selected.test_metrics),
+        **done,
+    )
     return refit
+
+
+def stopping_record(trainer: L.Trainer) -> dict[str, Any]:
+    """How the (first) fit ended: ``epochs_trained`` (every epoch, resumed segments included),
+    ``max_epochs`` (the cap) and ``stopped_early`` (early stopping ended it before the cap)."""
+    epochs = int(trainer.current_epoch)
+    early = any(isinstance(c, EarlyStopping) for c in trainer.callbacks)
+    return {
+        "epochs_trained": int(trainer.current_epoch),
+        "max_epochs": int(trainer.max_epochs),
+        "stopped_early": bool(early and epochs < int(trainer.max_epochs)),
+    }
 
 
 def write_results(
@@ -281,14 +398,17 @@ def write_results(
     train_seconds: float,
     provenance: dict[str, Any] | None = None,
     control: dict[str, Any] | None = None,
+    stopping: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics.
     ``provenance`` (``lopt.run.provenance.collect_provenance``) and ``control`` (:func:`control_record`)
-    go into metrics.json as they are; the ``beyond`` block comes from the module's test evaluator."""
+    go into metrics.json as they are, ``stopping`` (:func:`stopping_record`) at its top level; the
+    ``beyond`` block comes from the module's test evaluator."""
     metrics: dict[str, Any] = {
         "test": module.test_metrics,
         "valid": module.valid_metrics,
         "best_epoch": best_epoch,
+        **(stopping or {}),
         "model": cfg.model.name,
         "method": cfg.model.label,
         "granularity": cfg.model.reported_granularity,
@@ -353,7 +473,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lifecycle.check_split(cfg, split)
     module = build_module(cfg, split.n_users, split.n_items)
     module.use_evaluators(evaluators)
-    trainer, best = build_trainer(cfg, output_dir, split, evaluators)
+    trainer, best = build_trainer(cfg, output_dir, split, evaluators, control_callbacks(cfg, output_dir))
     provenance = collect_provenance(cfg, datamodule.split_fingerprint(), trainer.strategy.root_device)
     log_provenance(trainer.loggers, provenance)
 
@@ -363,9 +483,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _ensure_final_validation(trainer, module, datamodule, best)
 
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
-    control = control_record(cfg, datamodule)
+    control, stopping = control_record(cfg, datamodule), stopping_record(trainer)
     module = apply_refit(cfg, output_dir, module, control)
-    metrics = write_results(cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control)
+    metrics = write_results(
+        cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control, stopping
+    )
     prune_checkpoints(output_dir / CHECKPOINT_DIR, OmegaConf.select(cfg, "checkpoint.keep", default="auto"))
     print_summary(metrics, output_dir)
     return metrics

@@ -146,8 +146,9 @@ class InteractionDataModule(L.LightningDataModule):
     reading ``source``. The evaluation blocks cover the users the valid / test evaluators rank,
     handed over by the composition root with :meth:`use_eval_users` (``lopt.pipeline.prepare_data``).
     The controls (``lopt.data.controls``): ``train_on_valid=True`` trains on train ∪ valid (no
-    Λ-step possible); ``lambda_split_ratio`` draws the Λ-step's triples from the latest part of
-    each user's train interactions instead of the valid split, and trains Θ on the rest.
+    Λ-step possible); ``lambda_split_ratio`` trains Θ on train minus its latest part per user (the
+    Λ-split), for every model, and draws the Λ-step's triples (``valid_triples``) from the Λ-split
+    instead of the valid split. :meth:`stream_sizes` counts the interactions of both streams.
     """
 
     def __init__(
@@ -253,7 +254,7 @@ class InteractionDataModule(L.LightningDataModule):
             if self.valid_triples:
                 if len(arrays.lambda_users) == 0:
                     where = (
-                        "the Λ-split is empty; raise model.lambda_split_ratio"
+                        "the Λ-split is empty; raise control.lambda_split_ratio"
                         if self.lambda_split_ratio is not None
                         else "the valid split is empty; raise dataset.preprocess.valid_ratio"
                     )
@@ -272,6 +273,12 @@ class InteractionDataModule(L.LightningDataModule):
                     VALID_STREAM,
                 )
             self._train_batches = TrainBatches(train, valid, self._current_epoch)
+
+    def stream_sizes(self) -> tuple[int, int]:
+        """(Θ-stream interactions, Λ-stream interactions) of the fit set up by :meth:`setup`; the
+        second is 0 without a Λ-step."""
+        batches = self.train_dataloader()
+        return len(batches.train.users), 0 if batches.valid is None else len(batches.valid.users)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

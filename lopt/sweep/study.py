@@ -58,6 +58,8 @@ DRIVER_ATTR, HEARTBEAT_ATTR = "lopt:driver", "lopt:heartbeat"
 INTERRUPTED = "interrupted"
 STORAGE_FILES = {"sqlite": "study.db", "journal": "study.journal"}
 SUMMARY_NAME = "study_summary"
+#: The file in a study's folder that names the study, its storage and metric.
+STUDY_INFO = "study.yaml"
 
 
 # --- the search space ---------------------------------------------------------------------------
@@ -347,7 +349,7 @@ class StudySweeper(Sweeper):
             "overrides": list(study.user_attrs.get("overrides", arguments)),
             "hydra_overrides": list(study.user_attrs.get("hydra_overrides", hydra_overrides)),
         }
-        atomic_write(study_dir / "study.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(info, sort_keys=False)))
+        atomic_write(study_dir / STUDY_INFO, lambda tmp: tmp.write_text(yaml.safe_dump(info, sort_keys=False)))
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -577,3 +579,29 @@ def write_study_summary(study: Any, study_dir: Path, metric: str) -> None:
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     md = "\n".join(lines) + "\n"
     atomic_write(study_dir / f"{SUMMARY_NAME}.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+
+
+def load_stored_study(study_dir: Path, storage: str | None = None):
+    """The optuna study of ``study_dir`` (its study.yaml names it and its storage)."""
+    import optuna
+
+    info_path = study_dir / STUDY_INFO
+    if not info_path.is_file():
+        raise FileNotFoundError(
+            f"{info_path} is missing: give the folder of a study, <study.dir>/<study.name> (studies/… by default)"
+        )
+    info = yaml.safe_load(info_path.read_text(encoding="utf-8"))
+    url = storage or info["storage"]
+    try:
+        return optuna.load_study(study_name=info["name"], storage=open_storage(url))
+    except KeyError as error:
+        raise FileNotFoundError(f"{url} holds no study {info['name']!r} ({info_path})") from error
+
+
+def best_params(study) -> dict[str, object]:
+    """The parameters of the study's best completed trial."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise ValueError(f"study {study.study_name} has no completed trial yet: run (or resume) it first")
+    return dict(study.best_trial.params)

@@ -308,7 +308,8 @@ def _third_party_imports(paths: list[Path]) -> set[str]:
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    local = {"lopt", "tests", "e2e", "bench", "run"}
+    # the project's own packages, and the scripts of experiments/ that import each other
+    local = {"lopt", "tests", "run"} | {p.stem for p in (REPO_ROOT / "experiments").glob("*.py")}
     return {n for n in names if n not in sys.stdlib_module_names and n not in local}
 
 

@@ -47,7 +47,7 @@ def test_every_method_gets_the_same_study_and_budget(experiment: str) -> None:
     study = cfg.study
     assert (study.n_trials, study.n_jobs, study.n_startup_trials, study.seed) == (20, 2, 10, None)
     assert study.n_startup_trials < study.n_trials and study.storage == "sqlite"
-    assert cfg.trainer.max_epochs == cfg.budget.max_epochs == 80
+    assert cfg.trainer.max_epochs == cfg.budget.max_epochs == 400
     assert cfg.eval.monitor == "auc" and cfg.eval.every_n_epochs == 1
     # The same early stopping for every method, on the selection metric.
     stopping = cfg.callbacks.early_stopping

@@ -1,0 +1,560 @@
+"""Run a whole fair study (docs/protocol.md, "The fair study") in resumable chunks.
+
+    python experiments/study.py PLAN.yaml --plan                  # the chunks and the CPU estimate
+    python experiments/study.py PLAN.yaml --measure [--epochs 3]  # time an epoch of every method
+    python experiments/study.py PLAN.yaml [--max-chunks N] [--commit] [--scratch DIR]
+
+PLAN.yaml (e.g. ``experiments/results/ml100k/study.yaml``) names the dataset's experiments, the
+methods, the blocks, the seeds, the tuning trials, the epoch budget and the data; its folder is the
+study's results folder. The study is a list of chunks, run in order:
+
+* ``tune/<split>/<block>/<method>`` (blocks ``paper`` and ``inner``): one tuning study
+  (``run.py -m +experiment=<prefix>_<method> +tune=<tune> control=…``) with its own sampler
+  seed; its compact trial records and ``selection.json`` (best params) go to
+  ``studies/<split>/<block>/<method>/``;
+* ``runs/<split>/<block>/<method>``: the selected configuration re-run for every seed under the
+  block's control (``paper``: none; ``inner``: control=inner with the inner selection;
+  ``refit-final`` / ``refit-trajectory``: control=refit with the paper selection); compact records
+  to ``runs/<split>/<block>/<method-label>/seed<seed>/``;
+* ``borrow/<split>/refit-trajectory/<method>``: a method without a Λ-step is not run again for
+  ``refit-trajectory`` (``control.lambda`` does not reach it): its refit-final records are copied
+  with ``control.borrowed: true`` and ``borrowed_from``. Nothing else is ever borrowed, and only
+  when the source record's ``control.serves`` names the block.
+
+Every chunk ends with its records and ``chunks/<chunk>.json`` (what ran, the code commit, seconds)
+in the results folder; ``--commit`` commits them (``git add`` + ``git commit`` in the repository
+holding the results folder). A chunk whose ``chunks/<chunk>.json`` exists is done, so an
+interrupted study, or one resumed from a fresh clone of what was committed, carries on with the
+first chunk not done; an interrupted chunk is run again whole. Full runs (checkpoints, logs) go
+to ``--scratch`` (default ``data/study/<dataset>``), never committed.
+
+``--measure`` runs every method of the plan for ``--epochs`` epochs on the plan's data (one seed,
+the paper block) and writes the seconds per epoch (training and the per-epoch validation) to
+``epoch_seconds.json`` in the results folder; ``--plan`` multiplies them by the runs and epochs of
+every chunk (the epoch cap, and an expected count: ``plan.expected_epochs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lopt.sweep.study import best_params, load_stored_study
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "experiments"))
+from collect_records import collect  # noqa: E402
+
+TIMINGS_FILE = "epoch_seconds.json"
+SELECTION_FILE = "selection.json"
+CHUNK_DIR = "chunks"
+#: The blocks of a study and the control each runs under.
+BLOCK_CONTROLS = {
+    "paper": ["control=none"],
+    "inner": ["control=inner"],
+    "refit-final": ["control=refit", "control.lambda=final"],
+    "refit-trajectory": ["control=refit", "control.lambda=trajectory"],
+}
+#: The block whose tuning study a block's runs take their selection from.
+SELECTED_IN = {"paper": "paper", "inner": "inner", "refit-final": "paper", "refit-trajectory": "paper"}
+#: The blocks tuned by a study of their own (refit reuses the paper selections).
+TUNED_BLOCKS = ("paper", "inner")
+#: The keys of a study plan (PLAN.yaml).
+PLAN_KEYS = {
+    "dataset",
+    "experiment_prefix",
+    "methods",
+    "blocks",
+    "seeds",
+    "trials",
+    "budget",
+    "splits",
+    "overrides",
+    "expected_epochs",
+    "selections",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the plan: its name (the experiment ``<experiment_prefix>_<name>``), tune
+    config, whether it has a Λ-step, and overrides of its own."""
+
+    name: str
+    tune: str | None
+    learns_lambda: bool
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    """A study plan (PLAN.yaml), checked."""
+
+    path: Path
+    dataset: str
+    experiment_prefix: str | None
+    methods: list[Method]
+    blocks: list[str]
+    seeds: list[int]
+    trials: int
+    budget: dict[str, Any]
+    splits: dict[str, list[str]]
+    overrides: list[str]
+    expected_epochs: int
+    selections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def results(self) -> Path:
+        return self.path.parent
+
+    def method(self, name: str) -> Method:
+        return next(m for m in self.methods if m.name == name)
+
+
+def load_plan(path: Path) -> Plan:
+    """The checked plan of ``path``; an unknown key or block, or a method without a tune config
+    and without a fixed selection, is an error naming it."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a study plan is a mapping (see experiments/results/ml100k/study.yaml)")
+    unknown = set(raw) - PLAN_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; the plan keys are {sorted(PLAN_KEYS)}")
+    blocks = list(raw.get("blocks") or BLOCK_CONTROLS)
+    bad = [b for b in blocks if b not in BLOCK_CONTROLS]
+    if bad:
+        raise ValueError(f"{path}: blocks {bad} unknown; choose from {list(BLOCK_CONTROLS)}")
+    selections = dict(raw.get("selections") or {})
+    methods = []
+    for name, spec in (raw.get("methods") or {}).items():
+        spec = spec or {}
+        unknown_spec = set(spec) - {"tune", "learns_lambda", "overrides"}
+        if unknown_spec:
+            raise ValueError(f"{path}: methods.{name} has unknown keys {sorted(unknown_spec)}")
+        method = Method(
+            str(name), spec.get("tune"), bool(spec.get("learns_lambda", False)), tuple(spec.get("overrides") or ())
+        )
+        if method.tune is None and str(name) not in selections:
+            raise ValueError(
+                f"{path}: method {name} has neither `tune` (a conf/tune config) nor a fixed `selections` entry"
+            )
+        methods.append(method)
+    if not methods:
+        raise ValueError(f"{path}: `methods` is empty")
+    budget = dict(raw.get("budget") or {})
+    if set(budget) != {"max_epochs", "patience", "min_delta"}:
+        raise ValueError(f"{path}: budget needs exactly max_epochs, patience and min_delta (conf/budget/equal.yaml)")
+    return Plan(
+        path=path,
+        dataset=str(raw["dataset"]),
+        experiment_prefix=raw.get("experiment_prefix"),
+        methods=methods,
+        blocks=blocks,
+        seeds=[int(s) for s in raw["seeds"]],
+        trials=int(raw["trials"]),
+        budget=budget,
+        splits={str(k): list(v or []) for k, v in (raw.get("splits") or {"temporal": []}).items()},
+        overrides=list(raw.get("overrides") or []),
+        expected_epochs=int(raw.get("expected_epochs") or budget["max_epochs"]),
+        selections=selections,
+    )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One unit of the study that ends with committed records."""
+
+    kind: str  # tune | runs | borrow
+    split: str
+    block: str
+    method: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.split}/{self.block}/{self.method}"
+
+    @property
+    def marker(self) -> str:
+        return f"{CHUNK_DIR}/{self.name.replace('/', '--')}.json"
+
+
+def chunks(plan: Plan) -> list[Chunk]:
+    """The chunks of ``plan`` in the order they run (a block's runs after its selection's study)."""
+    out: list[Chunk] = []
+    for split in plan.splits:
+        for block in TUNED_BLOCKS:
+            if not any(SELECTED_IN[b] == block for b in plan.blocks):
+                continue
+            out += [Chunk("tune", split, block, m.name) for m in plan.methods if m.name not in plan.selections]
+        for block in plan.blocks:
+            for m in plan.methods:
+                borrowed = block == "refit-trajectory" and not m.learns_lambda and "refit-final" in plan.blocks
+                out.append(Chunk("borrow" if borrowed else "runs", split, block, m.name))
+    return out
+
+
+def study_seed(chunk: Chunk) -> int:
+    """The tuning study's own sampler seed: a hash of its name (every study gets another stream)."""
+    return zlib.crc32(chunk.name.encode()) % 2**31
+
+
+def base_overrides(plan: Plan, chunk: Chunk) -> tuple[list[str], list[str]]:
+    """(the experiment, the plan's overrides and the split's; the budget's overrides)."""
+    b = plan.budget
+    experiment = [f"+experiment={plan.experiment_prefix}_{chunk.method}"] if plan.experiment_prefix else []
+    return [
+        *experiment,
+        *plan.method(chunk.method).overrides,
+        *plan.overrides,
+        *plan.splits[chunk.split],
+    ], [
+        f"budget.max_epochs={b['max_epochs']}",
+        f"budget.patience={b['patience']}",
+        f"budget.min_delta={b['min_delta']}",
+    ]
+
+
+def tune_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
+    head, budget = base_overrides(plan, chunk)
+    return [
+        sys.executable,
+        str(REPO_ROOT / "run.py"),
+        "-m",
+        *head,
+        f"+tune={plan.method(chunk.method).tune}",
+        *BLOCK_CONTROLS[chunk.block],
+        *budget,
+        f"study.n_trials={plan.trials}",
+        f"study.seed={study_seed(chunk)}",
+        f"study.dir={sweep_dir.parent}",
+        f"study.name={sweep_dir.name}",
+    ]
+
+
+def selection(plan: Plan, chunk: Chunk) -> dict[str, Any]:
+    """The hyper-parameters a runs chunk uses: the plan's fixed selection, or the selection.json
+    committed by its tuning chunk."""
+    if chunk.method in plan.selections:
+        return dict(plan.selections[chunk.method])
+    path = plan.results / "studies" / chunk.split / SELECTED_IN[chunk.block] / chunk.method / SELECTION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: its tuning chunk has not run")
+    return dict(json.loads(path.read_text(encoding="utf-8"))["best_params"])
+
+
+def runs_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
+    head, budget = base_overrides(plan, chunk)
+    params = [f"{k}={v}" for k, v in sorted(selection(plan, chunk).items())]
+    return [
+        sys.executable,
+        str(REPO_ROOT / "run.py"),
+        "-m",
+        *head,
+        "+budget=equal",
+        *BLOCK_CONTROLS[chunk.block],
+        *budget,
+        *params,
+        f"seed={','.join(map(str, plan.seeds))}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def _run(command: Sequence[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("  $ " + " ".join(command[2:]), flush=True)
+    with open(log, "w", encoding="utf-8") as handle:
+        code = subprocess.run(list(command), cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"the command exited with {code}; its output is in {log}")
+
+
+def _collect(sweep_dir: Path, staging: Path, skip_unfinished: bool = False) -> Path:
+    """The compact records of the runs under ``sweep_dir`` (collect_records) in ``staging``; returns
+    the folder holding their ``<method label>/seed…`` folders."""
+    collect([sweep_dir], staging, skip_unfinished=skip_unfinished)
+    return staging / sweep_dir.name
+
+
+def _install(staged: Path, target: Path) -> None:
+    """Move ``staged`` to ``target``, replacing a leftover of an interrupted chunk."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged.rename(target)
+
+
+def _install_runs(plan: Plan, labels: Path, block_dir: Path, edit: Any = None) -> list[Path]:
+    """Install every ``<method label>`` folder of ``labels`` into ``block_dir``; each record's
+    metrics.json ``output_dir`` becomes its path under ``runs/`` (``edit(metrics, relative)`` may
+    change the rest). Returns the installed label folders."""
+    written = []
+    for label in sorted(p for p in labels.iterdir() if p.is_dir()):
+        for metrics_path in sorted(label.rglob("metrics.json")):
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+            relative = block_dir.relative_to(plan.results / "runs") / metrics_path.parent.relative_to(labels)
+            metrics["output_dir"] = relative.as_posix()
+            if edit is not None:
+                edit(metrics, relative)
+            metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        _install(label, block_dir / label.name)
+        written.append(block_dir / label.name)
+    return written
+
+
+def _fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _staging(parent: Path) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=parent))
+    staging.rmdir()  # collect_records writes a folder that does not exist yet
+    return staging
+
+
+def run_tune(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
+    """A tuning study; its trials' compact records and selection.json."""
+    sweep = scratch / chunk.name / "sweep"  # a stored study: an interrupted chunk resumes its trials
+    _run(tune_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
+    stored = load_stored_study(sweep)
+    results = {"best_params": best_params(stored), "best_value": stored.best_value}
+    target = plan.results / "studies" / chunk.split / chunk.block / chunk.method
+    staging = _staging(target.parent)
+    try:
+        _install(_collect(sweep, staging, skip_unfinished=True), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    best = {"best_params": results["best_params"], "best_value": results.get("best_value")}
+    best |= {"trials": plan.trials, "sampler_seed": study_seed(chunk)}
+    (target / SELECTION_FILE).write_text(json.dumps(best, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return [target]
+
+
+def run_runs(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
+    """The seed runs of one method in one block; their compact records."""
+    sweep = _fresh(scratch / chunk.name / "sweep")
+    _run(runs_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
+    block_dir = plan.results / "runs" / chunk.split / chunk.block
+    staging = _staging(block_dir)
+    try:
+        return _install_runs(plan, _collect(sweep, staging), block_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_borrow(plan: Plan, chunk: Chunk) -> list[Path]:
+    """Copy the refit-final records of a method into ``chunk.block``, marked borrowed
+    (``control.borrowed``, ``borrowed_from``); refused unless each record's ``control.serves``
+    names the block."""
+    source_chunk = Chunk("runs", chunk.split, "refit-final", chunk.method)
+    marker = plan.results / source_chunk.marker
+    if not marker.is_file():
+        raise FileNotFoundError(f"{marker} is missing: the chunk {source_chunk.name} has not run")
+    sources = [plan.results / p for p in json.loads(marker.read_text(encoding="utf-8"))["records"]]
+    block_dir = plan.results / "runs" / chunk.split / chunk.block
+    staging = _staging(block_dir)
+    try:
+        for source in sources:
+            shutil.copytree(source, staging / source.name)
+
+        def mark(metrics: dict[str, Any], relative: Path) -> None:
+            control = metrics.get("control") or {}
+            if chunk.block not in (control.get("serves") or []):
+                raise ValueError(
+                    f"{relative}: its run serves {control.get('serves')}, not {chunk.block}; it cannot be borrowed"
+                )
+            origin = Path(chunk.split) / "refit-final" / relative.relative_to(Path(chunk.split) / chunk.block)
+            control.update(borrowed=True, borrowed_from=origin.as_posix(), block=chunk.block)
+            metrics["control"] = control
+
+        return _install_runs(plan, staging, block_dir, mark)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def code_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    return proc.stdout.strip() + ("-dirty" if dirty.strip() else "") if proc.returncode == 0 else "unknown"
+
+
+def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
+    started = time.perf_counter()
+    if chunk.kind == "tune":
+        written = run_tune(plan, chunk, scratch)
+    elif chunk.kind == "runs":
+        written = run_runs(plan, chunk, scratch)
+    else:
+        written = run_borrow(plan, chunk)
+    marker = plan.results / chunk.marker
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "chunk": chunk.name,
+        "records": [p.relative_to(plan.results).as_posix() for p in written],
+        "code_commit": code_commit(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if commit:
+        paths = [str(p) for p in written] + [str(marker)]
+        subprocess.run(["git", "add", "--", *paths], cwd=plan.results, check=True)
+        message = f"study {plan.dataset}: {chunk.name} ({record['seconds']:.0f} s, code {record['code_commit'][:12]})"
+        subprocess.run(["git", "commit", "-q", "-m", message], cwd=plan.results, check=True)
+
+
+def done(plan: Plan, chunk: Chunk) -> bool:
+    return (plan.results / chunk.marker).is_file()
+
+
+# --------------------------------------------------------------------------- timings and the plan
+def measure(plan: Plan, epochs: int, scratch: Path) -> dict[str, float]:
+    """Seconds per epoch (training + that epoch's validation) of every method in the paper block,
+    one seed, from each run's metrics.json (``train_seconds`` / ``epochs_trained``)."""
+    seconds: dict[str, float] = {}
+    for m in plan.methods:
+        run_dir = scratch / "measure" / m.name
+        params = [f"{k}={v}" for k, v in sorted(plan.selections.get(m.name, {}).items())]
+        head, _ = base_overrides(plan, Chunk("runs", next(iter(plan.splits)), "paper", m.name))
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "run.py"),
+            *head,
+            *params,
+            f"trainer.max_epochs={epochs}",
+            "logger=none",
+            "overwrite=true",
+            f"hydra.run.dir={run_dir}",
+        ]
+        _run(command, run_dir.with_suffix(".log"))
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        seconds[m.name] = metrics["train_seconds"] / metrics["epochs_trained"]
+        print(f"  {m.name}: {seconds[m.name]:.2f} s/epoch", flush=True)
+    return seconds
+
+
+def chunk_epochs(plan: Plan, chunk: Chunk, epochs: int, inner_share: float) -> float:
+    """Epochs (in units of a paper-block epoch of the method) a chunk trains when each fit runs
+    ``epochs`` epochs: a tuning study runs ``trials`` fits, a runs chunk one per seed; an inner fit
+    trains on ``inner_share`` of train; a refit trains the first fit, then ``epochs`` more on
+    train ∪ valid (valid_share more data, counted as the paper epoch: an upper bound is the cap)."""
+    fits = plan.trials if chunk.kind == "tune" else len(plan.seeds) if chunk.kind == "runs" else 0
+    per_fit = epochs * (inner_share if chunk.block == "inner" else 1.0)
+    if chunk.block.startswith("refit"):
+        per_fit = 2 * epochs
+    return fits * per_fit
+
+
+def estimate(plan: Plan, timings: dict[str, float], inner_share: float) -> dict[str, dict[str, float]]:
+    """CPU seconds of each chunk ``{chunk name: {"cap": …, "expected": …}}``: its fits' epochs
+    (:func:`chunk_epochs`) at the epoch cap and at ``plan.expected_epochs``, times the method's
+    measured seconds per epoch."""
+    return {
+        c.name: {
+            "cap": chunk_epochs(plan, c, plan.budget["max_epochs"], inner_share) * timings[c.method],
+            "expected": chunk_epochs(plan, c, plan.expected_epochs, inner_share) * timings[c.method],
+        }
+        for c in chunks(plan)
+    }
+
+
+def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float) -> None:
+    """The chunks (done or to run), their fits and, with timings, their CPU time."""
+    all_chunks = chunks(plan)
+    todo = [c for c in all_chunks if not done(plan, c)]
+    seconds = estimate(plan, timings, inner_share) if timings is not None else {}
+    print(f"study {plan.dataset}: {len(all_chunks)} chunks, {len(all_chunks) - len(todo)} done, {len(todo)} to run")
+    fits = 0
+    for c in all_chunks:
+        n = plan.trials if c.kind == "tune" else len(plan.seeds) if c.kind == "runs" else 0
+        fits += n
+        line = f"  {'done' if done(plan, c) else 'todo'}  {c.name:<44} {n:>3} fits"
+        if c.name in seconds:
+            line += (
+                f"  cap {seconds[c.name]['cap'] / 3600:7.2f} h  expected {seconds[c.name]['expected'] / 3600:7.2f} h"
+            )
+        print(line)
+    print(
+        f"  {fits} fits (tuning trials and seed runs); epoch cap {plan.budget['max_epochs']}, "
+        f"{plan.expected_epochs} expected a fit"
+    )
+    if timings is None:
+        print(f"  no {TIMINGS_FILE} in {plan.results}: run --measure first for a CPU estimate")
+        return
+    cap = sum(seconds[c.name]["cap"] for c in todo)
+    expected = sum(seconds[c.name]["expected"] for c in todo)
+    print(
+        f"  CPU time of the chunks to run, one process: {expected / 3600:.1f} h at {plan.expected_epochs} epochs a fit "
+        f"({expected:.0f} s), at most {cap / 3600:.1f} h if every fit ran to the cap ({cap:.0f} s); "
+        "divide by the parallel jobs the cores allow"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("plan", type=Path, help="the study plan (e.g. experiments/results/ml100k/study.yaml)")
+    parser.add_argument("--plan", dest="dry", action="store_true", help="print the chunks and the CPU estimate")
+    parser.add_argument(
+        "--measure", action="store_true", help="time an epoch of every method, write epoch_seconds.json"
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each --measure run (default 3)")
+    parser.add_argument("--max-chunks", type=int, default=None, help="stop after this many chunks")
+    parser.add_argument("--commit", action="store_true", help="git-commit each chunk's records as it ends")
+    parser.add_argument("--scratch", type=Path, default=None, help="full runs (default data/study/<dataset>)")
+    args = parser.parse_args(argv)
+    try:
+        plan = load_plan(args.plan)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    scratch = (args.scratch or REPO_ROOT / "data" / "study" / plan.dataset).resolve()
+    timings_path = plan.results / TIMINGS_FILE
+    if args.measure:
+        timings = measure(plan, args.epochs, scratch)
+        record = {"seconds_per_epoch": timings, "epochs": args.epochs, "code_commit": code_commit()}
+        timings_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return 0
+    if args.dry:
+        timings = json.loads(timings_path.read_text())["seconds_per_epoch"] if timings_path.is_file() else None
+        ratio = next(
+            (float(o.split("=", 1)[1]) for o in plan.overrides if o.startswith("control.lambda_split_ratio=")), 0.25
+        )
+        print_plan(plan, timings, 1.0 - ratio)
+        return 0
+    ran = 0
+    for chunk in chunks(plan):
+        if done(plan, chunk):
+            continue
+        if args.max_chunks is not None and ran >= args.max_chunks:
+            print(f"stopped after {ran} chunks (--max-chunks); run again to continue")
+            return 0
+        print(f"chunk {chunk.name}", flush=True)
+        try:
+            run_chunk(plan, chunk, scratch, args.commit)
+        except (OSError, RuntimeError, ValueError) as error:
+            print(
+                f"error in chunk {chunk.name}: {error}\nthe chunks before it are done; run again to resume",
+                file=sys.stderr,
+            )
+            return 1
+        ran += 1
+    print(f"study {plan.dataset}: every chunk done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""experiments/study.py: the fair study's chunks, their resumable, committed records, the borrowing
+rule and the CPU estimate, on a 2-run, 2-epoch synthetic study."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from tests.helpers.cli import REPO_ROOT, TINY_OVERRIDES
+
+
+def _load_study() -> ModuleType:
+    """experiments/study.py as a module (registered first: its dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location("experiments_study", REPO_ROOT / "experiments" / "study.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load_study()
+
+#: The tiny synthetic data and model (the epoch count comes from the plan's budget).
+DATA = [o for o in TINY_OVERRIDES if not o.startswith("trainer.max_epochs")]
+
+
+def _plan(root: Path, **changes: object) -> Path:
+    plan = {
+        "dataset": "synthetic",
+        "methods": {"fix": {"overrides": ["model=fix"]}},
+        "selections": {"fix": {"model.lambda_value": 0.01}},
+        "blocks": ["paper", "refit-final", "refit-trajectory"],
+        "seeds": [0],
+        "trials": 4,
+        "budget": {"max_epochs": 2, "patience": 1, "min_delta": 0.0},
+        "expected_epochs": 2,
+        "overrides": DATA,
+        **changes,
+    }
+    path = root / "results" / "study.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(plan, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def test_chunks_tune_every_method_in_paper_and_inner_and_borrow_only_refit_without_lambda(tmp_path: Path) -> None:
+    plan = study.load_plan(
+        _plan(
+            tmp_path,
+            methods={"fix": {"tune": "fix"}, "dui": {"tune": "lambda_opt", "learns_lambda": True}},
+            selections={},
+            blocks=list(study.BLOCK_CONTROLS),
+        )
+    )
+    names = [c.name for c in study.chunks(plan)]
+    assert names == [
+        "tune/temporal/paper/fix",
+        "tune/temporal/paper/dui",
+        "tune/temporal/inner/fix",
+        "tune/temporal/inner/dui",
+        "runs/temporal/paper/fix",
+        "runs/temporal/paper/dui",
+        "runs/temporal/inner/fix",
+        "runs/temporal/inner/dui",
+        "runs/temporal/refit-final/fix",
+        "runs/temporal/refit-final/dui",
+        "borrow/temporal/refit-trajectory/fix",
+        "runs/temporal/refit-trajectory/dui",
+    ]
+    seeds = {study.study_seed(c) for c in study.chunks(plan) if c.kind == "tune"}
+    assert len(seeds) == 4  # every study its own sampler seed
+    tune = study.tune_command(plan, study.chunks(plan)[2], tmp_path / "sweep")
+    assert "+tune=fix" in tune and "control=inner" in tune and "study.n_trials=4" in tune
+    assert "budget.max_epochs=2" in tune and "budget.min_delta=0.0" in tune
+
+
+def test_plan_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown keys \\['epochs'\\]"):
+        study.load_plan(_plan(tmp_path, epochs=3))
+    with pytest.raises(ValueError, match="blocks \\['refit'\\] unknown"):
+        study.load_plan(_plan(tmp_path, blocks=["refit"]))
+    with pytest.raises(ValueError, match="neither `tune`"):
+        study.load_plan(_plan(tmp_path, selections={}))
+    with pytest.raises(ValueError, match="budget needs exactly"):
+        study.load_plan(_plan(tmp_path, budget={"max_epochs": 2}))
+
+
+def test_cpu_estimate_counts_fits_epochs_and_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _plan(
+        tmp_path,
+        methods={"fix": {"tune": "fix"}},
+        selections={},
+        blocks=list(study.BLOCK_CONTROLS),
+        seeds=[0, 1],
+        budget={"max_epochs": 10, "patience": 2, "min_delta": 0.0},
+        expected_epochs=4,
+    )
+    plan = study.load_plan(path)
+    seconds = study.estimate(plan, {"fix": 2.0}, inner_share=0.75)
+    assert seconds["tune/temporal/paper/fix"] == {"cap": 4 * 10 * 2.0, "expected": 4 * 4 * 2.0}
+    assert seconds["tune/temporal/inner/fix"] == {"cap": 4 * 10 * 0.75 * 2.0, "expected": 4 * 4 * 0.75 * 2.0}
+    assert seconds["runs/temporal/paper/fix"]["cap"] == 2 * 10 * 2.0
+    assert seconds["runs/temporal/refit-final/fix"]["cap"] == 2 * (2 * 10) * 2.0  # the first fit + the refit
+    assert seconds["borrow/temporal/refit-trajectory/fix"]["cap"] == 0.0
+    (path.parent / study.TIMINGS_FILE).write_text(json.dumps({"seconds_per_epoch": {"fix": 2.0}}))
+    assert study.main([str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    total = sum(s["expected"] for s in seconds.values())
+    assert f"({total:.0f} s)" in out and "6 chunks, 0 done, 6 to run" in out and "14 fits" in out
+
+
+def test_borrowing_is_refused_for_a_run_that_does_not_serve_the_block(tmp_path: Path) -> None:
+    plan = study.load_plan(_plan(tmp_path))
+    record = plan.results / "runs" / "temporal" / "refit-final" / "mf-lopt-dui" / "seed0"
+    record.mkdir(parents=True)
+    (record / "metrics.json").write_text(json.dumps({"control": {"serves": ["refit-final"]}}))
+    marker = plan.results / study.Chunk("runs", "temporal", "refit-final", "fix").marker
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"records": ["runs/temporal/refit-final/mf-lopt-dui"]}))
+    with pytest.raises(ValueError, match="serves \\['refit-final'\\], not refit-trajectory"):
+        study.run_borrow(plan, study.Chunk("borrow", "temporal", "refit-trajectory", "fix"))
+    assert not (plan.results / "runs" / "temporal" / "refit-trajectory").exists() or not any(
+        (plan.results / "runs" / "temporal" / "refit-trajectory").iterdir()
+    )
+
+
+@pytest.mark.slow
+def test_study_runs_in_committed_chunks_and_resumes_from_the_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """λFix, 1 seed, 2 epochs: the paper run, the refit-final run, and the refit-trajectory row
+    borrowed from it. One chunk, a lost scratch folder (another machine), then the rest: each chunk
+    is one commit of its records; a finished study runs nothing more."""
+    monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    repo = tmp_path / "repo"
+    path = _plan(repo)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "study@example.org")
+    _git(repo, "config", "user.name", "study")
+    scratch = tmp_path / "scratch"
+    args = [str(path), "--commit", "--scratch", str(scratch)]
+    assert study.main([*args, "--max-chunks", "1"]) == 0
+    assert [line.split(" (")[0] for line in _git(repo, "log", "--format=%s").splitlines()] == [
+        "study synthetic: runs/temporal/paper/fix"
+    ]
+    paper = json.loads((repo / "results/runs/temporal/paper/mf-lfix/seed0/metrics.json").read_text())
+    assert paper["control"]["block"] == "paper" and paper["epochs_trained"] <= 2 and paper["max_epochs"] == 2
+    assert paper["output_dir"] == "temporal/paper/mf-lfix/seed0"
+
+    shutil.rmtree(scratch)  # resumed elsewhere: only what was committed is left
+    assert study.main(args) == 0
+    log = _git(repo, "log", "--format=%s").splitlines()
+    assert [line.split(" (")[0] for line in log] == [
+        "study synthetic: borrow/temporal/refit-trajectory/fix",
+        "study synthetic: runs/temporal/refit-final/fix",
+        "study synthetic: runs/temporal/paper/fix",
+    ]
+    assert _git(repo, "status", "--porcelain", "results/runs", "results/chunks") == ""
+    refit = json.loads((repo / "results/runs/temporal/refit-final/mf-lfix/seed0/metrics.json").read_text())
+    borrowed = json.loads((repo / "results/runs/temporal/refit-trajectory/mf-lfix/seed0/metrics.json").read_text())
+    assert refit["control"]["borrowed"] is False and refit["control"]["epochs"] == refit["best_epoch"] + 1
+    assert borrowed["control"]["borrowed"] is True and borrowed["control"]["block"] == "refit-trajectory"
+    assert borrowed["control"]["borrowed_from"] == "temporal/refit-final/mf-lfix/seed0"
+    assert borrowed["test"] == refit["test"]
+    marker = json.loads((repo / "results" / study.Chunk("runs", "temporal", "paper", "fix").marker).read_text())
+    assert marker["records"] == ["runs/temporal/paper/mf-lfix"] and marker["code_commit"]
+
+    capsys.readouterr()
+    assert study.main(args) == 0
+    assert "every chunk done" in capsys.readouterr().out
+    assert len(_git(repo, "log", "--format=%s").splitlines()) == 3
