@@ -126,10 +126,20 @@ class Run:
         return str(self.metrics.get("protocol") or DEFAULT_PROTOCOL)
 
     @property
+    def matched(self) -> bool:
+        """Whether the run was made under the matched controls (its record names its block)."""
+        return bool((self.metrics.get("control") or {}).get("matched"))
+
+    @property
     def control(self) -> str:
-        """The fairness control of the run (``none``: the paper's protocol; also for runs that
-        predate the key)."""
-        return str((self.metrics.get("control") or {}).get("name") or "none")
+        """The run's block under the fairness controls: ``none`` (the paper's protocol; also for
+        runs that predate the key), ``inner``, ``refit``, or for matched records the block they
+        name (``refit-final``, ``refit-trajectory``: the refit's two ways of setting Λ)."""
+        control = self.metrics.get("control") or {}
+        block = control.get("block") if control.get("matched") else None
+        if block:
+            return "none" if block == "paper" else str(block)
+        return str(control.get("name") or "none")
 
     @property
     def learns_lambda(self) -> bool:
@@ -393,7 +403,7 @@ def blocks(runs: Iterable[Run]) -> list[Block]:
             b.dataset,
             b.protocol != DEFAULT_PROTOCOL,
             b.protocol,
-            order.get(b.control, len(order)),
+            order.get(b.control.split("-")[0], len(order)),
             b.control,
         ),
     )
@@ -413,6 +423,7 @@ def block_runs(runs: Iterable[Run], block: Block) -> list[Run]:
         r
         for r in runs
         if r.control == "none"
+        and not r.matched  # matched studies record their borrowed rows in the block itself
         and r.method not in present
         and block.control in CONTROLS
         and not control_changes(block.control, r.learns_lambda)
@@ -421,8 +432,9 @@ def block_runs(runs: Iterable[Run], block: Block) -> list[Run]:
 
 
 def is_borrowed(run: Run, block: Block) -> bool:
-    """Whether ``run`` sits in ``block`` as a row borrowed from the paper block."""
-    return run.control != block.control
+    """Whether ``run`` sits in ``block`` as a row borrowed from another block (the paper block's,
+    for unmatched records; the one its record names, ``control.borrowed``, for matched ones)."""
+    return run.control != block.control or bool((run.metrics.get("control") or {}).get("borrowed"))
 
 
 def metric_title(key: str) -> str:

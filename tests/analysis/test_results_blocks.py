@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from lopt.analysis import figures, table
-from lopt.analysis.results import Run, scan_runs
+from lopt.analysis.results import Run, block_runs, blocks, is_borrowed, scan_runs
 from tests.helpers.paths import REPO_ROOT
 
 N_USERS = 40
@@ -293,3 +293,31 @@ def test_decision_rule_errors_name_the_file_and_key(tmp_path: Path) -> None:
         table.load_rule(rule)
     shipped = table.load_rule()
     assert shipped.test == "bootstrap" and shipped.baseline == "MF-λFix" and len(shipped.claims) == 2
+
+
+def _matched(run: Path, block: str, borrowed: bool = False) -> None:
+    """Turn a written run into a matched-control record of ``block``."""
+    record = json.loads((run / "metrics.json").read_text())
+    name = {"paper": "none", "inner": "inner"}.get(block, "refit")
+    record["control"] = {"name": name, "applied": name != "none", "matched": True, "block": block, "borrowed": borrowed}
+    (run / "metrics.json").write_text(json.dumps(record))
+
+
+def test_matched_records_form_their_named_blocks_and_borrow_nothing_implicitly(tmp_path: Path) -> None:
+    """Matched records group by the block they name (the refit's two Λ settings apart), a paper
+    run is never pulled into a control block, and a row copied into a block is marked borrowed."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _matched(write_run(root, f"fix-paper-{seed}", seed=seed), "paper")
+        _matched(write_run(root, f"dui-final-{seed}", method="MF-λOpt-DUI", seed=seed, lam=None), "refit-final")
+        _matched(write_run(root, f"dui-traj-{seed}", method="MF-λOpt-DUI", seed=seed, lam=None), "refit-trajectory")
+        _matched(write_run(root, f"fix-traj-{seed}", seed=seed), "refit-trajectory", borrowed=True)
+    runs, malformed = scan_runs(root)
+    assert not malformed
+    found = blocks(runs)
+    assert [b.control for b in found] == ["none", "refit-final", "refit-trajectory"]
+    final = block_runs(runs, found[1])
+    assert {r.method for r in final} == {"MF-λOpt-DUI"}  # λFix's paper runs are not borrowed
+    trajectory = block_runs(runs, found[2])
+    assert {(r.method, is_borrowed(r, found[2])) for r in trajectory} == {("MF-λOpt-DUI", False), ("MF-λFix", True)}
+    assert all(isinstance(r, Run) for r in trajectory)
