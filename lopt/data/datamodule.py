@@ -200,6 +200,7 @@ class InteractionDataModule(L.LightningDataModule):
                     **self.preprocess,
                     split_kind=self.split_spec["kind"],
                     split_seed=int(self.split_spec.get("seed", 0)),
+                    drop_latest=float(self.split_spec.get("drop_latest", 0.0)),
                 ),
                 self.cache_dir,
                 enabled=self.cache,
@@ -211,6 +212,8 @@ class InteractionDataModule(L.LightningDataModule):
         split = {"kind": self.split_spec["kind"], "rule": SPLIT_RULE_VERSION}
         if split["kind"] == "random_user":
             split["seed"] = int(self.split_spec.get("seed", 0))
+        if float(self.split_spec.get("drop_latest", 0.0)):  # 0 leaves the key as before the option
+            split["drop_latest"] = float(self.split_spec["drop_latest"])
         # min_rating unset (null) leaves the key as it was before the option existed, so the
         # splits already cached stay valid.
         preprocess = {k: v for k, v in self.preprocess.items() if not (k == "min_rating" and v is None)}

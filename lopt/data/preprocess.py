@@ -29,10 +29,12 @@ import numpy as np
 import polars as pl
 
 from lopt.data.split import (
+    KEY_DROP_LATEST,
     KEY_SPLIT_KIND,
     KEY_TEST_RATIO,
     KEY_VALID_RATIO,
     SPLIT_KINDS,
+    earliest_mask,
     item_order,
     order_by,
     ratio_fraction,
@@ -201,11 +203,14 @@ def prepare_split(
     split_kind: str = "temporal_user",
     split_seed: int = 0,
     min_rating: float | None = None,
+    drop_latest: float = 0.0,
 ) -> PreparedSplit:
     """Run rating filter → dedupe → filter → reindex → split on a canonical frame and return the split.
 
     ``split_kind``/``split_seed``: see :func:`split_interactions` (the default is the paper's).
     ``min_rating``: keep only the interactions whose ``rating`` is ≥ it (None: keep all).
+    ``drop_latest``: first cut off the latest fraction of all interactions (the history ends
+    earlier; :func:`lopt.data.split.earliest_mask`), for a study's extra splits.
 
     ``frame`` has columns ``user``, ``item`` (Int64 or String raw ids), ``timestamp`` (integer
     or float: only its order is used) and, with ``min_rating``, ``rating``; other columns are
@@ -220,6 +225,7 @@ def prepare_split(
     _check_threshold(min_users_per_item, KEY_MIN_USERS_PER_ITEM)
     _check_threshold(min_items_per_user, KEY_MIN_ITEMS_PER_USER)
     _check_min_rating(min_rating)
+    ratio_fraction(drop_latest, KEY_DROP_LATEST)
     t_start = time.perf_counter()
     if min_rating is not None:
         frame = _keep_rated(frame, float(min_rating))
@@ -233,6 +239,12 @@ def prepare_split(
     timestamps = frame["timestamp"].to_numpy().astype(np.int64, copy=False)
     del frame
     stage.done(len(users), f"{len(user_ids):,} users, {len(item_ids):,} items")
+
+    keep = earliest_mask(timestamps, drop_latest)
+    if keep is not None:
+        stage = _Stage("drop latest", len(users))
+        users, items, timestamps = users[keep], items[keep], timestamps[keep]
+        stage.done(len(users), f"{KEY_DROP_LATEST}={drop_latest}")
 
     stage = _Stage("dedupe", len(users))
     keys = _pair_keys(users, items, len(item_ids))

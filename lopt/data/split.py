@@ -21,6 +21,7 @@ KEY_TEST_RATIO = "dataset.preprocess.test_ratio"
 KEY_VALID_RATIO = "dataset.preprocess.valid_ratio"
 
 KEY_SPLIT_KIND = "protocol.split.kind"
+KEY_DROP_LATEST = "protocol.split.drop_latest"
 
 #: Split kinds: per-user temporal leave-ratio-out (the paper's), one global cut in time, a
 #: seeded random per-user ratio split, and leave-one-out (latest item test, the one before valid).
@@ -62,6 +63,25 @@ def order_by(major: np.ndarray, minor: np.ndarray, third: np.ndarray | None = No
         return frame.sort("k", maintain_order=True)["r"].to_numpy()
     frame = pl.DataFrame({"a": major, "b": minor, "r": np.arange(n, dtype=np.int64)})
     return frame.sort("a", "b", "r")["r"].to_numpy()
+
+
+def earliest_mask(timestamps: np.ndarray, drop_latest: float) -> np.ndarray | None:
+    """(n,) bool: the interactions kept when the latest ``drop_latest`` of them (by time, over all
+    users) are cut off before anything else is done — the same data history ending earlier, for the
+    extra splits of a study (``protocol.split.drop_latest``; 0 = the whole history, None returned).
+
+    ``floor(n·drop_latest)`` interactions are dropped, exactly (:func:`ratio_fraction`), except that
+    every interaction at the last kept timestamp is kept: the cut is a point in time, so it
+    depends on the data only, never on row order."""
+    frac = ratio_fraction(drop_latest, KEY_DROP_LATEST)
+    n = timestamps.shape[0]
+    n_keep = n - int(floor_times(np.array([n]), frac)[0])
+    if frac == 0 or n == 0:
+        return None
+    if n_keep == 0:
+        raise ValueError(f"{KEY_DROP_LATEST}={drop_latest} leaves no interaction of {n}; lower it")
+    last_kept = np.partition(timestamps, n_keep - 1)[n_keep - 1]
+    return timestamps <= last_kept
 
 
 def item_order(item_ids: np.ndarray) -> np.ndarray:

@@ -148,3 +148,42 @@ def test_ml100k_split_ignores_row_order(ml100k_path) -> None:
     for part in ("train", "valid", "test"):
         assert np.array_equal(getattr(a, f"{part}_users"), getattr(b, f"{part}_users")), part
         assert np.array_equal(getattr(a, f"{part}_items"), getattr(b, f"{part}_items")), part
+
+
+def test_drop_latest_cuts_the_history_at_a_point_in_time() -> None:
+    """floor(n·drop) of the latest interactions go, exactly, except that a timestamp is never
+    split: the interactions tied at the last kept time all stay."""
+    from lopt.data.split import earliest_mask
+
+    ts = np.array([5, 1, 9, 3, 7, 2, 8, 4, 6, 10], dtype=np.int64)
+    assert earliest_mask(ts, 0.0) is None
+    keep = earliest_mask(ts, 0.2)
+    assert keep.sum() == 8 and set(ts[keep].tolist()) == set(range(1, 9))
+    tied = np.array([1, 2, 3, 3, 3, 4], dtype=np.int64)
+    assert earliest_mask(tied, 0.5).tolist() == [True, True, True, True, True, False]  # 3 dropped → cut at 3
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(ts.size)
+    assert np.array_equal(earliest_mask(ts[perm], 0.3), earliest_mask(ts, 0.3)[perm])
+    with pytest.raises(ValueError, match="protocol.split.drop_latest"):
+        earliest_mask(ts, 1.0)
+
+
+def test_an_earlier_split_is_the_same_rule_on_a_shorter_history() -> None:
+    """prepare_split with drop_latest equals prepare_split of the frame without its latest rows,
+    and its test period ends before the full split's does."""
+    rng = np.random.default_rng(3)
+    n = 600
+    frame = pl.DataFrame(
+        {
+            "user": rng.integers(0, 30, n),
+            "item": rng.integers(0, 40, n),
+            "timestamp": rng.permutation(n).astype(np.int64) * 10,
+        }
+    )
+    cut = frame.filter(pl.col("timestamp") < 540 * 10)  # the latest 60 of 600 distinct times
+    a = prepare_split(frame, **PAPER, drop_latest=0.1)
+    b = prepare_split(cut, **PAPER)
+    for part in ("train", "valid", "test"):
+        assert _pairs(a, part) == _pairs(b, part)
+    full = prepare_split(frame, **PAPER)
+    assert _pairs(a, "test") != _pairs(full, "test")

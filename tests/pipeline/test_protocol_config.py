@@ -99,3 +99,12 @@ def test_beyond_accuracy_is_gathered_by_the_test_phase_only(tmp_path: Path) -> N
     module.test_step(users, 0)
     module.on_test_epoch_end = lambda: None  # no trainer to log to
     assert evaluators["test"].beyond_summary(module._collect())
+
+
+def test_an_earlier_split_has_its_own_cache_key_and_fingerprint(tmp_path: Path) -> None:
+    cfg, paper = _datamodule(tmp_path, [])
+    _, earlier = _datamodule(tmp_path, ["protocol.split.drop_latest=0.1"])
+    assert "drop_latest" not in paper.cache_key()["split"]  # the paper's split keeps its key
+    assert earlier.cache_key()["split"]["drop_latest"] == 0.1
+    assert earlier.split_fingerprint() != paper.split_fingerprint()
+    assert earlier.load_split().train_users.size < paper.load_split().train_users.size
