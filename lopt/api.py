@@ -3,9 +3,10 @@
     from lopt import train
     metrics = train(["+experiment=ml100k_dui", "seed=1"])
 
-does what ``python run.py +experiment=ml100k_dui seed=1`` does: it composes ``conf/`` with the
-overrides, writes the results contract into ``hydra.run.dir`` (default
-``outputs/DATE/TIME`` under the current directory, ``.hydra/`` included), reads and caches data
+does what ``lopt train +experiment=ml100k_dui seed=1`` (or ``python run.py …`` in a checkout) does:
+it composes lopt's configs (:func:`default_config_dir`) with the overrides, writes the results
+contract into ``hydra.run.dir`` (default ``outputs/DATE/TIME`` under the current directory,
+``.hydra/`` included), reads and caches data
 under ``paths.data_dir`` (``$LOPT_DATA_DIR``, else ``./data``), logs to the console and to
 ``<output_dir>/lopt.log``, and returns the metrics of ``metrics.json``. Multirun (``-m``) stays
 a command-line feature.
@@ -13,6 +14,7 @@ a command-line feature.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,18 +28,32 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lopt.io import atomic_write
 
-#: The config folder of a source checkout (``pip install -e .``): <repo>/conf.
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 JOB_NAME = "lopt"
+
+
+def default_config_dir() -> Path:
+    """The folder of lopt's configs (``config.yaml`` and its groups).
+
+    An installed wheel ships them inside the package, as ``lopt/conf`` (the build maps the
+    repository's top-level ``conf/`` there); a source checkout (``pip install -e .``, or
+    ``PYTHONPATH`` at the checkout) has them at ``<checkout>/conf``, beside the package.
+    """
+    packaged = importlib.resources.files("lopt") / "conf"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged.resolve()
+    return Path(__file__).resolve().parents[1] / "conf"
 
 
 def _config_folder(config_dir: str | Path | None, config_name: str) -> Path:
     """The absolute config folder holding ``config_name``.yaml (FileNotFoundError otherwise)."""
-    folder = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
+    folder = Path(config_dir) if config_dir is not None else default_config_dir()
     if not (folder / f"{config_name}.yaml").is_file():
+        where = "the config_dir= given" if config_dir is not None else "lopt's config folder"
         raise FileNotFoundError(
-            f"no {config_name}.yaml in {folder}: pass config_dir= the repository's conf/ folder "
-            "(lopt reads its configs from a source checkout, installed with pip install -e .)"
+            f"no {config_name}.yaml in {folder} ({where}): an installed lopt reads its configs from "
+            "lopt/conf inside the package and a source checkout from <checkout>/conf; reinstall lopt "
+            "(pip install lopt-*.whl, or pip install -e . in the checkout) or pass config_dir= a folder "
+            f"holding {config_name}.yaml"
         )
     return folder.resolve()
 
@@ -49,7 +65,9 @@ def compose_run_config(
     (output directory from ``hydra.run.dir``, the current directory as ``hydra.runtime.cwd``)."""
     overrides = list(overrides)
     if any(o in ("-m", "--multirun") for o in overrides):
-        raise ValueError("lopt.train runs one job; sweep from the command line: python run.py -m ...")
+        raise ValueError(
+            "lopt.train runs one job; sweep from the command line: lopt train -m ... (python run.py -m ...)"
+        )
     folder = _config_folder(config_dir, config_name)
     if GlobalHydra.instance().is_initialized():  # a previous compose in this process left it set
         GlobalHydra.instance().clear()

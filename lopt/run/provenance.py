@@ -3,7 +3,8 @@
 :func:`collect_provenance` returns the ``provenance`` block of ``metrics.json`` (also copied
 into the W&B run config by :func:`log_provenance`)::
 
-    git_commit         HEAD of the git checkout lopt is imported from (null outside one)
+    git_commit         HEAD of the git checkout lopt is imported from; outside one, $LOPT_GIT_COMMIT
+                       (set in the Docker images at build time), else null
     git_dirty          whether that checkout has uncommitted changes (null outside one)
     versions           {lopt, torch, lightning, hydra, omegaconf}
     device             the device the model trained on, e.g. "cpu" or "cuda:0 (NVIDIA H200)"
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +37,9 @@ VERSIONED: dict[str, str] = {
     "hydra": "hydra-core",
     "omegaconf": "omegaconf",
 }
+#: The commit an installed lopt was built from, read when lopt does not run from a checkout
+#: (the Docker images set it from ``--build-arg GIT_COMMIT=…``).
+GIT_COMMIT_ENV = "LOPT_GIT_COMMIT"
 #: Seconds a git query may take before the checkout is treated as unknown.
 GIT_TIMEOUT_S = 10.0
 
@@ -53,12 +58,13 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 
 def git_state(source_root: Path = _SOURCE_ROOT) -> tuple[str | None, bool | None]:
-    """(commit hash, dirty) of the git checkout holding ``source_root``; (None, None) when it is
-    not inside a work tree (an installed wheel, an exported archive) or git is unavailable.
+    """(commit hash, dirty) of the git checkout holding ``source_root``; outside a work tree (an
+    installed wheel, an exported archive) or without git, ($LOPT_GIT_COMMIT or None, None).
     Dirty means tracked files differ from HEAD or untracked, non-ignored files exist."""
     inside = _git(["rev-parse", "--is-inside-work-tree"], source_root)
     if inside is None or inside.strip() != "true":
-        return None, None
+        # no checkout (a wheel, a Docker image): the commit the image was built from, if named
+        return os.environ.get(GIT_COMMIT_ENV) or None, None
     commit = _git(["rev-parse", "HEAD"], source_root)
     if commit is None:  # a repository without commits
         return None, None

@@ -26,7 +26,8 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"api", "recommend"},
     {"analysis", "sweep"},
-    {"__init__"},  # the package facade: `from lopt import train`
+    {"cli"},  # the `lopt` command: every job users run
+    {"__init__", "__main__"},  # the package facade (`from lopt import train`) and `python -m lopt`
 ]
 #: Layers a package may import besides its own, by docs/layout.md (a subset of those above it).
 ALLOWED: dict[str, set[str]] = {
