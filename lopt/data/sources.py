@@ -139,7 +139,8 @@ class _FileSource:
 
 
 class _ArchiveSource(_FileSource):
-    """A file source whose default location may be filled from a public archive.
+    """A file in one of the formats of ``_READERS`` (``format``) whose default location may be
+    filled from a public archive.
 
     ``path``: the user's file, read as is (never downloaded to); None → ``default_path`` (the
     dataset's place under ``paths.data_dir``), which is filled from ``archive`` (a key of
@@ -148,6 +149,7 @@ class _ArchiveSource(_FileSource):
     attribute) says where to get the file by hand; it ends every missing-file error.
     """
 
+    _READERS: dict[str, Any] = {}
     #: The file's usual name, shown in the examples of error messages.
     file_name = "ratings.csv"
     manual_hint = ""
@@ -155,6 +157,7 @@ class _ArchiveSource(_FileSource):
     def __init__(
         self,
         path: str | Path | None,
+        format: str,
         archive: str | None = None,
         default_path: str | Path | None = None,
         download: bool = True,
@@ -167,6 +170,7 @@ class _ArchiveSource(_FileSource):
                 f"give the data file, e.g. {_KEY}.path=/path/to/{self.file_name}"
             )
         super().__init__(path if user_path else default_path)
+        self.format = _choice("format", format, tuple(self._READERS))
         if archive is not None and archive not in ARCHIVES:
             raise ValueError(f"{_KEY}.archive must be one of {sorted(ARCHIVES)} or null, got {archive!r}")
         if not isinstance(download, bool):
@@ -181,40 +185,27 @@ class _ArchiveSource(_FileSource):
                 f"give it with {_KEY}.path=/path/to/{self.path.name}. {self.manual_hint}"
             ).strip()
 
+    def _options(self) -> dict[str, Any]:
+        return {"format": self.format}
+
 
 class MovieLensSource(_ArchiveSource):
     """A MovieLens ratings file: ``tab`` (u.data), ``dat`` (ratings.dat, ``::``) or ``csv``
-    (ratings.csv); the path, download and lock arguments are :class:`_ArchiveSource`'s.
+    (ratings.csv); the other arguments are :class:`_ArchiveSource`'s.
     """
 
     _READERS = {"tab": readers.read_movielens_tab, "dat": readers.read_movielens_dat, "csv": readers.read_movielens_csv}
     file_name = "u.data"
 
-    def __init__(
-        self,
-        path: str | Path | None,
-        format: str,
-        archive: str | None = None,
-        default_path: str | Path | None = None,
-        download: bool = True,
-        lock_dir: str | Path | None = None,
-    ) -> None:
-        super().__init__(path, archive, default_path, download, lock_dir)
-        self.format = _choice("format", format, tuple(self._READERS))
-
     def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
         return self._READERS[self.format](file, rating=rating)
-
-    def _options(self) -> dict[str, Any]:
-        return {"format": self.format}
 
 
 class LastFmSource(_ArchiveSource):
     """The HetRec 2011 Last.fm tag assignments (hetrec2011-lastfm-2k.zip): ``dates``
     (``user_taggedartists.dat``: day, month, year) or ``timestamps``
     (``user_taggedartists-timestamps.dat``: unix milliseconds). A user's tagging of an artist
-    is the interaction; the file has no ratings. The path, download and lock arguments are
-    :class:`_ArchiveSource`'s.
+    is the interaction; the file has no ratings. The other arguments are :class:`_ArchiveSource`'s.
     """
 
     _READERS = {"dates": readers.read_lastfm_tags_dates, "timestamps": readers.read_lastfm_tags_timestamps}
@@ -224,18 +215,6 @@ class LastFmSource(_ArchiveSource):
         "user_taggedartists.dat (format=dates) or user_taggedartists-timestamps.dat (format=timestamps)."
     )
 
-    def __init__(
-        self,
-        path: str | Path | None,
-        format: str,
-        archive: str | None = None,
-        default_path: str | Path | None = None,
-        download: bool = True,
-        lock_dir: str | Path | None = None,
-    ) -> None:
-        super().__init__(path, archive, default_path, download, lock_dir)
-        self.format = _choice("format", format, tuple(self._READERS))
-
     def _check_ratings(self) -> None:
         raise NoRatingsError(
             "dataset.preprocess.min_rating keeps interactions by rating, but the Last.fm tag assignments "
@@ -244,9 +223,6 @@ class LastFmSource(_ArchiveSource):
 
     def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
         return self._READERS[self.format](file)
-
-    def _options(self) -> dict[str, Any]:
-        return {"format": self.format}
 
 
 class AmazonFoodSource(_FileSource):
