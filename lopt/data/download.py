@@ -1,8 +1,9 @@
-"""Fetch a raw data file on first use: from a MovieLens archive, with a checksum.
+"""Fetch a raw data file on first use: from a MovieLens or HetRec archive, with a checksum.
 
-The MovieLens licences forbid redistributing ml-100k/ml-1m/ml-10m, so the project never ships
-them: :func:`ensure_file` returns a file the user already has, or downloads the GroupLens archive
-(verified against its published checksum), extracts the one member needed and returns it.
+The MovieLens licences forbid redistributing ml-100k/ml-1m/ml-10m, and the HetRec 2011 Last.fm
+data is for non-commercial use only, so the project never ships them: :func:`ensure_file`
+returns a file the user already has, or downloads the GroupLens archive (verified against its
+checksum), extracts the one member needed and returns it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from filelock import FileLock
 
 from lopt.io import atomic_write
 
-__all__ = ["Archive", "ARCHIVES", "MOVIELENS_BASE_URL", "check_data_file", "ensure_file"]
+__all__ = ["Archive", "ARCHIVES", "HETREC_LASTFM_URL", "MOVIELENS_BASE_URL", "check_data_file", "ensure_file"]
 
 log = logging.getLogger(__name__)
 
 MOVIELENS_BASE_URL = "https://files.grouplens.org/datasets/movielens"
+HETREC_LASTFM_URL = "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip"
+HETREC_LASTFM_MD5 = "md5:296d61afe4e8632b173fc2dd3be20ce2"  # see ARCHIVES
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,14 @@ ARCHIVES: dict[str, Archive] = {
         f"{MOVIELENS_BASE_URL}/ml-latest-small.zip",
         "ml-latest-small/ratings.csv",
         "sha256:696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
+    ),
+    # HetRec 2011 Last.fm: one zip, two members with the same tag assignments (dates or unix ms).
+    # No checksum published by GroupLens was found; the MD5 is the one the DataRec library pins
+    # (sisinflab/DataRec, datarec/datasets/lastfm/lastfm_2011.py). The archive could not be
+    # downloaded where this was written, so that value was not checked here.
+    "hetrec2011-lastfm-2k": Archive(HETREC_LASTFM_URL, "user_taggedartists.dat", HETREC_LASTFM_MD5),
+    "hetrec2011-lastfm-2k-timestamps": Archive(
+        HETREC_LASTFM_URL, "user_taggedartists-timestamps.dat", HETREC_LASTFM_MD5
     ),
 }
 

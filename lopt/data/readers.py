@@ -31,6 +31,8 @@ __all__ = [
     "read_movielens_csv",
     "read_amazon_kaggle_csv",
     "read_amazon_snap",
+    "read_lastfm_tags_dates",
+    "read_lastfm_tags_timestamps",
     "read_custom",
 ]
 
@@ -190,6 +192,113 @@ def read_amazon_snap(path: str | Path, rating: bool = False) -> pl.DataFrame:
             "(dataset.preprocess.min_rating) and 'review/time: <unix seconds>'",
         )
         raise
+
+
+#: The header lines of the two HetRec 2011 Last.fm tag-assignment files (hetrec2011-lastfm-2k.zip).
+_LASTFM_DATES_HEADER = ("userID", "artistID", "tagID", "day", "month", "year")
+_LASTFM_TIMESTAMPS_HEADER = ("userID", "artistID", "tagID", "timestamp")
+
+
+def read_lastfm_tags_dates(path: str | Path) -> pl.DataFrame:
+    """HetRec 2011 Last.fm ``user_taggedartists.dat``: a header line
+    ``userID<TAB>artistID<TAB>tagID<TAB>day<TAB>month<TAB>year``, then one tag assignment per line.
+
+    Each tag assignment is an interaction of the user with the artist (a user who tagged an
+    artist with three tags gives three rows; preprocessing keeps the earliest). The timestamp is
+    the unix time of the date's midnight UTC (Int64 seconds), so its order is the order of the
+    dates, the same as the order of ``user_taggedartists-timestamps.dat``. Returns the canonical
+    frame with Int64 user (``userID``), item (``artistID``) and timestamp.
+    """
+    path = _existing(path)
+    hint = (
+        "user_taggedartists.dat of hetrec2011-lastfm-2k.zip: a header line "
+        + "\\t".join(_LASTFM_DATES_HEADER)
+        + ", then 6 tab-separated integers per line (a real calendar date)"
+    )
+    raw = _read_hetrec_lines(path, _LASTFM_DATES_HEADER, hint)
+    parts = {name: _as_int(pl.col(name)) for name in ("day", "month", "year")}
+    iso = pl.format("{}-{}-{}", parts["year"], parts["month"], parts["day"])
+    dates = raw.select(*[e.alias(n) for n, e in parts.items()], iso.str.to_date("%Y-%m-%d", strict=False).alias("date"))
+    bad = dates.with_row_index("row").filter(pl.col("date").is_null()).head(1)
+    if bad.height:
+        row = int(bad["row"][0])
+        d, m, y = (raw[n][row] for n in ("day", "month", "year"))
+        _raise(path, int(raw[_LINE][row]), f"day {d!r}, month {m!r}, year {y!r} is not a date", hint, raw["line"][row])
+    ids = raw.select(pl.col("userID").alias("user"), pl.col("artistID").alias("item"))
+    try:
+        out = _finish(ids, "int")
+    except _BadRow as err:
+        _raise(path, int(raw[_LINE][err.row]), err.what, hint, raw["line"][err.row])
+        raise
+    return out.with_columns(dates["date"].dt.epoch("s").alias("timestamp"))
+
+
+def read_lastfm_tags_timestamps(path: str | Path) -> pl.DataFrame:
+    """HetRec 2011 Last.fm ``user_taggedartists-timestamps.dat``: a header line
+    ``userID<TAB>artistID<TAB>tagID<TAB>timestamp``, then one tag assignment per line, the
+    timestamp in unix milliseconds.
+
+    Each tag assignment is an interaction of the user with the artist (preprocessing keeps the
+    earliest per pair). The timestamp is returned in seconds: Int64 when every millisecond value
+    is a whole second (as in the released file, whose values are local midnights), Float64
+    otherwise. Returns the canonical frame with Int64 user (``userID``) and item (``artistID``).
+    """
+    path = _existing(path)
+    hint = (
+        "user_taggedartists-timestamps.dat of hetrec2011-lastfm-2k.zip: a header line "
+        + "\\t".join(_LASTFM_TIMESTAMPS_HEADER)
+        + ", then 4 tab-separated integers per line (the last in unix milliseconds)"
+    )
+    raw = _read_hetrec_lines(path, _LASTFM_TIMESTAMPS_HEADER, hint)
+    fields = raw.select(
+        pl.col("userID").alias("user"), pl.col("artistID").alias("item"), pl.col("timestamp").alias("timestamp")
+    )
+    try:
+        out = _finish(fields, "int")
+    except _BadRow as err:
+        _raise(path, int(raw[_LINE][err.row]), err.what, hint, raw["line"][err.row])
+        raise
+    ms = out["timestamp"]
+    seconds = ms // 1000 if ms.dtype == pl.Int64 and (ms % 1000 == 0).all() else ms.cast(pl.Float64) / 1000
+    return out.with_columns(seconds.alias("timestamp"))
+
+
+def _read_hetrec_lines(path: Path, header: tuple[str, ...], hint: str) -> pl.DataFrame:
+    """The non-blank lines of a tab-separated HetRec file whose first line is ``header``: one
+    String column per header name plus ``line`` (the text) and ``_line`` (1-based number).
+    Raises :class:`DataFormatError` for another header or a line with another field count."""
+    lines = _read_lines(path)
+    if lines["line"].null_count():
+        lines = lines.filter(pl.col("line").is_not_null())  # blank lines
+    if lines.height == 0:
+        _raise_empty(path, hint)
+    first = lines["line"][0]
+    found = tuple(name.strip() for name in first.split("\t"))
+    if found != header:
+        _raise(
+            path,
+            int(lines[_LINE][0]),
+            f"the header is {found}, not {header} (is this another file of the archive?)",
+            hint,
+            first,
+        )
+    lines = lines.slice(1)
+    if lines.height == 0:
+        _raise_empty(path, hint)
+    n_tabs = pl.col("line").str.count_matches("\t", literal=True)
+    wrong = lines.filter(n_tabs != len(header) - 1).head(1)
+    if wrong.height:
+        text = wrong["line"][0]
+        found_fields = text.count("\t") + 1
+        _raise(
+            path,
+            int(wrong[_LINE][0]),
+            f"expected {len(header)} tab-separated fields, found {found_fields}",
+            hint,
+            text,
+        )
+    fields = pl.col("line").str.splitn("\t", len(header)).struct.rename_fields(list(header))
+    return lines.with_columns(fields.alias("f")).unnest("f")
 
 
 def read_custom(

@@ -9,7 +9,8 @@ arguments (errors name the config key ``dataset.source.<key>``); files are touch
 downloaded) by ``load``/``fingerprint``, which the DataModule calls before anything is
 trained. A file the user names is read as it is: a missing, empty, unreadable file or a
 folder is an error naming it, and nothing is ever downloaded under a user's filename (only
-MovieLens's default location under ``paths.data_dir`` is filled from the GroupLens archive).
+the default location under ``paths.data_dir`` of a dataset with a public archive, MovieLens or
+Last.fm, is filled from the GroupLens archive).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lopt.data.download import ARCHIVES, check_data_file, ensure_file
 
 __all__ = [
     "MovieLensSource",
+    "LastFmSource",
     "AmazonFoodSource",
     "CustomSource",
     "SyntheticSource",
@@ -136,17 +138,21 @@ class _FileSource:
         return f"{type(self).__name__}(path={str(self.path)!r}, {self._options()})"
 
 
-class MovieLensSource(_FileSource):
-    """A MovieLens ratings file: ``tab`` (u.data), ``dat`` (ratings.dat, ``::``) or ``csv``
-    (ratings.csv).
+class _ArchiveSource(_FileSource):
+    """A file in one of the formats of ``_READERS`` (``format``) whose default location may be
+    filled from a public archive.
 
     ``path``: the user's file, read as is (never downloaded to); None → ``default_path`` (the
     dataset's place under ``paths.data_dir``), which is filled from ``archive`` (a key of
     :data:`lopt.data.download.ARCHIVES`) when it is missing and ``download`` is true. The
-    download's lock file lives in ``lock_dir`` (the cache dir).
+    download's lock file lives in ``lock_dir`` (the cache dir). ``manual_hint`` (a class
+    attribute) says where to get the file by hand; it ends every missing-file error.
     """
 
-    _READERS = {"tab": readers.read_movielens_tab, "dat": readers.read_movielens_dat, "csv": readers.read_movielens_csv}
+    _READERS: dict[str, Any] = {}
+    #: The file's usual name, shown in the examples of error messages.
+    file_name = "ratings.csv"
+    manual_hint = ""
 
     def __init__(
         self,
@@ -161,7 +167,7 @@ class MovieLensSource(_FileSource):
         if not user_path and default_path is None:
             raise ValueError(
                 f"{_KEY}.path is not set (and there is no {_KEY}.default_path): "
-                f"give the ratings file, e.g. {_KEY}.path=/path/to/u.data"
+                f"give the data file, e.g. {_KEY}.path=/path/to/{self.file_name}"
             )
         super().__init__(path if user_path else default_path)
         self.format = _choice("format", format, tuple(self._READERS))
@@ -172,17 +178,51 @@ class MovieLensSource(_FileSource):
         self.archive = archive
         self.downloadable = download and not user_path
         self.lock_dir = None if lock_dir is None else Path(str(lock_dir)).expanduser()
+        self.hint = self.manual_hint
         if not user_path and not download:
             self.hint = (
                 "dataset.download=false: nothing is downloaded; put the file there, or "
-                f"give it with {_KEY}.path=/path/to/{self.path.name}."
-            )
+                f"give it with {_KEY}.path=/path/to/{self.path.name}. {self.manual_hint}"
+            ).strip()
+
+    def _options(self) -> dict[str, Any]:
+        return {"format": self.format}
+
+
+class MovieLensSource(_ArchiveSource):
+    """A MovieLens ratings file: ``tab`` (u.data), ``dat`` (ratings.dat, ``::``) or ``csv``
+    (ratings.csv); the other arguments are :class:`_ArchiveSource`'s.
+    """
+
+    _READERS = {"tab": readers.read_movielens_tab, "dat": readers.read_movielens_dat, "csv": readers.read_movielens_csv}
+    file_name = "u.data"
 
     def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
         return self._READERS[self.format](file, rating=rating)
 
-    def _options(self) -> dict[str, Any]:
-        return {"format": self.format}
+
+class LastFmSource(_ArchiveSource):
+    """The HetRec 2011 Last.fm tag assignments (hetrec2011-lastfm-2k.zip): ``dates``
+    (``user_taggedartists.dat``: day, month, year) or ``timestamps``
+    (``user_taggedartists-timestamps.dat``: unix milliseconds). A user's tagging of an artist
+    is the interaction; the file has no ratings. The other arguments are :class:`_ArchiveSource`'s.
+    """
+
+    _READERS = {"dates": readers.read_lastfm_tags_dates, "timestamps": readers.read_lastfm_tags_timestamps}
+    file_name = "user_taggedartists.dat"
+    manual_hint = (
+        "Get hetrec2011-lastfm-2k.zip from https://grouplens.org/datasets/hetrec-2011/ and unzip "
+        "user_taggedartists.dat (format=dates) or user_taggedartists-timestamps.dat (format=timestamps)."
+    )
+
+    def _check_ratings(self) -> None:
+        raise NoRatingsError(
+            "dataset.preprocess.min_rating keeps interactions by rating, but the Last.fm tag assignments "
+            f"({_KEY}.path={self.path}) have no ratings: set dataset.preprocess.min_rating=null"
+        )
+
+    def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
+        return self._READERS[self.format](file)
 
 
 class AmazonFoodSource(_FileSource):

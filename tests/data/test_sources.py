@@ -12,7 +12,14 @@ from omegaconf import OmegaConf
 
 from lopt.data import download
 from lopt.data.download import ARCHIVES, Archive, ensure_file
-from lopt.data.sources import AmazonFoodSource, CustomSource, MovieLensSource, NoRatingsError, SyntheticSource
+from lopt.data.sources import (
+    AmazonFoodSource,
+    CustomSource,
+    LastFmSource,
+    MovieLensSource,
+    NoRatingsError,
+    SyntheticSource,
+)
 from tests.helpers.hydra import compose_config
 from tests.helpers.paths import REPO_ROOT
 
@@ -33,6 +40,7 @@ def test_expected_dataset_configs_exist() -> None:
         "ml_latest_small",
         "amazon_food",
         "amazon_food_snap",
+        "lastfm2k",
         "custom",
     } <= names
 
@@ -49,9 +57,9 @@ def test_dataset_config_instantiates(conf_path: Path, tmp_path: Path) -> None:
     assert set(cfg.dataset.preprocess) == PREPROCESS_KEYS
     source = instantiate(cfg.dataset.source)
     assert callable(source.load) and callable(source.fingerprint)
-    if isinstance(source, MovieLensSource | AmazonFoodSource):
+    if isinstance(source, MovieLensSource | LastFmSource | AmazonFoodSource):
         assert str(source.path).startswith(str(tmp_path))
-    if isinstance(source, MovieLensSource):
+    if isinstance(source, MovieLensSource | LastFmSource):
         assert source.archive in ARCHIVES
 
 
@@ -148,9 +156,11 @@ def test_download_extracts_member_atomically(tmp_path: Path, monkeypatch: pytest
 
 
 def test_registry_has_all_movielens_archives() -> None:
-    assert set(ARCHIVES) == {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small"}
+    movielens = {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small"}
+    assert set(ARCHIVES) == movielens | {"hetrec2011-lastfm-2k", "hetrec2011-lastfm-2k-timestamps"}
     for name, spec in ARCHIVES.items():
-        assert spec.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
+        if name in movielens:
+            assert spec.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
         assert spec.known_hash is None or spec.known_hash.split(":")[0] in ("md5", "sha256")
     assert ARCHIVES["ml-10m"].member == "ml-10M100K/ratings.dat"
 

@@ -23,7 +23,7 @@ def _compose(overrides: list[str], hydra_config: bool = False):
 
 
 def test_experiments_exist_for_every_paper_cell() -> None:
-    for dataset in ("ml10m", "amazon_food", "ml100k"):
+    for dataset in ("ml10m", "amazon_food", "ml100k", "lastfm2k"):
         for method in ("fix", "d", "du", "di", "dui"):
             assert f"{dataset}_{method}" in EXPERIMENTS
 
