@@ -28,6 +28,7 @@ def make_finished_runs(base: Path) -> Path:
             [
                 "-m",
                 *TINY_OVERRIDES,
+                "checkpoint.keep=all",  # the tests read every checkpoint (a multirun keeps only the best)
                 "model=fix",
                 f"model.lambda_value={','.join(FIX_LAMBDAS)}",
                 f"seed={SEEDS}",
@@ -39,6 +40,7 @@ def make_finished_runs(base: Path) -> Path:
             [
                 "-m",
                 *TINY_OVERRIDES,
+                "checkpoint.keep=all",  # the tests read every checkpoint (a multirun keeps only the best)
                 "granularity=dui,du",
                 f"seed={SEEDS}",
                 f"tracking.trajectories.every_n_steps={TRACK_EVERY}",
