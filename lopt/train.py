@@ -7,6 +7,7 @@ and Hydra's ``.hydra/config.yaml``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -27,13 +28,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from lopt import lifecycle
 from lopt.callbacks import best_checkpoint, instantiate_callbacks
-from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
+from lopt.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, RunInterrupted, TrainClock
 from lopt.data.controls import control_changes
 from lopt.data.datamodule import InteractionDataModule
 from lopt.eval.evaluator import RankingEvaluator
 from lopt.io import atomic_write, atomic_write_json
 from lopt.models.ranking_module import RankingModule
 from lopt.provenance import collect_provenance, log_provenance
+from lopt.resume import record_split_fingerprint
+from lopt.run.lock import RunLock
 from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks, learnable_granularity
 from lopt.tracking.lambda_stats import LAMBDA_FILE, write_lambda
 from lopt.tracking.loggers import build_logger
@@ -282,7 +285,7 @@ def write_results(
     provenance: dict[str, Any] | None = None,
     control: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics.
+    """Write per_user_test.parquet, (learned Λ) lambda.npz and, last, metrics.json; return the metrics.
     ``provenance`` (``lopt.provenance.collect_provenance``) and ``control`` (:func:`control_record`)
     go into metrics.json as they are; the ``beyond`` block comes from the module's test evaluator."""
     metrics: dict[str, Any] = {
@@ -304,7 +307,6 @@ def write_results(
         "provenance": provenance,
         "control": control,
     }
-    atomic_write_json(output_dir / "metrics.json", metrics)
 
     per_user = module.test_per_user
     users = per_user["user"].numpy()
@@ -321,6 +323,8 @@ def write_results(
     granularity = learnable_granularity(module)
     if granularity is not None:
         write_lambda(output_dir / LAMBDA_FILE, granularity)
+    # Last: metrics.json marks a finished run (every other result file is complete by now).
+    atomic_write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -339,32 +343,71 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, select the best-validation checkpoint, test it and write the results contract."""
+    """Train, select the best-validation checkpoint, test it and write the results contract.
+
+    One process per output directory (its lock is held until the run ends). A resume writes
+    nothing before its checks pass (:func:`lopt.lifecycle.start_run`, the data fingerprint);
+    a signal in any phase exits 143/130 saying what is saved; a full disk or a forbidden write
+    ends with one ``error:`` line (:class:`lopt.lifecycle.Phases`)."""
     quiet_third_party()
     check_accelerator(cfg)  # before any data work
-    cfg, output_dir, ckpt_path = lifecycle.start_run(cfg, Path(cfg.paths.output_dir), CHECKPOINT_DIR)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    with lifecycle.stop_before_training(output_dir):
-        datamodule, split, evaluators = prepare_data(cfg)
-        lifecycle.check_split(cfg, split)
-    module = build_module(cfg, split.n_users, split.n_items)
-    module.use_evaluators(evaluators)
-    trainer, best = build_trainer(cfg, output_dir, split, evaluators)
-    provenance = collect_provenance(cfg, datamodule.split_fingerprint(), trainer.strategy.root_device)
-    log_provenance(trainer.loggers, provenance)
-
-    with lifecycle.stop_on_signal(trainer, output_dir, resuming=ckpt_path is not None):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    train_seconds = lifecycle.train_seconds(trainer)
-    _ensure_final_validation(trainer, module, datamodule, best)
-
-    trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
-    control = control_record(cfg, datamodule)
-    module = apply_refit(cfg, output_dir, module, control)
-    metrics = write_results(cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control)
+    output_dir = Path(cfg.paths.output_dir)
+    with RunLock(output_dir), lifecycle.Phases(output_dir) as phases:
+        start: lifecycle.RunStart | None = None
+        try:
+            start = lifecycle.start_run(cfg, output_dir, CHECKPOINT_DIR)
+            if start.nothing_to_do is not None:
+                print(start.nothing_to_do, flush=True)
+                return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+            metrics = _run_phases(start, output_dir, phases)
+        except RunInterrupted as stop:
+            if start is not None:
+                start.roll_back()
+            phases.announce(stop, start)
+            raise
+        except BaseException as raised:
+            if start is not None:
+                start.roll_back()
+            failed = lifecycle.write_error(raised)
+            if failed is not None and not isinstance(raised, SystemExit):
+                raise phases.write_error(raised, failed) from raised
+            raise
+        start.finish()
     print_summary(metrics, output_dir)
     return metrics
+
+
+def _run_phases(start: lifecycle.RunStart, output_dir: Path, phases: lifecycle.Phases) -> dict[str, Any]:
+    """The run's phases, each named in :class:`lopt.lifecycle.Phases` for its signal message."""
+    cfg = start.cfg
+    ckpt_path = str(start.checkpoint) if start.checkpoint is not None else None
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with phases.phase("data preparation"):
+        datamodule, split, evaluators = prepare_data(cfg)
+        lifecycle.check_split(cfg, split)
+        fingerprint = datamodule.split_fingerprint()
+        lifecycle.check_data(start, fingerprint)
+    start.commit()  # every check passed: from here a resume changes the run directory
+    record_split_fingerprint(output_dir, fingerprint)
+    with phases.phase("set-up"):
+        module = build_module(cfg, split.n_users, split.n_items)
+        module.use_evaluators(evaluators)
+        trainer, best = build_trainer(cfg, output_dir, split, evaluators)
+        provenance = collect_provenance(cfg, fingerprint, trainer.strategy.root_device)
+        log_provenance(trainer.loggers, provenance)
+
+    with phases.fit(trainer, start):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_seconds = lifecycle.train_seconds(trainer)
+    with phases.phase("the final validation"):
+        _ensure_final_validation(trainer, module, datamodule, best)
+    with phases.phase("the test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
+        control = control_record(cfg, datamodule)
+    with phases.phase("the refit (control=refit)"):
+        module = apply_refit(cfg, output_dir, module, control)
+    with phases.phase("writing the results"):
+        return write_results(cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control)
 
 
 class _CallableModule(types.ModuleType):

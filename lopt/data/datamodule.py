@@ -192,6 +192,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.split: PreparedSplit | None = prepared
         self.evaluators: Mapping[str, BlockEvaluator] = {}
         self._train_batches: TrainBatches | None = None
+        self._key: dict[str, Any] | None = None
 
     def split_fingerprint(self) -> str:
         """Identifies the prepared split (see ``lopt.data.cache.split_fingerprint``)."""
@@ -218,7 +219,10 @@ class InteractionDataModule(L.LightningDataModule):
         split = {"kind": self.split_spec["kind"], "rule": SPLIT_RULE_VERSION}
         if split["kind"] == "random_user":
             split["seed"] = int(self.split_spec.get("seed", 0))
-        return {"source": self.source.fingerprint(), "preprocess": self.preprocess, "split": split}
+        if self._key is None:
+            source = self.source.fingerprint(memo_dir=self.cache_dir if self.cache else None)
+            self._key = {"source": source, "preprocess": self.preprocess, "split": split}
+        return self._key
 
     def _read_source(self) -> pl.DataFrame:
         """The source's canonical frame, with a log line before and after (large files take a
