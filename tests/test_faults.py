@@ -476,7 +476,7 @@ def test_sigterm_during_preprocessing_exits_143_and_a_rerun_works(tmp_path: Path
     )
     proc = _patched_cli(tmp_path, patch, [*RUN, f"hydra.run.dir={run_dir}"])
     assert proc.returncode == EXIT_SIGTERM, proc.stderr[-3000:]
-    assert "stopped before training started" in proc.stderr
+    assert "SIGTERM during data preparation: nothing to resume" in proc.stderr
     assert not (run_dir / "checkpoints").exists() and not list((tmp_path / "data").rglob("*.npz"))
     run_cli([*RUN, f"hydra.run.dir={run_dir}"], cwd=tmp_path)  # the same command again
     _assert_same_results(run_dir, straight)
@@ -555,6 +555,8 @@ def test_fresh_run_into_a_used_directory_is_refused_unless_overwrite(tmp_path: P
     stale = run_dir / "lambda_snapshots" / "epoch_999.npz"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old run")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "run_record.yaml").write_text("config: {seed: 0}\noverrides: []\nresumes: []\n")
     args = [*TINY_OVERRIDES, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
     refused = run_cli(args, cwd=tmp_path, check=False, timeout=120)
     assert refused.returncode != 0 and "already holds a run (lambda_snapshots)" in refused.stderr
