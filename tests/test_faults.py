@@ -559,7 +559,7 @@ def test_fresh_run_into_a_used_directory_is_refused_unless_overwrite(tmp_path: P
     (run_dir / ".hydra" / "run_record.yaml").write_text("config: {seed: 0}\noverrides: []\nresumes: []\n")
     args = [*TINY_OVERRIDES, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
     refused = run_cli(args, cwd=tmp_path, check=False, timeout=120)
-    assert refused.returncode != 0 and "already holds a run (lambda_snapshots)" in refused.stderr
+    assert refused.returncode != 0 and "already holds a run (lambda_snapshots/)" in refused.stderr
     assert "overwrite=true" in refused.stderr and stale.exists()
     run_cli([*args, "overwrite=true"], cwd=tmp_path)
     assert not stale.exists() and (run_dir / "metrics.json").is_file()

@@ -216,7 +216,7 @@ class LambdaTrajectoryCallback(_EveryNSteps):
         # A resumed fit (load_state_dict ran) keeps what was recorded before; on_train_start
         # cuts it at the checkpoint's step, since training repeats the steps after it.
         self._frame = pl.DataFrame(schema=TRAJECTORY_SCHEMA)
-        if self._resumed and self.path.is_file():
+        if (self._resumed or trainer.ckpt_path) and self.path.is_file():
             self._frame = pl.read_parquet(self.path)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
