@@ -33,6 +33,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _no_space(path: Path, code: int) -> OSError:
+    return OSError(
+        code,
+        f"no space left on the device while writing {path} ({os.strerror(code)}); {path} was left "
+        "as it was. Free space there (or point the run at another folder) and run again",
+        str(path),
+    )
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (from a writer that wraps OS errors in its own type) was a full disk."""
+    text = str(err).lower()
+    if "no space left" in text or "os error 28" in text or "disk quota exceeded" in text:
+        return True
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, rename it over ``path``.
 
@@ -56,12 +76,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(
-                err.errno,
-                f"no space left on the device while writing {path} "
-                f"({os.strerror(err.errno)}); {path} was left as it was. Free space "
-                "there (or point the run at another folder) and run again",
-            ) from err
+            raise _no_space(path, err.errno) from err
+        raise
+    except Exception as err:
+        # Writers such as polars and torch report a full disk in their own exception type;
+        # their message (or the disk's free space) says when it was one.
+        full = _out_of_space(err, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise _no_space(path, errno.ENOSPC) from err
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

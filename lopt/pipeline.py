@@ -8,6 +8,7 @@ and Hydra's ``.hydra/config.yaml``.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -32,8 +33,10 @@ from lopt.modules.fix import MFBPRModule
 from lopt.modules.ranking import RankingModule
 from lopt.run import lifecycle
 from lopt.run.checkpoint_keep import prune_checkpoints
-from lopt.run.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, TrainClock
+from lopt.run.checkpointing import AtomicCheckpointIO, CheckpointOnSignal, RunInterrupted, TrainClock
+from lopt.run.lock import RunLock
 from lopt.run.provenance import collect_provenance, log_provenance
+from lopt.run.resume import record_split_fingerprint
 from lopt.run.trainer_callbacks import best_checkpoint, instantiate_callbacks
 from lopt.tracking.callbacks import LogBeyond, build_tracking_callbacks, learnable_granularity
 from lopt.tracking.lambda_replay import EpochLambdaSnapshots, LambdaReplay, epoch_snapshot_path
@@ -400,7 +403,7 @@ def write_results(
     control: dict[str, Any] | None = None,
     stopping: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write metrics.json, per_user_test.parquet and (learned Λ) lambda.npz; return the metrics.
+    """Write per_user_test.parquet, (learned Λ) lambda.npz and, last, metrics.json; return the metrics.
     ``provenance`` (``lopt.run.provenance.collect_provenance``) and ``control`` (:func:`control_record`)
     go into metrics.json as they are, ``stopping`` (:func:`stopping_record`) at its top level; the
     ``beyond`` block comes from the module's test evaluator."""
@@ -424,7 +427,6 @@ def write_results(
         "provenance": provenance,
         "control": control,
     }
-    atomic_write_json(output_dir / "metrics.json", metrics)
 
     per_user = module.test_per_user
     users = per_user["user"].numpy()
@@ -441,6 +443,8 @@ def write_results(
     granularity = learnable_granularity(module)
     if granularity is not None:
         write_lambda(output_dir / LAMBDA_FILE, granularity)
+    # Last: metrics.json marks a finished run (every other result file is complete by now).
+    atomic_write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -462,32 +466,72 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, select the best-validation checkpoint, test it and write the results contract."""
+    """Train, select the best-validation checkpoint, test it and write the results contract.
+
+    One process per output directory (its lock is held until the run ends). A resume writes
+    nothing before its checks pass (:func:`lopt.run.lifecycle.start_run`, the data fingerprint);
+    a signal in any phase exits 143/130 saying what is saved; a full disk or a forbidden write
+    ends with one ``error:`` line (:class:`lopt.run.lifecycle.Phases`)."""
     quiet_third_party()
     check_accelerator(cfg)  # before any data work
-    cfg, output_dir, ckpt_path = lifecycle.start_run(cfg, Path(cfg.paths.output_dir), CHECKPOINT_DIR)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+    with RunLock(output_dir), lifecycle.Phases(output_dir) as phases:
+        start: lifecycle.RunStart | None = None
+        try:
+            start = lifecycle.start_run(cfg, output_dir, CHECKPOINT_DIR)
+            if start.nothing_to_do is not None:
+                print(start.nothing_to_do, flush=True)
+                return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+            metrics = _run_phases(start, output_dir, phases)
+        except RunInterrupted as stop:
+            if start is not None:
+                start.roll_back()
+            phases.announce(stop, start)
+            raise
+        except BaseException as raised:
+            if start is not None:
+                start.roll_back()
+            failed = lifecycle.write_error(raised)
+            if failed is not None and not isinstance(raised, SystemExit):
+                raise phases.write_error(raised, failed) from raised
+            raise
+        start.finish()
+    print_summary(metrics, output_dir)
+    return metrics
 
-    with lifecycle.stop_before_training(output_dir):
+
+def _run_phases(start: lifecycle.RunStart, output_dir: Path, phases: lifecycle.Phases) -> dict[str, Any]:
+    """The run's phases, each named in :class:`lopt.run.lifecycle.Phases` for its signal message."""
+    cfg = start.cfg
+    ckpt_path = str(start.checkpoint) if start.checkpoint is not None else None
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with phases.phase("data preparation"):
         datamodule, split, evaluators = prepare_data(cfg)
         lifecycle.check_split(cfg, split)
-    module = build_module(cfg, split.n_users, split.n_items)
-    module.use_evaluators(evaluators)
-    trainer, best = build_trainer(cfg, output_dir, split, evaluators, control_callbacks(cfg, output_dir))
-    provenance = collect_provenance(cfg, datamodule.split_fingerprint(), trainer.strategy.root_device)
-    log_provenance(trainer.loggers, provenance)
+        fingerprint = datamodule.split_fingerprint()
+        lifecycle.check_data(start, fingerprint)
+    start.commit()  # every check passed: from here a resume changes the run directory
+    record_split_fingerprint(output_dir, fingerprint)
+    with phases.phase("set-up"):
+        module = build_module(cfg, split.n_users, split.n_items)
+        module.use_evaluators(evaluators)
+        trainer, best = build_trainer(cfg, output_dir, split, evaluators, control_callbacks(cfg, output_dir))
+        provenance = collect_provenance(cfg, fingerprint, trainer.strategy.root_device)
+        log_provenance(trainer.loggers, provenance)
 
-    with lifecycle.stop_on_signal(trainer, output_dir, resuming=ckpt_path is not None):
+    with phases.fit(trainer, start):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = lifecycle.train_seconds(trainer)
-    _ensure_final_validation(trainer, module, datamodule, best)
-
-    trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
-    control, stopping = control_record(cfg, datamodule), stopping_record(trainer)
-    module = apply_refit(cfg, output_dir, module, control)
-    metrics = write_results(
-        cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control, stopping
-    )
-    prune_checkpoints(output_dir / CHECKPOINT_DIR, OmegaConf.select(cfg, "checkpoint.keep", default="auto"))
-    print_summary(metrics, output_dir)
+    with phases.phase("the final validation"):
+        _ensure_final_validation(trainer, module, datamodule, best)
+    with phases.phase("the test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
+        control, stopping = control_record(cfg, datamodule), stopping_record(trainer)
+    with phases.phase("the refit (control=refit)"):
+        module = apply_refit(cfg, output_dir, module, control)
+    with phases.phase("writing the results"):
+        metrics = write_results(
+            cfg, output_dir, module, split, module.valid_epoch, train_seconds, provenance, control, stopping
+        )
+        prune_checkpoints(output_dir / CHECKPOINT_DIR, OmegaConf.select(cfg, "checkpoint.keep", default="auto"))
     return metrics

@@ -1,6 +1,6 @@
 """Top-K recommendations out of a finished run.
 
-    python -m lopt.recommend RUN_DIR --k 20 [--users FILE] [--out FILE] [--data-dir DIR]
+    python -m lopt.recommend RUN_DIR --k 20 [--users FILE] [--out FILE] [--data-dir DIR] [--allow-unfinished]
 
 Loads the run's composed config (``RUN_DIR/.hydra/config.yaml``), its prepared split (from the
 split cache, or rebuilt from the dataset) and the best checkpoint (``checkpoints/best.ckpt``),
@@ -10,6 +10,12 @@ they are what the model should find), and writes ``recommendations.parquet`` (de
 RUN_DIR) with columns ``raw_user_id``, ``rank`` (1..K), ``raw_item_id``, ``score``: K rows per
 user (fewer only when a user has fewer than K items left), users in the file's order (else
 ascending index), ranks by descending score.
+
+A run directory is data: the config's ``_target_``s must be lopt's own classes, torch's
+optimizers or Lightning's trainer, callbacks and loggers (``lopt.run.validate.check_targets``), and
+the checkpoint is loaded weights-only. A run without ``metrics.json`` (interrupted, or still
+training) is refused unless ``--allow-unfinished``, which then names the checkpoint it used.
+Every failure ends with one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lopt.io import atomic_write
-from lopt.run.validate import check_recorded_config
+from lopt.run.validate import check_recorded_config, check_targets
 
 DEFAULT_BLOCK_USERS = 1024
 
@@ -38,13 +44,20 @@ def load_run_config(run_dir: Path, data_dir: Path | None = None) -> DictConfig:
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {run_dir} is not a finished lopt run")
-    cfg = OmegaConf.load(config_path)
+    try:
+        cfg = OmegaConf.load(config_path)
+    except Exception as err:  # YAML errors, unsupported tags (never constructed)
+        raise ValueError(f"{config_path} is not a readable config ({type(err).__name__}: {err})") from None
+    check_targets(cfg, config_path)
     check_recorded_config(cfg, config_path)
     if data_dir is None and os.environ.get("LOPT_DATA_DIR"):
         data_dir = Path(os.environ["LOPT_DATA_DIR"])
     if data_dir is None:
         hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-        cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd") if hydra_yaml.is_file() else None
+        try:
+            cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd") if hydra_yaml.is_file() else None
+        except Exception as err:
+            raise ValueError(f"{hydra_yaml} is not readable ({type(err).__name__}: {err})") from None
         data_dir = Path(cwd or Path.cwd()) / "data"
     with open_dict(cfg):
         cfg.paths.data_dir = str(data_dir)
@@ -115,16 +128,46 @@ def recommend(
     )
 
 
-def load_best_module(cfg: DictConfig, run_dir: Path, n_users: int, n_items: int) -> torch.nn.Module:
-    """The run's module with the weights of ``checkpoints/best.ckpt``."""
-    from lopt.pipeline import BEST_NAME, CHECKPOINT_DIR, build_module
+def run_checkpoint(run_dir: Path, allow_unfinished: bool = False) -> tuple[Path, str | None]:
+    """(checkpoint to load, note to print or None): ``checkpoints/best.ckpt`` of a finished run
+    (one with ``metrics.json``). An unfinished run is refused (ValueError) unless
+    ``allow_unfinished``; the note then says which checkpoint was used and from which step."""
+    from lopt.pipeline import BEST_NAME, CHECKPOINT_DIR
 
     ckpt_path = run_dir / CHECKPOINT_DIR / f"{BEST_NAME}.ckpt"
+    if (run_dir / "metrics.json").is_file():
+        return ckpt_path, None
+    if not allow_unfinished:
+        raise ValueError(
+            f"{run_dir} is not a finished run (no metrics.json: it was interrupted or is still training), "
+            "so its best checkpoint is not the one a finished run would report. Finish it with "
+            f"`python run.py resume=true hydra.run.dir={run_dir}`, or pass --allow-unfinished to use "
+            "its current best checkpoint"
+        )
+    return ckpt_path, f"warning: {run_dir} is unfinished; using {ckpt_path}"
+
+
+def load_best_module(
+    cfg: DictConfig, run_dir: Path, n_users: int, n_items: int, ckpt_path: Path | None = None
+) -> torch.nn.Module:
+    """The run's module with the weights of ``ckpt_path`` (default ``checkpoints/best.ckpt``),
+    loaded weights-only."""
+    from lopt.pipeline import BEST_NAME, CHECKPOINT_DIR, build_module
+    from lopt.run.checkpointing import load_plain
+
+    ckpt_path = ckpt_path or run_dir / CHECKPOINT_DIR / f"{BEST_NAME}.ckpt"
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path} is missing: the run did not save a best checkpoint")
+    checkpoint = load_plain(ckpt_path)
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"{ckpt_path} holds no model weights (no state_dict)")
+    step = checkpoint.get("global_step")
     module = build_module(cfg, n_users, n_items)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    module.load_state_dict(checkpoint["state_dict"])
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{ckpt_path} does not fit the run's model: {str(err).splitlines()[0]}") from None
+    module.loaded_step = step  # type: ignore[attr-defined]
     return module
 
 
@@ -147,24 +190,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the run's paths.data_dir (default: LOPT_DATA_DIR, else <the run's working dir>/data)",
     )
     parser.add_argument("--block-users", type=int, default=DEFAULT_BLOCK_USERS, help="users scored at once")
+    parser.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="use the best checkpoint of a run without metrics.json (interrupted or still training)",
+    )
     args = parser.parse_args(argv)
     try:
         from lopt.pipeline import build_datamodule
 
         cfg = load_run_config(args.run_dir, args.data_dir)
+        ckpt_path, note = run_checkpoint(args.run_dir, args.allow_unfinished)
         split = build_datamodule(cfg).load_split()
         users = (
             read_user_file(args.users, split.user_ids)
             if args.users is not None
             else np.arange(split.n_users, dtype=np.int64)
         )
-        module = load_best_module(cfg, args.run_dir, split.n_users, split.n_items)
+        module = load_best_module(cfg, args.run_dir, split.n_users, split.n_items, ckpt_path)
+        if note is not None:
+            print(f"{note} (step {getattr(module, 'loaded_step', '?')})", file=sys.stderr)
         frame = recommend(module, split, users, args.k, args.block_users)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        out = args.out or args.run_dir / "recommendations.parquet"
+        atomic_write(out, lambda tmp: frame.write_parquet(tmp))
+    except Exception as error:  # every failure is one line; a traceback helps no user here
+        plain = isinstance(error, (OSError, ValueError, RuntimeError))
+        print(f"error: {error}" if plain else f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
-    out = args.out or args.run_dir / "recommendations.parquet"
-    atomic_write(out, lambda tmp: frame.write_parquet(tmp))
     print(f"wrote {frame.height} recommendations for {len(users)} users to {out}")
     return 0
 

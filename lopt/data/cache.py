@@ -6,6 +6,12 @@ inside and checked on load. Writers take a ``filelock.FileLock`` on ``<file>.loc
 the file inside the lock, write a temp file in the same directory, fsync it and ``os.replace``
 it into place, so readers only ever see complete files and N processes build once. A file
 that fails validation (truncated, corrupt, wrong key) is logged and rebuilt.
+
+The key holds the *content* of the data file (:func:`file_digest`, a sha256 of its bytes), not
+its name, size or mtime: the same data gives the same key (and split fingerprint) on any machine,
+and a file edited in place is re-read even when its size and mtime were kept. The stat fields
+(size, mtime_ns, ctime_ns, inode, device) only decide whether the file must be hashed again; the
+last hash is memoized in ``<cache_dir>/file-hashes/``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ log = logging.getLogger("lopt.data")
 
 #: Bumped whenever the stored layout or the meaning of a prepared split changes; part of the
 #: file name, so old caches are simply not found.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Default seconds to wait for another process's build before giving up.
 DEFAULT_LOCK_TIMEOUT_S = 1800.0
 
@@ -58,6 +64,48 @@ class CacheError(ValueError):
     """A cache file is unreadable or does not hold a valid split for its key."""
 
 
+#: Bytes read at a time while hashing a data file.
+_HASH_CHUNK = 1 << 20
+#: The stat fields that, unchanged, let a memoized hash stand (ctime changes on every write and
+#: cannot be set back by the user, unlike mtime).
+_STAT_FIELDS = ("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev")
+
+
+def _hash_bytes(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digest(path: str | Path, memo_dir: str | Path | None = None) -> str:
+    """sha256 (hex) of the bytes of ``path``. With ``memo_dir``, the hash is memoized there
+    against the file's stat fields (:data:`_STAT_FIELDS`) and reused while they all match; a
+    memo that cannot be read or written is ignored (the file is hashed)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    fields = {name: int(getattr(stat, name)) for name in _STAT_FIELDS}
+    memo = None
+    if memo_dir is not None:
+        name = hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        memo = Path(memo_dir) / "file-hashes" / f"{name}.json"
+        try:
+            saved = json.loads(memo.read_text(encoding="utf-8"))
+            if saved.get("path") == str(path) and saved.get("stat") == fields and isinstance(saved.get("sha256"), str):
+                return saved["sha256"]
+        except (OSError, ValueError, AttributeError):
+            pass
+    digest = _hash_bytes(path)
+    if memo is not None and {n: int(getattr(path.stat(), n)) for n in _STAT_FIELDS} == fields:
+        text = json.dumps({"path": str(path), "stat": fields, "sha256": digest})
+        try:
+            atomic_write(memo, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        except OSError as err:
+            log.debug("cannot memoize the hash of %s in %s: %s", path, memo, err)
+    return digest
+
+
 def canonical_key_json(key: Mapping[str, Any]) -> str:
     """The canonical JSON of ``key`` (sorted keys, no spaces, ASCII); TypeError if not JSON-able."""
     try:
@@ -68,7 +116,8 @@ def canonical_key_json(key: Mapping[str, Any]) -> str:
 
 def split_fingerprint(key: Mapping[str, Any]) -> str:
     """``v<FORMAT_VERSION>-<sha256 of the canonical key JSON>``: identifies the prepared split of
-    ``key`` (source identity + preprocessing) and the meaning of its format; the cache file's name."""
+    ``key`` (the data's content and reader options, the preprocessing, the split) and the meaning
+    of its format; the cache file's name."""
     digest = hashlib.sha256(canonical_key_json(key).encode("ascii")).hexdigest()
     return f"v{FORMAT_VERSION}-{digest}"
 

@@ -185,6 +185,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.split: PreparedSplit | None = prepared
         self.eval_users: Mapping[str, torch.Tensor] = {}
         self._train_batches: TrainBatches | None = None
+        self._key: dict[str, Any] | None = None
 
     def split_fingerprint(self) -> str:
         """Identifies the prepared split (see ``lopt.data.cache.split_fingerprint``)."""
@@ -214,10 +215,12 @@ class InteractionDataModule(L.LightningDataModule):
             split["seed"] = int(self.split_spec.get("seed", 0))
         if float(self.split_spec.get("drop_latest", 0.0)):  # 0 leaves the key as before the option
             split["drop_latest"] = float(self.split_spec["drop_latest"])
-        # min_rating unset (null) leaves the key as it was before the option existed, so the
-        # splits already cached stay valid.
-        preprocess = {k: v for k, v in self.preprocess.items() if not (k == "min_rating" and v is None)}
-        return {"source": self.source.fingerprint(), "preprocess": preprocess, "split": split}
+        if self._key is None:
+            source = self.source.fingerprint(memo_dir=self.cache_dir if self.cache else None)
+            # min_rating unset (null) leaves the key as it was before the option existed.
+            preprocess = {k: v for k, v in self.preprocess.items() if not (k == "min_rating" and v is None)}
+            self._key = {"source": source, "preprocess": preprocess, "split": split}
+        return self._key
 
     def _read_source(self) -> pl.DataFrame:
         """The source's canonical frame, with a log line before and after (large files take a

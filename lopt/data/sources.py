@@ -2,22 +2,26 @@
 
 Each source has ``load(rating=False) -> pl.DataFrame`` (the canonical ``user, item, timestamp``
 frame, see :mod:`lopt.data.readers`; ``rating=True`` adds the ``rating`` column, or raises
-:class:`NoRatingsError` for a source without ratings) and ``fingerprint() -> str`` (a stable
-hex identity of the raw data and parse options, for cache keys: resolved path + size +
-mtime_ns for files, all parameters for synthetic data). Constructors only validate their
-arguments (errors name the config key ``dataset.source.<key>``); files are touched (and
-downloaded) by ``load``/``fingerprint``, which the DataModule calls before anything is
-trained. A file the user names is read as it is: a missing, empty, unreadable file or a
-folder is an error naming it, and nothing is ever downloaded under a user's filename (only
-the default location under ``paths.data_dir`` of a dataset with a public archive, MovieLens or
-Last.fm, is filled from the GroupLens archive).
+:class:`NoRatingsError` for a source without ratings) and ``fingerprint(memo_dir=None) -> str``
+(a stable hex identity of the raw data and parse options, for cache keys: the sha256 of the
+file's bytes for files, never its path or mtime, so the same data has the same fingerprint on
+any machine; all parameters for synthetic data). Constructors only validate their arguments
+(errors name the config key ``dataset.source.<key>``); files are touched (and downloaded) by
+``load``/``fingerprint``, which the DataModule calls before anything is trained. A file the user
+names is read as it is: a missing, empty, unreadable file or a folder is an error naming it, and
+nothing is ever downloaded under a user's filename (only the default location under
+``paths.data_dir`` of a dataset with a public archive, MovieLens or Last.fm, is filled from the
+GroupLens archive).
 """
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import hashlib
 import json
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,16 +117,15 @@ class _FileSource:
         """Raise :class:`NoRatingsError` when this source cannot give ratings (all formats read
         here have a rating column; a custom file names it with ``rating_col``)."""
 
-    def fingerprint(self) -> str:
-        """Hex digest of (class, resolved path, size, mtime_ns, parse options, reader version)."""
-        file = self._file().resolve()
-        stat = file.stat()
+    def fingerprint(self, memo_dir: str | Path | None = None) -> str:
+        """Hex digest of (class, sha256 of the file's bytes, parse options, reader version); the
+        file's hash is memoized in ``memo_dir`` (see :func:`lopt.data.cache.file_digest`)."""
+        from lopt.data.cache import file_digest
+
         return _digest(
             {
                 "source": type(self).__name__,
-                "path": str(file),
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
+                "sha256": file_digest(self._file(), memo_dir),
                 "options": self._options(),
                 "reader_version": READER_VERSION,
             }
@@ -262,8 +265,16 @@ class CustomSource(_FileSource):
         file_format: str = "auto",
         column_names: Sequence[str] | None = None,
         rating_col: str | int | None = None,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__(path)
+        try:
+            self.encoding = codecs.lookup(str(encoding)).name
+        except LookupError:
+            raise ValueError(
+                f"{_KEY}.encoding must name a text encoding Python knows (utf-8, latin-1, cp1252, ...), "
+                f"got {encoding!r}"
+            ) from None
         cols = {"user_col": user_col, "item_col": item_col, "timestamp_col": timestamp_col, "rating_col": rating_col}
         for key, col in cols.items():
             if col is None and key in ("user_col", "item_col"):
@@ -291,6 +302,23 @@ class CustomSource(_FileSource):
             )
 
     def _read(self, file: Path, rating: bool = False) -> pl.DataFrame:
+        if self.file_format == "parquet" or (self.file_format == "auto" and file.suffix.lower() in (".parquet", ".pq")):
+            return self._read_as(file, rating)  # Parquet strings are UTF-8 by the format's definition
+        if self.encoding == "utf-8":
+            frame = self._read_as(file, rating)
+            if _has_replacement(frame):  # the lossy reader replaced bytes that are not UTF-8
+                _check_decodes(file, "utf-8")
+            return frame
+        _check_decodes(file, self.encoding)
+        with tempfile.TemporaryDirectory(prefix="lopt-transcode-") as folder:
+            utf8 = Path(folder) / file.name
+            _transcode(file, self.encoding, utf8)
+            try:
+                return self._read_as(utf8, rating)
+            except readers.DataFormatError as err:
+                raise readers.DataFormatError(str(err).replace(str(utf8), str(file))) from None
+
+    def _read_as(self, file: Path, rating: bool = False) -> pl.DataFrame:
         return readers.read_custom(
             file,
             self.user_col,
@@ -312,10 +340,51 @@ class CustomSource(_FileSource):
             "has_header": self.has_header,
             "file_format": self.file_format,
             "column_names": self.column_names,
+            "encoding": self.encoding,
         }
         if self.rating_col is not None:  # absent when unset: fingerprints of older configs stay valid
             options["rating_col"] = self.rating_col
         return options
+
+
+def _open_bytes(file: Path) -> Any:
+    """``file`` opened for reading bytes, decompressed when it is gzip (as the readers do)."""
+    with open(file, "rb") as handle:
+        magic = handle.read(2)
+    return gzip.open(file, "rb") if magic == b"\x1f\x8b" else open(file, "rb")
+
+
+def _has_replacement(frame: pl.DataFrame) -> bool:
+    """Whether a String id column holds U+FFFD, the lossy UTF-8 reader's mark of a bad byte."""
+    return any(
+        frame[c].dtype == pl.String and bool(frame[c].str.contains("\ufffd", literal=True).any())
+        for c in ("user", "item")
+        if c in frame.columns
+    )
+
+
+def _check_decodes(file: Path, encoding: str) -> None:
+    """Raise DataFormatError naming the first line of ``file`` that does not decode in
+    ``encoding`` (read line by line: the whole file is never held in memory)."""
+    with _open_bytes(file) as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as err:
+                bad = line[max(err.start - 8, 0) : err.end + 8]
+                raise readers.DataFormatError(
+                    f"{file}: line {number}: bytes {bad!r} are not valid {encoding} (byte {err.start + 1} of "
+                    f"the line). Ids read with the wrong encoding would be merged or mangled. Set "
+                    f"{_KEY}.encoding to the file's encoding (e.g. {_KEY}.encoding=latin-1 or cp1252), or "
+                    "re-save the file as UTF-8"
+                ) from None
+
+
+def _transcode(file: Path, encoding: str, out: Path) -> None:
+    """Write ``file`` (in ``encoding``) to ``out`` as UTF-8, line by line."""
+    with _open_bytes(file) as src, open(out, "wb") as dst:
+        for line in src:
+            dst.write(line.decode(encoding).encode("utf-8"))
 
 
 class SyntheticSource:
@@ -359,8 +428,8 @@ class SyntheticSource:
             )
         return synthetic.generate_interactions(**self.params)
 
-    def fingerprint(self) -> str:
-        """Hex digest of all parameters and the generator version."""
+    def fingerprint(self, memo_dir: str | Path | None = None) -> str:
+        """Hex digest of all parameters and the generator version (``memo_dir`` is not used)."""
         return _digest({"source": "SyntheticSource", **self.params, "generator_version": synthetic.GENERATOR_VERSION})
 
     def __repr__(self) -> str:

@@ -19,10 +19,12 @@ resume that skips a torn file.
 from __future__ import annotations
 
 import logging
+import pickle
 import signal
 import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -85,13 +87,12 @@ def checkpoint_problem(path: Path) -> str | None:
 
 def resume_checkpoint(checkpoint_dir: Path, last_name: str = "last.ckpt") -> Path:
     """The checkpoint to resume from: ``last.ckpt`` when intact; else the newest intact
-    ``*.ckpt`` of ``checkpoint_dir`` (logged as a fallback, naming the torn file). Stale temp
-    files of interrupted writes are removed. FileNotFoundError/RuntimeError name the file and
-    say how to start over when nothing intact is left."""
+    ``*.ckpt`` of ``checkpoint_dir`` (logged as a fallback, naming the torn file). Nothing is
+    written (the resume removes stale temp files once it is sure to go on).
+    FileNotFoundError/RuntimeError name the file and say how to start over when nothing intact
+    is left."""
     checkpoint_dir = Path(checkpoint_dir)
     last = checkpoint_dir / last_name
-    for stale in checkpoint_dir.glob(".*.ckpt.*.tmp"):
-        stale.unlink(missing_ok=True)
     start_over = "start over with overwrite=true (without resume=true), or run into another hydra.run.dir"
     if not last.is_file():
         raise FileNotFoundError(
@@ -120,6 +121,56 @@ def resume_checkpoint(checkpoint_dir: Path, last_name: str = "last.ckpt") -> Pat
         f"{last} is corrupt ({problem}) and {checkpoint_dir} holds no other intact checkpoint "
         f"to fall back to: {start_over}."
     )
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """What a resume needs to know of a checkpoint before it commits to it."""
+
+    path: Path
+    global_step: int
+    #: Epochs whose training is done (the last one may still await its end-of-epoch hooks).
+    epochs_trained: int
+    #: Early stopping fired in the run that saved it.
+    stopped_early: bool
+
+
+def load_plain(path: Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with every failure turned into a RuntimeError that
+    names the file: a checkpoint holding anything but tensors and plain containers is refused
+    (a run directory is data; unpickling arbitrary objects from it would run code)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise RuntimeError(
+            f"{path} holds objects other than tensors and plain containers, which lopt never loads "
+            f"from a run directory ({str(err).splitlines()[0]}). If you did not put them there, the "
+            "run directory was tampered with: start a new run"
+        ) from None
+    except Exception as err:  # torn zip, bad header, ...
+        raise RuntimeError(f"{path} cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict):
+        raise RuntimeError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def inspect_checkpoint(path: Path) -> CheckpointState:
+    """Load ``path`` (weights only, :func:`load_plain`) and read its step, epochs and whether
+    early stopping ended the run; RuntimeError naming the file when it cannot."""
+    checkpoint = load_plain(path)
+    try:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+        epochs = int(progress["processed"])
+        step = int(checkpoint["global_step"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise RuntimeError(f"{path} is not a Lightning training checkpoint (no {err} in it)") from None
+    stopped = any(
+        str(key).startswith("EarlyStopping") and isinstance(state, dict) and int(state.get("stopped_epoch", 0)) > 0
+        for key, state in (checkpoint.get("callbacks") or {}).items()
+    )
+    return CheckpointState(Path(path), step, epochs, stopped)
 
 
 class TrainClock(L.Callback):

@@ -40,6 +40,7 @@ from lopt.tracking.trajectories import (
     TRAJECTORY_SCHEMA,
     TrajectoryRecorder,
     choose_tracked,
+    cut_at_step,
     thin_steps,
 )
 from lopt.tracking.wandb_plots import per_dim_image, trajectory_image, trajectory_table_chart
@@ -204,20 +205,32 @@ class LambdaTrajectoryCallback(_EveryNSteps):
         self.wandb_max_points = int(wandb_max_points)
         self._frame = pl.DataFrame(schema=TRAJECTORY_SCHEMA)
         self._last_step = -1
+        self._resumed = False
 
     def _record(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
         if trainer.global_step != self._last_step:
             self.recorder.record(granularity, trainer.global_step, trainer.current_epoch)
             self._last_step = trainer.global_step
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed fit (load_state_dict ran) keeps what was recorded before; on_train_start
+        # cuts it at the checkpoint's step, since training repeats the steps after it.
+        self._frame = pl.DataFrame(schema=TRAJECTORY_SCHEMA)
+        if (self._resumed or trainer.ckpt_path) and self.path.is_file():
+            self._frame = pl.read_parquet(self.path)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         granularity = learnable_granularity(pl_module)
         if granularity is None:
             return
-        self._frame = pl.DataFrame(schema=TRAJECTORY_SCHEMA)
-        if trainer.ckpt_path and self.path.is_file():  # resumed: keep what was recorded before
-            self._frame = pl.read_parquet(self.path).filter(pl.col("step") < trainer.global_step)
+        self._frame = cut_at_step(self._frame, trainer.global_step)
         self._record(trainer, granularity)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"last_recorded_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed = True
 
     def _act(self, trainer: L.Trainer, granularity: LambdaGranularity) -> None:
         self._record(trainer, granularity)

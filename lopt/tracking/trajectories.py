@@ -170,6 +170,12 @@ class TrajectoryRecorder:
         return pl.concat(frames) if frames else pl.DataFrame(schema=TRAJECTORY_SCHEMA)
 
 
+def cut_at_step(frame: pl.DataFrame, step: int) -> pl.DataFrame:
+    """The rows of a trajectory frame recorded before ``step`` (a resume from a checkpoint at
+    ``step`` records that step and the later ones again)."""
+    return frame.filter(pl.col("step") < int(step))
+
+
 def thin_steps(steps: np.ndarray, max_points: int) -> np.ndarray:
     """At most ``max_points`` of the sorted unique ``steps``, evenly spaced, first and last kept."""
     unique = np.unique(steps)

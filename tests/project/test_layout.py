@@ -40,7 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "lookahead": {"types", "io", "models", "optim"},
     "modules": {"types", "io", "eval", "models", "optim", "lookahead"},
     "tracking": {"types", "io", "eval", "models"},
-    "run": {"types", "io", "eval"},
+    "run": {"types", "io", "data", "eval", "tracking"},
     "analysis": {"types", "io", "data", "tracking"},
     "sweep": {"types", "io"},
 }

@@ -329,7 +329,7 @@ def test_dockerfile_records_the_commit_it_was_built_from(dockerfile):
     assert re.search(r"\bLOPT_GIT_COMMIT=\$\{?GIT_COMMIT\}?", env), f"{path}: no ENV LOPT_GIT_COMMIT=${{GIT_COMMIT}}"
     from lopt.run.provenance import GIT_COMMIT_ENV
 
-    assert GIT_COMMIT_ENV == "LOPT_GIT_COMMIT", "the images set LOPT_GIT_COMMIT; lopt.provenance must read it"
+    assert GIT_COMMIT_ENV == "LOPT_GIT_COMMIT", "the images set LOPT_GIT_COMMIT; lopt.run.provenance must read it"
 
 
 def test_provenance_reads_the_build_commit_outside_a_checkout(tmp_path, monkeypatch):

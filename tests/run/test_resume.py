@@ -131,7 +131,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypa
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"global step 15 \(epoch 1\); last validation metrics: auc="):
         pipeline.run(_cfg(run_dir, tmp_path / "data"))
-    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in best["state_dict"].values() if t.is_floating_point())
     assert not (run_dir / "metrics.json").exists()
