@@ -13,6 +13,7 @@ seconds with a message naming the config key, the expected type/range and what w
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Callable
@@ -141,6 +142,26 @@ def check_recorded_config(cfg: DictConfig, source: Any) -> None:
             "which this version needs to rebuild the run. Start a new run with the same overrides "
             "(the recorded ones are in .hydra/overrides.yaml), or use the lopt version that made it."
         )
+    gone = {key: target for key, target in recorded_targets(OmegaConf.to_container(cfg)).items() if _moved(target)}
+    if gone:
+        listed = ", ".join(f"{key}: {target}" for key, target in gone.items())
+        raise ConfigError(
+            f"{source} was recorded by an older lopt version whose classes have since moved ({listed}); "
+            "this version cannot rebuild the run. Start a new run with the same overrides (the recorded "
+            "ones are in .hydra/overrides.yaml), or use the lopt version that made it."
+        )
+
+
+def _moved(target: Any) -> bool:
+    """Whether ``target`` names a module of lopt that this version does not have (a class path of an
+    older layout); only lopt's own module names are looked up, nothing is imported."""
+    if not isinstance(target, str) or not target.startswith("lopt."):
+        return False
+    module = target.rsplit(".", 1)[0]
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:  # a parent package is missing
+        return True
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -91,3 +91,21 @@ def test_a_run_recorded_by_an_older_version_is_refused_by_name(tmp_path: Path) -
     OmegaConf.save(OmegaConf.create(old), run / ".hydra" / "config.yaml")
     with pytest.raises(ConfigError, match=r"config\.yaml was recorded by an older lopt.*model\.needs_valid_triples"):
         load_run_config(run)
+
+
+def test_a_run_recorded_with_an_older_layouts_class_paths_is_refused_by_name(tmp_path: Path) -> None:
+    """A run whose recorded classes lived at module paths this version no longer has (e.g.
+    lopt.models.mf_module.FixModule before the package layout by concept) is refused naming the
+    key, before anything is instantiated."""
+    from omegaconf import OmegaConf
+
+    from lopt.recommend import load_run_config
+    from tests.helpers.hydra import compose_config
+
+    old = OmegaConf.to_container(compose_config(["model=fix"]), resolve=False)
+    old["model"]["_target_"] = "lopt.models.mf_module.FixModule"
+    run = tmp_path / "old_layout"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(old), run / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"older lopt version whose classes have since moved.*model\._target_"):
+        load_run_config(run)
