@@ -250,7 +250,7 @@ def _signal_in(target: str, signame: str) -> str:
     [
         ("lightning.pytorch:Trainer.test", "SIGTERM", "during the test"),
         ("lightning.pytorch:Trainer.test", "SIGINT", "during the test"),
-        ("lopt.train:write_lambda", "SIGTERM", "during writing the results"),
+        ("lopt.pipeline:write_lambda", "SIGTERM", "during writing the results"),
     ],
 )
 def test_signals_after_training_exit_honestly_and_resume_finishes(
@@ -283,7 +283,7 @@ def test_signals_after_training_exit_honestly_and_resume_finishes(
 @pytest.mark.slow
 def test_sigint_during_data_preparation_says_nothing_to_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = patched_cli(tmp_path, _signal_in("lopt.train:prepare_data", "SIGINT"), [*RUN, f"hydra.run.dir={run_dir}"])
+    proc = patched_cli(tmp_path, _signal_in("lopt.pipeline:prepare_data", "SIGINT"), [*RUN, f"hydra.run.dir={run_dir}"])
     assert proc.returncode == EXIT_SIGINT, proc.stderr[-3000:]
     assert "SIGINT during data preparation: nothing to resume" in proc.stderr
 
