@@ -22,7 +22,7 @@ from lopt.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPAR
 from lopt.models import regularizer
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.regularizer import FactorModel
-from lopt.models.rows import triple_rows
+from lopt.models.rows import BatchRows, triple_rows
 from lopt.types import Triples
 
 
@@ -38,6 +38,7 @@ def lookahead_validation_loss(
     clip_norm: float | None,
     dropout: float = 0.0,
     compiled: bool = False,
+    train_rows: BatchRows | None = None,
 ) -> torch.Tensor:
     """l(V_t; Θ̄_{t+1}(Λ)): the BPR loss of ``valid_batch`` after the simulated Θ-step (a scalar whose
     graph reaches Λ only; Θ, g_t and the optimizer state are constants).
@@ -47,7 +48,9 @@ def lookahead_validation_loss(
     ``dropout`` > 0 applies ``F.dropout`` (training mode) to the looked-ahead embeddings of each
     validation triple. The fused case runs :mod:`.fused` (its kernels through ``torch.compile`` if
     ``compiled``); a clip that may bind (always off the CPU, where checking costs a host sync) and
-    every other case run :mod:`.replay`.
+    every other case run :mod:`.replay`. ``train_rows``: the train batch's
+    :func:`lopt.models.rows.batch_rows`, when already computed (the fused case reuses its rows and
+    counts).
     """
     P, Q = model.user_factors, model.item_factors
     valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
@@ -62,7 +65,7 @@ def lookahead_validation_loss(
         and capability(optimizer, (P, Q)) == FUSED
         and (clip_norm is None or P.device.type == "cpu")
     ):
-        side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid)
+        side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid, train_rows)
         if clip_norm is None or sides_inactive((side_u.clip_side(), side_i.clip_side()), n_train, clip_norm, compiled):
             return fused.validation_loss(granularity, side_u, side_i, valid, compiled)
     options = {"scope": scope, "scale": scale, "clip_norm": clip_norm, "dropout": dropout}

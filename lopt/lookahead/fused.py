@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from lopt.lookahead.state import ParamState
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.regularizer import FactorModel
-from lopt.models.rows import GradRows, TripleRows, grad_of, grad_source, row_grad, unique_counts
+from lopt.models.rows import BatchRows, GradRows, TripleRows, grad_of, grad_source, row_grad, unique_counts
 from lopt.optim.compiled import Kernel
 from lopt.types import Triples
 
@@ -228,8 +228,9 @@ class _Side:
         lam_storage: torch.Tensor,
         lam_rowwise: bool,
         rows: torch.Tensor,
-        batch_rows: torch.Tensor,
+        batch_rows: torch.Tensor | None,
         n_batch: int,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         read = ParamState(optimizer, param)
         self.param = param
@@ -244,8 +245,12 @@ class _Side:
             read.tensor("exp_avg_sq"),
             read.tensor("max_exp_avg_sq") if read.flag("amsgrad") else None,
         )
-        # the train batch's rows: all that the penalty (and the clip norm) touches
-        self.train_rows, self.train_counts = unique_counts(batch_rows, param.shape[0])
+        # the train batch's rows: all that the penalty (and the clip norm) touches (``train``:
+        # their unique rows and counts, when already computed)
+        if train is None:
+            assert batch_rows is not None
+            train = unique_counts(batch_rows, param.shape[0])
+        self.train_rows, self.train_counts = train
         found = torch.searchsorted(self.train_rows, rows).clamp_(max=max(self.train_rows.numel() - 1, 0))
         hit_mask = self.train_rows.index_select(0, found) == rows
         #: occurrences of each validation row in the train batch (0: absent, no Λ-dependence)
@@ -363,15 +368,28 @@ def sides(
     granularity: LambdaGranularity,
     train_batch: Triples,
     valid: TripleRows,
+    train_rows: BatchRows | None = None,
 ) -> tuple[_Side, _Side]:
-    """The user and item sides of the fused look-ahead on the validation batch's rows ``valid``."""
+    """The user and item sides of the fused look-ahead on the validation batch's rows ``valid``
+    (``train_rows``: the train batch's :func:`lopt.models.rows.batch_rows`, when already computed)."""
     users, pos, neg = train_batch
     n = users.numel()
     P, Q = model.user_factors, model.item_factors
+    user_train = item_train = None
+    if train_rows is not None:
+        user_train = (train_rows.triples.user_rows, train_rows.user_counts)
+        item_train = (train_rows.triples.item_rows, train_rows.item_counts)
     return (
-        _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, valid.user_rows, users, n),
+        _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, valid.user_rows, users, n, user_train),
         _Side(
-            optimizer, Q, granularity.item_storage, granularity.item_rowwise, valid.item_rows, torch.cat([pos, neg]), n
+            optimizer,
+            Q,
+            granularity.item_storage,
+            granularity.item_rowwise,
+            valid.item_rows,
+            torch.cat([pos, neg]) if item_train is None else None,
+            n,
+            item_train,
         ),
     )
 
