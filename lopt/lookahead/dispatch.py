@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from lopt.lookahead import fused, replay
-from lopt.lookahead.clip import sides_inactive
+from lopt.lookahead.clip import regularized_inactive, sides_inactive
 from lopt.lookahead.replay import lookahead_rows, simulate_step_rows
 from lopt.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPARSE, capability, unwrap
 from lopt.models import regularizer
@@ -66,7 +66,14 @@ def lookahead_validation_loss(
         and (clip_norm is None or P.device.type == "cpu")
     ):
         side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid, train_rows)
-        if clip_norm is None or sides_inactive((side_u.clip_side(), side_i.clip_side()), n_train, clip_norm, compiled):
+        if clip_norm is None:
+            return fused.validation_loss(granularity, side_u, side_i, valid, compiled)
+        if compiled:
+            inactive = sides_inactive((side_u.clip_side(), side_i.clip_side()), n_train, clip_norm, compiled)
+        else:  # the train rows' regularized gradient, computed once: the norm, then the look-ahead's
+            shared = (side_u.regularized_train_grad(), side_i.regularized_train_grad())
+            inactive = regularized_inactive(shared, clip_norm)
+        if inactive:
             return fused.validation_loss(granularity, side_u, side_i, valid, compiled)
     options = {"scope": scope, "scale": scale, "clip_norm": clip_norm, "dropout": dropout}
     return replay.validation_loss(model, theta_optimizer, granularity, train_batch, valid, **options)
