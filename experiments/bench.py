@@ -7,6 +7,34 @@
     python experiments/bench.py --shape large --out bench.json   # 1M users × 250k items, 20M interactions:
                                                                  # step keys only (no unfused rows,
                                                                  # epochs, evaluation)
+    python experiments/bench.py --shape ml100k --data u.data --threads 1   # small data (minutes)
+    python experiments/bench.py --study --data u.data --study-before OLD   # the studies (hours)
+    python experiments/bench.py --rss --shape ml10m                        # one run's memory
+
+Each mode adds its keys to ``--out`` (an existing file keeps its other keys).
+
+``--shape ml100k`` (:func:`run_ml100k`; the real ml-100k file, ``--data``), in one process at
+1 thread: ``ml100k_bare_step_seconds``, the floor — a λFix step in plain eager PyTorch (gather,
+BPR, L2, backward, fused Adam; :func:`bare_fix_steps`) on lopt's own batches — and
+``ml100k_bare_eval_seconds`` (scores of every valid user × item and a top-100); lopt's
+``ml100k_{fix,dui}_step_seconds`` under the Trainer built as ``run.py`` builds it;
+``ml100k_epoch_seconds_*`` (epochs without validation) and ``ml100k_epoch_eval_seconds_*``
+(with it, checkpoints included: one ``on_train_epoch_start`` to the next), medians after the
+first epoch; ``ml100k_eval_seconds`` (``trainer.validate``); the ratios of the issue's targets;
+and ``startup_seconds``: ``python run.py`` (synthetic data) from launch to its first training
+step (:class:`FirstStepStamp`), the median of 2 fresh processes.
+
+``--study`` (:func:`run_study`): ``ml100k_study_seconds``, the wall time of a λFix and a
+λOpt-DUI study of 20 trials each, run as users run them (``python run.py -m``, the local
+launcher, 2 jobs at a time, the equal budget: 80 epochs at most with early stopping) over the
+fixed configuration lists of :data:`STUDY_SWEEPS`, so that no sampler confounds the timing;
+``--study-before DIR`` times the same in another checkout (``ml100k_study_seconds_before``).
+
+``--rss`` (:func:`run_rss`): ``peak_rss_mb_ml10m_dui_run``, the peak resident memory of one
+``ml10m_dui`` run (``--rss-epochs``, 3) on the shape's synthetic file, as the only child of a
+small wrapper that reads its children's ``ru_maxrss``.
+
+``--shape ml10m`` and the other synthetic shapes:
 
 Everything is measured in ONE process (so the ratios compare like with like):
 
@@ -680,9 +708,9 @@ def _iqr(values: list[float]) -> float:
 
 
 # --------------------------------------------------------------------------- the ml-100k shape
-#: The ml-100k shape's schedule: (warm-up iterations, timed iterations per method, rounds,
-#: epochs per fit, of which the first is warm-up).
-ML100K_SCHEDULE = (10, 60, 2, 4)
+#: The ml-100k shape's schedule: (warm-up iterations of each fit and of each bare epoch,
+#: interleaved rounds, epochs per fit, of which the first is warm-up).
+ML100K_SCHEDULE = (10, 4, 3)
 #: The ml-100k shape's experiment configs (batch 1024, d = 128, Adam with clip 100; λOpt-DUI with
 #: its configured LambdaAdam).
 ML100K_METHODS = {"fix": "ml100k_fix", "dui": "ml100k_dui"}
@@ -804,7 +832,7 @@ def startup_seconds(workdir: Path, runs: int = 2) -> float:
     return statistics.median(times)
 
 
-def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple[int, int, int, int]) -> dict[str, Any]:
+def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple[int, int, int]) -> dict[str, Any]:
     """The ml-100k shape (``--shape ml100k --data u.data``), in one process: the bare eager λFix
     step and evaluation (the floor), lopt's λFix and λOpt-DUI iterations under the Trainer,
     whole epochs with and without the valid evaluation, the evaluation alone, and the start-up
@@ -822,7 +850,7 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*(max_steps|GPU available|TPU available|LeafSpec).*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning.*")
-    warmup, per_method, rounds, n_epochs = schedule
+    warmup, rounds, n_epochs = schedule
     workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-"))
     atexit.register(shutil.rmtree, workdir, True)
     common = [
@@ -836,30 +864,31 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
     out: dict[str, Any] = {"shape": "ml100k", "device": "cpu", "data_file": str(data)}
     print(f"bench: shape ml100k ({data}), torch threads {torch.get_num_threads()}", file=sys.stderr)
 
-    # ---- the floor: bare eager λFix steps on lopt's own batches, and a bare evaluation
-    datamodule, split, evaluators = prepare_data(cfgs["fix"])
-    batches = [batch["train"] for batch in datamodule.train_dataloader()]
+    # Everything is timed in interleaved rounds (the bare floor, then each method without and
+    # with validation) so that load drifts on a shared machine hit them alike.
+    data = {}
+    for key, cfg in cfgs.items():
+        data[key] = prepare_data(cfg) if not data else prepare_data(cfg, split=data["fix"][1])
+    split = data["fix"][1]
+    batches = [batch["train"] for batch in data["fix"][0].train_dataloader()]
+    valid_users = data["fix"][2]["valid"].users
     fix_cfg = cfgs["fix"]
     bare: list[float] = []
-    for _ in range(rounds):
-        L.seed_everything(0, verbose=False)
+    bare_eval: list[float] = []
+    eval_times: list[float] = []
+    steps: dict[str, list[float]] = {key: [] for key in cfgs}
+    epochs: dict[tuple[str, bool], list[float]] = {(key, e): [] for key in cfgs for e in (False, True)}
+    for round_ in range(rounds):
+        # the floor: bare eager λFix steps on lopt's own batches, and a bare evaluation
+        L.seed_everything(round_, verbose=False)
         times, P, Q = bare_fix_steps(
             batches, split.n_users, split.n_items, int(fix_cfg.model.dim), float(fix_cfg.model.lambda_value), 1e-3
         )
         bare += times[warmup:]
-    out["ml100k_bare_step_seconds"] = statistics.median(bare)
-    out["ml100k_batches_per_epoch"] = len(batches)
-    valid_users = evaluators["valid"].users
-    out["ml100k_bare_eval_seconds"] = bare_eval_seconds(P, Q, valid_users)
-    print(f"  bare step {out['ml100k_bare_step_seconds'] * 1e3:.2f} ms", file=sys.stderr, flush=True)
-
-    # ---- lopt's iterations, epochs and evaluation under the Trainer, as run.py builds them
-    for key, cfg in cfgs.items():
-        if key != "fix":
-            datamodule, split, evaluators = prepare_data(cfg, split=split)
-        steps: list[float] = []
-        epochs: dict[bool, list[float]] = {True: [], False: []}
-        for round_ in range(rounds):
+        bare_eval.append(bare_eval_seconds(P, Q, valid_users))
+        # lopt's iterations, epochs and evaluation under the Trainer, as run.py builds them
+        for key, cfg in cfgs.items():
+            datamodule, _, evaluators = data[key]
             for evaluate in (False, True):
                 L.seed_everything(0, verbose=False)
                 module = build_module(cfg, split.n_users, split.n_items)
@@ -876,23 +905,30 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
                 trainer.callbacks += [step_timer.callback, epoch_stamps.callback]
                 trainer.fit(module, datamodule=datamodule)
                 shutil.rmtree(run_dir, ignore_errors=True)
-                epochs[evaluate] += epoch_stamps.epochs()[1:]  # the first epoch warms up
+                epochs[key, evaluate] += epoch_stamps.epochs()[1:]  # the first epoch warms up
                 if not evaluate:
                     # iterations within an epoch (the stamp pairs that span an epoch's end excluded)
-                    per_epoch = len(batches)
                     its = step_timer.iterations()
-                    steps += [t for i, t in enumerate(its) if i >= warmup and (i + 1) % per_epoch != 0]
-                if key == "fix" and evaluate and round_ == 0:
-                    eval_times = []
-                    for _ in range(3):
-                        started = time.perf_counter()
-                        trainer.validate(module, datamodule=datamodule, verbose=False)
-                        eval_times.append(time.perf_counter() - started)
-                    out["ml100k_eval_seconds"] = statistics.median(eval_times)
+                    steps[key] += [t for i, t in enumerate(its) if i >= warmup and (i + 1) % len(batches) != 0]
+                if key == "fix" and evaluate:
+                    started = time.perf_counter()
+                    trainer.validate(module, datamodule=datamodule, verbose=False)
+                    eval_times.append(time.perf_counter() - started)
                 del trainer, module
-        out[f"ml100k_{key}_step_seconds"] = statistics.median(steps)
-        out[f"ml100k_epoch_seconds_{key}"] = statistics.median(epochs[False])
-        out[f"ml100k_epoch_eval_seconds_{key}"] = statistics.median(epochs[True])
+        print(
+            f"  round {round_}: bare {statistics.median(times[warmup:]) * 1e3:.2f} ms, "
+            + ", ".join(f"{key} {statistics.median(steps[key]) * 1e3:.2f} ms" for key in cfgs),
+            file=sys.stderr,
+            flush=True,
+        )
+    out["ml100k_bare_step_seconds"] = statistics.median(bare)
+    out["ml100k_batches_per_epoch"] = len(batches)
+    out["ml100k_bare_eval_seconds"] = statistics.median(bare_eval)
+    out["ml100k_eval_seconds"] = statistics.median(eval_times)
+    for key in cfgs:
+        out[f"ml100k_{key}_step_seconds"] = statistics.median(steps[key])
+        out[f"ml100k_epoch_seconds_{key}"] = statistics.median(epochs[key, False])
+        out[f"ml100k_epoch_eval_seconds_{key}"] = statistics.median(epochs[key, True])
         print(
             f"  {key}: step {out[f'ml100k_{key}_step_seconds'] * 1e3:.2f} ms, epoch "
             f"{out[f'ml100k_epoch_seconds_{key}']:.3f} s, "
@@ -1156,9 +1192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ml100k-schedule",
         type=int,
-        nargs=4,
+        nargs=3,
         default=list(ML100K_SCHEDULE),
-        metavar=("WARMUP", "ITERATIONS", "ROUNDS", "EPOCHS"),
+        metavar=("WARMUP", "ROUNDS", "EPOCHS"),
         help=argparse.SUPPRESS,
     )
     parser.add_argument(

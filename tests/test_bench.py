@@ -136,7 +136,7 @@ def test_bench_ml100k_shape_writes_its_keys(tmp_path) -> None:  # type: ignore[n
     _write_udata(data)
     (tmp_path / "bench.json").write_text(json.dumps({"fix_step_seconds": 0.5}))
     result = _bench(
-        tmp_path, "--shape", "ml100k", "--data", str(data), "--threads", "1", "--ml100k-schedule", "1", "3", "1", "2"
+        tmp_path, "--shape", "ml100k", "--data", str(data), "--threads", "1", "--ml100k-schedule", "1", "2", "2"
     )
     for key in bench.ML100K_KEYS:
         assert key in result, key
