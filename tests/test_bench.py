@@ -100,7 +100,7 @@ def _load_bench():  # type: ignore[no-untyped-def]
     return bench
 
 
-def _write_udata(path, n_users: int = 120, n_items: int = 90, n: int = 4000) -> None:  # type: ignore[no-untyped-def]
+def _write_udata(path, n_users: int = 120, n_items: int = 150, n: int = 5000) -> None:  # type: ignore[no-untyped-def]
     """A small ratings file in ml-100k's u.data format (tab-separated, 1-based ids)."""
     from lopt.data.synthetic import generate_interactions
 
