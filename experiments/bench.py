@@ -791,26 +791,39 @@ class EpochStamps:
         return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
 
 
+#: Packages a plain run must not import (W&B only with logger=wandb, optuna only in a study,
+#: plotting only in the results tools); matplotlib is listed but Lightning's torchmetrics imports it.
+OPTIONAL_IMPORTS = ("wandb", "optuna", "matplotlib", "seaborn", "plotly")
+
+
 class FirstStepStamp:
-    """Lightning callback for ``startup_seconds``: writes ``time.time()`` to ``path`` at the first
-    training step, then stops the run (``+callbacks.first_step._target_=bench.FirstStepStamp``)."""
+    """Lightning callback for ``startup_seconds``: writes ``{"time": time.time(), "imported": [the
+    OPTIONAL_IMPORTS loaded by then]}`` to ``path`` (JSON) at the first training step, then stops
+    the run (``+callbacks.first_step._target_=bench.FirstStepStamp``)."""
 
     def __new__(cls, path: str) -> Any:  # a Lightning callback built where Lightning is imported
+        import json
+
         import lightning.pytorch as L
 
         class _Callback(L.Callback):
             def on_train_batch_start(_self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
                 if not Path(path).exists():
-                    Path(path).write_text(repr(time.time()))
+                    imported = [name for name in OPTIONAL_IMPORTS if name in sys.modules]
+                    Path(path).write_text(json.dumps({"time": time.time(), "imported": imported}))
                 trainer.should_stop = True
 
         return _Callback()
 
 
-def startup_seconds(workdir: Path, runs: int = 2) -> float:
+def startup_seconds(workdir: Path, runs: int = 2) -> tuple[float, list[str]]:
     """Seconds from launching ``python run.py`` (synthetic data, defaults) to its first training
-    step, median of ``runs`` fresh processes (each stopped after that step)."""
+    step, median of ``runs`` fresh processes (each stopped after that step), and the
+    :data:`OPTIONAL_IMPORTS` those processes had loaded by then."""
+    import json
+
     times = []
+    imported: set[str] = set()
     for i in range(runs):
         stamp = workdir / f"first-step-{i}.txt"
         cmd = [
@@ -828,8 +841,10 @@ def startup_seconds(workdir: Path, runs: int = 2) -> float:
         proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not stamp.is_file():
             raise RuntimeError(f"startup run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        times.append(float(stamp.read_text()) - started)
-    return statistics.median(times)
+        record = json.loads(stamp.read_text())
+        times.append(record["time"] - started)
+        imported.update(record["imported"])
+    return statistics.median(times), sorted(imported)
 
 
 def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple[int, int, int]) -> dict[str, Any]:
@@ -942,7 +957,7 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
     out["ml100k_ratio_epoch_eval_over_epoch"] = out["ml100k_epoch_eval_seconds_fix"] / out["ml100k_epoch_seconds_fix"]
     out["ml100k_ratio_dui_over_fix_step"] = out["ml100k_dui_step_seconds"] / out["ml100k_fix_step_seconds"]
     out["ml100k_ratio_fix_step_over_bare"] = out["ml100k_fix_step_seconds"] / out["ml100k_bare_step_seconds"]
-    out["startup_seconds"] = startup_seconds(workdir)
+    out["startup_seconds"], out["startup_optional_imports"] = startup_seconds(workdir)
     print(f"  startup {out['startup_seconds']:.2f} s", file=sys.stderr, flush=True)
     out.update(_finish(load_before, "cpu"))
     return out

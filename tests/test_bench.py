@@ -151,6 +151,8 @@ def test_bench_ml100k_shape_writes_its_keys(tmp_path) -> None:  # type: ignore[n
         result["ml100k_epoch_eval_seconds_fix"] / result["ml100k_epoch_seconds_fix"]
     )
     assert result["fix_step_seconds"] == 0.5  # merged into the existing file
+    # a plain run (CSV logger, no study) loads neither W&B nor optuna before its first step
+    assert not {"wandb", "optuna"} & set(result["startup_optional_imports"])
 
 
 @pytest.mark.slow
