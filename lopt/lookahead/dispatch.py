@@ -16,13 +16,13 @@ from __future__ import annotations
 import torch
 
 from lopt.lookahead import fused, replay
-from lopt.lookahead.clip import sides_inactive
+from lopt.lookahead.clip import regularized_inactive, sides_inactive
 from lopt.lookahead.replay import lookahead_rows, simulate_step_rows
 from lopt.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPARSE, capability, unwrap
 from lopt.models import regularizer
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.regularizer import FactorModel
-from lopt.models.rows import triple_rows
+from lopt.models.rows import BatchRows, triple_rows
 from lopt.types import Triples
 
 
@@ -38,6 +38,7 @@ def lookahead_validation_loss(
     clip_norm: float | None,
     dropout: float = 0.0,
     compiled: bool = False,
+    train_rows: BatchRows | None = None,
 ) -> torch.Tensor:
     """l(V_t; Θ̄_{t+1}(Λ)): the BPR loss of ``valid_batch`` after the simulated Θ-step (a scalar whose
     graph reaches Λ only; Θ, g_t and the optimizer state are constants).
@@ -47,7 +48,9 @@ def lookahead_validation_loss(
     ``dropout`` > 0 applies ``F.dropout`` (training mode) to the looked-ahead embeddings of each
     validation triple. The fused case runs :mod:`.fused` (its kernels through ``torch.compile`` if
     ``compiled``); a clip that may bind (always off the CPU, where checking costs a host sync) and
-    every other case run :mod:`.replay`.
+    every other case run :mod:`.replay`. ``train_rows``: the train batch's
+    :func:`lopt.models.rows.batch_rows`, when already computed (the fused case reuses its rows and
+    counts).
     """
     P, Q = model.user_factors, model.item_factors
     valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
@@ -62,8 +65,15 @@ def lookahead_validation_loss(
         and capability(optimizer, (P, Q)) == FUSED
         and (clip_norm is None or P.device.type == "cpu")
     ):
-        side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid)
-        if clip_norm is None or sides_inactive((side_u.clip_side(), side_i.clip_side()), n_train, clip_norm, compiled):
+        side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid, train_rows)
+        if clip_norm is None:
+            return fused.validation_loss(granularity, side_u, side_i, valid, compiled)
+        if compiled:
+            inactive = sides_inactive((side_u.clip_side(), side_i.clip_side()), n_train, clip_norm, compiled)
+        else:  # the train rows' regularized gradient, computed once: the norm, then the look-ahead's
+            shared = (side_u.regularized_train_grad(), side_i.regularized_train_grad())
+            inactive = regularized_inactive(shared, clip_norm)
+        if inactive:
             return fused.validation_loss(granularity, side_u, side_i, valid, compiled)
     options = {"scope": scope, "scale": scale, "clip_norm": clip_norm, "dropout": dropout}
     return replay.validation_loss(model, theta_optimizer, granularity, train_batch, valid, **options)

@@ -51,8 +51,8 @@ from torch.nn import functional as F
 
 from lopt.lookahead.state import ParamState
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.regularizer import FactorModel
-from lopt.models.rows import GradRows, TripleRows, grad_of, grad_source, row_grad, unique_counts
+from lopt.models.regularizer import FactorModel, grad_record
+from lopt.models.rows import BatchRows, GradRows, TripleRows, grad_of, grad_source, row_grad, unique_counts
 from lopt.optim.compiled import Kernel
 from lopt.types import Triples
 
@@ -68,17 +68,22 @@ def _regularized_grad_rows(
     counts: torch.Tensor,
     two_over_n: float,
     lam_rowwise: bool,
+    regularized: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(θ[rows], c = 2·count/|B| as (n, 1), g[rows] + c·λ[rows]⊙θ[rows]): the rows' parameters and
     regularized Θ-gradient (``lam`` row-stored if ``lam_rowwise``, else broadcast (1, k)). g[rows]
     is ``grad[grad_idx]`` (:class:`lopt.models.rows.GradRows`), zero where ``grad_held``
-    ((n, 1) bool, or None: everywhere held) is False."""
+    ((n, 1) bool, or None: everywhere held) is False. ``regularized``: ``grad`` holds the
+    regularized gradient already (the train rows', :meth:`_Side.regularized_train_grad`), taken
+    as it is."""
     p = theta.index_select(0, rows)
     coef = counts.to(p.dtype).unsqueeze(1) * two_over_n
-    lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
     g = grad.index_select(0, grad_idx)
     if grad_held is not None:
         g = g.masked_fill_(~grad_held, 0.0)
+    if regularized:
+        return p, coef, g
+    lam_rows = lam.index_select(0, rows) if lam_rowwise else lam
     return p, coef, g.add_(coef * lam_rows * p)
 
 
@@ -101,13 +106,18 @@ def _replay_kernel(
     eps: float,
     lam_rowwise: bool,
     negate: bool,
+    grad_held: torch.Tensor | None = None,
+    regularized: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(θ̄[rows], K = ∂θ̄[rows]/∂λ[rows]), both (len(rows), d); λ is ``lam[rows]`` if ``lam_rowwise``
     else ``lam`` broadcast ((1, k)); ``counts`` (len(rows),) are the train-batch occurrences; g[rows]
-    is ``grad[grad_idx]``. ``step_size`` and ``bc2_sqrt`` are Python floats (one step count) or
-    (len(rows), 1) tensors (per-row counts); rows where ``moving`` ((n, 1) bool; None: every row)
-    is False keep θ̄ = θ and K = 0."""
-    p, coef, g = _regularized_grad_rows(theta, grad, grad_idx, None, lam, rows, counts, two_over_n, lam_rowwise)
+    is ``grad[grad_idx]``, zero where ``grad_held`` is False, and already regularized if
+    ``regularized`` (:func:`_regularized_grad_rows`). ``step_size`` and ``bc2_sqrt`` are Python
+    floats (one step count) or (len(rows), 1) tensors (per-row counts); rows where ``moving``
+    ((n, 1) bool; None: every row) is False keep θ̄ = θ and K = 0."""
+    p, coef, g = _regularized_grad_rows(
+        theta, grad, grad_idx, grad_held, lam, rows, counts, two_over_n, lam_rowwise, regularized
+    )
     if negate:
         g = g.neg_()
     m = (1 - beta1) * g if exp_avg is None else exp_avg.index_select(0, rows).lerp_(g, 1 - beta1)
@@ -228,8 +238,9 @@ class _Side:
         lam_storage: torch.Tensor,
         lam_rowwise: bool,
         rows: torch.Tensor,
-        batch_rows: torch.Tensor,
+        batch_rows: torch.Tensor | None,
         n_batch: int,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         read = ParamState(optimizer, param)
         self.param = param
@@ -244,8 +255,12 @@ class _Side:
             read.tensor("exp_avg_sq"),
             read.tensor("max_exp_avg_sq") if read.flag("amsgrad") else None,
         )
-        # the train batch's rows: all that the penalty (and the clip norm) touches
-        self.train_rows, self.train_counts = unique_counts(batch_rows, param.shape[0])
+        # the train batch's rows: all that the penalty (and the clip norm) touches (``train``:
+        # their unique rows and counts, when already computed)
+        if train is None:
+            assert batch_rows is not None
+            train = unique_counts(batch_rows, param.shape[0])
+        self.train_rows, self.train_counts = train
         found = torch.searchsorted(self.train_rows, rows).clamp_(max=max(self.train_rows.numel() - 1, 0))
         hit_mask = self.train_rows.index_select(0, found) == rows
         #: occurrences of each validation row in the train batch (0: absent, no Λ-dependence)
@@ -255,6 +270,23 @@ class _Side:
         #: where g_t[rows] (``held``: lazy Adam's moving rows, None for a dense gradient) and
         #: g_t[train rows] are
         self.grad, self.train_grad = self._grad_sources(found, hit_mask)
+        self._found, self._hit_mask = found, hit_mask.unsqueeze(1)
+        #: g_t is zero outside the train rows (a row-sparse g_t holding exactly them, or a dense
+        #: one its model records so): the validation rows' regularized gradient can then be read
+        #: from the train rows' one (:meth:`regularized_train_grad`)
+        self.grad_only_on_train_rows = self.train_grad is not None
+        self._regularized: torch.Tensor | None = None
+
+    def regularized_train_grad(self) -> torch.Tensor:
+        """g_t + ∂Ω/∂Θ on the train batch's rows at the current Λ ((len(train_rows), d)), computed
+        once per Λ-step: the clip check's norm and, where g_t is zero outside those rows, the
+        look-ahead's validation rows read it (eager kernels)."""
+        if self._regularized is None:
+            param, grad, storage, rowwise, rows, counts = self.clip_side()
+            self._regularized = _regularized_grad_rows(
+                param.detach(), *grad, storage.detach(), rows, counts, self.two_over_n, rowwise
+            )[2]
+        return self._regularized
 
     def _grad_sources(self, found: torch.Tensor, hit_mask: torch.Tensor) -> tuple[GradRows, GradRows | None]:
         """:func:`grad_source` of the validation rows and of the train rows (None: not located yet).
@@ -273,10 +305,18 @@ class _Side:
         return self.param, train_grad, self.lam_storage, self.lam_rowwise, self.train_rows, self.train_counts
 
     def replay(self, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        grad: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] = self.grad
+        grad_held, regularized = None, False
+        if not compiled and self._regularized is not None and self.grad_only_on_train_rows:
+            # the validation rows' regularized gradient: the train rows' one where they are train
+            # rows, zero elsewhere (g_t is zero there, and so is the penalty) — the same values
+            moving = self.grad.held  # lazy Adam: the rows g_t holds; dense Adam: every row (None)
+            grad = (self._regularized, self._found, moving)
+            grad_held, regularized = self._hit_mask, True
         return REPLAY(
             compiled,
             self.param.detach(),
-            *self.grad,
+            *grad,
             *self.moments,
             self.lam_storage.detach(),
             self.rows,
@@ -285,6 +325,8 @@ class _Side:
             *self.adam,
             self.lam_rowwise,
             self.negate,
+            grad_held,
+            regularized,
         )
 
     def lambda_grad(
@@ -363,17 +405,37 @@ def sides(
     granularity: LambdaGranularity,
     train_batch: Triples,
     valid: TripleRows,
+    train_rows: BatchRows | None = None,
 ) -> tuple[_Side, _Side]:
-    """The user and item sides of the fused look-ahead on the validation batch's rows ``valid``."""
+    """The user and item sides of the fused look-ahead on the validation batch's rows ``valid``
+    (``train_rows``: the train batch's :func:`lopt.models.rows.batch_rows`, when already computed)."""
     users, pos, neg = train_batch
     n = users.numel()
     P, Q = model.user_factors, model.item_factors
-    return (
-        _Side(optimizer, P, granularity.user_storage, granularity.user_rowwise, valid.user_rows, users, n),
-        _Side(
-            optimizer, Q, granularity.item_storage, granularity.item_rowwise, valid.item_rows, torch.cat([pos, neg]), n
-        ),
+    user_train = item_train = None
+    if train_rows is not None:
+        user_train = (train_rows.triples.user_rows, train_rows.user_counts)
+        item_train = (train_rows.triples.item_rows, train_rows.item_counts)
+    side_u = _Side(
+        optimizer, P, granularity.user_storage, granularity.user_rowwise, valid.user_rows, users, n, user_train
     )
+    side_i = _Side(
+        optimizer,
+        Q,
+        granularity.item_storage,
+        granularity.item_rowwise,
+        valid.item_rows,
+        torch.cat([pos, neg]) if item_train is None else None,
+        n,
+        item_train,
+    )
+    for side in (side_u, side_i):
+        record = grad_record(model, side.param)
+        grad = side.param.grad
+        known = record.known_rows(grad) if record is not None and grad is not None else None
+        if known is not None and torch.equal(known, side.train_rows):
+            side.grad_only_on_train_rows = True
+    return side_u, side_i
 
 
 def validation_loss(

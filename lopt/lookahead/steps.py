@@ -16,14 +16,17 @@ from lopt.lookahead.dispatch import lookahead_validation_loss
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import MatrixFactorization, bpr_loss
 from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+from lopt.models.rows import BatchRows
 from lopt.optim.lambda_optimizers import LambdaAdam, LambdaRowSparseAdam, LambdaSGD, clip_lambda_grad_
 from lopt.types import Triples
 
 
-def train_loss(model: MatrixFactorization, train_batch: Triples) -> torch.Tensor:
-    """The non-regularized BPR loss of the training batch (0-dim, with a graph to Θ)."""
+def train_loss(model: MatrixFactorization, train_batch: Triples, rows: BatchRows | None = None) -> torch.Tensor:
+    """The non-regularized BPR loss of the training batch (0-dim, with a graph to Θ). ``rows``: the
+    batch's :func:`lopt.models.rows.batch_rows`, computed once per iteration and shared by its
+    steps (None: computed here)."""
     users, pos, neg = train_batch
-    return bpr_loss(*model(users, pos, neg))
+    return bpr_loss(*model(users, pos, neg, rows.triples if rows is not None else None))
 
 
 #: Λ optimizers that project every entry they update onto [0, ∞) themselves (exact types: a
@@ -45,11 +48,13 @@ def lambda_step(
     lambda_clip_norm: float | None,
     dropout: float,
     compiled: bool,
+    rows: BatchRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Λ-step: the validation loss of the exact look-ahead Θ̄_{t+1}(Λ), its Λ-gradient, the Λ
     clip and the Λ optimizer's step. Needs g_t (the training backward) in the factors' ``.grad``;
-    reads it and the Θ optimizer's state, never writes them. Returns (the look-ahead validation
-    loss, the Λ-gradient norm before clipping), both detached."""
+    reads it and the Θ optimizer's state, never writes them. ``rows``: the train batch's
+    :func:`lopt.models.rows.batch_rows` (None: computed where needed). Returns (the look-ahead
+    validation loss, the Λ-gradient norm before clipping), both detached."""
     lambda_optimizer.zero_grad(set_to_none=True)
     valid_loss = lookahead_validation_loss(
         model,
@@ -62,6 +67,7 @@ def lambda_step(
         clip_norm=clip_norm,
         dropout=dropout,
         compiled=compiled,
+        train_rows=rows,
     )
     valid_loss.backward()
     lambda_grad_norm = clip_lambda_grad_(list(granularity.parameters()), lambda_clip_norm)
@@ -82,10 +88,12 @@ def theta_step(
     scope: str,
     scale: float,
     clip_norm: float | None,
+    rows: BatchRows | None = None,
 ) -> torch.Tensor:
     """The Θ-step: add ∇_Θ Ω(B; Θ, Λ) to g_t in ``.grad``, clip the gradient norm, step the Θ
-    optimizer (a torch optimizer or Lightning's wrapper of one). Returns the norm before clipping."""
-    add_penalty_grad_(model, granularity, train_batch, scope, scale)
+    optimizer (a torch optimizer or Lightning's wrapper of one). ``rows``: the train batch's
+    :func:`lopt.models.rows.batch_rows` (None: computed here). Returns the norm before clipping."""
+    add_penalty_grad_(model, granularity, train_batch, scope, scale, rows)
     grad_norm = clip_grad_norm_(model, clip_norm)
     theta_optimizer.step()
     return grad_norm

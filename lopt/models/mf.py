@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lopt.models.rows import row_grad, triple_rows
+from lopt.models.rows import TripleRows, row_grad, triple_rows
 
 
 class MatrixFactorization(nn.Module):
@@ -23,7 +23,10 @@ class MatrixFactorization(nn.Module):
       buffer reused across steps (zeroed, then the rows copied in). The values are those of the
       dense gather's backward; reusing the buffer avoids allocating (and page-faulting in) a fresh
       table-sized tensor every backward, which costs more than the rest of the backward at ML-10M
-      size. A dense gradient (from any other use of the tables) is accumulated as usual.
+      size, and only the rows written last time are re-zeroed. The hook records the rows outside
+      which the gradient is zero (:meth:`dense_grad_record`), so that the penalty and the clip
+      norm need not read the whole table. A dense gradient (from any other use of the tables) is
+      accumulated as usual.
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, sparse_grad: bool = False) -> None:
@@ -34,15 +37,27 @@ class MatrixFactorization(nn.Module):
         self.user_factors = nn.Parameter(torch.randn(n_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(n_items, dim) * init_std)
         self.sparse_grad = bool(sparse_grad)
+        # the hooks by parameter name (not by the parameter: the hooks hold no reference to it)
+        self._dense_grads: dict[str, DenseGradFromRows] = {}
         if not self.sparse_grad:
-            for table in (self.user_factors, self.item_factors):
-                table.register_post_accumulate_grad_hook(DenseGradFromRows())
+            for name in ("user_factors", "item_factors"):
+                hook = self._dense_grads[name] = DenseGradFromRows()
+                getattr(self, name).register_post_accumulate_grad_hook(hook)
 
     def forward(
-        self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor
+        self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, rows: TripleRows | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of a triple batch: (B,), (B,) for ŷ(u, i) and ŷ(u, j)."""
-        return sparse_triple_scores(self.user_factors, self.item_factors, users, pos_items, neg_items)
+        """Scores of a triple batch: (B,), (B,) for ŷ(u, i) and ŷ(u, j). ``rows``: the batch's
+        :func:`lopt.models.rows.triple_rows`, when already computed."""
+        return sparse_triple_scores(self.user_factors, self.item_factors, users, pos_items, neg_items, rows)
+
+    def dense_grad_record(self, param: torch.Tensor) -> DenseGradFromRows | None:
+        """The hook that keeps ``param``'s dense gradient buffer (None: row-sparse gradients, or not
+        a factor table of this model)."""
+        for name, hook in self._dense_grads.items():
+            if getattr(self, name) is param:
+                return hook
+        return None
 
     @torch.no_grad()
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
@@ -65,15 +80,21 @@ def triple_scores(
 
 
 def sparse_triple_scores(
-    user_factors: Tensor, item_factors: Tensor, users: Tensor, pos_items: Tensor, neg_items: Tensor
+    user_factors: Tensor,
+    item_factors: Tensor,
+    users: Tensor,
+    pos_items: Tensor,
+    neg_items: Tensor,
+    rows: TripleRows | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`triple_scores` whose backward gives each table a row-sparse gradient: the batch's
-    unique rows (ascending, one entry each) are gathered once by ``F.embedding(sparse=True)``,
-    then expanded to the triples (their gradients summed per row by the gather's backward)."""
+    unique rows (ascending, one entry each; ``rows`` if given, else computed) are gathered once by
+    ``F.embedding(sparse=True)``, then expanded to the triples (their gradients summed per row by
+    the gather's backward)."""
     n = users.numel()
-    user_rows, item_rows, user_idx, item_idx = triple_rows(
-        (users, pos_items, neg_items), user_factors.shape[0], item_factors.shape[0]
-    )
+    if rows is None:
+        rows = triple_rows((users, pos_items, neg_items), user_factors.shape[0], item_factors.shape[0])
+    user_rows, item_rows, user_idx, item_idx = rows
     p = F.embedding(user_rows, user_factors, sparse=True).index_select(0, user_idx)
     q = F.embedding(item_rows, item_factors, sparse=True)
     # index_select: its backward is an index_add_ (advanced indexing's accumulating index_put_ sorts)
@@ -85,27 +106,57 @@ class DenseGradFromRows:
     values, written into a buffer this hook keeps across steps (reallocated only when the table's
     shape, dtype or device changes). It holds no reference to the table or the model, so a model
     that owns it can still be garbage-collected (a hook referencing its model would form a cycle
-    through the parameter that Python's collector cannot see)."""
+    through the parameter that Python's collector cannot see).
+
+    The buffer is zero outside the rows written last (:attr:`rows`), so only those are re-zeroed
+    before the next rows are copied in: the same values as zeroing the whole table. That record
+    holds while the buffer's version counter is the one noted after the write; an in-place change
+    by anyone else (a dense penalty, an accumulation into it, ``zero_grad(set_to_none=False)``)
+    makes the rows unknown and the next call zeroes the whole buffer. A writer that changed only
+    those rows says so with :meth:`wrote_within_rows`."""
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
+        #: the rows outside which ``buffer`` is zero (None: unknown)
+        self.rows: torch.Tensor | None = None
+        self._version = -1
 
     def __call__(self, table: torch.Tensor) -> None:
         grad = table.grad
-        if grad is None or not grad.is_sparse:
+        if grad is None:
+            return
+        if not grad.is_sparse:
+            if grad is self.buffer:  # accumulated into in place: its rows are unknown now
+                self.rows = None
             return
         buffer = self.buffer
         if buffer is None or buffer.shape != table.shape or buffer.dtype != grad.dtype or buffer.device != grad.device:
-            buffer = self.buffer = torch.empty(table.shape, dtype=grad.dtype, device=grad.device)
-        table.grad = dense_from_rows(grad, buffer)
+            buffer = self.buffer = torch.zeros(table.shape, dtype=grad.dtype, device=grad.device)
+        elif self.rows is not None and buffer._version == self._version:
+            buffer.index_fill_(0, self.rows, 0.0)
+        else:
+            buffer.zero_()
+        rows, values = row_grad(grad)
+        if rows is None:
+            buffer.copy_(values)
+        else:
+            buffer.index_copy_(0, rows, values)
+        self.rows = rows
+        self._version = buffer._version
+        table.grad = buffer
 
+    def known_rows(self, grad: torch.Tensor) -> torch.Tensor | None:
+        """The rows outside which ``grad`` is zero, when ``grad`` is this hook's buffer and nothing
+        but :meth:`wrote_within_rows` writers changed it since (None: unknown)."""
+        if grad is self.buffer and grad._version == self._version:
+            return self.rows
+        return None
 
-def dense_from_rows(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``grad.to_dense()`` written into ``out`` (same shape; its contents are overwritten): zeroed,
-    then the coalesced rows of the sparse ``grad`` (sparse_dim 1) copied in. Returns ``out``."""
-    rows, values = row_grad(grad)
-    out.zero_()
-    return out.index_copy_(0, rows, values) if rows is not None else out.copy_(values)
+    def wrote_within_rows(self, grad: torch.Tensor) -> None:
+        """Note that the in-place writes to ``grad`` since the record changed only its recorded
+        rows (the record stays valid); nothing when ``grad`` is not this hook's buffer."""
+        if grad is self.buffer and self.rows is not None:
+            self._version = grad._version
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.rows import coalesced, occurrences, unique_counts
+from lopt.models.rows import BatchRows, coalesced, occurrences, unique_counts
 from lopt.types import Triples
 
 SCOPES: tuple[str, ...] = ("batch", "all")
@@ -35,6 +35,21 @@ class FactorModel(Protocol):
 
     user_factors: nn.Parameter
     item_factors: nn.Parameter
+
+
+class GradRecord(Protocol):
+    """Where a dense factor gradient is known to be zero (:class:`lopt.models.mf.DenseGradFromRows`)."""
+
+    def known_rows(self, grad: torch.Tensor) -> torch.Tensor | None: ...
+
+    def wrote_within_rows(self, grad: torch.Tensor) -> None: ...
+
+
+def grad_record(model: FactorModel, param: torch.Tensor) -> GradRecord | None:
+    """The record of ``param``'s dense gradient buffer, if ``model`` keeps one
+    (:meth:`lopt.models.mf.MatrixFactorization.dense_grad_record`)."""
+    record = getattr(model, "dense_grad_record", None)
+    return record(param) if record is not None else None
 
 
 def check_scope(scope: str) -> str:
@@ -156,10 +171,16 @@ def _sparse_rows_add(grad: torch.Tensor, rows: torch.Tensor, values: torch.Tenso
 
 @torch.no_grad()
 def add_penalty_grad_(
-    model: FactorModel, granularity: LambdaGranularity, batch: Triples, scope: str, scale: float = 1.0
+    model: FactorModel,
+    granularity: LambdaGranularity,
+    batch: Triples,
+    scope: str,
+    scale: float = 1.0,
+    rows: BatchRows | None = None,
 ) -> None:
     """Add ∂Ω/∂Θ (at the current Λ, no autograd graph) to ``user_factors.grad`` / ``item_factors.grad``
-    in place (a missing grad starts at zero). Scope "batch": index_add_ on the batch's unique rows,
+    in place (a missing grad starts at zero). Scope "batch": index_add_ on the batch's unique rows
+    (``rows``: :func:`lopt.models.rows.batch_rows` of ``batch``, when already computed),
     O(|B|·d); scope "all": dense, O((|U|+|I|)·d). This is the regularization part of the real Θ-step.
 
     Row-sparse gradients (``MatrixFactorization(sparse_grad=True)``) stay row-sparse: the penalty's
@@ -176,16 +197,25 @@ def add_penalty_grad_(
     n = users.numel()
     if n == 0:
         return
-    for theta, grad, lam_fn, batch_rows in (
-        (P, gP, granularity.user_lambda, users),
-        (Q, gQ, granularity.item_lambda, torch.cat([pos_items, neg_items])),
+    if rows is None:
+        u_rows, u_counts = unique_counts(users, P.shape[0])
+        i_rows, i_counts = unique_counts(torch.cat([pos_items, neg_items]), Q.shape[0])
+    else:
+        u_rows, u_counts = rows.triples.user_rows, rows.user_counts
+        i_rows, i_counts = rows.triples.item_rows, rows.item_counts
+    for theta, grad, lam_fn, side_rows, counts in (
+        (P, gP, granularity.user_lambda, u_rows, u_counts),
+        (Q, gQ, granularity.item_lambda, i_rows, i_counts),
     ):
-        rows, counts = unique_counts(batch_rows, theta.shape[0])
-        rows_grad = batch_penalty_rows(theta, lam_fn, rows, counts, n)
+        rows_grad = batch_penalty_rows(theta, lam_fn, side_rows, counts, n)
         if grad.is_sparse:
-            theta.grad = _sparse_rows_add(grad, rows, rows_grad)
-        else:
-            grad.index_add_(0, rows, rows_grad)
+            theta.grad = _sparse_rows_add(grad, side_rows, rows_grad)
+            continue
+        record = grad_record(model, theta)
+        known = record.known_rows(grad) if record is not None else None
+        grad.index_add_(0, side_rows, rows_grad)
+        if record is not None and known is not None and torch.equal(known, side_rows):
+            record.wrote_within_rows(grad)  # the batch's rows are the gradient's own
 
 
 @torch.no_grad()
@@ -193,11 +223,15 @@ def clip_grad_norm_(model: FactorModel, max_norm: float | None) -> torch.Tensor:
     """Clip the Θ gradient (``user_factors.grad``, ``item_factors.grad``) to total L2 norm
     ``max_norm`` in place, exactly as ``torch.nn.utils.clip_grad_norm_``: grads *= min(max_norm /
     (norm + 1e-6), 1). ``max_norm=None``: no clipping. Returns the total norm before clipping.
-    Row-sparse gradients are coalesced (rows summed first) and scaled on their values."""
+    Row-sparse gradients are coalesced (rows summed first) and scaled on their values. A dense
+    gradient known to be zero outside some rows (:func:`grad_record`: the batch's rows under
+    penalty scope "batch") has its norm taken over those rows only: the same norm, up to the
+    order of the float sum."""
     params = [p for p in (model.user_factors, model.item_factors) if p.grad is not None]
     if not params:
         return torch.zeros((), dtype=model.user_factors.dtype, device=model.user_factors.device)
-    return clip_grads_(params, max_norm)
+    records = [grad_record(model, p) for p in params]
+    return clip_grads_(params, max_norm, records)
 
 
 __all__ = [
@@ -208,25 +242,37 @@ __all__ = [
     "batch_penalty_rows",
     "check_scope",
     "clip_grad_norm_",
+    "clip_grads_",
+    "grad_record",
     "penalty",
     "penalty_grad_rows",
 ]
 
 
 @torch.no_grad()
-def clip_grads_(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+def clip_grads_(
+    params: list[torch.Tensor], max_norm: float | None, records: list[GradRecord | None] | None = None
+) -> torch.Tensor:
     """Clip the total L2 norm of the gradients of ``params`` (each holding a dense or sparse
     ``.grad``) to ``max_norm`` in place, with ``torch.nn.utils.clip_grad_norm_`` semantics (grads *=
     min(max_norm / (norm + 1e-6), 1)). ``max_norm=None``: no clipping. Returns the total norm before
     clipping (a 0-dim tensor).
 
     A sparse grad's norm is the norm of its coalesced values (duplicates summed first); sparse grads
-    are replaced by their coalesced version and scaled on their values."""
+    are replaced by their coalesced version and scaled on their values. ``records`` (one per
+    param, or None): where a dense grad is known to be zero outside some rows, its norm is taken
+    over those rows only."""
     norms = []
-    for p in params:
+    known: list[torch.Tensor | None] = []
+    for i, p in enumerate(params):
+        record = records[i] if records is not None else None
+        rows = record.known_rows(p.grad) if record is not None and not p.grad.is_sparse else None
+        known.append(rows)
         if p.grad.is_sparse:
             p.grad = coalesced(p.grad)
             norms.append(torch.linalg.vector_norm(p.grad.values()))
+        elif rows is not None:
+            norms.append(torch.linalg.vector_norm(p.grad.index_select(0, rows)))
         else:
             norms.append(torch.linalg.vector_norm(p.grad))
     total = torch.linalg.vector_norm(torch.stack(norms))
@@ -235,12 +281,15 @@ def clip_grads_(params: list[torch.Tensor], max_norm: float | None) -> torch.Ten
         # On the CPU reading coef is free: skip scaling by exactly 1 (a pass over every gradient).
         if coef.device.type == "cpu" and not bool(coef < 1.0):
             return total
-        for p in params:
+        for i, p in enumerate(params):
             g = p.grad
             if g.is_sparse:
                 p.grad = torch.sparse_coo_tensor(
                     g.indices(), g.values() * coef, g.shape, is_coalesced=True, check_invariants=False
                 )
+            elif known[i] is not None and coef.device.type == "cpu" and bool(coef.isfinite()):
+                g.mul_(coef)  # a finite scale keeps the zero rows zero: the record stays valid
+                records[i].wrote_within_rows(g)  # type: ignore[index,union-attr]
             else:
                 g.mul_(coef)
     return total

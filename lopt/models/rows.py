@@ -81,6 +81,22 @@ def unique_inverse(batch_rows: torch.Tensor, n_total: int | None = None) -> tupl
     return torch.unique(batch_rows, return_inverse=True)
 
 
+def unique_inverse_counts(
+    batch_rows: torch.Tensor, n_total: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.unique(batch_rows, return_inverse=True, return_counts=True)`` (ascending rows, int64
+    inverse and counts: :func:`unique_inverse` and :func:`unique_counts` in one pass), by one
+    bincount when ``n_total`` allows it."""
+    if _use_bincount(n_total, batch_rows.numel()):
+        assert n_total is not None
+        counts = torch.bincount(batch_rows, minlength=n_total)
+        rows = torch.nonzero(counts, as_tuple=True)[0]
+        position = torch.empty(n_total, dtype=torch.int64, device=batch_rows.device)
+        position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
+        return rows, position.index_select(0, batch_rows), counts.index_select(0, rows)
+    return torch.unique(batch_rows, return_inverse=True, return_counts=True)
+
+
 class TripleRows(NamedTuple):
     """A triple batch's unique user and item rows (ascending; items: positives and negatives) and
     each triple's position in them (``item_idx``: the positives' positions, then the negatives')."""
@@ -98,6 +114,25 @@ def triple_rows(batch: Triples, n_users: int, n_items: int) -> TripleRows:
     user_rows, user_idx = unique_inverse(users, n_users)
     item_rows, item_idx = unique_inverse(torch.cat([pos, neg]), n_items)
     return TripleRows(user_rows, item_rows, user_idx, item_idx)
+
+
+class BatchRows(NamedTuple):
+    """A training batch's rows, computed once per iteration and shared by its forward, the
+    look-ahead, the penalty and the clip: :class:`TripleRows`, and each unique row's number of
+    occurrences (``item_counts``: as positive plus as negative)."""
+
+    triples: TripleRows
+    user_counts: torch.Tensor
+    item_counts: torch.Tensor
+
+
+def batch_rows(batch: Triples, n_users: int, n_items: int) -> BatchRows:
+    """:class:`BatchRows` of ``batch`` (users, positives, negatives): one bincount (or sort) per
+    side, the values of :func:`triple_rows` and :func:`unique_counts`."""
+    users, pos, neg = batch
+    user_rows, user_idx, user_counts = unique_inverse_counts(users, n_users)
+    item_rows, item_idx, item_counts = unique_inverse_counts(torch.cat([pos, neg]), n_items)
+    return BatchRows(TripleRows(user_rows, item_rows, user_idx, item_idx), user_counts, item_counts)
 
 
 def rows_of(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -176,6 +211,7 @@ def touched(p: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "BatchRows",
     "GradRows",
     "coalesced",
     "row_grad",
@@ -186,7 +222,9 @@ __all__ = [
     "occurrences",
     "rows_of",
     "touched",
+    "batch_rows",
     "triple_rows",
     "unique_counts",
     "unique_inverse",
+    "unique_inverse_counts",
 ]

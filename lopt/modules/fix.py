@@ -18,6 +18,7 @@ from lopt.lookahead.steps import theta_step, train_loss
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import MatrixFactorization
 from lopt.models.regularizer import SCOPES, penalty
+from lopt.models.rows import BatchRows, batch_rows
 from lopt.modules.manual import ManualThetaModule
 from lopt.optim.row_sparse import is_row_sparse
 from lopt.types import Triples
@@ -57,6 +58,9 @@ class MFBPRModule(ManualThetaModule):
         self.granularity = granularity
         self.penalty_scope = penalty_scope
         self.penalty_scale = penalty_scale
+        #: the current training batch's rows (:func:`lopt.models.rows.batch_rows`), computed once per
+        #: iteration in ``training_step`` and shared by its forward, Λ-step and Θ-step
+        self.batch_rows: BatchRows | None = None
         self.save_hyperparameters(
             {
                 "n_users": n_users,
@@ -90,7 +94,8 @@ class MFBPRModule(ManualThetaModule):
         # set_to_none: the backward's gradient becomes .grad as it is (no zero-fill of the tables
         # and no accumulation pass over them)
         theta_opt.zero_grad(set_to_none=True)
-        loss = train_loss(self.model, batch["train"])
+        rows = self.batch_rows = batch_rows(batch["train"], self.model.n_users, self.model.n_items)
+        loss = train_loss(self.model, batch["train"], rows)
         self._check_finite(loss)
         self.manual_backward(loss)
 
@@ -104,7 +109,9 @@ class MFBPRModule(ManualThetaModule):
             scope=self.penalty_scope,
             scale=self.penalty_scale,
             clip_norm=self.grad_clip_norm,
+            rows=rows,
         )
+        self.batch_rows = None
 
         if self._is_logging_step():
             with torch.no_grad():

@@ -88,5 +88,6 @@ class LambdaOptModule(MFBPRModule):
             lambda_clip_norm=self.lambda_grad_clip_norm,
             dropout=self.lookahead_dropout if self.training else 0.0,
             compiled=self.compile_lookahead,
+            rows=self.batch_rows,
         )
         return {"train/lookahead_valid_loss": valid_loss, "train/lambda_grad_norm": lambda_grad_norm}

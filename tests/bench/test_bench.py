@@ -90,15 +90,110 @@ def test_bench_tiny_writes_every_key(tmp_path) -> None:  # type: ignore[no-untyp
     assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").rglob("ratings.dat"))
 
 
-def test_popularity_interactions_are_distinct_pairs_in_range() -> None:
-    """The large shape's generator: distinct (user, item) pairs, ids in range, every user present,
-    close to the requested count, deterministic."""
+def _load_bench():  # type: ignore[no-untyped-def]
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_module", BENCH)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def _write_udata(path, n_users: int = 120, n_items: int = 150, n: int = 5000) -> None:  # type: ignore[no-untyped-def]
+    """A small ratings file in ml-100k's u.data format (tab-separated, 1-based ids)."""
+    from lopt.data.synthetic import generate_interactions
+
+    frame = generate_interactions(n_users, n_items, n, seed=3)
+    lines = [f"{u + 1}\t{i + 1}\t4\t{t}" for u, i, t in frame.select(["user", "item", "timestamp"]).iter_rows()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _bench(tmp_path, *args: str) -> dict:  # type: ignore[no-untyped-def]
+    out = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TMPDIR": str(scratch), "WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not list(scratch.glob("lopt-bench-*")), "the runs' files were left behind"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_bench_ml100k_shape_writes_its_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--shape ml100k on a small u.data file: the bare floor, lopt's steps, epochs with and without
+    evaluation, the evaluation alone, the ratios and the start-up of run.py, all measured; the
+    keys of an existing bench.json are kept."""
+    bench = _load_bench()
+    data = tmp_path / "u.data"
+    _write_udata(data)
+    (tmp_path / "bench.json").write_text(json.dumps({"fix_step_seconds": 0.5}))
+    result = _bench(
+        tmp_path, "--shape", "ml100k", "--data", str(data), "--threads", "1", "--ml100k-schedule", "1", "2", "2"
+    )
+    for key in bench.ML100K_KEYS:
+        assert key in result, key
+        assert _finite_numbers(result[key]), (key, result[key])
+    for key in bench.ML100K_KEYS[:-1]:
+        assert result[key] > 0, key
+    epoch_floor = result["ml100k_batches_per_epoch"] * result["ml100k_bare_step_seconds"]
+    assert result["ml100k_ratio_fix_over_bare"] == pytest.approx(
+        result["ml100k_epoch_eval_seconds_fix"] / (epoch_floor + result["ml100k_bare_eval_seconds"])
+    )
+    assert result["ml100k_ratio_epoch_eval_over_epoch"] == pytest.approx(
+        result["ml100k_epoch_eval_seconds_fix"] / result["ml100k_epoch_seconds_fix"]
+    )
+    assert result["fix_step_seconds"] == 0.5  # merged into the existing file
+    # a plain run (CSV logger, no study) loads neither W&B nor optuna before its first step
+    assert not {"wandb", "optuna"} & set(result["startup_optional_imports"])
+
+
+@pytest.mark.slow
+def test_bench_study_and_rss_modes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--study (2 trials, 2 epochs, this checkout as both before and after) and --rss (the tiny
+    shape, 1 epoch) run the real run.py and record their keys."""
+    data = tmp_path / "u.data"
+    _write_udata(data)
+    result = _bench(
+        tmp_path,
+        "--study",
+        "--data",
+        str(data),
+        "--study-trials",
+        "2",
+        "--study-epochs",
+        "2",
+        "--study-before",
+        str(REPO_ROOT),
+    )
+    assert result["ml100k_study_seconds"] > 0 and result["ml100k_study_seconds_before"] > 0
+    assert set(result["ml100k_study_seconds_by_method"]) == {"fix", "dui"}
+    assert result["ml100k_study_seconds"] == pytest.approx(sum(result["ml100k_study_seconds_by_method"].values()))
+    result = _bench(tmp_path, "--rss", "--shape", "tiny", "--rss-epochs", "1")
+    assert 50 < result["peak_rss_mb_ml10m_dui_run"] < 20_000
+    assert result["ml100k_study_seconds"] > 0  # the study's keys are kept
+
+
+def test_study_values_are_a_fixed_log_spaced_list() -> None:
+    bench = _load_bench()
+    values = [float(v) for v in bench.study_values(20, 1e-6, 10.0)]
+    assert len(values) == 20 and len(set(values)) == 20
+    assert values[0] == pytest.approx(1e-6) and values[-1] == pytest.approx(10.0)
+    assert values == sorted(values)
+    assert bench.study_values(20, 1e-6, 10.0) == bench.study_values(20, 1e-6, 10.0)
+
+
+def test_popularity_interactions_are_distinct_pairs_in_range() -> None:
+    """The large shape's generator: distinct (user, item) pairs, ids in range, every user present,
+    close to the requested count, deterministic."""
+    bench = _load_bench()
     frame = bench.popularity_interactions(2000, 5000, 20_000, user_alpha=0.6, item_alpha=0.9)
     assert frame.select(["user", "item"]).is_duplicated().sum() == 0
     assert frame["user"].n_unique() == 2000 and frame["user"].max() == 1999

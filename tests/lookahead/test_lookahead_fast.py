@@ -63,3 +63,40 @@ def test_other_cases_take_the_autograd_path(opt_factory, clip, dropout) -> None:
         lookahead_validation_loss(
             model, opt, gran, TRAIN, VALID, scope="batch", scale=1.0, clip_norm=clip, dropout=dropout
         ).backward()
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "adam_amsgrad", "adam_maximize"])
+@pytest.mark.parametrize("gran_name", LEARNABLE)
+def test_the_clip_checks_regularized_gradient_is_shared_with_the_look_ahead(gran_name: str, opt_name: str) -> None:
+    """With a clip to check and g_t known to be zero outside the train rows (the model's dense
+    gradient record), the look-ahead reads its validation rows' regularized gradient from the
+    clip check's train rows (computed once): the loss and the Λ-gradient are bit for bit those of
+    computing it afresh."""
+    model, gran, opt = build_adam(opt_name, gran_name, 3)
+    taken = []
+    real_replay = fused._Side.replay
+
+    def replay(side, compiled):  # type: ignore[no-untyped-def]
+        taken.append(side.grad_only_on_train_rows and side._regularized is not None)
+        return real_replay(side, compiled)
+
+    with mock.patch.object(fused._Side, "replay", replay):
+        shared_loss, shared = lambda_grads(model, gran, opt, BIG_CLIP, fast=True)
+    assert taken == [True, True]
+    real_sides = fused.sides
+
+    def unshared_sides(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sides = real_sides(*args, **kwargs)
+        for side in sides:
+            side.grad_only_on_train_rows = False
+        return sides
+
+    with mock.patch.object(fused, "sides", unshared_sides):
+        loss, grads = lambda_grads(model, gran, opt, BIG_CLIP, fast=True)
+    assert torch.equal(shared_loss, loss)
+    for (kind_s, gs), (kind, g) in zip(shared, grads, strict=True):
+        assert kind_s == kind
+        if kind == "sparse":
+            assert torch.equal(gs.indices(), g.indices())
+            gs, g = gs.values(), g.values()
+        assert torch.equal(gs, g)

@@ -44,3 +44,71 @@ def test_a_trained_dense_model_is_garbage_collected() -> None:
     del model
     gc.collect()
     assert alive[0]() is None and alive[1]() is None
+
+
+def _dense_reference(model: MatrixFactorization, users, pos, neg) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    reference = [p.detach().clone().requires_grad_(True) for p in (model.user_factors, model.item_factors)]
+    bpr_loss(*triple_scores(*reference, users, pos, neg)).backward()
+    return [p.grad for p in reference]
+
+
+def test_the_buffer_records_its_rows_and_rezeroes_only_them() -> None:
+    """Only the rows written last step are re-zeroed (the buffer's other rows are never written),
+    and the record of those rows is what the penalty and the clip norm read."""
+    torch.manual_seed(0)
+    model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
+    bpr_loss(*model(USERS, POS, NEG)).backward()
+    buffer = model.user_factors.grad
+    record = model.dense_grad_record(model.user_factors)
+    assert record is not None and model.dense_grad_record(model.item_factors) is not record
+    assert record.known_rows(buffer).tolist() == [1, 2, 7]
+    # a row outside the record that someone else would have to zero: left alone by the next step
+    # (it is only ever zero, so poking it proves the next step did not write it)
+    with torch.no_grad():
+        buffer[5] = 123.0
+    record._version = buffer._version  # pretend the poke never happened
+    model.zero_grad(set_to_none=True)
+    bpr_loss(*model(USERS[:2], POS[:2], NEG[:2])).backward()
+    assert model.user_factors.grad is buffer
+    assert float(buffer[5, 0]) == 123.0  # not a full zero_()
+    assert float(buffer[7].abs().sum()) == 0.0  # last step's row 7 re-zeroed
+    torch.testing.assert_close(buffer[[1, 2]], _dense_reference(model, USERS[:2], POS[:2], NEG[:2])[0][[1, 2]])
+
+
+def test_an_unrecorded_in_place_write_falls_back_to_zeroing_the_whole_buffer() -> None:
+    """A dense in-place change (a scope-"all" penalty, zero_grad(set_to_none=False), an
+    accumulation) invalidates the record: the next step zeroes every row and the values are the
+    dense gather's backward again."""
+    torch.manual_seed(0)
+    model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
+    bpr_loss(*model(USERS, POS, NEG)).backward()
+    buffer = model.user_factors.grad
+    record = model.dense_grad_record(model.user_factors)
+    with torch.no_grad():
+        buffer.add_(1.0)  # every row
+    assert record.known_rows(buffer) is None
+    model.zero_grad(set_to_none=True)
+    bpr_loss(*model(USERS[:1], POS[:1], NEG[:1])).backward()
+    expected = _dense_reference(model, USERS[:1], POS[:1], NEG[:1])
+    torch.testing.assert_close(model.user_factors.grad, expected[0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(model.item_factors.grad, expected[1], rtol=0, atol=1e-15)
+    # an accumulation into the buffer (no zero_grad) makes its rows unknown too
+    bpr_loss(*model(USERS[2:], POS[2:], NEG[2:])).backward()
+    assert record.known_rows(model.user_factors.grad) is None
+
+
+def test_batch_rows_are_triple_rows_with_unique_counts() -> None:
+    from lopt.models.rows import batch_rows, triple_rows, unique_counts
+
+    rows = batch_rows((USERS, POS, NEG), 10, 12)
+    for got, want in zip(rows.triples, triple_rows((USERS, POS, NEG), 10, 12)):
+        assert torch.equal(got, want)
+    assert torch.equal(rows.user_counts, unique_counts(USERS, 10)[1])
+    assert torch.equal(rows.item_counts, unique_counts(torch.cat([POS, NEG]), 12)[1])
+    # the sort path (a table too large for a bincount) gives the same
+    big = batch_rows((USERS, POS, NEG), 10**9, 10**9)
+    for got, want in zip(big, rows):
+        if isinstance(got, tuple):
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+        else:
+            assert torch.equal(got, want)

@@ -121,3 +121,44 @@ def test_clip_equals_torch(max_norm: float | None, dtype: torch.dtype) -> None:
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
     if max_norm == 1e-3:
         assert clip_grad_norm_(model, None).item() == pytest.approx(1e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize("max_norm", [None, 1e-3, 1e9])
+def test_the_theta_step_on_a_recorded_buffer_reads_only_the_batch_rows(max_norm: float | None) -> None:
+    """After the BPR backward, the penalty (scope "batch") and the clip keep the buffer's record of
+    the batch's rows, the clip norm is taken over those rows, and every value equals the
+    full-table computation (penalty by autograd, clip by torch). The record is what lets the next
+    step re-zero those rows only."""
+    from lopt.models.mf import bpr_loss, triple_scores
+    from lopt.models.rows import batch_rows
+
+    model, gran = setup("dui")
+    ref = [p.detach().clone().requires_grad_(True) for p in (model.user_factors, model.item_factors)]
+    bpr_loss(*model(*BATCH)).backward()
+    (bpr_loss(*triple_scores(*ref, *BATCH)) + penalty(_Tables(*ref), gran, BATCH, "batch")).backward()
+    add_penalty_grad_(model, gran, BATCH, "batch", rows=batch_rows(BATCH, NU, NI))
+    records = [model.dense_grad_record(p) for p in (model.user_factors, model.item_factors)]
+    for p, record in zip((model.user_factors, model.item_factors), records, strict=True):
+        assert record.known_rows(p.grad) is not None  # the penalty stayed within the batch's rows
+    got = clip_grad_norm_(model, max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(ref, max_norm if max_norm is not None else float("inf"))
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
+    for p, q, record in zip((model.user_factors, model.item_factors), ref, records, strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-14, atol=1e-300)
+        assert record.known_rows(p.grad) is not None  # a finite clip scale keeps zero rows zero
+
+
+def test_a_scope_all_penalty_makes_the_rows_unknown() -> None:
+    model, gran = setup("dui")
+    from lopt.models.mf import bpr_loss
+
+    bpr_loss(*model(*BATCH)).backward()
+    add_penalty_grad_(model, gran, BATCH, "all", SCALE)
+    record = model.dense_grad_record(model.user_factors)
+    assert record.known_rows(model.user_factors.grad) is None  # every row holds a penalty now
+
+
+class _Tables(torch.nn.Module):
+    def __init__(self, p: torch.Tensor, q: torch.Tensor) -> None:
+        super().__init__()
+        self.user_factors, self.item_factors = p, q  # type: ignore[assignment]

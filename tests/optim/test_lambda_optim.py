@@ -213,3 +213,26 @@ def test_lambda_clip_that_does_not_bind_leaves_gradients_untouched() -> None:
     assert lam.grad.is_coalesced() and torch.equal(lam.grad.values(), values)
     clip_lambda_grad_([lam], max_norm=0.5 * float(values.norm()))  # binds: halves the values
     torch.testing.assert_close(lam.grad.values(), values * 0.5, rtol=1e-6, atol=0.0)
+
+
+def test_lambda_adam_densifies_consecutive_sparse_steps_on_different_rows() -> None:
+    """The densify buffer re-zeroes only the rows it wrote last step: consecutive sparse gradients
+    on different rows (and a buffer changed in place in between, which forces a full re-zero)
+    still give torch's Adam on the dense gradients, then the clamp."""
+    torch.manual_seed(0)
+    mine = [nn.Parameter(torch.rand(NU, D, dtype=torch.float64) * 0.05)]
+    ref = [nn.Parameter(mine[0].detach().clone())]
+    opt = LambdaAdam(mine, lr=0.01, amsgrad=True)
+    ropt = torch.optim.Adam(ref, lr=0.01, amsgrad=True, foreach=False)
+    for step, rows in enumerate(([0, 3, 3], [1, 2], [4, 0], [2], [3, 1, 4])):
+        vals = torch.randn(len(rows), D, dtype=torch.float64)
+        mine[0].grad = sparse_rows(rows, vals, NU)
+        ref[0].grad = mine[0].grad.to_dense()
+        opt.step()
+        ropt.step()
+        with torch.no_grad():
+            ref[0].clamp_(min=0.0)
+        torch.testing.assert_close(mine[0], ref[0], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(mine[0].grad, ref[0].grad, rtol=0, atol=0)
+        if step == 2:
+            mine[0].grad.add_(1.0)  # an in-place write elsewhere: the next densify zeroes everything
