@@ -994,6 +994,7 @@ def study_seconds(code: Path, data: Path, workdir: Path, trials: int, epochs: in
             f"+experiment={experiment}",
             "+budget=equal",
             f"budget.max_epochs={epochs}",
+            "callbacks.early_stopping.min_delta=0",  # the same stopping rule in every version timed
             "hydra/launcher=local",
             f"hydra.sweeper.max_batch_size={jobs}",
             f"hydra.sweep.dir={sweep_dir}",
