@@ -4,16 +4,15 @@ layout, figures by metric name; and the runs' beyond-accuracy block."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
-from filelock import FileLock
 
-from tests.helpers.cli import REPO_ROOT, TINY_OVERRIDES, run_cli
+from tests.helpers.cli import REPO_ROOT, TINY_OVERRIDES
+from tests.helpers.finished_runs import made_once
 
 STANDARD = ["protocol=standard", "eval.ks=[5,20]", "seed=0,1", "logger=csv"]
 TINY = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
@@ -22,23 +21,11 @@ TINY = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
 @pytest.fixture(scope="module")
 def standard_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """λFix (λ ∈ {0, 0.01}) and λOpt-DUI, seeds 0 and 1, on the standard protocol with K = 5, 20."""
-    root = tmp_path_factory.getbasetemp() / "standard_runs"
-    root.mkdir(exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if (root / "DONE").is_file():
-            return root / "results"
-        shutil.rmtree(root / "results", ignore_errors=True)
-        results = root / "results"
-        run_cli(
-            ["-m", *TINY, *STANDARD, "model=fix", "model.lambda_value=0,0.01", f"hydra.sweep.dir={results / 'fix'}"],
-            cwd=root,
-        )
-        run_cli(
-            ["-m", *TINY, *STANDARD, "tracking.trajectories.every_n_steps=3", f"hydra.sweep.dir={results / 'dui'}"],
-            cwd=root,
-        )
-        (root / "DONE").write_text("ok")
-    return results
+    sweeps = {
+        "fix": [*TINY, *STANDARD, "model=fix", "model.lambda_value=0,0.01"],
+        "dui": [*TINY, *STANDARD, "tracking.trajectories.every_n_steps=3"],
+    }
+    return made_once(tmp_path_factory.getbasetemp(), "standard_runs", sweeps)
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
