@@ -10,7 +10,18 @@ from pathlib import Path
 from tests.helpers.paths import REPO_ROOT
 
 #: Calls that start a process.
-SPAWNING = {"run_cli", "run", "Popen", "check_call", "check_output", "call", "fork", "spawn", "make_finished_runs", "made_once"}
+SPAWNING = {
+    "run_cli",
+    "run",
+    "Popen",
+    "check_call",
+    "check_output",
+    "call",
+    "fork",
+    "spawn",
+    "make_finished_runs",
+    "made_once",
+}
 SPAWNING_MODULES = {"subprocess", "pty", "os"}
 #: Shared fixtures (tests/conftest.py) that start processes.
 SPAWNING_FIXTURES = {"finished_runs"}
@@ -32,7 +43,9 @@ def _called_names(node: ast.AST) -> set[str]:
 def _spawns_directly(names: set[str]) -> bool:
     for name in names:
         base, _, attr = name.rpartition(".")
-        if (not base and attr in {"run_cli", "make_finished_runs", "made_once"}) or (base in SPAWNING_MODULES and attr in SPAWNING):
+        if (not base and attr in {"run_cli", "make_finished_runs", "made_once"}) or (
+            base in SPAWNING_MODULES and attr in SPAWNING
+        ):
             return True
     return False
 

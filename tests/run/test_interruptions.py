@@ -113,3 +113,22 @@ def test_resume_from_a_torn_last_checkpoint_falls_back(tmp_path: Path, straight:
     assert f"{run_dir / 'checkpoints' / 'last.ckpt'} is corrupt" in output
     assert "resuming from " + str(run_dir / "checkpoints" / "best.ckpt") in output
     assert_same_results(run_dir, straight)
+
+
+@pytest.mark.slow
+def test_an_unwritable_output_directory_is_one_error_line(tmp_path: Path) -> None:
+    """The first write of a run (its log file) failing with EACCES ends the run with one line that
+    names the file and says what to do, exit status 1, no traceback. (The process runs as any user
+    here, so the denial is injected where the file is opened.)"""
+    deny = (
+        "import logging\n"
+        "def _deny(self):\n"
+        "    raise PermissionError(13, 'Permission denied', self.baseFilename)\n"
+        "logging.FileHandler._open = _deny\n"
+    )
+    run_dir = tmp_path / "run"
+    proc = patched_cli(tmp_path, deny, [*RUN, f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"error: Permission denied writing {run_dir / 'run.log'} while the run starts" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Unable to configure handler" not in proc.stderr
+    assert not (run_dir / "metrics.json").exists()
