@@ -4,10 +4,11 @@ clear stop when it cannot be written.
 While a progress bar holds the terminal, the per-epoch progress lines (:mod:`lopt.tracking.progress`)
 still belong in the log file, but printed to the console they would tear the bar apart. Such
 records carry ``extra=FILE_ONLY``; :class:`ConsoleFilter`, attached to the console handler by
-lopt's job logging config (``conf/hydra/job_logging/lopt.yaml``), drops them there. :class:`RunLogHandler` opens the file and, when the output directory cannot
-be written (no permission, a read-only or full file system), ends the process with one
-``error:`` line naming the file instead of Hydra's "Unable to configure handler". Imports
-nothing heavy: Hydra loads it while it configures logging, before anything of the run.
+lopt's job logging config (``conf/hydra/job_logging/lopt.yaml``), drops them there.
+:class:`RunLogHandler` opens the file and, when the output directory cannot be written (no
+permission, a read-only or full file system), ends the process with one ``error:`` line naming
+the file instead of Hydra's "Unable to configure handler". Imports nothing heavy: Hydra loads it
+while it configures logging, before anything of the run.
 """
 
 from __future__ import annotations

@@ -43,9 +43,7 @@ def _called_names(node: ast.AST) -> set[str]:
 def _spawns_directly(names: set[str]) -> bool:
     for name in names:
         base, _, attr = name.rpartition(".")
-        if (not base and attr in {"run_cli", "make_finished_runs", "made_once"}) or (
-            base in SPAWNING_MODULES and attr in SPAWNING
-        ):
+        if (not base and attr in HELPERS) or (base in SPAWNING_MODULES and attr in SPAWNING):
             return True
     return False
 
