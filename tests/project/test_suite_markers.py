@@ -9,19 +9,10 @@ from pathlib import Path
 
 from tests.helpers.paths import REPO_ROOT
 
-#: Calls that start a process.
-SPAWNING = {
-    "run_cli",
-    "run",
-    "Popen",
-    "check_call",
-    "check_output",
-    "call",
-    "fork",
-    "spawn",
-    "make_finished_runs",
-    "made_once",
-}
+#: The test helpers that start a process (tests/helpers/cli.py, finished_runs.py).
+HELPERS = {"run_cli", "make_finished_runs", "made_once"}
+#: Calls of those modules that start a process.
+SPAWNING = {"run", "Popen", "check_call", "check_output", "call", "fork", "spawn", *HELPERS}
 SPAWNING_MODULES = {"subprocess", "pty", "os"}
 #: Shared fixtures (tests/conftest.py) that start processes.
 SPAWNING_FIXTURES = {"finished_runs"}
