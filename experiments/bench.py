@@ -728,7 +728,7 @@ ML100K_KEYS = (
     "ml100k_ratio_dui_over_fix_epoch",
     "ml100k_ratio_epoch_eval_over_epoch",
     "startup_seconds",
-    "load_avg",
+    "ml100k_load_avg",
 )
 
 
@@ -876,7 +876,7 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
         "data.cache=false",
     ]
     cfgs = {key: _compose(experiment, common) for key, experiment in ML100K_METHODS.items()}
-    out: dict[str, Any] = {"shape": "ml100k", "device": "cpu", "data_file": str(data)}
+    out: dict[str, Any] = {"ml100k_data_file": str(data)}
     print(f"bench: shape ml100k ({data}), torch threads {torch.get_num_threads()}", file=sys.stderr)
 
     # Everything is timed in interleaved rounds (the bare floor, then each method without and
@@ -959,7 +959,8 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
     out["ml100k_ratio_fix_step_over_bare"] = out["ml100k_fix_step_seconds"] / out["ml100k_bare_step_seconds"]
     out["startup_seconds"], out["startup_optional_imports"] = startup_seconds(workdir)
     print(f"  startup {out['startup_seconds']:.2f} s", file=sys.stderr, flush=True)
-    out.update(_finish(load_before, "cpu"))
+    # prefixed: merged into one bench.json with an ML-10M-shape run, they must not replace its keys
+    out.update({f"ml100k_{key}": value for key, value in _finish(load_before, "cpu").items()})
     return out
 
 
@@ -1159,7 +1160,7 @@ def format_table(result: dict[str, Any]) -> str:
         met = "" if target is None or not checked else ("  ok" if ok else "  MISSED")
         goal = "" if target is None else f"{'≥' if at_least else '≤'} {target * scale:g} {unit}"
         lines.append(f"{key:28s} {shown:>12s} {goal:>10s}{met}")
-    for key in ("load_avg", "study_load_avg", "rss_load_avg"):
+    for key in ("load_avg", "ml100k_load_avg", "study_load_avg", "rss_load_avg"):
         if key in result:
             load = result[key]
             lines.append(f"{key} {load['before'][0]:.2f} → {load['after'][0]:.2f}")

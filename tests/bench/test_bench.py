@@ -134,7 +134,8 @@ def test_bench_ml100k_shape_writes_its_keys(tmp_path) -> None:  # type: ignore[n
     bench = _load_bench()
     data = tmp_path / "u.data"
     _write_udata(data)
-    (tmp_path / "bench.json").write_text(json.dumps({"fix_step_seconds": 0.5}))
+    earlier = {"fix_step_seconds": 0.5, "peak_rss_mb": 1.0, "load_avg": {"before": [0, 0, 0], "after": [0, 0, 0]}}
+    (tmp_path / "bench.json").write_text(json.dumps(earlier))
     result = _bench(
         tmp_path, "--shape", "ml100k", "--data", str(data), "--threads", "1", "--ml100k-schedule", "1", "2", "2"
     )
@@ -150,7 +151,9 @@ def test_bench_ml100k_shape_writes_its_keys(tmp_path) -> None:  # type: ignore[n
     assert result["ml100k_ratio_epoch_eval_over_epoch"] == pytest.approx(
         result["ml100k_epoch_eval_seconds_fix"] / result["ml100k_epoch_seconds_fix"]
     )
-    assert result["fix_step_seconds"] == 0.5  # merged into the existing file
+    for key, value in earlier.items():  # merged into the existing file, an ML-10M run's keys kept
+        assert result[key] == value, key
+    assert result["ml100k_peak_rss_mb"] > 0 and result["ml100k_torch_threads"] == 1
     # a plain run (CSV logger, no study) loads neither W&B nor optuna before its first step
     assert not {"wandb", "optuna"} & set(result["startup_optional_imports"])
 
