@@ -265,5 +265,5 @@ def test_requeued_job_resumes_from_last_checkpoint(slurm_env, tiny_overrides, tm
     assert (job_dir / "metrics.json").is_file(), f"the resumed job wrote no {job_dir}/metrics.json\n{diagnostics}"
     _test_auc(job_dir / "metrics.json")
     logs = [p for p in sweep_dir.rglob("*") if p.is_file() and p.suffix in {".log", ".out", ".err"}]
-    resumed = [p for p in logs if "resumed from" in p.read_text(errors="replace").lower()]
-    assert resumed, f"no log under {sweep_dir} says 'resumed from' (the restart did not resume)\n{diagnostics}"
+    resumed = [p for p in logs if "resuming from" in p.read_text(errors="replace").lower()]
+    assert resumed, f"no log under {sweep_dir} says 'resuming from' (the restart did not resume)\n{diagnostics}"
