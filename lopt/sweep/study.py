@@ -43,7 +43,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from lopt.io import atomic_write
-from lopt.sweep.summary import _read_json, write_sweep_summary
+from lopt.sweep.summary import _read_json, markdown_cell, write_sweep_summary
 
 log = logging.getLogger(__name__)
 
@@ -550,11 +550,7 @@ def write_study_summary(study: Any, study_dir: Path, metric: str) -> None:
     atomic_write(study_dir / f"{SUMMARY_NAME}.csv", lambda tmp: tmp.write_text(text.getvalue(), encoding="utf-8"))
 
     def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.6g}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return markdown_cell(value, ".6g")
 
     best = next((r for r in rows if r["best"]), None)
     states: dict[str, int] = {}

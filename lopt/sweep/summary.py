@@ -116,11 +116,13 @@ def job_row(job: Path, sweep_dir: Path, monitor: str) -> dict[str, Any]:
     return row
 
 
-def _cell(value: Any) -> str:
+def markdown_cell(value: Any, float_format: str = ".4f") -> str:
+    """``value`` as one Markdown table cell: empty for None, floats in ``float_format`` (NaN as
+    ``nan``), pipes escaped and newlines folded."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
+        return "nan" if math.isnan(value) else format(value, float_format)
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -162,19 +164,18 @@ def write_sweep_summary(sweep_dir: Path, monitor: str) -> list[dict[str, Any]]:
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + f". Selection metric: valid/{monitor} (maximized). Every metric: {SUMMARY_NAME}.csv.",
         "",
-        f"Overrides of every job: `{_cell(' '.join(common))}`" if common else "",
+        f"Overrides of every job: `{markdown_cell(' '.join(common))}`" if common else "",
         "",
         "| job | its overrides | status | " + " | ".join(shown) + " | run dir | logs |",
         "|---|---|---|" + "---|" * len(shown) + "---|---|",
     ]
     for row, overrides in zip(rows, split):
         own = " ".join(o for o in overrides if o not in common)
-        status = row["status"] + (f": {_cell(row['error'])[:200]}" if row["error"] else "")
+        status = row["status"] + (f": {markdown_cell(row['error'])[:200]}" if row["error"] else "")
         logs = " ".join(_link(p, sweep_dir) for p in row["logs"].split())
-        metrics = " | ".join(_cell(row.get(key)) for key in shown)
-        lines.append(
-            f"| {row['job']} | `{_cell(own)}` | {status} | {metrics} | {_link(row['run_dir'], sweep_dir)} | {logs} |"
-        )
+        metrics = " | ".join(markdown_cell(row.get(key)) for key in shown)
+        run_dir = _link(row["run_dir"], sweep_dir)
+        lines.append(f"| {row['job']} | `{markdown_cell(own)}` | {status} | {metrics} | {run_dir} | {logs} |")
     md = "\n".join(lines) + "\n"
     atomic_write(sweep_dir / f"{SUMMARY_NAME}.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
     return rows
