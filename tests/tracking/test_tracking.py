@@ -200,3 +200,41 @@ def test_snapshot_cap(tmp_path) -> None:
     callback.on_validation_end(_Trainer(0), _Module())  # ~ 45 KB compressed: fits
     callback.on_validation_end(_Trainer(1), _Module())  # would exceed 50 KB: skipped
     assert [p.name for p in (tmp_path / "lambda_snapshots").iterdir()] == ["epoch_000.npz"]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_written_lambda_reads_back_exactly(tmp_path, compressed: bool) -> None:
+    """write_lambda's .npz (stored, or deflated at the fast level) is what np.load reads: the dense
+    λU, λI, the granularity's name and the extra arrays, bit for bit."""
+    import zipfile
+
+    from lopt.tracking.lambda_stats import FAST_DEFLATE, write_lambda
+
+    gran = _granularity("dui", 40, 30, 6)
+    path = tmp_path / "lam.npz"
+    write_lambda(path, gran, compressed=compressed, epoch=np.int64(7))
+    with np.load(path) as z:
+        assert np.array_equal(z["user_lambda"], gran.dense_user_lambda().detach().numpy())
+        assert np.array_equal(z["item_lambda"], gran.dense_item_lambda().detach().numpy())
+        assert str(z["granularity"]) == "dui" and int(z["epoch"]) == 7
+    with zipfile.ZipFile(path) as archive:
+        kinds = {info.compress_type for info in archive.infolist()}
+    assert kinds == ({zipfile.ZIP_DEFLATED} if compressed else {zipfile.ZIP_STORED})
+    assert FAST_DEFLATE == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 1000, 4097])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_quantiles_equal_torch_quantile(n: int, dtype: torch.dtype) -> None:
+    """The partition-based quantiles are torch.quantile's, bit for bit, ties and ends included."""
+    from lopt.tracking.lambda_stats import linear_quantiles
+
+    values = torch.rand(n, generator=torch.Generator().manual_seed(n), dtype=dtype) ** 3
+    values[::3] = values[0]  # ties
+    q = torch.tensor([0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 0.999, 1.0], dtype=dtype)
+    assert torch.equal(linear_quantiles(values, q), torch.quantile(values, q))
+    values[n // 2] = float("nan")  # torch's NaN convention is kept
+    assert torch.equal(linear_quantiles(values, q).isnan(), torch.quantile(values, q).isnan()) and bool(
+        linear_quantiles(values, q).isnan().all()
+    )
