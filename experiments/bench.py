@@ -28,7 +28,10 @@ step (:class:`FirstStepStamp`), the median of 2 fresh processes.
 λOpt-DUI study of 20 trials each, run as users run them (``python run.py -m``, the local
 launcher, 2 jobs at a time, the equal budget: 80 epochs at most with early stopping) over the
 fixed configuration lists of :data:`STUDY_SWEEPS`, so that no sampler confounds the timing;
-``--study-before DIR`` times the same in another checkout (``ml100k_study_seconds_before``).
+``--study-before DIR`` times the same in another checkout (``ml100k_study_seconds_before``);
+``--study-shared`` times this checkout's studies once more with the trials sharing processes
+(``ml100k_study_seconds_shared``: two ``run.py -m`` processes of Hydra's basic launcher, each
+running its half of the list one trial after another).
 
 ``--rss`` (:func:`run_rss`): ``peak_rss_mb_ml10m_dui_run``, the peak resident memory of one
 ``ml10m_dui`` run (``--rss-epochs``, 3) on the shape's synthetic file, as the only child of a
@@ -713,7 +716,13 @@ def _iqr(values: list[float]) -> float:
 ML100K_SCHEDULE = (10, 4, 3)
 #: The ml-100k shape's experiment configs (batch 1024, d = 128, Adam with clip 100; λOpt-DUI with
 #: its configured LambdaAdam).
-ML100K_METHODS = {"fix": "ml100k_fix", "dui": "ml100k_dui"}
+#: The ml-100k variants timed: key → (experiment, its overrides). ``dui_eager``: λOpt-DUI with the
+#: look-ahead kernels eager, to show what compiling them (the experiments' setting) buys.
+ML100K_METHODS = {
+    "fix": ("ml100k_fix", []),
+    "dui": ("ml100k_dui", []),
+    "dui_eager": ("ml100k_dui", ["model.compile_lookahead=false"]),
+}
 ML100K_KEYS = (
     "ml100k_bare_step_seconds",
     "ml100k_bare_eval_seconds",
@@ -723,6 +732,7 @@ ML100K_KEYS = (
     "ml100k_epoch_seconds_dui",
     "ml100k_epoch_eval_seconds_fix",
     "ml100k_epoch_eval_seconds_dui",
+    "ml100k_epoch_eval_seconds_dui_eager",
     "ml100k_eval_seconds",
     "ml100k_ratio_fix_over_bare",
     "ml100k_ratio_dui_over_fix_epoch",
@@ -875,7 +885,7 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
         "dataset.source.archive=null",
         "data.cache=false",
     ]
-    cfgs = {key: _compose(experiment, common) for key, experiment in ML100K_METHODS.items()}
+    cfgs = {key: _compose(experiment, [*common, *extra]) for key, (experiment, extra) in ML100K_METHODS.items()}
     out: dict[str, Any] = {"ml100k_data_file": str(data)}
     print(f"bench: shape ml100k ({data}), torch threads {torch.get_num_threads()}", file=sys.stderr)
 
@@ -974,21 +984,46 @@ def study_values(n: int, low: float, high: float) -> list[str]:
     return [f"{low * (high / low) ** (i / (n - 1)):.3g}" for i in range(n)]
 
 
+def study_subset(values: list[str], k: int) -> list[str]:
+    """``k`` of ``values`` spread evenly over the list, its first and last included (``k`` ≥ the
+    list's length: all of it): a shorter study over configurations of the very same fixed list."""
+    if k >= len(values):
+        return list(values)
+    if k == 1:
+        return [values[0]]
+    return [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)]
+
+
 STUDY_SWEEPS = {
     "fix": ("ml100k_fix", "model.lambda_value", 1e-6, 10.0),
     "dui": ("ml100k_dui", "lambda_optimizer.lr", 1e-4, 1.0),
 }
 
 
-def study_seconds(code: Path, data: Path, workdir: Path, trials: int, epochs: int, jobs: int = 2) -> dict[str, float]:
+def study_seconds(
+    code: Path,
+    data: Path,
+    workdir: Path,
+    trials: int,
+    epochs: int,
+    jobs: int = 2,
+    shared: bool = False,
+    subset: int | None = None,
+) -> dict[str, float]:
     """Wall seconds of the λFix and the λOpt-DUI study of ``code`` (a checkout of lopt): each a
     ``python run.py -m`` sweep over the fixed :data:`STUDY_SWEEPS` list of ``trials`` values, the
     equal budget (``epochs`` at most, early stopping), through the local launcher ``jobs`` at a time
-    (``hydra.sweeper.max_batch_size``), as users run studies."""
+    (``hydra.sweeper.max_batch_size``), as users run studies. ``shared``: the trials share
+    processes instead: the list dealt round-robin to ``jobs`` concurrent ``run.py -m`` processes of
+    Hydra's basic launcher (one trial after another in one process, which reuses the imports, the
+    compiled kernels and the prepared split), each at ``cores // jobs`` threads. ``subset``: only
+    that many configurations of the list (:func:`study_subset`)."""
     out = {}
+    threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
     for key, (experiment, param, low, high) in STUDY_SWEEPS.items():
         sweep_dir = workdir / f"study-{code.name}-{key}"
-        cmd = [
+        values = study_subset(study_values(trials, low, high), subset or trials)
+        common = [
             sys.executable,
             str(code / "run.py"),
             "-m",
@@ -996,45 +1031,79 @@ def study_seconds(code: Path, data: Path, workdir: Path, trials: int, epochs: in
             "+budget=equal",
             f"budget.max_epochs={epochs}",
             "callbacks.early_stopping.min_delta=0",  # the same stopping rule in every version timed
-            "hydra/launcher=local",
-            f"hydra.sweeper.max_batch_size={jobs}",
-            f"hydra.sweep.dir={sweep_dir}",
             f"dataset.source.path={data}",
             "dataset.source.archive=null",
             f"paths.data_dir={workdir / 'data'}",
-            f"{param}={','.join(study_values(trials, low, high))}",
         ]
         env = {**os.environ, "PYTHONPATH": str(code), "WANDB_MODE": "disabled"}
+        if shared:
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            cmds = [
+                [*common, "hydra/launcher=basic", f"hydra.sweep.dir={sweep_dir}/{part}", f"{param}={','.join(chunk)}"]
+                for part, chunk in enumerate(values[i::jobs] for i in range(jobs))
+                if chunk
+            ]
+        else:
+            cmds = [
+                [
+                    *common,
+                    "hydra/launcher=local",
+                    f"hydra.sweeper.max_batch_size={jobs}",
+                    f"hydra.sweep.dir={sweep_dir}",
+                    f"{param}={','.join(values)}",
+                ]
+            ]
         started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+        procs = [
+            subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for cmd in cmds
+        ]
+        outputs = [proc.communicate() for proc in procs]
         out[key] = time.perf_counter() - started
-        done = sorted(sweep_dir.glob("*/metrics.json"))
-        if proc.returncode != 0 or len(done) != trials:
+        done = sorted(sweep_dir.glob("**/metrics.json"))
+        failed = [(proc.returncode, err) for proc, (_, err) in zip(procs, outputs, strict=True) if proc.returncode != 0]
+        if failed or len(done) != len(values):
             raise RuntimeError(
-                f"the {key} study of {code} failed (exit {proc.returncode}, {len(done)} of {trials} runs finished): "
-                f"{proc.stderr[-3000:]}"
+                f"the {key} study of {code} failed (exits {[proc.returncode for proc in procs]}, {len(done)} of "
+                f"{len(values)} runs finished): {(failed[0][1] if failed else outputs[0][1])[-3000:]}"
             )
         shutil.rmtree(sweep_dir, ignore_errors=True)
-        print(f"  study {code} {key}: {out[key]:.1f} s", file=sys.stderr, flush=True)
+        mode = "shared processes" if shared else "launcher"
+        print(f"  study {code} {key} ({mode}): {out[key]:.1f} s", file=sys.stderr, flush=True)
     return out
 
 
-def run_study(data: Path, before: Path | None, trials: int, epochs: int) -> dict[str, Any]:
+def run_study(
+    data: Path, before: Path | None, trials: int, epochs: int, shared: bool = False, subset: int | None = None
+) -> dict[str, Any]:
     """``--study``: the ml-100k studies of this checkout and, with ``before``, of that checkout
-    (e.g. a git worktree of the baseline commit), back to back on this machine."""
+    (e.g. a git worktree of the baseline commit), back to back on this machine; with ``shared``
+    also this checkout's studies with the trials sharing processes (``ml100k_study_seconds_shared``);
+    with ``subset``, every study runs only that many configurations of its fixed list."""
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-study-"))
     atexit.register(shutil.rmtree, workdir, True)
-    out: dict[str, Any] = {"study_trials": trials, "study_epochs": epochs, "study_jobs": 2}
-    after = study_seconds(REPO_ROOT, data, workdir, trials, epochs)
+    timed = min(subset or trials, trials)
+    out: dict[str, Any] = {
+        "study_trials": trials,
+        "study_trials_timed": timed,
+        "study_epochs": epochs,
+        "study_jobs": 2,
+        "study_thread_variables": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
+    after = study_seconds(REPO_ROOT, data, workdir, trials, epochs, subset=subset)
     out["ml100k_study_seconds"] = sum(after.values())
     out["ml100k_study_seconds_by_method"] = after
     if before is not None:
-        prior = study_seconds(before.resolve(), data, workdir, trials, epochs)
+        prior = study_seconds(before.resolve(), data, workdir, trials, epochs, subset=subset)
         out["ml100k_study_seconds_before"] = sum(prior.values())
         out["ml100k_study_seconds_before_by_method"] = prior
         out["ml100k_study_before_code"] = str(before)
         out["ml100k_study_ratio"] = out["ml100k_study_seconds"] / out["ml100k_study_seconds_before"]
+    if shared:
+        in_shared = study_seconds(REPO_ROOT, data, workdir, trials, epochs, shared=True, subset=subset)
+        out["ml100k_study_seconds_shared"] = sum(in_shared.values())
+        out["ml100k_study_seconds_shared_by_method"] = in_shared
     out["study_load_avg"] = {"before": list(load_before), "after": list(os.getloadavg())}
     return out
 
@@ -1133,6 +1202,7 @@ TABLE = (
     ("ml100k_epoch_eval_seconds_fix", "s", None),
     ("ml100k_epoch_seconds_dui", "s", None),
     ("ml100k_epoch_eval_seconds_dui", "s", None),
+    ("ml100k_epoch_eval_seconds_dui_eager", "s", None),
     ("ml100k_ratio_fix_over_bare", "x", 1.3),
     ("ml100k_ratio_dui_over_fix_epoch", "x", 1.5),
     ("ml100k_ratio_epoch_eval_over_epoch", "x", 1.2),
@@ -1140,6 +1210,7 @@ TABLE = (
     ("ml100k_study_seconds", "s", None),
     ("ml100k_study_seconds_before", "s", None),
     ("ml100k_study_ratio", "x", 0.6),
+    ("ml100k_study_seconds_shared", "s", None),
     ("peak_rss_mb_ml10m_dui_run", "MB", 3000.0),
 )
 #: Shapes whose results are checked against the targets (the tiny shape only checks the script).
@@ -1225,7 +1296,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a checkout of the baseline commit (e.g. a git worktree): its studies too (ml100k_study_seconds_before)",
     )
+    parser.add_argument(
+        "--study-shared",
+        action="store_true",
+        help="also time the studies with the trials sharing processes (ml100k_study_seconds_shared)",
+    )
     parser.add_argument("--study-trials", type=int, default=20, help="trials per study (default 20)")
+    parser.add_argument(
+        "--study-subset",
+        type=int,
+        default=None,
+        help="time only this many of each study's fixed configurations, spread over the list (default: all)",
+    )
     parser.add_argument("--study-epochs", type=int, default=80, help="the equal budget's max epochs (default 80)")
     parser.add_argument(
         "--rss",
@@ -1249,7 +1331,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data {args.data}: no such file")
     cache_dir = args.cache_dir.expanduser().resolve()
     if args.study:
-        result = run_study(args.data.resolve(), args.study_before, args.study_trials, args.study_epochs)
+        result = run_study(
+            args.data.resolve(),
+            args.study_before,
+            args.study_trials,
+            args.study_epochs,
+            args.study_shared,
+            args.study_subset,
+        )
     elif args.rss:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)
     elif args.shape == "ml100k":

@@ -28,8 +28,9 @@ interrupted study, or one resumed from a fresh clone of what was committed, carr
 first chunk not done; an interrupted chunk is run again whole. Full runs (checkpoints, logs) go
 to ``--scratch`` (default ``data/study/<dataset>``), never committed.
 
-``--measure`` runs every method of the plan for ``--epochs`` epochs on the plan's data (one seed,
-the paper block) and writes the seconds per epoch (training and the per-epoch validation) to
+``--measure`` runs every method of the plan for ``--epochs`` epochs and for twice as many on the
+plan's data (one seed, the paper block) and writes the seconds per epoch (training and the
+per-epoch validation; the difference of the two runs, so that one-off start-up costs drop out) to
 ``epoch_seconds.json`` in the results folder; ``--plan`` multiplies them by the runs and epochs of
 every chunk (the epoch cap, and an expected count: ``plan.expected_epochs``).
 """
@@ -424,25 +425,32 @@ def done(plan: Plan, chunk: Chunk) -> bool:
 # --------------------------------------------------------------------------- timings and the plan
 def measure(plan: Plan, epochs: int, scratch: Path) -> dict[str, float]:
     """Seconds per epoch (training + that epoch's validation) of every method in the paper block,
-    one seed, from each run's metrics.json (``train_seconds`` / ``epochs_trained``)."""
+    one seed: the difference of the ``train_seconds`` (metrics.json) of a ``2·epochs`` and an
+    ``epochs`` run, divided by ``epochs``, so that what a run pays once (its first epoch's
+    warm-up, compiling the look-ahead kernels) is not counted per epoch."""
     seconds: dict[str, float] = {}
     for m in plan.methods:
-        run_dir = scratch / "measure" / m.name
         params = [f"{k}={v}" for k, v in sorted(plan.selections.get(m.name, {}).items())]
         head, _ = base_overrides(plan, Chunk("runs", next(iter(plan.splits)), "paper", m.name))
-        command = [
-            sys.executable,
-            str(REPO_ROOT / "run.py"),
-            *head,
-            *params,
-            f"trainer.max_epochs={epochs}",
-            "logger=none",
-            "overwrite=true",
-            f"hydra.run.dir={run_dir}",
-        ]
-        _run(command, run_dir.with_suffix(".log"))
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        seconds[m.name] = metrics["train_seconds"] / metrics["epochs_trained"]
+        train_seconds = []
+        for length in (epochs, 2 * epochs):
+            run_dir = scratch / "measure" / f"{m.name}-{length}"
+            command = [
+                sys.executable,
+                str(REPO_ROOT / "run.py"),
+                *head,
+                *params,
+                f"trainer.max_epochs={length}",
+                "logger=none",
+                "overwrite=true",
+                f"hydra.run.dir={run_dir}",
+            ]
+            _run(command, run_dir.with_suffix(".log"))
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+            if metrics["epochs_trained"] != length:
+                raise RuntimeError(f"{run_dir}: trained {metrics['epochs_trained']} epochs, not {length}")
+            train_seconds.append(metrics["train_seconds"])
+        seconds[m.name] = max(train_seconds[1] - train_seconds[0], 0.0) / epochs
         print(f"  {m.name}: {seconds[m.name]:.2f} s/epoch", flush=True)
     return seconds
 

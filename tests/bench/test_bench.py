@@ -160,8 +160,9 @@ def test_bench_ml100k_shape_writes_its_keys(tmp_path) -> None:  # type: ignore[n
 
 @pytest.mark.slow
 def test_bench_study_and_rss_modes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """--study (2 trials, 2 epochs, this checkout as both before and after) and --rss (the tiny
-    shape, 1 epoch) run the real run.py and record their keys."""
+    """--study (2 trials, 2 epochs, this checkout as both before and after, and once more with the
+    trials sharing processes) and --rss (the tiny shape, 1 epoch) run the real run.py and record
+    their keys."""
     data = tmp_path / "u.data"
     _write_udata(data)
     result = _bench(
@@ -175,8 +176,11 @@ def test_bench_study_and_rss_modes(tmp_path) -> None:  # type: ignore[no-untyped
         "2",
         "--study-before",
         str(REPO_ROOT),
+        "--study-shared",
     )
     assert result["ml100k_study_seconds"] > 0 and result["ml100k_study_seconds_before"] > 0
+    assert result["ml100k_study_seconds_shared"] > 0
+    assert set(result["ml100k_study_seconds_shared_by_method"]) == {"fix", "dui"}
     assert set(result["ml100k_study_seconds_by_method"]) == {"fix", "dui"}
     assert result["ml100k_study_seconds"] == pytest.approx(sum(result["ml100k_study_seconds_by_method"].values()))
     result = _bench(tmp_path, "--rss", "--shape", "tiny", "--rss-epochs", "1")
@@ -191,6 +195,16 @@ def test_study_values_are_a_fixed_log_spaced_list() -> None:
     assert values[0] == pytest.approx(1e-6) and values[-1] == pytest.approx(10.0)
     assert values == sorted(values)
     assert bench.study_values(20, 1e-6, 10.0) == bench.study_values(20, 1e-6, 10.0)
+
+
+def test_study_subset_is_spread_over_the_same_list() -> None:
+    bench = _load_bench()
+    values = bench.study_values(20, 1e-6, 10.0)
+    four = bench.study_subset(values, 4)
+    assert four == [values[0], values[6], values[13], values[19]]
+    assert bench.study_subset(values, 20) == values and bench.study_subset(values, 50) == values
+    assert bench.study_subset(values, 1) == [values[0]]
+    assert len(set(bench.study_subset(values, 7))) == 7
 
 
 def test_popularity_interactions_are_distinct_pairs_in_range() -> None:
