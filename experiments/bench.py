@@ -330,6 +330,24 @@ def _machine(device: str) -> str:
     return text
 
 
+def code_commit(checkout: Path) -> str:
+    """The commit of the lopt checkout ``checkout`` (``-dirty`` when its tracked files differ from
+    it; ``unknown`` outside git): the code the timed runs ran."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if changed else "")
+
+
 def _compose(experiment: str, overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
@@ -1099,6 +1117,7 @@ def run_study(
         out["ml100k_study_seconds_before"] = sum(prior.values())
         out["ml100k_study_seconds_before_by_method"] = prior
         out["ml100k_study_before_code"] = str(before)
+        out["ml100k_study_before_commit"] = code_commit(before.resolve())
         out["ml100k_study_ratio"] = out["ml100k_study_seconds"] / out["ml100k_study_seconds_before"]
     if shared:
         in_shared = study_seconds(REPO_ROOT, data, workdir, trials, epochs, shared=True, subset=subset)
@@ -1356,6 +1375,8 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             compile_lookahead=compile_lookahead,
         )
+    prefix = "ml100k_study_" if args.study else "rss_" if args.rss else "ml100k_" if args.shape == "ml100k" else ""
+    result[f"{prefix}code_commit"] = code_commit(REPO_ROOT)
     import json
 
     from lopt.io import atomic_write_json

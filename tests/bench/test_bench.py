@@ -180,6 +180,7 @@ def test_bench_study_and_rss_modes(tmp_path) -> None:  # type: ignore[no-untyped
     )
     assert result["ml100k_study_seconds"] > 0 and result["ml100k_study_seconds_before"] > 0
     assert result["ml100k_study_seconds_shared"] > 0
+    assert result["ml100k_study_code_commit"] == result["ml100k_study_before_commit"] != ""
     assert set(result["ml100k_study_seconds_shared_by_method"]) == {"fix", "dui"}
     assert set(result["ml100k_study_seconds_by_method"]) == {"fix", "dui"}
     assert result["ml100k_study_seconds"] == pytest.approx(sum(result["ml100k_study_seconds_by_method"].values()))
