@@ -28,9 +28,10 @@ interrupted study, or one resumed from a fresh clone of what was committed, carr
 first chunk not done; an interrupted chunk is run again whole. Full runs (checkpoints, logs) go
 to ``--scratch`` (default ``data/study/<dataset>``), never committed.
 
-``--measure`` runs every method of the plan for ``--epochs`` epochs and for twice as many on the
-plan's data (one seed, the paper block) and writes the seconds per epoch (training and the
-per-epoch validation; the difference of the two runs, so that one-off start-up costs drop out) to
+``--measure`` runs every method of the plan for 1 epoch (to fill the caches), ``--epochs`` epochs
+and twice as many on the plan's data (one seed, the paper block) and writes the seconds per epoch
+(training and the per-epoch validation; the difference of the last two runs, so that one-off
+start-up costs drop out) to
 ``epoch_seconds.json`` in the results folder; ``--plan`` multiplies them by the runs and epochs of
 every chunk (the epoch cap, and an expected count: ``plan.expected_epochs``).
 """
@@ -427,13 +428,15 @@ def measure(plan: Plan, epochs: int, scratch: Path) -> dict[str, float]:
     """Seconds per epoch (training + that epoch's validation) of every method in the paper block,
     one seed: the difference of the ``train_seconds`` (metrics.json) of a ``2·epochs`` and an
     ``epochs`` run, divided by ``epochs``, so that what a run pays once (its first epoch's
-    warm-up, compiling the look-ahead kernels) is not counted per epoch."""
+    warm-up, loading the compiled look-ahead kernels) is not counted per epoch. A 1-epoch run
+    before them, not timed, fills the caches a first run on a machine fills (inductor's compiled
+    kernels, the prepared split)."""
     seconds: dict[str, float] = {}
     for m in plan.methods:
         params = [f"{k}={v}" for k, v in sorted(plan.selections.get(m.name, {}).items())]
         head, _ = base_overrides(plan, Chunk("runs", next(iter(plan.splits)), "paper", m.name))
         train_seconds = []
-        for length in (epochs, 2 * epochs):
+        for length in (1, epochs, 2 * epochs):
             run_dir = scratch / "measure" / f"{m.name}-{length}"
             command = [
                 sys.executable,
@@ -450,7 +453,13 @@ def measure(plan: Plan, epochs: int, scratch: Path) -> dict[str, float]:
             if metrics["epochs_trained"] != length:
                 raise RuntimeError(f"{run_dir}: trained {metrics['epochs_trained']} epochs, not {length}")
             train_seconds.append(metrics["train_seconds"])
-        seconds[m.name] = max(train_seconds[1] - train_seconds[0], 0.0) / epochs
+        longer, shorter = train_seconds[2], train_seconds[1]
+        if longer <= shorter:
+            raise RuntimeError(
+                f"{m.name}: {2 * epochs} epochs took {longer:.1f} s, {epochs} epochs {shorter:.1f} s: the machine's "
+                "load changed during the measurement; measure again on a quiet machine (or with more --epochs)"
+            )
+        seconds[m.name] = (longer - shorter) / epochs
         print(f"  {m.name}: {seconds[m.name]:.2f} s/epoch", flush=True)
     return seconds
 

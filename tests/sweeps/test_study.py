@@ -122,6 +122,32 @@ def test_cpu_estimate_counts_fits_epochs_and_seconds(tmp_path: Path, capsys: pyt
     assert f"({total:.0f} s)" in out and "6 chunks, 0 done, 6 to run" in out and "14 fits" in out
 
 
+def test_measure_times_an_epoch_as_the_difference_of_two_warm_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--measure: a 1-epoch warm-up, then E and 2E epochs; seconds per epoch = (t_2E − t_E) / E, so a
+    one-off cost (a first compile, in the warm-up or not) drops out; a 2E run not longer than the
+    E run is an error, not a zero."""
+    plan = study.load_plan(_plan(tmp_path))
+    lengths: list[int] = []
+
+    def fake_run(command, log: Path, seconds=lambda e: 7.0 + 0.5 * e) -> None:  # type: ignore[no-untyped-def]
+        epochs = int(next(a for a in command if a.startswith("trainer.max_epochs=")).split("=")[1])
+        run_dir = Path(next(a for a in command if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        lengths.append(epochs)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        extra = 30.0 if epochs == 1 else 0.0  # the first run on the machine compiles
+        metrics = {"train_seconds": seconds(epochs) + extra, "epochs_trained": epochs}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+    monkeypatch.setattr(study, "_run", fake_run)
+    assert study.measure(plan, 3, tmp_path / "scratch") == {"fix": pytest.approx(0.5)}
+    assert lengths == [1, 3, 6]
+    monkeypatch.setattr(study, "_run", lambda c, log: fake_run(c, log, seconds=lambda e: 9.0 - e))
+    with pytest.raises(RuntimeError, match="measure again on a quiet machine"):
+        study.measure(plan, 3, tmp_path / "scratch")
+
+
 def test_borrowing_is_refused_for_a_run_that_does_not_serve_the_block(tmp_path: Path) -> None:
     plan = study.load_plan(_plan(tmp_path))
     record = plan.results / "runs" / "temporal" / "refit-final" / "mf-lopt-dui" / "seed0"
