@@ -499,7 +499,7 @@ def run(
     out: dict[str, Any] = {
         "shape": "file" if ratings else shape,
         "device": device,
-        "data_file": str(path),
+        "data_file": path.name,  # a name, not a machine path (records are committed)
         "batch_size": batch_size,
     }
     print(f"bench: shape {shape}, device {device}, torch threads {torch.get_num_threads()}", file=sys.stderr)
@@ -904,7 +904,8 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
         "data.cache=false",
     ]
     cfgs = {key: _compose(experiment, [*common, *extra]) for key, (experiment, extra) in ML100K_METHODS.items()}
-    out: dict[str, Any] = {"ml100k_data_file": str(data)}
+    # the file's name, not its path: records are committed, and a path names one machine
+    out: dict[str, Any] = {"ml100k_data_file": data.name}
     print(f"bench: shape ml100k ({data}), torch threads {torch.get_num_threads()}", file=sys.stderr)
 
     # Everything is timed in interleaved rounds (the bare floor, then each method without and
@@ -1116,7 +1117,7 @@ def run_study(
         prior = study_seconds(before.resolve(), data, workdir, trials, epochs, subset=subset)
         out["ml100k_study_seconds_before"] = sum(prior.values())
         out["ml100k_study_seconds_before_by_method"] = prior
-        out["ml100k_study_before_code"] = str(before)
+        out["ml100k_study_before_code"] = before.resolve().name  # its commit: ml100k_study_before_commit
         out["ml100k_study_before_commit"] = code_commit(before.resolve())
         out["ml100k_study_ratio"] = out["ml100k_study_seconds"] / out["ml100k_study_seconds_before"]
     if shared:
