@@ -93,6 +93,11 @@ def test_paper_hyper_parameters_in_experiments() -> None:
     assert food.data.batch_size == 1024 and food.lambda_optimizer.amsgrad is True
     assert food.lambda_optimizer.lr == 1e-2 and food.model.lambda_grad_clip_norm == 1e-3
     assert food.dataset.preprocess.min_users_per_item == 20 and food.dataset.preprocess.min_items_per_user == 20
+    # the paper-table λOpt experiments compile the look-ahead; the plain default and SGDA do not
+    assert ml10m.model.compile_lookahead is True and food.model.compile_lookahead is True
+    assert _compose(["+experiment=ml100k_d"]).model.compile_lookahead is True
+    assert _compose([]).model.compile_lookahead is False
+    assert _compose(["+experiment=ml100k_sgda"]).model.compile_lookahead is False
     grid = _compose(["+experiment=ml10m_fix"], hydra_config=True).hydra.sweeper.params["model.lambda_value"]
     assert sorted(float(v) for v in str(grid).split(",")) == [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10]
 
