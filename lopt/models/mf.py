@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lopt.models.rows import TripleRows, row_grad, triple_rows
+from lopt.models.rows import TripleRows, reused_zeros, row_grad, triple_rows
 
 
 class MatrixFactorization(nn.Module):
@@ -129,13 +129,7 @@ class DenseGradFromRows:
             if grad is self.buffer:  # accumulated into in place: its rows are unknown now
                 self.rows = None
             return
-        buffer = self.buffer
-        if buffer is None or buffer.shape != table.shape or buffer.dtype != grad.dtype or buffer.device != grad.device:
-            buffer = self.buffer = torch.zeros(table.shape, dtype=grad.dtype, device=grad.device)
-        elif self.rows is not None and buffer._version == self._version:
-            buffer.index_fill_(0, self.rows, 0.0)
-        else:
-            buffer.zero_()
+        buffer = self.buffer = reused_zeros(self.buffer, table.shape, grad.dtype, grad.device, self.rows, self._version)
         rows, values = row_grad(grad)
         if rows is None:
             buffer.copy_(values)

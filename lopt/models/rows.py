@@ -70,14 +70,21 @@ def unique_counts(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple
     return torch.unique(batch_rows, return_counts=True)
 
 
+def _inverse(batch_rows: torch.Tensor, rows: torch.Tensor, n_total: int) -> torch.Tensor:
+    """Each entry's position in ``rows`` (the ascending unique ``batch_rows``, ids < ``n_total``):
+    int64, by a position table over all ``n_total`` rows."""
+    position = torch.empty(n_total, dtype=torch.int64, device=batch_rows.device)
+    position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
+    return position.index_select(0, batch_rows)
+
+
 def unique_inverse(batch_rows: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.unique(batch_rows, return_inverse=True)`` (ascending rows, int64 inverse), by a
     bincount when ``n_total`` allows it."""
     if _use_bincount(n_total, batch_rows.numel()):
+        assert n_total is not None
         rows = torch.nonzero(torch.bincount(batch_rows, minlength=n_total), as_tuple=True)[0]
-        position = torch.empty(n_total, dtype=torch.int64, device=batch_rows.device)
-        position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
-        return rows, position.index_select(0, batch_rows)
+        return rows, _inverse(batch_rows, rows, n_total)
     return torch.unique(batch_rows, return_inverse=True)
 
 
@@ -91,10 +98,27 @@ def unique_inverse_counts(
         assert n_total is not None
         counts = torch.bincount(batch_rows, minlength=n_total)
         rows = torch.nonzero(counts, as_tuple=True)[0]
-        position = torch.empty(n_total, dtype=torch.int64, device=batch_rows.device)
-        position[rows] = torch.arange(rows.numel(), device=batch_rows.device)
-        return rows, position.index_select(0, batch_rows), counts.index_select(0, rows)
+        return rows, _inverse(batch_rows, rows, n_total), counts.index_select(0, rows)
     return torch.unique(batch_rows, return_inverse=True, return_counts=True)
+
+
+def reused_zeros(
+    buffer: torch.Tensor | None,
+    shape: torch.Size,
+    dtype: torch.dtype,
+    device: torch.device,
+    rows: torch.Tensor | None,
+    version: int,
+) -> torch.Tensor:
+    """Zeros of ``shape``, ``dtype``, ``device``: ``buffer`` when it matches them, re-zeroed on
+    ``rows`` only when its version counter is still ``version`` (noted when it was last known to be
+    zero outside ``rows``), else all of it; a new tensor when there is no matching buffer. Keeping
+    a table-sized buffer across steps avoids allocating (and page-faulting in) a fresh one."""
+    if buffer is None or buffer.shape != shape or buffer.dtype != dtype or buffer.device != device:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if rows is not None and buffer._version == version:
+        return buffer.index_fill_(0, rows, 0.0)
+    return buffer.zero_()
 
 
 class TripleRows(NamedTuple):
@@ -220,6 +244,7 @@ __all__ = [
     "grad_source",
     "grad_rows",
     "occurrences",
+    "reused_zeros",
     "rows_of",
     "touched",
     "batch_rows",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lopt.models.regularizer import clip_grads_
-from lopt.models.rows import coalesced, row_grad
+from lopt.models.rows import coalesced, reused_zeros, row_grad
 from lopt.optim.closure import run_closure
 from lopt.optim.lazy_adam import adam_rows_, check_hyperparameters, lazy_adam_constants
 from lopt.optim.row_sparse import RowSparseOptimizer
@@ -100,12 +100,7 @@ class LambdaAdam(torch.optim.Adam):
             "_dense_grad_buffers", {}
         )
         buf, rows, version = buffers.get(id(p), (None, None, -1))
-        if buf is None or buf.shape != p.shape or buf.dtype != grad.dtype or buf.device != grad.device:
-            buf = torch.zeros(p.shape, dtype=grad.dtype, device=grad.device)
-        elif rows is not None and buf._version == version:
-            buf.index_fill_(0, rows, 0.0)
-        else:
-            buf.zero_()
+        buf = reused_zeros(buf, p.shape, grad.dtype, grad.device, rows, version)
         g = coalesced(grad)
         if g.sparse_dim() == 1:
             rows = g.indices()[0]
