@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lopt.models.mf import bpr_loss, triple_scores
+from lopt.models.rows import BatchRows
 from lopt.modules.fix import FixModule
 from lopt.optim.row_sparse import is_row_sparse
 from lopt.types import Triples
@@ -92,7 +93,7 @@ class AMFModule(FixModule):
             raise RuntimeError("AMF perturbations need the BPR gradient in .grad (run the BPR backward first)")
         return adversarial_rows(P.grad, users, self.adv_eps), adversarial_rows(Q.grad, items, self.adv_eps)
 
-    def before_theta_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+    def before_theta_step(self, batch: dict[str, Triples], rows: BatchRows) -> dict[str, torch.Tensor]:
         """MFBPRModule's slot between the BPR backward (g in ``.grad``) and the Θ-step; here it adds
         α·∇_Θ BPR(Θ + Δ) to ``.grad`` (Δ from g, constant). λ is fixed: there is no Λ-step."""
         if not self.adversarial_active():

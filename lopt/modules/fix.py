@@ -58,9 +58,6 @@ class MFBPRModule(ManualThetaModule):
         self.granularity = granularity
         self.penalty_scope = penalty_scope
         self.penalty_scale = penalty_scale
-        #: the current training batch's rows (:func:`lopt.models.rows.batch_rows`), computed once per
-        #: iteration in ``training_step`` and shared by its forward, Λ-step and Θ-step
-        self.batch_rows: BatchRows | None = None
         self.save_hyperparameters(
             {
                 "n_users": n_users,
@@ -94,12 +91,13 @@ class MFBPRModule(ManualThetaModule):
         # set_to_none: the backward's gradient becomes .grad as it is (no zero-fill of the tables
         # and no accumulation pass over them)
         theta_opt.zero_grad(set_to_none=True)
-        rows = self.batch_rows = batch_rows(batch["train"], self.model.n_users, self.model.n_items)
+        # the batch's rows, computed once and shared by the forward, the Λ-step and the Θ-step
+        rows = batch_rows(batch["train"], self.model.n_users, self.model.n_items)
         loss = train_loss(self.model, batch["train"], rows)
         self._check_finite(loss)
         self.manual_backward(loss)
 
-        slot_logs = self.before_theta_step(batch)
+        slot_logs = self.before_theta_step(batch, rows)
 
         grad_norm = theta_step(
             self.model,
@@ -111,7 +109,6 @@ class MFBPRModule(ManualThetaModule):
             clip_norm=self.grad_clip_norm,
             rows=rows,
         )
-        self.batch_rows = None
 
         if self._is_logging_step():
             with torch.no_grad():
@@ -126,9 +123,10 @@ class MFBPRModule(ManualThetaModule):
             self.log_dict(logs, on_step=True, on_epoch=False)
         return loss.detach()
 
-    def before_theta_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
-        """Runs between the training backward (g_t in ``.grad``) and the Θ-step; returns scalars to
-        log. λFix: nothing (the Λ-step slot is absent)."""
+    def before_theta_step(self, batch: dict[str, Triples], rows: BatchRows) -> dict[str, torch.Tensor]:
+        """Runs between the training backward (g_t in ``.grad``) and the Θ-step (``rows``: the
+        training batch's :func:`lopt.models.rows.batch_rows`); returns scalars to log. λFix:
+        nothing (the Λ-step slot is absent)."""
         return {}
 
 

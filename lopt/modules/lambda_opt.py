@@ -17,6 +17,7 @@ import torch
 
 from lopt.lookahead.steps import lambda_step
 from lopt.models.granularity import LambdaGranularity
+from lopt.models.rows import BatchRows
 from lopt.modules.fix import MFBPRModule
 from lopt.types import Triples
 
@@ -71,7 +72,7 @@ class LambdaOptModule(MFBPRModule):
     def lambda_optimizer(self) -> torch.optim.Optimizer:
         return self.optimizers()[1].optimizer
 
-    def before_theta_step(self, batch: dict[str, Triples]) -> dict[str, torch.Tensor]:
+    def before_theta_step(self, batch: dict[str, Triples], rows: BatchRows) -> dict[str, torch.Tensor]:
         """The Λ-step (every ``lambda_update_interval`` iterations), before the Θ-step."""
         if self.global_step % self.lambda_update_interval != 0:
             return {}
@@ -88,6 +89,6 @@ class LambdaOptModule(MFBPRModule):
             lambda_clip_norm=self.lambda_grad_clip_norm,
             dropout=self.lookahead_dropout if self.training else 0.0,
             compiled=self.compile_lookahead,
-            rows=self.batch_rows,
+            rows=rows,
         )
         return {"train/lookahead_valid_loss": valid_loss, "train/lambda_grad_norm": lambda_grad_norm}
