@@ -331,21 +331,11 @@ def _machine(device: str) -> str:
 
 
 def code_commit(checkout: Path) -> str:
-    """The commit of the lopt checkout ``checkout`` (``-dirty`` when its tracked files differ from
-    it; ``unknown`` outside git): the code the timed runs ran."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if changed else "")
+    """The commit of the lopt checkout ``checkout`` (``-dirty`` when it has changes; ``unknown``
+    outside git): the code the timed runs ran."""
+    from lopt.run.provenance import commit_label
+
+    return commit_label(checkout)
 
 
 def _compose(experiment: str, overrides: list[str]) -> Any:

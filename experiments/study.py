@@ -390,9 +390,10 @@ def run_borrow(plan: Plan, chunk: Chunk) -> list[Path]:
 
 
 def code_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
-    return proc.stdout.strip() + ("-dirty" if dirty.strip() else "") if proc.returncode == 0 else "unknown"
+    """The commit of the code running the study (``-dirty`` with changes; ``unknown`` outside git)."""
+    from lopt.run.provenance import commit_label  # imports torch: only where a record is written
+
+    return commit_label(REPO_ROOT)
 
 
 def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:

@@ -72,6 +72,15 @@ def git_state(source_root: Path = _SOURCE_ROOT) -> tuple[str | None, bool | None
     return commit.strip(), None if status is None else bool(status.strip())
 
 
+def commit_label(source_root: Path = _SOURCE_ROOT) -> str:
+    """:func:`git_state` as one string for records: the commit, ``-dirty`` appended when the
+    checkout has changes, ``unknown`` when no commit is known."""
+    commit, dirty = git_state(source_root)
+    if commit is None:
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
 def library_versions() -> dict[str, str | None]:
     """Installed versions of :data:`VERSIONED` (None for one not installed as a distribution)."""
     versions: dict[str, str | None] = {}

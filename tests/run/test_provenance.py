@@ -50,6 +50,7 @@ def test_config_hash_follows_the_composed_config() -> None:
 
 def test_outside_a_git_checkout_commit_is_null(tmp_path: Path) -> None:
     assert prov.git_state(tmp_path) == (None, None)
+    assert prov.commit_label(tmp_path) == "unknown"
     block = prov.collect_provenance(_cfg(), "v1-abc", "cpu", source_root=tmp_path)
     assert block["git_commit"] is None and block["git_dirty"] is None
 
@@ -65,8 +66,10 @@ def test_git_dirty_tracks_uncommitted_changes(tmp_path: Path) -> None:
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
     commit, dirty = prov.git_state(tmp_path)
     assert re.fullmatch(r"[0-9a-f]{40}", commit or "") and dirty is False
+    assert prov.commit_label(tmp_path) == commit
     (tmp_path / "a.txt").write_text("b")
     assert prov.git_state(tmp_path) == (commit, True)
+    assert prov.commit_label(tmp_path) == f"{commit}-dirty"
 
 
 def test_provenance_copied_into_wandb_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
