@@ -42,7 +42,7 @@ class NeuMFModule(ManualThetaModule):
         loss: str = "bpr",
         lambda_value: float = 0.0,
         grad_clip_norm: float | None = None,
-        score_block_elements: int = 1 << 24,
+        score_block_elements: int = 1 << 19,
         name: str = "neumf",
     ) -> None:
         super().__init__(optimizer, grad_clip_norm)
