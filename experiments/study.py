@@ -415,9 +415,22 @@ def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
     marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if commit:
         paths = [str(p) for p in written] + [str(marker)]
-        subprocess.run(["git", "add", "--", *paths], cwd=plan.results, check=True)
         message = f"study {plan.dataset}: {chunk.name} ({record['seconds']:.0f} s, code {record['code_commit'][:12]})"
-        subprocess.run(["git", "commit", "-q", "-m", message], cwd=plan.results, check=True)
+        _git(["add", "--", *paths], plan.results)
+        # the chunk's paths only: whatever else is staged in that repository stays out of the commit
+        _git(["commit", "-q", "-m", message, "--", *paths], plan.results)
+
+
+def _git(args: list[str], cwd: Path, attempts: int = 30) -> None:
+    """``git *args`` in ``cwd``, retried while another git process holds the index lock (the
+    results folder may live in a checkout where other commits are being made)."""
+    for attempt in range(attempts):
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        if "index.lock" not in result.stderr or attempt == attempts - 1:
+            raise RuntimeError(f"git {args[0]} failed in {cwd}: {result.stderr.strip()}")
+        time.sleep(2.0)
 
 
 def done(plan: Plan, chunk: Chunk) -> bool:

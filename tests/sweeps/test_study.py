@@ -188,7 +188,10 @@ def test_study_runs_in_committed_chunks_and_resumes_from_the_commits(
     assert paper["output_dir"] == "temporal/paper/mf-lfix/seed0"
 
     shutil.rmtree(scratch)  # resumed elsewhere: only what was committed is left
+    (repo / "notes.txt").write_text("staged by someone else\n")
+    _git(repo, "add", "notes.txt")
     assert study.main(args) == 0
+    assert _git(repo, "diff", "--cached", "--name-only").split() == ["notes.txt"]  # not in the chunks' commits
     log = _git(repo, "log", "--format=%s").splitlines()
     assert [line.split(" (")[0] for line in log] == [
         "study synthetic: borrow/temporal/refit-trajectory/fix",
@@ -209,3 +212,21 @@ def test_study_runs_in_committed_chunks_and_resumes_from_the_commits(
     assert study.main(args) == 0
     assert "every chunk done" in capsys.readouterr().out
     assert len(_git(repo, "log", "--format=%s").splitlines()) == 3
+
+
+def test_git_waits_for_another_process_holding_the_index_lock(tmp_path: Path) -> None:
+    """A chunk's commit retries while another git process (a commit in the same checkout) holds
+    .git/index.lock, and fails with git's message on any other error."""
+    import threading
+
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "study@example.org")
+    _git(tmp_path, "config", "user.name", "study")
+    (tmp_path / "a.txt").write_text("a\n")
+    lock = tmp_path / ".git" / "index.lock"
+    lock.write_text("")
+    threading.Timer(1.0, lock.unlink).start()
+    study._git(["add", "--", "a.txt"], tmp_path)
+    assert _git(tmp_path, "diff", "--cached", "--name-only").split() == ["a.txt"]
+    with pytest.raises(RuntimeError, match="git commit failed .*no-such-path"):
+        study._git(["commit", "-q", "-m", "x", "--", "no-such-path"], tmp_path, attempts=2)
