@@ -8,7 +8,7 @@ depth. For every run this writes ``DIR/<block>/<method>/seed<seed>/`` with what
 
 * ``metrics.json`` and ``.hydra/config.yaml`` (the results contract, docs/results.md);
 * ``per_user_test.parquet`` (per-user test metrics: paired tests, Figure 7);
-* ``lambda_trajectories.parquet`` of MF-λOpt-DUI runs (Figure 8).
+* ``lambda_trajectories.parquet`` of MF-λOpt-DUI runs that tracked Λ (Figure 8).
 
 Machine-local paths are left out: ``metrics.json``'s ``output_dir`` becomes the record folder
 (relative to DIR) and the config's ``dataset.source.path`` the data file's name. Checkpoints,
@@ -28,6 +28,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -35,8 +36,29 @@ from lopt.analysis.results import Run, find_runs, find_unfinished_runs
 
 #: Files copied from every run, relative to its folder.
 RECORD_FILES = ("metrics.json", ".hydra/config.yaml", "per_user_test.parquet")
-#: Extra files copied from runs of these methods.
-EXTRA_FILES = {"MF-λOpt-DUI": ("lambda_trajectories.parquet",)}
+#: Files copied from a tuning trial (``collect(..., trials=True)``): a trial is judged on valid, and
+#: its per-user test metrics and Λ trajectories feed no table or figure.
+TRIAL_FILES = ("metrics.json", ".hydra/config.yaml")
+#: Extra files copied from runs of these methods, each with the config key that turns it off: a
+#: run with that key false (e.g. a tuning trial without Λ tracking) has none to copy.
+EXTRA_FILES = {"MF-λOpt-DUI": (("lambda_trajectories.parquet", "tracking.trajectories.enabled"),)}
+
+
+def record_files(run: Run, trials: bool = False) -> list[str]:
+    """The files of ``run`` that its compact record holds (``trials``: a tuning trial's)."""
+    if trials:
+        return list(TRIAL_FILES)
+    extra = [name for name, key in EXTRA_FILES.get(run.method, ()) if _enabled(run.config, key)]
+    return [*RECORD_FILES, *extra]
+
+
+def _enabled(config: dict[str, Any], key: str) -> bool:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return True  # a config without the key predates it: the file was always written
+        node = node[part]
+    return bool(node)
 
 
 def _metrics_without_local_paths(text: str, target: Path) -> str:
@@ -80,10 +102,12 @@ def record_dirs(block: str, runs: Sequence[Run]) -> dict[Path, Run]:
     return plan
 
 
-def collect(blocks: Sequence[Path], out: Path, overwrite: bool = False, skip_unfinished: bool = False) -> list[Path]:
+def collect(
+    blocks: Sequence[Path], out: Path, overwrite: bool = False, skip_unfinished: bool = False, trials: bool = False
+) -> list[Path]:
     """Copy every finished run's records under ``blocks`` into ``out``; returns the record folders.
     Raises ValueError on an unfinished run (unless ``skip_unfinished``: then they are listed on
-    stderr and left out) or a missing file."""
+    stderr and left out) or a missing file. ``trials``: the runs are tuning trials (TRIAL_FILES)."""
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: give --overwrite to replace it")
     plan: dict[Path, Run] = {}
@@ -100,7 +124,7 @@ def collect(blocks: Sequence[Path], out: Path, overwrite: bool = False, skip_unf
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for target, run in sorted(plan.items()):
-            for name in RECORD_FILES + EXTRA_FILES.get(run.method, ()):
+            for name in record_files(run, trials):
                 source = run.path / name
                 if not source.is_file():
                     raise ValueError(f"{source} is missing: the run did not write its records")

@@ -5,7 +5,8 @@
     python experiments/study.py PLAN.yaml [--max-chunks N] [--commit] [--scratch DIR]
 
 PLAN.yaml (e.g. ``experiments/results/ml100k/study.yaml``) names the dataset's experiments, the
-methods, the blocks, the seeds, the tuning trials, the epoch budget and the data; its folder is the
+methods, the blocks, the seeds, the tuning trials, the epoch budget, the data, and overrides for
+every run (``overrides``) and for the tuning trials only (``tune_overrides``); its folder is the
 study's results folder. The study is a list of chunks, run in order:
 
 * ``tune/<split>/<block>/<method>`` (blocks ``paper`` and ``inner``): one tuning study
@@ -84,6 +85,7 @@ PLAN_KEYS = {
     "budget",
     "splits",
     "overrides",
+    "tune_overrides",
     "expected_epochs",
     "selections",
 }
@@ -116,6 +118,7 @@ class Plan:
     overrides: list[str]
     expected_epochs: int
     selections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune_overrides: list[str] = field(default_factory=list)
 
     @property
     def results(self) -> Path:
@@ -169,6 +172,7 @@ def load_plan(path: Path) -> Plan:
         budget=budget,
         splits={str(k): list(v or []) for k, v in (raw.get("splits") or {"temporal": []}).items()},
         overrides=list(raw.get("overrides") or []),
+        tune_overrides=list(raw.get("tune_overrides") or []),
         expected_epochs=int(raw.get("expected_epochs") or budget["max_epochs"]),
         selections=selections,
     )
@@ -238,6 +242,7 @@ def tune_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
         f"+tune={plan.method(chunk.method).tune}",
         *BLOCK_CONTROLS[chunk.block],
         *budget,
+        *plan.tune_overrides,
         f"study.n_trials={plan.trials}",
         f"study.seed={study_seed(chunk)}",
         f"study.dir={sweep_dir.parent}",
@@ -282,10 +287,11 @@ def _run(command: Sequence[str], log: Path) -> None:
         raise RuntimeError(f"the command exited with {code}; its output is in {log}")
 
 
-def _collect(sweep_dir: Path, staging: Path, skip_unfinished: bool = False) -> Path:
+def _collect(sweep_dir: Path, staging: Path, trials: bool = False) -> Path:
     """The compact records of the runs under ``sweep_dir`` (collect_records) in ``staging``; returns
-    the folder holding their ``<method label>/seed…`` folders."""
-    collect([sweep_dir], staging, skip_unfinished=skip_unfinished)
+    the folder holding their ``<method label>/seed…`` folders. ``trials``: a tuning study's trials
+    (their records without per-user test metrics; an unfinished trial is left out)."""
+    collect([sweep_dir], staging, skip_unfinished=trials, trials=trials)
     return staging / sweep_dir.name
 
 
@@ -338,7 +344,7 @@ def run_tune(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
     target = plan.results / "studies" / chunk.split / chunk.block / chunk.method
     staging = _staging(target.parent)
     try:
-        _install(_collect(sweep, staging, skip_unfinished=True), target)
+        _install(_collect(sweep, staging, trials=True), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     best = {"best_params": results["best_params"], "best_value": results.get("best_value")}

@@ -109,13 +109,19 @@ def test_committed_records_regenerate_the_figure_data(tmp_path: Path) -> None:
 
 
 def test_committed_records_are_compact() -> None:
-    """Records only: no checkpoint, log or Λ snapshot, and small enough to keep in git."""
+    """Records only: no checkpoint, log or Λ snapshot, and small enough to keep in git: every run's
+    record (the folder of its metrics.json) under 256 KiB; a tuning trial's (``studies/``) holds
+    its metrics and config only, under 32 KiB."""
     files = [p for p in (REPO_ROOT / RESULTS).rglob("*") if p.is_file()]
     allowed = {"metrics.json", "config.yaml", "per_user_test.parquet", "lambda_trajectories.parquet"}
-    records = [p for p in files if "runs" in p.parts or "study_fix" in p.parts]
+    records = [p for p in files if {"runs", "study_fix", "studies"} & set(p.parts) and p.name != "selection.json"]
     assert records, "no committed records under experiments/results/ml100k"
     assert {p.name for p in records} <= allowed
-    assert sum(p.stat().st_size for p in records) < 12 * 2**20
+    for metrics in (p for p in records if p.name == "metrics.json"):
+        size = sum(f.stat().st_size for f in metrics.parent.rglob("*") if f.is_file())
+        assert size < (32 if "studies" in metrics.parts else 256) * 2**10, metrics.parent
+    trials = [p for p in records if "studies" in p.parts]
+    assert {p.name for p in trials} <= {"metrics.json", "config.yaml"}
 
 
 def test_collect_records_copies_records_only_without_local_paths(tmp_path: Path) -> None:
@@ -141,3 +147,46 @@ def test_collect_records_copies_records_only_without_local_paths(tmp_path: Path)
     assert "path: u.data" in (record / ".hydra" / "config.yaml").read_text()
     with pytest.raises(FileExistsError):
         collect.collect([tmp_path / "block"], out)
+
+
+def _dui_run(root: Path, trajectories: bool | None, write_trajectories: bool) -> Path:
+    run = root / "block" / "ml100k_dui" / "0"
+    (run / ".hydra").mkdir(parents=True)
+    metrics = {"test": {"auc": 0.5}, "method": "MF-λOpt-DUI", "dataset": "ml100k", "seed": 1, "output_dir": str(run)}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    tracking = "" if trajectories is None else f"tracking:\n  trajectories:\n    enabled: {str(trajectories).lower()}\n"
+    (run / ".hydra" / "config.yaml").write_text(f"seed: 1\n{tracking}")
+    (run / "per_user_test.parquet").write_bytes(b"per-user")
+    if write_trajectories:
+        (run / "lambda_trajectories.parquet").write_bytes(b"trajectories")
+    return run
+
+
+@pytest.mark.parametrize(
+    ("trajectories", "written", "expected"),
+    [
+        (True, True, ["lambda_trajectories.parquet"]),
+        (None, True, ["lambda_trajectories.parquet"]),  # a config from before the key: always written
+        (False, False, []),  # Λ tracking off (a tuning trial): nothing to copy, nothing missing
+    ],
+)
+def test_collect_records_copies_dui_trajectories_where_the_run_tracked_them(
+    tmp_path: Path, trajectories: bool | None, written: bool, expected: list[str]
+) -> None:
+    collect = load_script("collect_records")
+    _dui_run(tmp_path, trajectories, written)
+    [record] = collect.collect([tmp_path / "block"], tmp_path / "records")
+    files = sorted(p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file())
+    assert files == sorted([".hydra/config.yaml", "metrics.json", "per_user_test.parquet", *expected])
+
+
+def test_collect_records_refuses_a_tracked_run_without_its_trajectories_and_keeps_trials_small(tmp_path: Path) -> None:
+    collect = load_script("collect_records")
+    _dui_run(tmp_path, True, write_trajectories=False)
+    with pytest.raises(ValueError, match="lambda_trajectories.parquet is missing"):
+        collect.collect([tmp_path / "block"], tmp_path / "records")
+    [record] = collect.collect([tmp_path / "block"], tmp_path / "trials", trials=True)
+    assert sorted(p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file()) == [
+        ".hydra/config.yaml",
+        "metrics.json",
+    ]

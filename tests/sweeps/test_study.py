@@ -63,6 +63,7 @@ def test_chunks_tune_every_method_in_paper_and_inner_and_borrow_only_refit_witho
             methods={"fix": {"tune": "fix"}, "dui": {"tune": "lambda_opt", "learns_lambda": True}},
             selections={},
             blocks=list(study.BLOCK_CONTROLS),
+            tune_overrides=["tracking.snapshots.enabled=false"],
         )
     )
     names = [c.name for c in study.chunks(plan)]
@@ -85,6 +86,18 @@ def test_chunks_tune_every_method_in_paper_and_inner_and_borrow_only_refit_witho
     tune = study.tune_command(plan, study.chunks(plan)[2], tmp_path / "sweep")
     assert "+tune=fix" in tune and "control=inner" in tune and "study.n_trials=4" in tune
     assert "budget.max_epochs=2" in tune and "budget.min_delta=0.0" in tune
+    assert "tracking.snapshots.enabled=false" in tune  # the tuning trials' own overrides…
+    fixed = study.load_plan(_plan(tmp_path / "fixed", tune_overrides=["tracking.snapshots.enabled=false"]))
+    runs = study.runs_command(fixed, study.Chunk("runs", "temporal", "paper", "fix"), tmp_path / "sweep")
+    assert "seed=0" in " ".join(runs)
+    assert "tracking.snapshots.enabled=false" not in runs  # …never reach the seed runs
+
+
+def test_the_committed_ml100k_plan_tunes_without_lambda_tracking_and_runs_with_it() -> None:
+    plan = study.load_plan(study.REPO_ROOT / "experiments" / "results" / "ml100k" / "study.yaml")
+    off = {f"tracking.{k}.enabled=false" for k in ("stats", "trajectories", "snapshots")}
+    assert set(plan.tune_overrides) == off
+    assert not off & set(plan.overrides)
 
 
 def test_plan_errors_name_the_key(tmp_path: Path) -> None:
@@ -214,6 +227,7 @@ def test_study_runs_in_committed_chunks_and_resumes_from_the_commits(
     assert len(_git(repo, "log", "--format=%s").splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_git_waits_for_another_process_holding_the_index_lock(tmp_path: Path) -> None:
     """A chunk's commit retries while another git process (a commit in the same checkout) holds
     .git/index.lock, and fails with git's message on any other error."""
