@@ -1,7 +1,7 @@
-"""The committed ml-100k records regenerate the committed table and figure data exactly.
+"""The committed records of ml-100k's first (unmatched) study regenerate its table and figure data exactly.
 
-experiments/results/ml100k/runs/ holds the compact records of every run behind
-experiments/results/ml100k/table.md and verdict.md (metrics.json, config, per-user test metrics,
+experiments/results/ml100k/unmatched/runs/ holds the compact records of every run behind
+experiments/results/ml100k/unmatched/table.md and verdict.md (metrics.json, config, per-user test metrics,
 DUI trajectories); study_fix/ those of λFix's tuning study behind Figure 2. The table and the
 verdict are compared byte for byte, each figure's data (CSV) too; the PNGs only have to be drawn.
 The results README may state only numbers that these generated files (or the runs' configs) hold.
@@ -21,7 +21,7 @@ import yaml
 from tests.helpers.cli import REPO_ROOT
 from tests.helpers.scripts import load_script
 
-RESULTS = Path("experiments") / "results" / "ml100k"  # relative: the table names the folder it read
+RESULTS = Path("experiments") / "results" / "ml100k" / "unmatched"  # relative: the table names the folder it read
 
 
 @pytest.fixture()
@@ -60,7 +60,7 @@ def _config_values(node: object) -> set[str]:
 
 
 def test_results_readme_states_only_generated_numbers() -> None:
-    """Every number of experiments/results/ml100k/README.md is in the generated table.md or
+    """Every number of experiments/results/ml100k/unmatched/README.md is in the generated table.md or
     verdict.md (checked byte for byte against the records above) or is a value of the runs'
     config; its verdict lines match verdict.md; the sentence the audit refuted is gone."""
     readme = (REPO_ROOT / RESULTS / "README.md").read_text(encoding="utf-8")
@@ -112,10 +112,10 @@ def test_committed_records_are_compact() -> None:
     """Records only: no checkpoint, log or Λ snapshot, and small enough to keep in git: every run's
     record (the folder of its metrics.json) under 256 KiB; a tuning trial's (``studies/``) holds
     its metrics and config only, under 32 KiB."""
-    files = [p for p in (REPO_ROOT / RESULTS).rglob("*") if p.is_file()]
+    files = [p for p in (REPO_ROOT / "experiments" / "results").rglob("*") if p.is_file()]  # every study
     allowed = {"metrics.json", "config.yaml", "per_user_test.parquet", "lambda_trajectories.parquet"}
     records = [p for p in files if {"runs", "study_fix", "studies"} & set(p.parts) and p.name != "selection.json"]
-    assert records, "no committed records under experiments/results/ml100k"
+    assert records, "no committed records under experiments/results"
     assert {p.name for p in records} <= allowed
     for metrics in (p for p in records if p.name == "metrics.json"):
         size = sum(f.stat().st_size for f in metrics.parent.rglob("*") if f.is_file())

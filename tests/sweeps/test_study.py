@@ -93,11 +93,19 @@ def test_chunks_tune_every_method_in_paper_and_inner_and_borrow_only_refit_witho
     assert "tracking.snapshots.enabled=false" not in runs  # …never reach the seed runs
 
 
-def test_the_committed_ml100k_plan_tunes_without_lambda_tracking_and_runs_with_it() -> None:
-    plan = study.load_plan(study.REPO_ROOT / "experiments" / "results" / "ml100k" / "study.yaml")
+@pytest.mark.parametrize("dataset", ["ml100k", "lastfm2k"])
+def test_the_committed_plans_are_one_design_and_tune_without_lambda_tracking(dataset: str) -> None:
+    """Both datasets' studies: the same methods, blocks, seeds, trials, budget and splits, Λ tracking
+    off in the tuning trials only, every run an experiment of its own dataset."""
+    plan = study.load_plan(study.REPO_ROOT / "experiments" / "results" / dataset / "study.yaml")
+    reference = study.load_plan(study.REPO_ROOT / "experiments" / "results" / "ml100k" / "study.yaml")
     off = {f"tracking.{k}.enabled=false" for k in ("stats", "trajectories", "snapshots")}
     assert set(plan.tune_overrides) == off
     assert not off & set(plan.overrides)
+    assert plan.dataset == plan.experiment_prefix == dataset
+    for key in ("methods", "blocks", "seeds", "trials", "budget", "splits", "overrides", "expected_epochs"):
+        assert getattr(plan, key) == getattr(reference, key), key
+    assert plan.trials >= 20 and len(plan.seeds) >= 5 and len(plan.splits) >= 3
 
 
 def test_plan_errors_name_the_key(tmp_path: Path) -> None:
