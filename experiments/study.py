@@ -34,7 +34,8 @@ and twice as many on the plan's data (one seed, the paper block) and writes the 
 (training and the per-epoch validation; the difference of the last two runs, so that one-off
 start-up costs drop out) to
 ``epoch_seconds.json`` in the results folder; ``--plan`` multiplies them by the runs and epochs of
-every chunk (the epoch cap, and an expected count: ``plan.expected_epochs``).
+every chunk (the epoch cap, an expected count: ``plan.expected_epochs``, and the mean epochs of
+the tuning trials committed so far), and sums the wall time of the chunks done.
 """
 
 from __future__ import annotations
@@ -496,14 +497,32 @@ def chunk_epochs(plan: Plan, chunk: Chunk, epochs: int, inner_share: float) -> f
     return fits * per_fit
 
 
-def estimate(plan: Plan, timings: dict[str, float], inner_share: float) -> dict[str, dict[str, float]]:
-    """CPU seconds of each chunk ``{chunk name: {"cap": …, "expected": …}}``: its fits' epochs
-    (:func:`chunk_epochs`) at the epoch cap and at ``plan.expected_epochs``, times the method's
-    measured seconds per epoch."""
+def observed_epochs(plan: Plan) -> dict[str, list[int]]:
+    """The epochs every committed tuning trial of each method trained (``studies/*/*/<method>/``),
+    the evidence for how long the fits still to run will be."""
+    out: dict[str, list[int]] = {}
+    for m in plan.methods:
+        for path in sorted((plan.results / "studies").glob(f"*/*/{m.name}/*/*/metrics.json")):
+            epochs = json.loads(path.read_text(encoding="utf-8")).get("epochs_trained")
+            if isinstance(epochs, int):
+                out.setdefault(m.name, []).append(epochs)
+    return out
+
+
+def estimate(
+    plan: Plan, timings: dict[str, float], inner_share: float, observed: dict[str, float] | None = None
+) -> dict[str, dict[str, float]]:
+    """CPU seconds of each chunk ``{chunk name: {"cap": …, "expected": …, "observed": …}}``: its
+    fits' epochs (:func:`chunk_epochs`) at the epoch cap, at ``plan.expected_epochs`` and at the
+    method's mean observed epochs a fit (``observed``; the plan's expected where it has none),
+    times the method's measured seconds per epoch."""
+    observed = observed or {}
     return {
         c.name: {
             "cap": chunk_epochs(plan, c, plan.budget["max_epochs"], inner_share) * timings[c.method],
             "expected": chunk_epochs(plan, c, plan.expected_epochs, inner_share) * timings[c.method],
+            "observed": chunk_epochs(plan, c, observed.get(c.method, plan.expected_epochs), inner_share)
+            * timings[c.method],
         }
         for c in chunks(plan)
     }
@@ -513,7 +532,9 @@ def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float)
     """The chunks (done or to run), their fits and, with timings, their CPU time."""
     all_chunks = chunks(plan)
     todo = [c for c in all_chunks if not done(plan, c)]
-    seconds = estimate(plan, timings, inner_share) if timings is not None else {}
+    epochs_seen = observed_epochs(plan)
+    mean_seen = {m: sum(e) / len(e) for m, e in epochs_seen.items()}
+    seconds = estimate(plan, timings, inner_share, mean_seen) if timings is not None else {}
     print(f"study {plan.dataset}: {len(all_chunks)} chunks, {len(all_chunks) - len(todo)} done, {len(todo)} to run")
     fits = 0
     for c in all_chunks:
@@ -539,6 +560,21 @@ def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float)
         f"({expected:.0f} s), at most {cap / 3600:.1f} h if every fit ran to the cap ({cap:.0f} s); "
         "divide by the parallel jobs the cores allow"
     )
+    if epochs_seen:
+        seen = ", ".join(f"{m} {mean_seen[m]:.1f} ({len(e)} trials)" for m, e in epochs_seen.items())
+        observed = sum(seconds[c.name]["observed"] for c in todo)
+        print(f"  epochs a fit in the committed trials: {seen}")
+        print(
+            f"  CPU time of the chunks to run at those epochs ({plan.expected_epochs} for a method with none yet): "
+            f"{observed / 3600:.1f} h ({observed:.0f} s)"
+        )
+    walls = [
+        json.loads((plan.results / c.marker).read_text(encoding="utf-8"))["seconds"]
+        for c in all_chunks
+        if done(plan, c)
+    ]
+    if walls:
+        print(f"  wall time of the {len(walls)} chunks done: {sum(walls) / 3600:.2f} h")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

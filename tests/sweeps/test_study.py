@@ -131,8 +131,10 @@ def test_cpu_estimate_counts_fits_epochs_and_seconds(tmp_path: Path, capsys: pyt
     )
     plan = study.load_plan(path)
     seconds = study.estimate(plan, {"fix": 2.0}, inner_share=0.75)
-    assert seconds["tune/temporal/paper/fix"] == {"cap": 4 * 10 * 2.0, "expected": 4 * 4 * 2.0}
-    assert seconds["tune/temporal/inner/fix"] == {"cap": 4 * 10 * 0.75 * 2.0, "expected": 4 * 4 * 0.75 * 2.0}
+    assert seconds["tune/temporal/paper/fix"] == {"cap": 4 * 10 * 2.0, "expected": 4 * 4 * 2.0, "observed": 4 * 4 * 2.0}
+    inner = 4 * 0.75 * 2.0  # trials × inner share × seconds
+    assert seconds["tune/temporal/inner/fix"] == {"cap": inner * 10, "expected": inner * 4, "observed": inner * 4}
+    assert study.estimate(plan, {"fix": 2.0}, 0.75, {"fix": 3.0})["tune/temporal/inner/fix"]["observed"] == inner * 3
     assert seconds["runs/temporal/paper/fix"]["cap"] == 2 * 10 * 2.0
     assert seconds["runs/temporal/refit-final/fix"]["cap"] == 2 * (2 * 10) * 2.0  # the first fit + the refit
     assert seconds["borrow/temporal/refit-trajectory/fix"]["cap"] == 0.0
@@ -141,6 +143,23 @@ def test_cpu_estimate_counts_fits_epochs_and_seconds(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     total = sum(s["expected"] for s in seconds.values())
     assert f"({total:.0f} s)" in out and "6 chunks, 0 done, 6 to run" in out and "14 fits" in out
+    assert "committed trials" not in out and "chunks done" not in out
+
+    # committed trials of 2 and 3 epochs, and a done chunk: the estimate follows the trials
+    for trial, epochs in (("seed0-0", 2), ("seed0-1", 3)):
+        record = path.parent / "studies" / "temporal" / "paper" / "fix" / "mf-lfix" / trial / "metrics.json"
+        record.parent.mkdir(parents=True)
+        record.write_text(json.dumps({"epochs_trained": epochs}))
+    marker = path.parent / study.Chunk("tune", "temporal", "paper", "fix").marker
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"seconds": 1800.0}))
+    assert study.main([str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    todo = [c for c in study.chunks(plan) if c.name != "tune/temporal/paper/fix"]
+    at_seen = sum(study.estimate(plan, {"fix": 2.0}, 0.75, {"fix": 2.5})[c.name]["observed"] for c in todo)
+    assert "epochs a fit in the committed trials: fix 2.5 (2 trials)" in out
+    assert f"{at_seen / 3600:.1f} h ({at_seen:.0f} s)" in out
+    assert "wall time of the 1 chunks done: 0.50 h" in out
 
 
 def test_measure_times_an_epoch_as_the_difference_of_two_warm_runs(
