@@ -120,6 +120,12 @@ class Plan:
     expected_epochs: int
     selections: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune_overrides: list[str] = field(default_factory=list)
+    split_methods: dict[str, list[str]] = field(default_factory=dict)  # split → its methods (absent: all)
+
+    def methods_of(self, split: str) -> list[Method]:
+        """The methods run on ``split`` (every method unless the split names its own)."""
+        names = self.split_methods.get(split)
+        return [m for m in self.methods if names is None or m.name in names]
 
     @property
     def results(self) -> Path:
@@ -162,6 +168,7 @@ def load_plan(path: Path) -> Plan:
     budget = dict(raw.get("budget") or {})
     if set(budget) != {"max_epochs", "patience", "min_delta"}:
         raise ValueError(f"{path}: budget needs exactly max_epochs, patience and min_delta (conf/budget/equal.yaml)")
+    splits, split_methods = _load_splits(path, raw.get("splits") or {"temporal": []}, [m.name for m in methods])
     return Plan(
         path=path,
         dataset=str(raw["dataset"]),
@@ -171,12 +178,36 @@ def load_plan(path: Path) -> Plan:
         seeds=[int(s) for s in raw["seeds"]],
         trials=int(raw["trials"]),
         budget=budget,
-        splits={str(k): list(v or []) for k, v in (raw.get("splits") or {"temporal": []}).items()},
+        splits=splits,
+        split_methods=split_methods,
         overrides=list(raw.get("overrides") or []),
         tune_overrides=list(raw.get("tune_overrides") or []),
         expected_epochs=int(raw.get("expected_epochs") or budget["max_epochs"]),
         selections=selections,
     )
+
+
+def _load_splits(
+    path: Path, raw: dict[str, Any], methods: list[str]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``splits``: name → the overrides selecting the split, or → {overrides: […], methods: […]} for
+    a split that runs only some methods. Returns (overrides per split, methods per such split)."""
+    overrides: dict[str, list[str]] = {}
+    chosen: dict[str, list[str]] = {}
+    for name, spec in raw.items():
+        name = str(name)
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"overrides", "methods"}
+            if unknown:
+                raise ValueError(f"{path}: splits.{name} has unknown keys {sorted(unknown)} (overrides, methods)")
+            names = [str(m) for m in spec.get("methods") or methods]
+            missing = [m for m in names if m not in methods]
+            if missing:
+                raise ValueError(f"{path}: splits.{name}.methods names {missing}, which `methods` does not define")
+            chosen[name] = names
+            spec = spec.get("overrides")
+        overrides[name] = list(spec or [])
+    return overrides, chosen
 
 
 @dataclass(frozen=True)
@@ -204,9 +235,11 @@ def chunks(plan: Plan) -> list[Chunk]:
         for block in TUNED_BLOCKS:
             if not any(SELECTED_IN[b] == block for b in plan.blocks):
                 continue
-            out += [Chunk("tune", split, block, m.name) for m in plan.methods if m.name not in plan.selections]
+            out += [
+                Chunk("tune", split, block, m.name) for m in plan.methods_of(split) if m.name not in plan.selections
+            ]
         for block in plan.blocks:
-            for m in plan.methods:
+            for m in plan.methods_of(split):
                 borrowed = block == "refit-trajectory" and not m.learns_lambda and "refit-final" in plan.blocks
                 out.append(Chunk("borrow" if borrowed else "runs", split, block, m.name))
     return out

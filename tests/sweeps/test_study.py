@@ -103,9 +103,49 @@ def test_the_committed_plans_are_one_design_and_tune_without_lambda_tracking(dat
     assert set(plan.tune_overrides) == off
     assert not off & set(plan.overrides)
     assert plan.dataset == plan.experiment_prefix == dataset
-    for key in ("methods", "blocks", "seeds", "trials", "budget", "splits", "overrides", "expected_epochs"):
+    for key in (
+        "methods",
+        "blocks",
+        "seeds",
+        "trials",
+        "budget",
+        "splits",
+        "split_methods",
+        "overrides",
+        "expected_epochs",
+    ):
         assert getattr(plan, key) == getattr(reference, key), key
     assert plan.trials >= 20 and len(plan.seeds) >= 5 and len(plan.splits) >= 3
+    for split in plan.splits:  # the claims' rows (DUI vs λFix, DUI − D) on every split; all methods on the first
+        assert {"fix", "d", "dui"} <= {m.name for m in plan.methods_of(split)}
+    assert plan.methods_of(next(iter(plan.splits))) == plan.methods
+
+
+def test_a_split_may_run_some_methods_only(tmp_path: Path) -> None:
+    plan = study.load_plan(
+        _plan(
+            tmp_path,
+            methods={"fix": {"tune": "fix"}, "dui": {"tune": "lambda_opt", "learns_lambda": True}},
+            selections={},
+            blocks=["paper"],
+            splits={"temporal": [], "earlier": {"overrides": ["protocol.split.drop_latest=0.1"], "methods": ["fix"]}},
+        )
+    )
+    assert plan.splits == {"temporal": [], "earlier": ["protocol.split.drop_latest=0.1"]}
+    assert [c.name for c in study.chunks(plan)] == [
+        "tune/temporal/paper/fix",
+        "tune/temporal/paper/dui",
+        "runs/temporal/paper/fix",
+        "runs/temporal/paper/dui",
+        "tune/earlier/paper/fix",
+        "runs/earlier/paper/fix",
+    ]
+    tune = study.tune_command(plan, study.Chunk("tune", "earlier", "paper", "fix"), tmp_path / "sweep")
+    assert "protocol.split.drop_latest=0.1" in tune
+    with pytest.raises(ValueError, match=r"splits.earlier.methods names \['du'\]"):
+        study.load_plan(_plan(tmp_path, splits={"earlier": {"methods": ["du"]}}))
+    with pytest.raises(ValueError, match=r"splits.earlier has unknown keys \['seeds'\]"):
+        study.load_plan(_plan(tmp_path, splits={"earlier": {"seeds": [1]}}))
 
 
 def test_plan_errors_name_the_key(tmp_path: Path) -> None:
