@@ -68,13 +68,19 @@ def _metrics_without_local_paths(text: str, target: Path) -> str:
     return json.dumps(metrics, indent=2) + "\n"
 
 
+#: Config keys holding a machine-local path: the record keeps its last component only.
+LOCAL_PATH_KEYS = ("dataset.source.path", "study.dir")
+
+
 def _config_without_local_paths(text: str, target: Path) -> str:
-    """The composed config with the dataset file named by its file name only (where it lay on the
-    machine that ran it says nothing about the run; tables ignore the key)."""
+    """The composed config with the dataset file and a tuning study's folder named by their last
+    component only (where they lay on the machine that ran it says nothing about the run; tables
+    ignore the keys)."""
     config = OmegaConf.create(text)
-    path = OmegaConf.select(config, "dataset.source.path", throw_on_resolution_failure=False)
-    if isinstance(path, str) and path:
-        OmegaConf.update(config, "dataset.source.path", Path(path).name)
+    for key in LOCAL_PATH_KEYS:
+        path = OmegaConf.select(config, key, throw_on_resolution_failure=False)
+        if isinstance(path, str) and path:
+            OmegaConf.update(config, key, Path(path).name)
     return OmegaConf.to_yaml(config)
 
 

@@ -185,8 +185,12 @@ def test_collect_records_refuses_a_tracked_run_without_its_trajectories_and_keep
     _dui_run(tmp_path, True, write_trajectories=False)
     with pytest.raises(ValueError, match="lambda_trajectories.parquet is missing"):
         collect.collect([tmp_path / "block"], tmp_path / "records")
+    config = tmp_path / "block" / "ml100k_dui" / "0" / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + "study:\n  dir: /home/someone/scratch/tune/paper/dui\n  name: sweep\n")
     [record] = collect.collect([tmp_path / "block"], tmp_path / "trials", trials=True)
     assert sorted(p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file()) == [
         ".hydra/config.yaml",
         "metrics.json",
     ]
+    kept = (record / ".hydra" / "config.yaml").read_text()
+    assert "/home/someone" not in kept and "dir: dui" in kept  # a trial's study folder: its name only
