@@ -194,3 +194,20 @@ def test_collect_records_refuses_a_tracked_run_without_its_trajectories_and_keep
     ]
     kept = (record / ".hydra" / "config.yaml").read_text()
     assert "/home/someone" not in kept and "dir: dui" in kept  # a trial's study folder: its name only
+
+
+@pytest.mark.parametrize("dataset", ["ml100k", "lastfm2k"])
+def test_a_matched_study_s_records_name_the_one_code_commit_its_readme_states(dataset: str) -> None:
+    """Every chunk marker and record of a study folder names the commit its README states (a clean
+    tree), so that the whole study ran on one code commit."""
+    folder = REPO_ROOT / "experiments" / "results" / dataset
+    stated = re.findall(r"frozen code commit, `([0-9a-f]{7,40})`", (folder / "README.md").read_text(encoding="utf-8"))
+    markers = sorted((folder / "chunks").glob("*.json"))
+    if not markers:
+        return  # no chunk has run: nothing to check yet
+    assert len(stated) == 1, f"{folder}/README.md must state the study's code commit once"
+    for marker in markers:
+        assert json.loads(marker.read_text(encoding="utf-8"))["code_commit"].startswith(stated[0]), marker
+    for metrics in [*folder.glob("studies/**/metrics.json"), *folder.glob("runs/*/*/*/*/metrics.json")]:
+        provenance = json.loads(metrics.read_text(encoding="utf-8"))["provenance"]
+        assert provenance["git_commit"].startswith(stated[0]) and provenance["git_dirty"] is False, metrics
