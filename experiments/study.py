@@ -1,4 +1,4 @@
-"""Run a whole fair study (docs/protocol.md, "The fair study") in resumable chunks.
+"""Run a whole fair study in resumable chunks (docs/recipes.md, "The whole fair study, in resumable chunks").
 
     python experiments/study.py PLAN.yaml --plan                  # the chunks and the CPU estimate
     python experiments/study.py PLAN.yaml --measure [--epochs 3]  # time an epoch of every method
