@@ -26,17 +26,15 @@ NDCG@K = Σ_{rank_q≤K} 1/log2(1+rank_q) / Σ_{r=1}^{min(|P_u|,K)} 1/log2(1+r),
 MRR = 1 / rank_0 (no cut-off), MAP@K = (1/min(|P_u|,K)) · Σ_{rank_q≤K} (q+1)/rank_q,
 AUC as above.
 
-Algorithm (exact, vectorized over a block of users, no per-user Python loop). Instead of sorting
-all item scores of a row (O(n log n) per user), the positives' scores of each row are gathered
-into a short padded row and sorted (padding = +inf). Every item score is then located in its
-row's sorted positives with one batched ``torch.searchsorted`` (``t_j`` = number of positives
-strictly below ``s_j``), and a per-row histogram of ``t_j`` over the candidates gives, for the
-k-th smallest positive, the number of candidates strictly above it as a suffix sum. Candidates
-tied with a positive are detected by one gather (``sorted_pos[t_j] == s_j``) and counted per
-run of equal positive values, which yields the tied counts (added to the rank by the pessimistic
-rule) and the strictly-smaller counts needed by the AUC as ``|N_u| - greater - tied``. Cost per
-block: one searchsorted over B·n scores into rows of length max|P_u|+1, one gather, a few
-elementwise passes and one bincount.
+Algorithm (exact, vectorized over a block of users, no per-user Python loop). The positives' scores
+of each row are gathered into a short padded row and sorted (padding = +inf): that order is the
+one every metric reads. The candidates' scores are copied with every non-candidate set to +inf
+and each row is sorted once (numpy's vectorized sort on the CPU, ``torch.sort`` elsewhere); two
+batched ``torch.searchsorted`` calls of the positives' scores into those rows then give, for each
+positive s, the candidates strictly below s (left side) and at or below s (right side, capped at
+|N_u| because the +inf fill sits after every candidate). Strictly above = |N_u| − at-or-below,
+tied = at-or-below − strictly-below. Cost per block: one elementwise fill and one row sort of the
+(B, n_items) scores, and a binary search per positive (B·max|P_u| of them), not per item.
 """
 
 from __future__ import annotations
@@ -59,8 +57,9 @@ __all__ = [
     "ranking_metrics",
 ]
 
-#: Bound below which the flat histogram keys row * (width + 2) + t fit in int32.
-_INT32_KEYS = 2**31
+#: Score dtypes whose rows the CPU path sorts with numpy (its SIMD sort is several times faster
+#: than torch.sort on the CPU; both sort values exactly, so the counts are identical).
+_NUMPY_SORTED_DTYPES = (torch.float32, torch.float64)
 
 Ties = Literal["pessimistic", "paper"]
 Protocol = Literal["lambdaopt", "standard"]
@@ -179,58 +178,42 @@ def positive_ranks(
     if width == 0:
         return None
 
-    # Positives' scores per row, left-aligned, padded with +inf (at least one padding column so
-    # that the searchsorted result t ∈ [0, width] is always a valid gather index), sorted.
+    # Positives' scores per row, left-aligned, padded with +inf, sorted.
     rows, cols = positives.nonzero(as_tuple=True)  # row-major: rows ascending
     row_start = torch.cumsum(n_pos, 0) - n_pos
     slot = torch.arange(rows.numel(), device=device) - row_start[rows]
-    pos_sorted = torch.full((n_rows, width + 1), math.inf, dtype=scores.dtype, device=device)
+    pos_sorted = torch.full((n_rows, width), math.inf, dtype=scores.dtype, device=device)
     pos_sorted[rows, slot] = scores[rows, cols]
     items = None
     if with_items:
         # A stable sort keeps the +inf padding (appended last) behind real +inf positives.
         pos_sorted, perm = torch.sort(pos_sorted, dim=1, stable=True)
-        padded = torch.full((n_rows, width + 1), -1, dtype=torch.int64, device=device)
+        padded = torch.full((n_rows, width), -1, dtype=torch.int64, device=device)
         padded[rows, slot] = cols
-        items = padded.gather(1, perm)[:, :width]
+        items = padded.gather(1, perm)
     else:
         pos_sorted = torch.sort(pos_sorted, dim=1).values
 
-    # t[b, j] = #{sorted positives (incl. +inf padding) strictly below s_j} ∈ [0, width]:
-    # candidate j is strictly above the q-th smallest positive (0-based) iff t[b, j] ≥ q + 1.
-    contig = scores.contiguous()
-    t = torch.searchsorted(pos_sorted, contig, out_int32=True)  # (B, n_items)
-
-    # Ties: candidate j ties with a positive iff pos_sorted[t_j] == s_j; then every positive of
-    # that value shares the run starting at index t_j. Count tied candidates per run start.
-    # CPU gather takes the int32 index directly; elsewhere use the universally supported int64.
-    tied = pos_sorted.gather(1, t if t.device.type == "cpu" else t.long()) == contig
-    tied &= candidates
-    tie_rows, tie_cols = tied.nonzero(as_tuple=True)
-    del tied
-    tie_hist = torch.zeros((n_rows, width + 1), dtype=torch.int64, device=device)
-    if tie_rows.numel() > 0:
-        tie_hist.index_put_((tie_rows, t[tie_rows, tie_cols].long()), torch.ones_like(tie_rows), accumulate=True)
-
-    # Histogram of t over the candidates (non-candidates go to the extra bucket width + 1), as
-    # one flat bincount over row-offset keys. t is reused in place to bound the memory.
-    n_buckets = width + 2
-    key = t if n_rows * n_buckets < _INT32_KEYS else t.long()
-    key.masked_fill_(~candidates, width + 1)
-    key += torch.arange(n_rows, device=device, dtype=key.dtype).unsqueeze(1) * n_buckets
-    hist = torch.bincount(key.view(-1), minlength=n_rows * n_buckets).view(n_rows, n_buckets)
-    del t, key
-    # at_least[b, v] = #{candidates with t ≥ v}, v ∈ [0, width]
-    at_least = hist[:, : width + 1].flip(1).cumsum(1).flip(1)
-    greater = at_least[:, 1:]  # (B, width): candidates strictly above the q-th smallest positive
-
-    run_start = torch.searchsorted(pos_sorted, pos_sorted[:, :width].contiguous())  # (B, width)
-    tied_counts = tie_hist.gather(1, run_start)
-    smaller = n_cand.unsqueeze(1) - greater - tied_counts  # candidates strictly below each positive
-    above = greater + tied_counts if ties == "pessimistic" else greater
+    # Each row's candidate scores, ascending, non-candidates moved past them as +inf.
+    cand_sorted = _sort_rows(scores.masked_fill(~candidates, math.inf))
+    smaller = torch.searchsorted(cand_sorted, pos_sorted)  # (B, width): candidates < s
+    # candidates ≤ s; a +inf positive also counts every +inf fill, hence the cap at |N_u|
+    at_most = torch.minimum(torch.searchsorted(cand_sorted, pos_sorted, right=True), n_cand.unsqueeze(1))
+    del cand_sorted
+    greater = n_cand.unsqueeze(1) - at_most  # candidates strictly above each positive
+    above = n_cand.unsqueeze(1) - smaller if ties == "pessimistic" else greater
 
     real = torch.arange(width, device=device).unsqueeze(0) < n_pos.unsqueeze(1)  # (B, width)
     return PositiveRanks(real, above, smaller, n_pos, n_cand, items)
+
+
+def _sort_rows(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (B, n) sorted ascending along each row; sorts in place where it can, so pass a
+    tensor the caller no longer needs."""
+    if values.device.type == "cpu" and values.dtype in _NUMPY_SORTED_DTYPES:
+        values.detach().numpy().sort(axis=1)  # in place, through the shared buffer
+        return values
+    return torch.sort(values, dim=1).values
 
 
 def _auc(r: PositiveRanks, out_dtype: torch.dtype, nan: torch.Tensor) -> torch.Tensor:

@@ -145,8 +145,9 @@ def test_all_rows_without_positives_and_empty_block():
     assert all(v.shape == (0,) for v in empty.values())
 
 
+@pytest.mark.parametrize("ties", ["pessimistic", "paper"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_infinite_scores_equal_to_padding_and_sentinels(dtype):
+def test_infinite_scores_equal_to_padding_and_sentinels(dtype, ties):
     inf = math.inf
     s = torch.tensor(
         [
@@ -174,7 +175,7 @@ def test_infinite_scores_equal_to_padding_and_sentinels(dtype):
         ]
     )
     ks = (1, 2, 3)
-    assert_matches(ranking_metrics(s, pos, cand, ks), brute_force(s, pos, cand, ks))
+    assert_matches(ranking_metrics(s, pos, cand, ks, ties), brute_force(s, pos, cand, ks, ties))
 
 
 def test_large_positive_count_row_mixed_with_small_rows():
@@ -222,10 +223,30 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(gpu[name].cpu(), cpu[name], equal_nan=True)
 
 
-def test_int64_histogram_keys_path(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_sort_path_matches_numpy_sort_path(monkeypatch, dtype):
+    """The candidate rows are sorted by numpy on the CPU and by torch.sort elsewhere (and for
+    other dtypes): both must give the same counts, ties and infinities included."""
     import lopt.eval.metrics as metrics_module
 
-    monkeypatch.setattr(metrics_module, "_INT32_KEYS", 1)  # force the wide-key branch
     ks = (1, 4, 30)
-    scores, pos, cand = random_case(12, 30, torch.float64, seed=5, score_range=2)
+    scores, pos, cand = random_case(12, 30, dtype, seed=5, score_range=2)
+    scores[0, :3] = math.inf
+    scores[1, :3] = -math.inf
+    numpy_path = metrics_module.positive_ranks(scores, pos, cand, with_items=True)
+    monkeypatch.setattr(metrics_module, "_NUMPY_SORTED_DTYPES", ())
+    torch_path = metrics_module.positive_ranks(scores, pos, cand, with_items=True)
+    for field in ("real", "above", "smaller", "n_pos", "n_cand", "items"):
+        assert torch.equal(getattr(numpy_path, field), getattr(torch_path, field)), field
     assert_matches(ranking_metrics(scores, pos, cand, ks), brute_force(scores, pos, cand, ks))
+
+
+def test_scores_that_require_grad_and_are_not_contiguous():
+    ks = (1, 5)
+    scores, pos, cand = random_case(8, 40, torch.float32, seed=2, score_range=4)
+    wide = torch.zeros(8, 80)
+    wide[:, ::2] = scores
+    leaf = wide.requires_grad_()
+    strided = leaf[:, ::2]
+    assert not strided.is_contiguous()
+    assert_matches(ranking_metrics(strided, pos, cand, ks), brute_force(scores, pos, cand, ks))
