@@ -143,15 +143,23 @@ class RankingEvaluator:
         positives = the split's held-out items; candidates = the other rankable items (module
         docstring).
         """
-        device = torch.device(device)
-        users = self._check_users(users).to(device)
+        positives, candidates, _ = self._masks(self._check_users(users), torch.device(device))
+        return positives, candidates
+
+    def _masks(
+        self, users: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`masks` of checked ``users``, and the positives' (rows, items) (row-major, as
+        ``positives.nonzero`` gives them: the CSR keeps each user's items ascending)."""
+        users = users.to(device)
         pos_indptr, pos_idx, seen_indptr, seen_idx = self._csr_on(device)
         shape = (users.numel(), self.n_items)
         positives = torch.zeros(shape, dtype=torch.bool, device=device)
-        positives[_gather_rows(pos_indptr, pos_idx, users)] = True
+        positive_index = _gather_rows(pos_indptr, pos_idx, users)
+        positives[positive_index] = True
         candidates = torch.ones(shape, dtype=torch.bool, device=device)
         candidates[_gather_rows(seen_indptr, seen_idx, users)] = False
-        return positives, candidates
+        return positives, candidates, positive_index
 
     def _check_users(self, users: torch.Tensor) -> torch.Tensor:
         if not isinstance(users, torch.Tensor) or users.dim() != 1:
@@ -174,9 +182,11 @@ class RankingEvaluator:
         expected = (users.numel(), self.n_items)
         if tuple(scores.shape) != expected:
             raise ValueError(f"scores has shape {tuple(scores.shape)}, expected {expected} = (len(users), n_items)")
-        positives, candidates = self.masks(users, scores.device)
+        positives, candidates, positive_index = self._masks(users, scores.device)
         out_dtype = _output_dtype(scores.device)
-        ranks = positive_ranks(scores, positives, candidates, self.ties, with_items=self.beyond is not None)
+        ranks = positive_ranks(
+            scores, positives, candidates, self.ties, with_items=self.beyond is not None, positive_index=positive_index
+        )
         if ranks is None:
             nan = torch.full((users.numel(),), math.nan, dtype=out_dtype, device=scores.device)
             return {name: nan.clone() for name in self.metric_names}

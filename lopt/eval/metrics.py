@@ -163,10 +163,13 @@ def positive_ranks(
     candidates: torch.Tensor,
     ties: Ties = "pessimistic",
     with_items: bool = False,
+    positive_index: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PositiveRanks | None:
     """The exact per-positive counts of a block (see the module docstring); None when no row
     has a positive. Inputs as in :func:`ranking_metrics`; ``with_items`` also returns the item
-    index of each sorted positive."""
+    index of each sorted positive. ``positive_index``: ``positives.nonzero(as_tuple=True)``
+    (rows ascending, then items), when the caller built the mask from it and has it at hand;
+    it must describe ``positives`` exactly."""
     _check_ties(ties)
     _check_inputs(scores, positives, candidates)
     device = scores.device
@@ -179,7 +182,7 @@ def positive_ranks(
         return None
 
     # Positives' scores per row, left-aligned, padded with +inf, sorted.
-    rows, cols = positives.nonzero(as_tuple=True)  # row-major: rows ascending
+    rows, cols = positives.nonzero(as_tuple=True) if positive_index is None else positive_index
     row_start = torch.cumsum(n_pos, 0) - n_pos
     slot = torch.arange(rows.numel(), device=device) - row_start[rows]
     pos_sorted = torch.full((n_rows, width), math.inf, dtype=scores.dtype, device=device)
@@ -195,16 +198,47 @@ def positive_ranks(
         pos_sorted = torch.sort(pos_sorted, dim=1).values
 
     # Each row's candidate scores, ascending, non-candidates moved past them as +inf.
-    cand_sorted = _sort_rows(scores.masked_fill(~candidates, math.inf))
-    smaller = torch.searchsorted(cand_sorted, pos_sorted)  # (B, width): candidates < s
+    cand_sorted = _sort_rows(torch.where(candidates, scores, math.inf))
+    real = torch.arange(width, device=device).unsqueeze(0) < n_pos.unsqueeze(1)  # (B, width)
+    # Sorting moved the +inf padding behind the real positives, so these are still in the
+    # cells (rows, slot).
+    values = pos_sorted[rows, slot]
+    smaller = torch.zeros((n_rows, width), dtype=torch.int64, device=device)
+    at_most = torch.zeros_like(smaller)
+    smaller[rows, slot] = _searchsorted_rows(cand_sorted, rows, values, right=False)  # candidates < s
     # candidates ≤ s; a +inf positive also counts every +inf fill, hence the cap at |N_u|
-    at_most = torch.minimum(torch.searchsorted(cand_sorted, pos_sorted, right=True), n_cand.unsqueeze(1))
+    at_most[rows, slot] = _searchsorted_rows(cand_sorted, rows, values, right=True)
+    at_most = torch.minimum(at_most, n_cand.unsqueeze(1))
     del cand_sorted
     greater = n_cand.unsqueeze(1) - at_most  # candidates strictly above each positive
     above = n_cand.unsqueeze(1) - smaller if ties == "pessimistic" else greater
 
-    real = torch.arange(width, device=device).unsqueeze(0) < n_pos.unsqueeze(1)  # (B, width)
     return PositiveRanks(real, above, smaller, n_pos, n_cand, items)
+
+
+def _searchsorted_rows(
+    sorted_rows: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, right: bool
+) -> torch.Tensor:
+    """(N,) int64: for each ``values[k]``, the number of entries of ``sorted_rows[rows[k]]`` below
+    it (``right``: at or below), i.e. ``torch.searchsorted`` row by row, for N needles with their
+    own rows. A vectorized binary search over the N needles only (``torch.searchsorted`` needs the
+    same number of needles in every row, and padding them to the widest row searches mostly
+    padding); ``sorted_rows`` (B, n) ascending, compared in its own dtype, so exact."""
+    n = sorted_rows.shape[1]
+    count = torch.zeros_like(rows)
+    if n == 0 or rows.numel() == 0:
+        return count
+    flat = sorted_rows.reshape(-1)
+    last_before = rows * n - 1  # flat index of entry j of the row is last_before + (j + 1)
+    # Grow the count by descending powers of two (they sum past n): try count + step entries,
+    # capped at n, and keep it when the last of them is still below the value.
+    step = 1 << (n.bit_length() - 1)
+    while step:
+        tried = (count + step).clamp_max_(n)
+        probe = flat.index_select(0, last_before + tried)
+        count = torch.where(probe <= values if right else probe < values, tried, count)
+        step >>= 1
+    return count
 
 
 def _sort_rows(values: torch.Tensor) -> torch.Tensor:

@@ -138,3 +138,21 @@ def test_cuda_block_metrics():
     for name in cpu:
         assert gpu[name].device.type == "cuda"
         torch.testing.assert_close(gpu[name].cpu(), cpu[name], equal_nan=True)
+
+
+def test_block_metrics_with_the_csr_positive_index_match_the_mask_path():
+    """block_metrics hands positive_ranks the positives' (rows, items) from its CSR instead of
+    the mask's nonzero: they must be the same pairs in the same order."""
+    from lopt.eval.metrics import positive_ranks
+
+    split = make_split(n_users=40, n_items=60, seed=4)
+    evaluator = RankingEvaluator(split, "test")
+    users = torch.arange(split.n_users)[torch.randperm(split.n_users, generator=torch.Generator().manual_seed(1))]
+    positives, candidates, index = evaluator._masks(users, torch.device("cpu"))
+    expected = positives.nonzero(as_tuple=True)
+    assert all(torch.equal(a, b) for a, b in zip(index, expected, strict=True))
+    scores = torch.randn(users.numel(), split.n_items, generator=torch.Generator().manual_seed(0))
+    fast = positive_ranks(scores, positives, candidates, with_items=True, positive_index=index)
+    slow = positive_ranks(scores, positives, candidates, with_items=True)
+    for field in ("real", "above", "smaller", "n_pos", "n_cand", "items"):
+        assert torch.equal(getattr(fast, field), getattr(slow, field)), field

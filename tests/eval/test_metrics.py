@@ -250,3 +250,23 @@ def test_scores_that_require_grad_and_are_not_contiguous():
     strided = leaf[:, ::2]
     assert not strided.is_contiguous()
     assert_matches(ranking_metrics(strided, pos, cand, ks), brute_force(scores, pos, cand, ks))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 64, 100])
+@pytest.mark.parametrize("right", [False, True])
+def test_row_binary_search_matches_torch_searchsorted(n, right):
+    """The per-needle binary search over sorted rows equals torch.searchsorted row by row, for
+    needles below, between, equal to and above the entries (ties and ±inf included)."""
+    from lopt.eval.metrics import _searchsorted_rows
+
+    g = torch.Generator().manual_seed(n)
+    rows_sorted = torch.randint(-3, 4, (5, n), generator=g).float().sort(dim=1).values
+    rows_sorted[0, -1] = math.inf
+    rows_sorted[1, 0] = -math.inf
+    needle_rows = torch.randint(0, 5, (200,), generator=g)
+    needles = torch.randint(-5, 6, (200,), generator=g).float()
+    needles[:4] = torch.tensor([math.inf, -math.inf, math.inf, -math.inf])
+    needle_rows[:4] = torch.tensor([0, 0, 1, 1])
+    got = _searchsorted_rows(rows_sorted, needle_rows, needles, right=right)
+    want = torch.searchsorted(rows_sorted[needle_rows], needles.unsqueeze(1), right=right).squeeze(1)
+    assert torch.equal(got, want)
