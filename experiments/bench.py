@@ -10,6 +10,7 @@
     python experiments/bench.py --shape ml100k --data u.data --threads 1   # small data (minutes)
     python experiments/bench.py --study --data u.data --study-before OLD   # the studies (hours)
     python experiments/bench.py --rss --shape ml10m                        # one run's memory
+    python experiments/bench.py --gather --threads 1                       # the gather crossover (seconds)
 
 Each mode adds its keys to ``--out`` (an existing file keeps its other keys).
 
@@ -36,6 +37,14 @@ running its half of the list one trial after another).
 ``--rss`` (:func:`run_rss`): ``peak_rss_mb_ml10m_dui_run``, the peak resident memory of one
 ``ml10m_dui`` run (``--rss-epochs``, 3) on the shape's synthetic file, as the only child of a
 small wrapper that reads its children's ``ru_maxrss``.
+
+``--gather`` (:func:`run_gather`): the forward and backward of the BPR scores of one batch
+(1,024 triples, d = 64, uniform ids) by ``MatrixFactorization``'s two gather routes, row-sparse
+(unique rows, sparse gradient into the reused buffer) and dense (autograd's ``index_add_`` into
+a fresh table), for square tables of growing size; CPU time of this thread (so another process
+on the machine does not inflate it), medians over interleaved rounds.
+``gather_rows_per_gather`` lists the tables' rows per user gather, ``gather_ratio_dense_over_sparse``
+the ratios; the model gathers densely up to ``lopt.models.mf.DENSE_GATHER_ROWS_PER_GATHER``.
 
 ``--shape ml10m`` and the other synthetic shapes:
 
@@ -1250,6 +1259,65 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: ``--gather``: the batch and the tables' rows per user gather that it times
+GATHER_BATCH = 1024
+GATHER_ROWS_PER_GATHER = (1, 2, 4, 8, 16, 32, 64)
+
+
+def run_gather(threads: int | None, rounds: int = 5, steps: int = 40) -> dict[str, Any]:
+    """Forward + backward of one batch's BPR scores by the row-sparse and the dense gather route
+    of ``MatrixFactorization``, per table size (see the module docstring, ``--gather``)."""
+    import torch
+
+    from lopt.models.mf import DENSE_GATHER_ROWS_PER_GATHER, MatrixFactorization, bpr_loss
+    from lopt.models.rows import batch_rows
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    gen = torch.Generator().manual_seed(0)
+    times: dict[tuple[int, bool], list[float]] = {}
+    for _ in range(rounds):
+        for per_gather in GATHER_ROWS_PER_GATHER:
+            n_rows = per_gather * GATHER_BATCH
+            for dense in (False, True):
+                torch.manual_seed(0)
+                model = MatrixFactorization(n_rows, n_rows, 64, init_std=0.1)
+                model.dense_gathers = lambda n, d=dense: (d, d)  # type: ignore[method-assign]
+                for step in range(steps):
+                    users, pos, neg = (torch.randint(0, n_rows, (GATHER_BATCH,), generator=gen) for _ in range(3))
+                    started = time.thread_time()
+                    model.zero_grad(set_to_none=True)
+                    rows = None if dense else batch_rows((users, pos, neg), n_rows, n_rows).triples
+                    bpr_loss(*model(users, pos, neg, rows)).backward()
+                    if step >= 5:  # the first steps allocate the buffers
+                        times.setdefault((per_gather, dense), []).append(time.thread_time() - started)
+    out: dict[str, Any] = {
+        "gather_batch": GATHER_BATCH,
+        "gather_rows_per_gather": list(GATHER_ROWS_PER_GATHER),
+        "gather_sparse_seconds": [statistics.median(times[r, False]) for r in GATHER_ROWS_PER_GATHER],
+        "gather_dense_seconds": [statistics.median(times[r, True]) for r in GATHER_ROWS_PER_GATHER],
+        "gather_dense_rows_per_gather": DENSE_GATHER_ROWS_PER_GATHER,
+    }
+    out["gather_ratio_dense_over_sparse"] = [
+        dense / sparse for dense, sparse in zip(out["gather_dense_seconds"], out["gather_sparse_seconds"], strict=True)
+    ]
+    for per_gather, sparse, dense, ratio in zip(
+        GATHER_ROWS_PER_GATHER,
+        out["gather_sparse_seconds"],
+        out["gather_dense_seconds"],
+        out["gather_ratio_dense_over_sparse"],
+        strict=True,
+    ):
+        print(
+            f"  rows {per_gather:3d} x batch: row-sparse {sparse * 1e3:.3f} ms, dense {dense * 1e3:.3f} ms, "
+            f"dense/row-sparse {ratio:.2f}",
+            file=sys.stderr,
+        )
+    out.update({f"gather_{key}": value for key, value in _finish(load_before, "cpu").items()})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted([*SHAPES, "ml100k"]), default="ml10m")
@@ -1325,6 +1393,11 @@ def main(argv: list[str] | None = None) -> int:
         help="peak RSS of one ml10m_dui run on --shape's synthetic file, alone (peak_rss_mb_ml10m_dui_run)",
     )
     parser.add_argument("--rss-epochs", type=int, default=3, help="epochs of the --rss run (default 3)")
+    parser.add_argument(
+        "--gather",
+        action="store_true",
+        help="the row-sparse against the dense gather route by table size (gather_*); seconds",
+    )
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generate is not None:
@@ -1351,6 +1424,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.rss:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)
+    elif args.gather:
+        result = run_gather(args.threads)
     elif args.shape == "ml100k":
         if args.device != "cpu":
             parser.error("--shape ml100k times the CPU (its 1-thread small-data loop)")
@@ -1366,7 +1441,17 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             compile_lookahead=compile_lookahead,
         )
-    prefix = "ml100k_study_" if args.study else "rss_" if args.rss else "ml100k_" if args.shape == "ml100k" else ""
+    prefix = (
+        "ml100k_study_"
+        if args.study
+        else "rss_"
+        if args.rss
+        else "gather_"
+        if args.gather
+        else "ml100k_"
+        if args.shape == "ml100k"
+        else ""
+    )
     result[f"{prefix}code_commit"] = code_commit(REPO_ROOT)
     import json
 

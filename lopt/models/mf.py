@@ -8,6 +8,14 @@ from torch.nn import functional as F
 
 from lopt.models.rows import TripleRows, reused_zeros, row_grad, triple_rows
 
+#: With dense gradients (``sparse_grad=False``), a factor table of at most this many rows per
+#: gather of the batch (users: B gathers, items: 2B) is gathered straight from the parameter:
+#: autograd's dense backward (an ``index_add_`` into a fresh zero table) then costs less than the
+#: row-sparse route's unique rows, sparse gradient and buffer bookkeeping, because the table is
+#: small next to the batch (``experiments/bench.py --gather`` measures the crossover). Larger
+#: tables take the row-sparse route, which never writes a table-sized gradient.
+DENSE_GATHER_ROWS_PER_GATHER = 4
+
 
 class MatrixFactorization(nn.Module):
     """Θ = (P, Q), P ∈ R^{n_users×dim}, Q ∈ R^{n_items×dim}; ŷ(u, i) = p_u · q_i. No biases.
@@ -26,7 +34,9 @@ class MatrixFactorization(nn.Module):
       size, and only the rows written last time are re-zeroed. The hook records the rows outside
       which the gradient is zero (:meth:`dense_grad_record`), so that the penalty and the clip
       norm need not read the whole table. A dense gradient (from any other use of the tables) is
-      accumulated as usual.
+      accumulated as usual. A table small next to the batch (:data:`DENSE_GATHER_ROWS_PER_GATHER`,
+      ``dense_gather_rows_per_gather``) is gathered densely instead: the same gradient values
+      (each row sums its gathers in the same order), without the row record.
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, init_std: float, sparse_grad: bool = False) -> None:
@@ -37,6 +47,9 @@ class MatrixFactorization(nn.Module):
         self.user_factors = nn.Parameter(torch.randn(n_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(n_items, dim) * init_std)
         self.sparse_grad = bool(sparse_grad)
+        #: a table of at most this many rows per gather of the batch is gathered densely (dense
+        #: gradients only; 0: never)
+        self.dense_gather_rows_per_gather = DENSE_GATHER_ROWS_PER_GATHER
         # the hooks by parameter name (not by the parameter: the hooks hold no reference to it)
         self._dense_grads: dict[str, DenseGradFromRows] = {}
         if not self.sparse_grad:
@@ -49,7 +62,17 @@ class MatrixFactorization(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of a triple batch: (B,), (B,) for ŷ(u, i) and ŷ(u, j). ``rows``: the batch's
         :func:`lopt.models.rows.triple_rows`, when already computed."""
-        return sparse_triple_scores(self.user_factors, self.item_factors, users, pos_items, neg_items, rows)
+        dense_users, dense_items = self.dense_gathers(users.numel())
+        return sparse_triple_scores(
+            self.user_factors, self.item_factors, users, pos_items, neg_items, rows, dense_users, dense_items
+        )
+
+    def dense_gathers(self, n_batch: int) -> tuple[bool, bool]:
+        """(users, items): whether a batch of ``n_batch`` triples gathers that table densely."""
+        if self.sparse_grad:
+            return False, False
+        limit = self.dense_gather_rows_per_gather * n_batch
+        return self.n_users <= limit, self.n_items <= 2 * limit
 
     def dense_grad_record(self, param: torch.Tensor) -> DenseGradFromRows | None:
         """The hook that keeps ``param``'s dense gradient buffer (None: row-sparse gradients, or not
@@ -86,19 +109,28 @@ def sparse_triple_scores(
     pos_items: Tensor,
     neg_items: Tensor,
     rows: TripleRows | None = None,
+    dense_users: bool = False,
+    dense_items: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """:func:`triple_scores` whose backward gives each table a row-sparse gradient: the batch's
     unique rows (ascending, one entry each; ``rows`` if given, else computed) are gathered once by
     ``F.embedding(sparse=True)``, then expanded to the triples (their gradients summed per row by
-    the gather's backward)."""
+    the gather's backward). ``dense_users`` / ``dense_items``: that table is gathered straight
+    from the parameter instead (a dense gradient, the same values)."""
     n = users.numel()
-    if rows is None:
+    if rows is None and not (dense_users and dense_items):
         rows = triple_rows((users, pos_items, neg_items), user_factors.shape[0], item_factors.shape[0])
-    user_rows, item_rows, user_idx, item_idx = rows
-    p = F.embedding(user_rows, user_factors, sparse=True).index_select(0, user_idx)
-    q = F.embedding(item_rows, item_factors, sparse=True)
     # index_select: its backward is an index_add_ (advanced indexing's accumulating index_put_ sorts)
-    return (p * q.index_select(0, item_idx[:n])).sum(-1), (p * q.index_select(0, item_idx[n:])).sum(-1)
+    if dense_users:
+        p = user_factors.index_select(0, users)
+    else:
+        p = F.embedding(rows.user_rows, user_factors, sparse=True).index_select(0, rows.user_idx)
+    if dense_items:
+        q_pos, q_neg = item_factors.index_select(0, pos_items), item_factors.index_select(0, neg_items)
+    else:
+        q = F.embedding(rows.item_rows, item_factors, sparse=True)
+        q_pos, q_neg = q.index_select(0, rows.item_idx[:n]), q.index_select(0, rows.item_idx[n:])
+    return (p * q_pos).sum(-1), (p * q_neg).sum(-1)
 
 
 class DenseGradFromRows:

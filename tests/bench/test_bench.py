@@ -218,3 +218,21 @@ def test_popularity_interactions_are_distinct_pairs_in_range() -> None:
     assert 0 <= frame["item"].min() and frame["item"].max() < 5000
     assert 0.8 * 20_000 <= frame.height <= 20_000
     assert frame.equals(bench.popularity_interactions(2000, 5000, 20_000, user_alpha=0.6, item_alpha=0.9))
+
+
+def test_gather_mode_times_both_routes_per_table_size(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--gather times the row-sparse and the dense route of every table size it lists, and
+    records the model's own threshold beside them."""
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    from lopt.models.mf import DENSE_GATHER_ROWS_PER_GATHER
+
+    monkeypatch.setattr(bench, "GATHER_BATCH", 16)
+    monkeypatch.setattr(bench, "GATHER_ROWS_PER_GATHER", (1, 4))
+    out = bench.run_gather(threads=1, rounds=1, steps=7)
+    assert out["gather_rows_per_gather"] == [1, 4] and out["gather_batch"] == 16
+    for key in ("gather_sparse_seconds", "gather_dense_seconds", "gather_ratio_dense_over_sparse"):
+        assert len(out[key]) == 2 and all(v > 0 for v in out[key]), key
+    assert out["gather_dense_rows_per_gather"] == DENSE_GATHER_ROWS_PER_GATHER
+    assert _finite_numbers(out)

@@ -10,6 +10,7 @@ import torch
 
 from lopt.lookahead import fused
 from lopt.lookahead.dispatch import lookahead_validation_loss
+from tests.helpers import lambda_models
 from tests.helpers.lambda_models import TRAIN, VALID, model_and_lambda, train_backward
 from tests.helpers.lookahead import ADAMS, BIG_CLIP, LEARNABLE, assert_fast_equals_autograd, build_adam, lambda_grads
 
@@ -22,6 +23,30 @@ def test_fast_path_equals_autograd_path(gran_name: str, opt_name: str, prior_ste
     model, gran, opt = build_adam(opt_name, gran_name, prior_steps)
     # Adam's first step moves by ≈ lr·sign(g): its Λ-dependence is through eps only (tiny, not 0)
     assert_fast_equals_autograd(model, gran, opt, clip, nonzero_above=1e-8 if prior_steps else 0.0)
+
+
+@pytest.mark.parametrize("clip", [None, BIG_CLIP], ids=["noclip", "inactive_clip"])
+@pytest.mark.parametrize("opt_name", ["adam", "adam_amsgrad"])
+@pytest.mark.parametrize("gran_name", LEARNABLE)
+def test_fast_path_equals_autograd_path_on_densely_gathered_tables(gran_name: str, opt_name: str, clip) -> None:  # type: ignore[no-untyped-def]
+    """Tables small next to the batch are gathered densely (no row record of g_t): the look-ahead
+    still equals its autograd replay, and its loss and Λ-gradient are bit for bit those of the
+    row-sparse route."""
+    dense = lambda_models.build(ADAMS[opt_name], gran_name, prior_steps=3, dense_gather=True)
+    assert dense[0].dense_gathers(TRAIN[0].numel()) == (True, True)
+    train_backward(dense[0], dense[2])
+    assert_fast_equals_autograd(*dense, clip, nonzero_above=1e-8)
+    sparse = lambda_models.build(ADAMS[opt_name], gran_name, prior_steps=3)
+    train_backward(sparse[0], sparse[2])
+    dense_loss, dense_grads = lambda_grads(*dense, clip, fast=True)
+    sparse_loss, sparse_grads = lambda_grads(*sparse, clip, fast=True)
+    assert torch.equal(dense_loss, sparse_loss)
+    for (kind_d, gd), (kind_s, gs) in zip(dense_grads, sparse_grads, strict=True):
+        assert kind_d == kind_s
+        if kind_d == "sparse":
+            assert torch.equal(gd.indices(), gs.indices())
+            gd, gs = gd.values(), gs.values()
+        assert torch.equal(gd, gs)
 
 
 def test_amsgrad_branch_where_max_is_held() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
 import torch
 
 from lopt.models.mf import MatrixFactorization, bpr_loss, triple_scores
@@ -16,6 +17,7 @@ USERS, POS, NEG = torch.tensor([1, 2, 1, 7]), torch.tensor([4, 5, 4, 0]), torch.
 def test_dense_grad_equals_the_dense_gather_backward_and_reuses_its_buffer() -> None:
     torch.manual_seed(0)
     model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
+    model.dense_gather_rows_per_gather = 0  # the row-sparse route and its buffer (tiny tables)
     reference = [p.detach().clone().requires_grad_(True) for p in (model.user_factors, model.item_factors)]
     bpr_loss(*triple_scores(*reference, USERS, POS, NEG)).backward()
     bpr_loss(*model(USERS, POS, NEG)).backward()
@@ -57,6 +59,7 @@ def test_the_buffer_records_its_rows_and_rezeroes_only_them() -> None:
     and the record of those rows is what the penalty and the clip norm read."""
     torch.manual_seed(0)
     model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
+    model.dense_gather_rows_per_gather = 0  # the row-sparse route and its buffer (tiny tables)
     bpr_loss(*model(USERS, POS, NEG)).backward()
     buffer = model.user_factors.grad
     record = model.dense_grad_record(model.user_factors)
@@ -81,6 +84,7 @@ def test_an_unrecorded_in_place_write_falls_back_to_zeroing_the_whole_buffer() -
     dense gather's backward again."""
     torch.manual_seed(0)
     model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
+    model.dense_gather_rows_per_gather = 0  # the row-sparse route and its buffer (tiny tables)
     bpr_loss(*model(USERS, POS, NEG)).backward()
     buffer = model.user_factors.grad
     record = model.dense_grad_record(model.user_factors)
@@ -112,3 +116,39 @@ def test_batch_rows_are_triple_rows_with_unique_counts() -> None:
             assert all(torch.equal(a, b) for a, b in zip(got, want))
         else:
             assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_gather_gives_the_row_sparse_routes_gradient_bit_for_bit(dtype: torch.dtype) -> None:
+    """Each table small next to the batch is gathered straight from the parameter: its gradient
+    is the row-sparse route's, bit for bit (each row sums its gathers in the same order), for
+    every mix of the two routes."""
+    g = torch.Generator().manual_seed(3)
+    users, pos, neg = (torch.randint(0, n, (64,), generator=g) for n in (20, 30, 30))
+    grads = {}
+    for dense_users, dense_items in [(False, False), (True, False), (False, True), (True, True)]:
+        torch.manual_seed(0)
+        model = MatrixFactorization(20, 30, 5, init_std=0.5).to(dtype)
+        model.dense_gathers = lambda n, du=dense_users, di=dense_items: (du, di)  # type: ignore[method-assign]
+        bpr_loss(*model(users, pos, neg)).backward()
+        grads[dense_users, dense_items] = (model.user_factors.grad.clone(), model.item_factors.grad.clone())
+    for route, (gu, gi) in grads.items():
+        assert torch.equal(gu, grads[False, False][0]), route
+        assert torch.equal(gi, grads[False, False][1]), route
+
+
+def test_which_tables_are_gathered_densely() -> None:
+    """A table of at most DENSE_GATHER_ROWS_PER_GATHER rows per gather (users: B, items: 2B) is
+    gathered densely; never with row-sparse gradients, nor with the ratio set to 0."""
+    from lopt.models.mf import DENSE_GATHER_ROWS_PER_GATHER as R
+
+    model = MatrixFactorization(100 * R, 300 * R, 2, init_std=0.1)
+    assert model.dense_gathers(100) == (True, False)  # items: 300R rows > 2 * 100 * R
+    assert model.dense_gathers(150) == (True, True)
+    assert model.dense_gathers(99) == (False, False)
+    model.dense_gather_rows_per_gather = 0
+    assert model.dense_gathers(10**6) == (False, False)
+    sparse = MatrixFactorization(10, 10, 2, init_std=0.1, sparse_grad=True)
+    assert sparse.dense_gathers(10**6) == (False, False)
+    bpr_loss(*sparse(USERS, POS, NEG)).backward()
+    assert sparse.user_factors.grad.is_sparse
