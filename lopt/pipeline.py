@@ -175,7 +175,15 @@ def build_trainer(
         enable_progress_bar=has_bar,
         enable_model_summary=has_bar,
     )
+    apply_determinism(cfg)
     return trainer, best
+
+
+def apply_determinism(cfg: DictConfig) -> None:
+    """After a Trainer is built (``trainer.deterministic`` sets torch's deterministic mode, and
+    with it the fill of new tensors' memory): keep or drop that fill as
+    ``determinism.fill_uninitialized_memory`` says. Process-wide, like the deterministic mode."""
+    torch.utils.deterministic.fill_uninitialized_memory = bool(cfg.determinism.fill_uninitialized_memory)
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -337,6 +345,7 @@ def refit_on_train_and_valid(
         enable_model_summary=False,
         default_root_dir=str(output_dir / "refit"),
     )
+    apply_determinism(cfg)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - started

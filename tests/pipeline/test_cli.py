@@ -184,3 +184,32 @@ def test_fix_experiment_sweeps_the_paper_grid_by_default(tmp_path: Path) -> None
     runs = [read_metrics(p.parent) for p in sweep.glob("*/metrics.json")]
     assert sorted(m["lambda_value"] for m in runs) == [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10]
     assert {m["dataset"] for m in runs} == {"synthetic"}  # command-line groups win over the experiment's
+
+
+@pytest.mark.slow
+def test_skipping_the_memory_fill_of_deterministic_mode_changes_no_metric(tmp_path: Path) -> None:
+    """determinism.fill_uninitialized_memory=false (the default) only skips torch's fill of new
+    tensors: no kernel reads unwritten memory, so a λOpt-DUI run gives the same metrics with it."""
+    runs = []
+    for fill in ("false", "true"):
+        run_dir = tmp_path / fill
+        run_cli(
+            [*TINY_OVERRIDES, f"determinism.fill_uninitialized_memory={fill}", f"hydra.run.dir={run_dir}"], cwd=tmp_path
+        )
+        runs.append(read_metrics(run_dir))
+    assert runs[0]["test"] == runs[1]["test"] and runs[0]["valid"] == runs[1]["valid"]
+
+
+def test_apply_determinism_sets_torchs_fill_flag() -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from lopt.pipeline import apply_determinism
+
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        for fill in (True, False):
+            apply_determinism(OmegaConf.create({"determinism": {"fill_uninitialized_memory": fill}}))
+            assert torch.utils.deterministic.fill_uninitialized_memory is fill
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = before
