@@ -1,6 +1,6 @@
-"""experiments/bench/RESULTS.md quotes its latest round's figures from the records committed
-beside it (``experiments/bench/round7/*.json``, written by bench.py): every figure it states from
-them must be the record's, in the format it is quoted in."""
+"""experiments/bench/RESULTS.md quotes its rounds' figures from the records committed beside it
+(``experiments/bench/round7/*.json``, ``round8/*.json``, written by bench.py): every figure a
+round states from them must be the record's, in the format it is quoted in."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ from tests.helpers.cli import REPO_ROOT
 BENCH = REPO_ROOT / "experiments" / "bench"
 ROUND = "## Round 7"
 RECORDS = ("study_users_subset4.json", "study_threads1_subset4.json", "study_users_full.json", "ml100k.json")
+ROUND8 = "## Round 8"
+RECORDS8 = ("ml100k.json", "ml100k_before.json", "ml10m.json", "gather.json")
 
 
-def _section() -> str:
+def _section(heading: str = ROUND) -> str:
     text = (BENCH / "RESULTS.md").read_text(encoding="utf-8")
-    start = text.index(ROUND)
-    end = text.find("\n## Round", start + len(ROUND))
+    start = text.index(heading)
+    end = text.find("\n## Round", start + len(heading))
     return text[start : end if end != -1 else len(text)]
 
 
-def _records() -> dict[str, dict[str, Any]]:
-    return {name: json.loads((BENCH / "round7" / name).read_text(encoding="utf-8")) for name in RECORDS}
+def _records(folder: str = "round7", names: tuple[str, ...] = RECORDS) -> dict[str, dict[str, Any]]:
+    return {name: json.loads((BENCH / folder / name).read_text(encoding="utf-8")) for name in names}
 
 
 def _study_cell(seconds: float, by_method: dict[str, float]) -> str:
@@ -55,12 +57,66 @@ def _quoted(records: dict[str, dict[str, Any]]) -> list[str]:
     return quoted
 
 
-def _missing(records: dict[str, dict[str, Any]]) -> list[str]:
-    section = _section()
-    return [figure for figure in _quoted(records) if figure not in section]
+def _ml100k_figures(record: dict[str, Any]) -> list[str]:
+    quoted = [f"{record[f'ml100k_{key}_seconds'] * 1e3:.1f} ms" for key in ML100K_STEPS]
+    quoted += [f"{record[f'ml100k_epoch_{key}']:.2f} s" for key in ("eval_seconds_dui_eager",)]
+    quoted.append(f"{record['ml100k_epoch_seconds_fix']:.2f} s / {record['ml100k_epoch_eval_seconds_fix']:.2f} s")
+    quoted.append(f"{record['ml100k_epoch_seconds_dui']:.2f} s / {record['ml100k_epoch_eval_seconds_dui']:.2f} s")
+    quoted.append(f"{record['ml100k_ratio_fix_step_over_bare']:.2f}")
+    for key in ("fix_over_bare", "dui_over_fix_epoch", "epoch_eval_over_epoch"):
+        quoted.append(f"**{record[f'ml100k_ratio_{key}']:.2f}**")
+    quoted.append(f"{record['startup_seconds']:.1f} s")
+    return quoted
+
+
+ML100K_STEPS = ("bare_step", "fix_step", "dui_step", "dui_eager_step", "bare_eval", "eval")
+
+
+def _quoted8(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Round 8's figures, formatted from its records (each ml-100k row pairs before | after)."""
+    after, before = records["ml100k.json"], records["ml100k_before.json"]
+    ml10m, gather = records["ml10m.json"], records["gather.json"]
+    quoted = [f"| {b} | {a} |" for b, a in zip(_ml100k_figures(before), _ml100k_figures(after), strict=True)]
+    quoted.append(f"| before ({before['ml100k_code_commit'][:7]}) | after ({after['ml100k_code_commit'][:7]}) |")
+    for key in ("fix_step", "opt_d_step", "opt_dui_step", "opt_dui_adam_step", "floor_adam"):
+        quoted.append(f"| {ml10m[f'{key}_seconds'] * 1e3:.1f} ms |")
+    for key in ("ratio_d_over_fix", "ratio_dui_over_fix", "ratio_dui_adam_over_fix", "ratio_fix_over_floor"):
+        quoted.append(f"| **{ml10m[key]:.2f}** |")
+    quoted.append(f"| **{ml10m['loop_overhead_fraction'] * 100:.1f} %** |")
+    quoted.append(f"| {ml10m['eval_seconds']:.1f} s |")
+    quoted.append(f"| {ml10m['epoch_seconds_fix']:.1f} s / {ml10m['epoch_seconds_dui']:.1f} s |")
+    quoted.append(f"this run ({ml10m['code_commit'][:7]})")
+    ratios = gather["gather_ratio_dense_over_sparse"]
+    quoted.append("dense / row-sparse " + ", ".join(f"{r:.2f}" for r in ratios) + ".")
+    rows = gather["gather_rows_per_gather"]
+    quoted.append(", ".join(str(r) for r in rows[:-1]) + f", {rows[-1]} table rows per user")
+    quoted.append(f"The threshold sits at {gather['gather_dense_rows_per_gather']},")
+    # the prose repeats the ml-100k and ML-10M headline figures
+    quoted.append(f"{before['ml100k_eval_seconds'] * 1e3:.1f} →\n  {after['ml100k_eval_seconds'] * 1e3:.1f} ms")
+    quoted.append(f"`ml100k_ratio_dui_over_fix_epoch` {after['ml100k_ratio_dui_over_fix_epoch']:.2f}")
+    quoted.append(f"`ml100k_ratio_fix_over_bare` {after['ml100k_ratio_fix_over_bare']:.2f}")
+    quoted.append(f"`ml100k_ratio_epoch_eval_over_epoch` {after['ml100k_ratio_epoch_eval_over_epoch']:.2f}")
+    quoted.append(f"The step is {after['ml100k_ratio_fix_step_over_bare']:.2f}× the bare step")
+    gap = (after["ml100k_epoch_eval_seconds_fix"] - after["ml100k_epoch_seconds_fix"]) * 1e3
+    quoted.append(f"{gap:.0f} ms between an")
+    quoted.append(f"{after['ml100k_bare_eval_seconds'] * 1e3:.1f} ms: exact ranks")
+    quoted.append(f"{ml10m['ratio_fix_over_floor']:.1f}× one fused Adam pass")
+    quoted.append(f"Trainer's {ml10m['loop_overhead_fraction'] * 100:.0f} % loop overhead")
+    return quoted
+
+
+def _missing(records: dict[str, dict[str, Any]], heading: str = ROUND) -> list[str]:
+    section = _section(heading)
+    quoted = _quoted8(records) if heading == ROUND8 else _quoted(records)
+    return [figure for figure in quoted if figure not in section]
 
 
 def test_latest_round_quotes_its_records() -> None:
+    missing = _missing(_records("round8", RECORDS8), ROUND8)
+    assert not missing, f"RESULTS.md {ROUND8} does not quote these figures of its records: {missing}"
+
+
+def test_round_7_quotes_its_records() -> None:
     assert not _missing(_records()), f"RESULTS.md {ROUND} does not quote these figures of its records"
 
 
@@ -69,3 +125,11 @@ def test_a_figure_that_differs_from_its_record_is_caught() -> None:
     records["study_users_subset4.json"]["ml100k_study_seconds_before"] += 0.1
     records["ml100k.json"]["ml100k_ratio_dui_over_fix_epoch"] += 0.01
     assert len(_missing(records)) == 2
+
+
+def test_a_round_8_figure_that_differs_from_its_record_is_caught() -> None:
+    records = copy.deepcopy(_records("round8", RECORDS8))
+    records["ml100k_before.json"]["ml100k_eval_seconds"] += 0.001
+    records["ml10m.json"]["ratio_dui_over_fix"] += 0.01
+    records["gather.json"]["gather_ratio_dense_over_sparse"][2] += 0.01
+    assert len(_missing(records, ROUND8)) >= 3
