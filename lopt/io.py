@@ -93,6 +93,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_link(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` a hard link to ``source`` (same directory tree, same filesystem), replacing
+    ``path`` in one rename: a reader sees the old file or ``source``'s, never neither. The two
+    names then share one file until either is replaced by a rename (as :func:`atomic_write`
+    does), which leaves the other as it was. OSError where the filesystem has no hard links (the
+    caller writes the file instead); nothing is left behind."""
+    source, path = Path(source), Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.link.tmp"
+    tmp.unlink(missing_ok=True)
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
 def atomic_write_json(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as indented JSON atomically (NaN allowed, as JSON's ``NaN``)."""
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
