@@ -14,7 +14,14 @@ BENCH = REPO_ROOT / "experiments" / "bench"
 ROUND = "## Round 7"
 RECORDS = ("study_users_subset4.json", "study_threads1_subset4.json", "study_users_full.json", "ml100k.json")
 ROUND8 = "## Round 8"
-RECORDS8 = ("ml100k.json", "ml100k_before.json", "ml10m.json", "gather.json")
+RECORDS8 = (
+    "ml100k.json",
+    "ml100k_before.json",
+    "ml10m.json",
+    "gather.json",
+    "ml100k_checkpoint_run1.json",
+    "ml100k_checkpoint_run2.json",
+)
 
 
 def _section(heading: str = ROUND) -> str:
@@ -102,6 +109,26 @@ def _quoted8(records: dict[str, dict[str, Any]]) -> list[str]:
     quoted.append(f"{after['ml100k_bare_eval_seconds'] * 1e3:.1f} ms: exact ranks")
     quoted.append(f"{ml10m['ratio_fix_over_floor']:.1f}× one fused Adam pass")
     quoted.append(f"Trainer's {ml10m['loop_overhead_fraction'] * 100:.0f} % loop overhead")
+    # the two runs at the checkpoint change, side by side
+    run1, run2 = records["ml100k_checkpoint_run1.json"], records["ml100k_checkpoint_run2.json"]
+    quoted.append(f"(`{run1['ml100k_code_commit'][:7]}`; `ml100k_checkpoint_run1.json`")
+    assert run1["ml100k_code_commit"] == run2["ml100k_code_commit"]
+
+    def pair(run: dict[str, Any]) -> str:
+        return f"{run['ml100k_bare_step_seconds'] * 1e3:.1f} ms / {run['ml100k_fix_step_seconds'] * 1e3:.1f} ms"
+
+    def epochs(run: dict[str, Any], key: str) -> str:
+        return f"{run[f'ml100k_epoch_seconds_{key}']:.2f} s / {run[f'ml100k_epoch_eval_seconds_{key}']:.2f} s"
+
+    quoted.append(f"| {pair(run1)} | {pair(run2)} |")
+    quoted.append(f"| {run1['ml100k_eval_seconds'] * 1e3:.1f} ms | {run2['ml100k_eval_seconds'] * 1e3:.1f} ms |")
+    for key in ("fix", "dui"):
+        quoted.append(f"| {epochs(run1, key)} | {epochs(run2, key)} |")
+    for key in ("fix_over_bare", "epoch_eval_over_epoch", "dui_over_fix_epoch"):
+        quoted.append(f"| **{run1[f'ml100k_ratio_{key}']:.2f}** | **{run2[f'ml100k_ratio_{key}']:.2f}** |")
+    for run in (run1, run2):
+        load = run["ml100k_load_avg"]
+        quoted.append(f"{load['before'][0]:.1f} → {load['after'][0]:.1f}")
     return quoted
 
 
@@ -133,3 +160,15 @@ def test_a_round_8_figure_that_differs_from_its_record_is_caught() -> None:
     records["ml10m.json"]["ratio_dui_over_fix"] += 0.01
     records["gather.json"]["gather_ratio_dense_over_sparse"][2] += 0.01
     assert len(_missing(records, ROUND8)) >= 3
+
+
+def test_round_8_verdicts_on_the_two_checkpoint_runs_follow_from_their_ratios() -> None:
+    """The section's words about the two runs at the checkpoint change: the λFix/bare ratio met
+    in both, the epoch eval/no-eval ratio met in exactly one."""
+    section = _section(ROUND8)
+    records = _records("round8", RECORDS8)
+    runs = [records["ml100k_checkpoint_run1.json"], records["ml100k_checkpoint_run2.json"]]
+    assert "`ml100k_ratio_fix_over_bare` is met in both runs" in section
+    assert all(run["ml100k_ratio_fix_over_bare"] <= 1.3 for run in runs)
+    assert "met in one run, missed in the other" in section
+    assert sum(run["ml100k_ratio_epoch_eval_over_epoch"] <= 1.2 for run in runs) == 1
