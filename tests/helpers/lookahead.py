@@ -60,6 +60,16 @@ def lambda_grads(model, gran, opt, clip, *, fast: bool, compiled: bool = False):
     return loss.detach(), grads
 
 
+def assert_same_lambda_grads(got: list, want: list) -> None:  # type: ignore[type-arg]
+    """Two :func:`lambda_grads` gradient lists are equal bit for bit (sparse ones: the same rows)."""
+    for (kind_got, g), (kind_want, w) in zip(got, want, strict=True):
+        assert kind_got == kind_want
+        if kind_got == "sparse":
+            assert torch.equal(g.indices(), w.indices())
+            g, w = g.values(), w.values()
+        assert torch.equal(g, w)
+
+
 def assert_fast_equals_autograd(model, gran, opt, clip: float | None, nonzero_above: float) -> None:  # type: ignore[no-untyped-def]
     """The fast path (asserted taken) and the autograd path give the same loss bit for bit (the
     forward uses the same ops) and the same Λ-gradient (the same sparse rows, zero-valued ones

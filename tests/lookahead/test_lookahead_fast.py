@@ -12,7 +12,15 @@ from lopt.lookahead import fused
 from lopt.lookahead.dispatch import lookahead_validation_loss
 from tests.helpers import lambda_models
 from tests.helpers.lambda_models import TRAIN, VALID, model_and_lambda, train_backward
-from tests.helpers.lookahead import ADAMS, BIG_CLIP, LEARNABLE, assert_fast_equals_autograd, build_adam, lambda_grads
+from tests.helpers.lookahead import (
+    ADAMS,
+    BIG_CLIP,
+    LEARNABLE,
+    assert_fast_equals_autograd,
+    assert_same_lambda_grads,
+    build_adam,
+    lambda_grads,
+)
 
 
 @pytest.mark.parametrize("clip", [None, BIG_CLIP], ids=["noclip", "inactive_clip"])
@@ -41,12 +49,7 @@ def test_fast_path_equals_autograd_path_on_densely_gathered_tables(gran_name: st
     dense_loss, dense_grads = lambda_grads(*dense, clip, fast=True)
     sparse_loss, sparse_grads = lambda_grads(*sparse, clip, fast=True)
     assert torch.equal(dense_loss, sparse_loss)
-    for (kind_d, gd), (kind_s, gs) in zip(dense_grads, sparse_grads, strict=True):
-        assert kind_d == kind_s
-        if kind_d == "sparse":
-            assert torch.equal(gd.indices(), gs.indices())
-            gd, gs = gd.values(), gs.values()
-        assert torch.equal(gd, gs)
+    assert_same_lambda_grads(dense_grads, sparse_grads)
 
 
 def test_amsgrad_branch_where_max_is_held() -> None:
@@ -119,9 +122,4 @@ def test_the_clip_checks_regularized_gradient_is_shared_with_the_look_ahead(gran
     with mock.patch.object(fused, "sides", unshared_sides):
         loss, grads = lambda_grads(model, gran, opt, BIG_CLIP, fast=True)
     assert torch.equal(shared_loss, loss)
-    for (kind_s, gs), (kind, g) in zip(shared, grads, strict=True):
-        assert kind_s == kind
-        if kind == "sparse":
-            assert torch.equal(gs.indices(), g.indices())
-            gs, g = gs.values(), g.values()
-        assert torch.equal(gs, g)
+    assert_same_lambda_grads(shared, grads)
