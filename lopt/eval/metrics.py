@@ -29,12 +29,12 @@ AUC as above.
 Algorithm (exact, vectorized over a block of users, no per-user Python loop). The positives' scores
 of each row are gathered into a short padded row and sorted (padding = +inf): that order is the
 one every metric reads. The candidates' scores are copied with every non-candidate set to +inf
-and each row is sorted once (numpy's vectorized sort on the CPU, ``torch.sort`` elsewhere); two
-batched ``torch.searchsorted`` calls of the positives' scores into those rows then give, for each
-positive s, the candidates strictly below s (left side) and at or below s (right side, capped at
+and each row is sorted once (numpy's vectorized sort on the CPU, ``torch.sort`` elsewhere). Two
+vectorized binary searches of every positive's score in its row (:func:`_searchsorted_rows`)
+then give the candidates strictly below s (left side) and at or below s (right side, capped at
 |N_u| because the +inf fill sits after every candidate). Strictly above = |N_u| − at-or-below,
 tied = at-or-below − strictly-below. Cost per block: one elementwise fill and one row sort of the
-(B, n_items) scores, and a binary search per positive (B·max|P_u| of them), not per item.
+(B, n_items) scores, and log2(n_items) gathers per real positive, none per item.
 """
 
 from __future__ import annotations
