@@ -165,8 +165,8 @@ def build_trainer(
     # last.ckpt); Lightning's own requeue would compete with it.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     plugins.append(AtomicCheckpointIO())  # temp file beside the target + fsync + rename
-    trainer = instantiate(
-        cfg.trainer,
+    trainer = instantiate_trainer(
+        cfg,
         plugins=plugins,
         callbacks=callbacks,
         logger=logger,
@@ -175,8 +175,15 @@ def build_trainer(
         enable_progress_bar=has_bar,
         enable_model_summary=has_bar,
     )
-    apply_determinism(cfg)
     return trainer, best
+
+
+def instantiate_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` (with ``overrides``), with the determinism
+    settings applied: every Trainer of a run is built here."""
+    trainer = instantiate(cfg.trainer, **overrides)
+    apply_determinism(cfg)
+    return trainer
 
 
 def apply_determinism(cfg: DictConfig) -> None:
@@ -334,8 +341,8 @@ def refit_on_train_and_valid(
                 f"{output_dir / snapshots[0].parent.name} (they are written during the first fit of such a run)"
             )
         callbacks.append(LambdaReplay(snapshots))
-    trainer = instantiate(
-        cfg.trainer,
+    trainer = instantiate_trainer(
+        cfg,
         max_epochs=epochs,
         limit_val_batches=0,
         logger=False,
@@ -345,7 +352,6 @@ def refit_on_train_and_valid(
         enable_model_summary=False,
         default_root_dir=str(output_dir / "refit"),
     )
-    apply_determinism(cfg)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - started
