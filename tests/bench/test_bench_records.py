@@ -172,3 +172,13 @@ def test_round_8_verdicts_on_the_two_checkpoint_runs_follow_from_their_ratios() 
     assert all(run["ml100k_ratio_fix_over_bare"] <= 1.3 for run in runs)
     assert "met in one run, missed in the other" in section
     assert sum(run["ml100k_ratio_epoch_eval_over_epoch"] <= 1.2 for run in runs) == 1
+
+
+def test_no_section_of_results_is_repeated() -> None:
+    """Each ``###`` section is written once: a round's text pasted into other rounds would quote
+    its figures under the wrong round's heading and code."""
+    text = (BENCH / "RESULTS.md").read_text(encoding="utf-8")
+    sections = [part.strip() for part in text.split("\n### ")[1:]]
+    bodies = ["\n".join(section.split("\n")[1:]).split("\n## ")[0].strip() for section in sections]
+    repeated = {section.split("\n")[0] for section, body in zip(sections, bodies) if body and bodies.count(body) > 1}
+    assert not repeated, f"RESULTS.md repeats these sections: {sorted(repeated)}"
