@@ -10,7 +10,7 @@
     python experiments/bench.py --shape ml100k --data u.data --threads 1   # small data (minutes)
     python experiments/bench.py --study --data u.data --study-before OLD   # the studies (hours)
     python experiments/bench.py --rss --shape ml10m                        # one run's memory
-    python experiments/bench.py --gather --threads 1                       # the gather crossover (seconds)
+    python experiments/bench.py --gather --threads 1                       # fused loss vs autograd (seconds)
 
 Each mode adds its keys to ``--out`` (an existing file keeps its other keys).
 
@@ -38,13 +38,14 @@ running its half of the list one trial after another).
 ``ml10m_dui`` run (``--rss-epochs``, 3) on the shape's synthetic file, as the only child of a
 small wrapper that reads its children's ``ru_maxrss``.
 
-``--gather`` (:func:`run_gather`): the forward and backward of the BPR scores of one batch
-(1,024 triples, d = 64, uniform ids) by ``MatrixFactorization``'s two gather routes, row-sparse
-(unique rows, sparse gradient into the reused buffer) and dense (autograd's ``index_add_`` into
-a fresh table), for square tables of growing size; CPU time of this thread (so another process
-on the machine does not inflate it), medians over interleaved rounds.
-``gather_rows_per_gather`` lists the tables' rows per user gather, ``gather_ratio_dense_over_sparse``
-the ratios; the model gathers densely up to ``lopt.models.mf.DENSE_GATHER_ROWS_PER_GATHER``.
+``--gather`` (:func:`run_gather`): the forward and backward of the BPR loss of one batch
+(1,024 triples, d = 64, uniform ids) by ``MatrixFactorization``'s forward under autograd (its
+row-sparse gather: unique rows, a sparse gradient densified into the reused buffer) and by the
+fused training loss (``MatrixFactorization.bpr_loss``: its backward adds the triples' rows into
+the reused buffer), for square tables of growing size; CPU time of this thread (so another
+process on the machine does not inflate it), medians over interleaved rounds.
+``gather_rows_per_gather`` lists the tables' rows per user gather,
+``gather_ratio_fused_over_sparse`` the ratios.
 
 ``--shape ml10m`` and the other synthetic shapes:
 
@@ -388,9 +389,12 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
     without Lightning: the same step functions (:mod:`lopt.lookahead.steps`) on the same module, driven
     by raw torch optimizers (the loop-overhead reference)."""
     from lopt.lookahead.steps import lambda_step, theta_step, train_loss
+    from lopt.models.rows import batch_rows
 
     theta_opt.zero_grad(set_to_none=True)
-    loss = train_loss(module.model, batch["train"])
+    # the batch's rows once, shared by the steps, as the module's training_step does
+    rows = batch_rows(batch["train"], module.model.n_users, module.model.n_items)
+    loss = train_loss(module.model, batch["train"], rows)
     if loss.device.type == "cpu" and not bool(loss.isfinite()):
         raise RuntimeError("non-finite loss")
     loss.backward()
@@ -408,6 +412,7 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
             lambda_clip_norm=module.lambda_grad_clip_norm,
             dropout=module.lookahead_dropout,
             compiled=module.compile_lookahead,
+            rows=rows,
         )
     theta_step(
         module.model,
@@ -417,6 +422,7 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
         scope=module.penalty_scope,
         scale=module.penalty_scale,
         clip_norm=module.grad_clip_norm,
+        rows=rows,
     )
 
 
@@ -1262,56 +1268,55 @@ def format_table(result: dict[str, Any]) -> str:
 #: ``--gather``: the batch and the tables' rows per user gather that it times
 GATHER_BATCH = 1024
 GATHER_ROWS_PER_GATHER = (1, 2, 4, 8, 16, 32, 64)
+#: ``--gather``'s routes: the forward's row-sparse gather under autograd, and the fused training
+#: loss (``MatrixFactorization.bpr_loss``)
+GATHER_ROUTES = ("sparse", "fused")
 
 
 def run_gather(threads: int | None, rounds: int = 5, steps: int = 40) -> dict[str, Any]:
-    """Forward + backward of one batch's BPR scores by the row-sparse and the dense gather route
-    of ``MatrixFactorization``, per table size (see the module docstring, ``--gather``)."""
+    """Forward + backward of one batch's BPR loss by ``MatrixFactorization``'s forward under
+    autograd and by its fused training loss, per table size (the module docstring, ``--gather``)."""
     import torch
 
-    from lopt.models.mf import DENSE_GATHER_ROWS_PER_GATHER, MatrixFactorization, bpr_loss
+    from lopt.models.mf import MatrixFactorization, bpr_loss
     from lopt.models.rows import batch_rows
 
     if threads is not None:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()
     gen = torch.Generator().manual_seed(0)
-    times: dict[tuple[int, bool], list[float]] = {}
+    times: dict[tuple[int, str], list[float]] = {}
     for _ in range(rounds):
         for per_gather in GATHER_ROWS_PER_GATHER:
             n_rows = per_gather * GATHER_BATCH
-            for dense in (False, True):
+            for route in GATHER_ROUTES:
                 torch.manual_seed(0)
                 model = MatrixFactorization(n_rows, n_rows, 64, init_std=0.1)
-                model.dense_gathers = lambda n, d=dense: (d, d)  # type: ignore[method-assign]
                 for step in range(steps):
                     users, pos, neg = (torch.randint(0, n_rows, (GATHER_BATCH,), generator=gen) for _ in range(3))
                     started = time.thread_time()
                     model.zero_grad(set_to_none=True)
-                    rows = None if dense else batch_rows((users, pos, neg), n_rows, n_rows).triples
-                    bpr_loss(*model(users, pos, neg, rows)).backward()
+                    rows = batch_rows((users, pos, neg), n_rows, n_rows).triples
+                    if route == "fused":
+                        model.bpr_loss(users, pos, neg, rows).backward()
+                    else:
+                        bpr_loss(*model(users, pos, neg, rows)).backward()
                     if step >= 5:  # the first steps allocate the buffers
-                        times.setdefault((per_gather, dense), []).append(time.thread_time() - started)
+                        times.setdefault((per_gather, route), []).append(time.thread_time() - started)
     out: dict[str, Any] = {
         "gather_batch": GATHER_BATCH,
         "gather_rows_per_gather": list(GATHER_ROWS_PER_GATHER),
-        "gather_sparse_seconds": [statistics.median(times[r, False]) for r in GATHER_ROWS_PER_GATHER],
-        "gather_dense_seconds": [statistics.median(times[r, True]) for r in GATHER_ROWS_PER_GATHER],
-        "gather_dense_rows_per_gather": DENSE_GATHER_ROWS_PER_GATHER,
     }
-    out["gather_ratio_dense_over_sparse"] = [
-        dense / sparse for dense, sparse in zip(out["gather_dense_seconds"], out["gather_sparse_seconds"], strict=True)
+    for route in GATHER_ROUTES:
+        out[f"gather_{route}_seconds"] = [statistics.median(times[r, route]) for r in GATHER_ROWS_PER_GATHER]
+    out["gather_ratio_fused_over_sparse"] = [
+        a / b for a, b in zip(out["gather_fused_seconds"], out["gather_sparse_seconds"], strict=True)
     ]
-    for per_gather, sparse, dense, ratio in zip(
-        GATHER_ROWS_PER_GATHER,
-        out["gather_sparse_seconds"],
-        out["gather_dense_seconds"],
-        out["gather_ratio_dense_over_sparse"],
-        strict=True,
-    ):
+    for i, per_gather in enumerate(GATHER_ROWS_PER_GATHER):
+        sparse, fused = (out[f"gather_{route}_seconds"][i] * 1e3 for route in GATHER_ROUTES)
         print(
-            f"  rows {per_gather:3d} x batch: row-sparse {sparse * 1e3:.3f} ms, dense {dense * 1e3:.3f} ms, "
-            f"dense/row-sparse {ratio:.2f}",
+            f"  rows {per_gather:3d} x batch: autograd row-sparse {sparse:.3f} ms, fused {fused:.3f} ms,"
+            f" fused/row-sparse {fused / sparse:.2f}",
             file=sys.stderr,
         )
     out.update({f"gather_{key}": value for key, value in _finish(load_before, "cpu").items()})
@@ -1396,7 +1401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gather",
         action="store_true",
-        help="the row-sparse against the dense gather route by table size (gather_*); seconds",
+        help="the fused training loss against the forward under autograd, by table size (gather_*); seconds",
     )
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -14,8 +14,8 @@ import torch
 
 from lopt.lookahead.dispatch import lookahead_validation_loss
 from lopt.models.granularity import LambdaGranularity
-from lopt.models.mf import MatrixFactorization, bpr_loss
-from lopt.models.regularizer import add_penalty_grad_, clip_grad_norm_
+from lopt.models.mf import MatrixFactorization
+from lopt.models.regularizer import add_penalty_grad_, add_penalty_grad_and_clip_rows_, clip_grad_norm_
 from lopt.models.rows import BatchRows
 from lopt.optim.lambda_optimizers import LambdaAdam, LambdaRowSparseAdam, LambdaSGD, clip_lambda_grad_
 from lopt.types import Triples
@@ -26,7 +26,7 @@ def train_loss(model: MatrixFactorization, train_batch: Triples, rows: BatchRows
     batch's :func:`lopt.models.rows.batch_rows`, computed once per iteration and shared by its
     steps (None: computed here)."""
     users, pos, neg = train_batch
-    return bpr_loss(*model(users, pos, neg, rows.triples if rows is not None else None))
+    return model.bpr_loss(users, pos, neg, rows.triples if rows is not None else None)
 
 
 #: Λ optimizers that project every entry they update onto [0, ∞) themselves (exact types: a
@@ -93,8 +93,12 @@ def theta_step(
     """The Θ-step: add ∇_Θ Ω(B; Θ, Λ) to g_t in ``.grad``, clip the gradient norm, step the Θ
     optimizer (a torch optimizer or Lightning's wrapper of one). ``rows``: the train batch's
     :func:`lopt.models.rows.batch_rows` (None: computed here). Returns the norm before clipping."""
-    add_penalty_grad_(model, granularity, train_batch, scope, scale, rows)
-    grad_norm = clip_grad_norm_(model, clip_norm)
+    grad_norm = None
+    if scope == "batch" and rows is not None:
+        grad_norm = add_penalty_grad_and_clip_rows_(model, granularity, rows, train_batch[0].numel(), clip_norm)
+    if grad_norm is None:
+        add_penalty_grad_(model, granularity, train_batch, scope, scale, rows)
+        grad_norm = clip_grad_norm_(model, clip_norm)
     theta_optimizer.step()
     return grad_norm
 

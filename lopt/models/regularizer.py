@@ -219,6 +219,45 @@ def add_penalty_grad_(
 
 
 @torch.no_grad()
+def add_penalty_grad_and_clip_rows_(
+    model: FactorModel, granularity: LambdaGranularity, rows: BatchRows, n_batch: int, max_norm: float | None
+) -> torch.Tensor | None:
+    """:func:`add_penalty_grad_` (scope "batch") then :func:`clip_grad_norm_`, in one pass over the
+    batch's rows, when both tables' dense gradients are recorded as zero outside those rows
+    (:func:`grad_record`; ``rows``: :func:`lopt.models.rows.batch_rows` of a batch of ``n_batch``
+    triples). Each side's g[rows] + ∂Ω/∂Θ[rows] is gathered once: its norm is the clip's, and it is
+    written back, scaled where the clip binds. The values are those of the two calls, bit for bit.
+    Returns the norm before clipping, or None (nothing done) where a gradient is not so recorded."""
+    if n_batch == 0:
+        return None
+    sides = []
+    for theta, lam_fn, side_rows, counts in (
+        (model.user_factors, granularity.user_lambda, rows.triples.user_rows, rows.user_counts),
+        (model.item_factors, granularity.item_lambda, rows.triples.item_rows, rows.item_counts),
+    ):
+        grad = theta.grad
+        record = grad_record(model, theta) if grad is not None and not grad.is_sparse else None
+        known = record.known_rows(grad) if record is not None else None
+        if known is None or not torch.equal(known, side_rows):
+            return None
+        regularized = grad.index_select(0, side_rows).add_(
+            batch_penalty_rows(theta, lam_fn, side_rows, counts, n_batch)
+        )
+        sides.append((grad, record, side_rows, regularized))
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(side[3]) for side in sides]))
+    if max_norm is not None:
+        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
+        # on the CPU reading coef is free: skip scaling by exactly 1
+        if coef.device.type != "cpu" or bool(coef < 1.0):
+            for side in sides:
+                side[3].mul_(coef)
+    for grad, record, side_rows, regularized in sides:
+        grad.index_copy_(0, side_rows, regularized)
+        record.wrote_within_rows(grad)
+    return total
+
+
+@torch.no_grad()
 def clip_grad_norm_(model: FactorModel, max_norm: float | None) -> torch.Tensor:
     """Clip the Θ gradient (``user_factors.grad``, ``item_factors.grad``) to total L2 norm
     ``max_norm`` in place, exactly as ``torch.nn.utils.clip_grad_norm_``: grads *= min(max_norm /
@@ -239,6 +278,7 @@ __all__ = [
     "SCOPES",
     "FactorModel",
     "add_penalty_grad_",
+    "add_penalty_grad_and_clip_rows_",
     "batch_penalty_rows",
     "check_scope",
     "clip_grad_norm_",

@@ -102,6 +102,12 @@ def unique_inverse_counts(
     return torch.unique(batch_rows, return_inverse=True, return_counts=True)
 
 
+#: :func:`reused_zeros` re-zeroes a buffer's recorded rows one by one while they are at most this
+#: fraction of its rows, else fills all of it: a scattered row costs several times its share of
+#: one contiguous fill.
+ROW_ZEROING_MAX_FRACTION = 0.25
+
+
 def reused_zeros(
     buffer: torch.Tensor | None,
     shape: torch.Size,
@@ -113,10 +119,12 @@ def reused_zeros(
     """Zeros of ``shape``, ``dtype``, ``device``: ``buffer`` when it matches them, re-zeroed on
     ``rows`` only when its version counter is still ``version`` (noted when it was last known to be
     zero outside ``rows``), else all of it; a new tensor when there is no matching buffer. Keeping
-    a table-sized buffer across steps avoids allocating (and page-faulting in) a fresh one."""
+    a table-sized buffer across steps avoids allocating (and page-faulting in) a fresh one. Rows
+    are re-zeroed one by one only while they are at most :data:`ROW_ZEROING_MAX_FRACTION` of the
+    buffer: past that, one contiguous fill of all of it is cheaper than the scattered rows."""
     if buffer is None or buffer.shape != shape or buffer.dtype != dtype or buffer.device != device:
         return torch.zeros(shape, dtype=dtype, device=device)
-    if rows is not None and buffer._version == version:
+    if rows is not None and buffer._version == version and rows.numel() <= ROW_ZEROING_MAX_FRACTION * shape[0]:
         return buffer.index_fill_(0, rows, 0.0)
     return buffer.zero_()
 
@@ -244,6 +252,7 @@ __all__ = [
     "grad_source",
     "grad_rows",
     "occurrences",
+    "ROW_ZEROING_MAX_FRACTION",
     "reused_zeros",
     "rows_of",
     "touched",

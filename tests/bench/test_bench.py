@@ -221,18 +221,18 @@ def test_popularity_interactions_are_distinct_pairs_in_range() -> None:
 
 
 def test_gather_mode_times_both_routes_per_table_size(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """--gather times the row-sparse and the dense route of every table size it lists, and
-    records the model's own threshold beside them."""
+    """--gather times the forward under autograd and the fused loss at every table size it lists."""
     sys.path.insert(0, str(BENCH.parent))
     import bench
-
-    from lopt.models.mf import DENSE_GATHER_ROWS_PER_GATHER
 
     monkeypatch.setattr(bench, "GATHER_BATCH", 16)
     monkeypatch.setattr(bench, "GATHER_ROWS_PER_GATHER", (1, 4))
     out = bench.run_gather(threads=1, rounds=1, steps=7)
     assert out["gather_rows_per_gather"] == [1, 4] and out["gather_batch"] == 16
-    for key in ("gather_sparse_seconds", "gather_dense_seconds", "gather_ratio_dense_over_sparse"):
+    for key in (
+        "gather_sparse_seconds",
+        "gather_fused_seconds",
+        "gather_ratio_fused_over_sparse",
+    ):
         assert len(out[key]) == 2 and all(v > 0 for v in out[key]), key
-    assert out["gather_dense_rows_per_gather"] == DENSE_GATHER_ROWS_PER_GATHER
     assert _finite_numbers(out)

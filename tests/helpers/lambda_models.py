@@ -42,16 +42,11 @@ def model_and_lambda(
     sparse_grad: bool = False,
     init: float = 0.8,
     lam_offset: float | None = 0.2,
-    dense_gather: bool = False,
 ) -> tuple[MatrixFactorization, LambdaGranularity]:
     """A (NU, NI, D) model (init_std 0.7, seed 0) and its Λ ``gran_name``, with distinct positive
-    entries (uniform + ``lam_offset``; None keeps the constant ``init``). Its tables are tiny, so
-    the model's own rule would gather them densely: ``dense_gather=False`` keeps the row-sparse
-    route (and its row record), which the look-ahead tests are about."""
+    entries (uniform + ``lam_offset``; None keeps the constant ``init``)."""
     torch.manual_seed(0)
     model = MatrixFactorization(NU, NI, D, init_std=0.7, sparse_grad=sparse_grad).to(dtype)
-    if not dense_gather:
-        model.dense_gather_rows_per_gather = 0
     gran = LambdaGranularity(gran_name, NU, NI, D, init=init).to(dtype)
     if lam_offset is not None:
         with torch.no_grad():
@@ -88,11 +83,10 @@ def build(
     prior_steps: int = 0,
     batch_size: int = 6,
     scheduler: bool = False,
-    dense_gather: bool = False,
 ) -> tuple[MatrixFactorization, LambdaGranularity, torch.optim.Optimizer]:
     """:func:`model_and_lambda` and a Θ optimizer whose state ``prior_steps`` real Θ-steps on random
     batches built (its lr halved after each by a scheduler, if ``scheduler``)."""
-    model, gran = model_and_lambda(gran_name, dtype, sparse_grad=sparse_grad, dense_gather=dense_gather)
+    model, gran = model_and_lambda(gran_name, dtype, sparse_grad=sparse_grad)
     opt = make_optimizer(list(model.parameters()))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5) if scheduler else None
     gen = torch.Generator().manual_seed(1)

@@ -1,5 +1,6 @@
 """MatrixFactorization's gradients: dense ones are written into a reused buffer with the values
-of the dense gather's backward, sparse ones stay row-sparse, and the model stays collectable."""
+of autograd's dense backward, sparse ones stay row-sparse, the fused training loss equals
+autograd's, and the model stays collectable."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from lopt.models.mf import MatrixFactorization, bpr_loss, triple_scores
 USERS, POS, NEG = torch.tensor([1, 2, 1, 7]), torch.tensor([4, 5, 4, 0]), torch.tensor([9, 4, 3, 5])
 
 
-def test_dense_grad_equals_the_dense_gather_backward_and_reuses_its_buffer() -> None:
+def test_the_forwards_dense_grad_equals_autograds_and_reuses_its_buffer() -> None:
     torch.manual_seed(0)
     model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
-    model.dense_gather_rows_per_gather = 0  # the row-sparse route and its buffer (tiny tables)
     reference = [p.detach().clone().requires_grad_(True) for p in (model.user_factors, model.item_factors)]
     bpr_loss(*triple_scores(*reference, USERS, POS, NEG)).backward()
     bpr_loss(*model(USERS, POS, NEG)).backward()
@@ -56,10 +56,10 @@ def _dense_reference(model: MatrixFactorization, users, pos, neg) -> list[torch.
 
 def test_the_buffer_records_its_rows_and_rezeroes_only_them() -> None:
     """Only the rows written last step are re-zeroed (the buffer's other rows are never written),
-    and the record of those rows is what the penalty and the clip norm read."""
+    and the record of those rows is what the penalty and the clip norm read. (40 users: the 3
+    rows stay under ROW_ZEROING_MAX_FRACTION of the table.)"""
     torch.manual_seed(0)
-    model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
-    model.dense_gather_rows_per_gather = 0  # the row-sparse route and its buffer (tiny tables)
+    model = MatrixFactorization(40, 12, 3, init_std=0.5).double()
     bpr_loss(*model(USERS, POS, NEG)).backward()
     buffer = model.user_factors.grad
     record = model.dense_grad_record(model.user_factors)
@@ -81,10 +81,9 @@ def test_the_buffer_records_its_rows_and_rezeroes_only_them() -> None:
 def test_an_unrecorded_in_place_write_falls_back_to_zeroing_the_whole_buffer() -> None:
     """A dense in-place change (a scope-"all" penalty, zero_grad(set_to_none=False), an
     accumulation) invalidates the record: the next step zeroes every row and the values are the
-    dense gather's backward again."""
+    dense backward's again."""
     torch.manual_seed(0)
     model = MatrixFactorization(10, 12, 3, init_std=0.5).double()
-    model.dense_gather_rows_per_gather = 0  # the row-sparse route and its buffer (tiny tables)
     bpr_loss(*model(USERS, POS, NEG)).backward()
     buffer = model.user_factors.grad
     record = model.dense_grad_record(model.user_factors)
@@ -118,37 +117,94 @@ def test_batch_rows_are_triple_rows_with_unique_counts() -> None:
             assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dense_gather_gives_the_row_sparse_routes_gradient_bit_for_bit(dtype: torch.dtype) -> None:
-    """Each table small next to the batch is gathered straight from the parameter: its gradient
-    is the row-sparse route's, bit for bit (each row sums its gathers in the same order), for
-    every mix of the two routes."""
-    g = torch.Generator().manual_seed(3)
-    users, pos, neg = (torch.randint(0, n, (64,), generator=g) for n in (20, 30, 30))
-    grads = {}
-    for dense_users, dense_items in [(False, False), (True, False), (False, True), (True, True)]:
-        torch.manual_seed(0)
-        model = MatrixFactorization(20, 30, 5, init_std=0.5).to(dtype)
-        model.dense_gathers = lambda n, du=dense_users, di=dense_items: (du, di)  # type: ignore[method-assign]
-        bpr_loss(*model(users, pos, neg)).backward()
-        grads[dense_users, dense_items] = (model.user_factors.grad.clone(), model.item_factors.grad.clone())
-    for route, (gu, gi) in grads.items():
-        assert torch.equal(gu, grads[False, False][0]), route
-        assert torch.equal(gi, grads[False, False][1]), route
+# ----------------------------------------------------------------------------- DenseBPRLoss
+def _autograd_reference(model: MatrixFactorization, users, pos, neg):  # type: ignore[no-untyped-def]
+    """(loss, user grad, item grad) of bpr_loss(*triple_scores(...)) by autograd on copies."""
+    reference = [p.detach().clone().requires_grad_(True) for p in (model.user_factors, model.item_factors)]
+    loss = bpr_loss(*triple_scores(*reference, users, pos, neg))
+    loss.backward()
+    return loss.detach(), reference[0].grad, reference[1].grad
 
 
-def test_which_tables_are_gathered_densely() -> None:
-    """A table of at most DENSE_GATHER_ROWS_PER_GATHER rows per gather (users: B, items: 2B) is
-    gathered densely; never with row-sparse gradients, nor with the ratio set to 0."""
-    from lopt.models.mf import DENSE_GATHER_ROWS_PER_GATHER as R
+def _random_triples(n: int, n_users: int, n_items: int, seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randint(0, size, (n,), generator=g) for size in (n_users, n_items, n_items))
 
-    model = MatrixFactorization(100 * R, 300 * R, 2, init_std=0.1)
-    assert model.dense_gathers(100) == (True, False)  # items: 300R rows > 2 * 100 * R
-    assert model.dense_gathers(150) == (True, True)
-    assert model.dense_gathers(99) == (False, False)
-    model.dense_gather_rows_per_gather = 0
-    assert model.dense_gathers(10**6) == (False, False)
-    sparse = MatrixFactorization(10, 10, 2, init_std=0.1, sparse_grad=True)
-    assert sparse.dense_gathers(10**6) == (False, False)
-    bpr_loss(*sparse(USERS, POS, NEG)).backward()
-    assert sparse.user_factors.grad.is_sparse
+
+@pytest.mark.parametrize("n", [1, 7, 200])
+def test_the_fused_bpr_loss_equals_autograd_through_the_scores(n: int) -> None:
+    """Loss and both gradients of MatrixFactorization.bpr_loss are autograd's through
+    bpr_loss(*triple_scores(...)) up to float rounding (float64), repeated rows included."""
+    torch.manual_seed(0)
+    model = MatrixFactorization(30, 20, 4, init_std=0.5).double()
+    batch = _random_triples(n, 30, 20, seed=n)
+    loss = model.bpr_loss(*batch)
+    loss.backward()
+    want_loss, want_p, want_q = _autograd_reference(model, *batch)
+    torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-14, atol=0)
+    torch.testing.assert_close(model.user_factors.grad, want_p, rtol=1e-12, atol=1e-16)
+    torch.testing.assert_close(model.item_factors.grad, want_q, rtol=1e-12, atol=1e-16)
+
+
+def test_the_fused_bpr_loss_scales_with_the_upstream_gradient_and_accumulates() -> None:
+    """(2·loss).backward() doubles the gradient; a second backward without zero_grad adds to the
+    gradient already there (its row record then unknown), as autograd accumulates."""
+    torch.manual_seed(0)
+    model = MatrixFactorization(30, 20, 4, init_std=0.5).double()
+    batch = _random_triples(50, 30, 20, seed=1)
+    other = _random_triples(50, 30, 20, seed=2)
+    (2.0 * model.bpr_loss(*batch)).backward()
+    model.bpr_loss(*other).backward()
+    _, p1, q1 = _autograd_reference(model, *batch)
+    _, p2, q2 = _autograd_reference(model, *other)
+    torch.testing.assert_close(model.user_factors.grad, 2 * p1 + p2, rtol=1e-12, atol=1e-16)
+    torch.testing.assert_close(model.item_factors.grad, 2 * q1 + q2, rtol=1e-12, atol=1e-16)
+    assert model.dense_grad_record(model.user_factors).known_rows(model.user_factors.grad) is None
+
+
+def test_the_fused_bpr_loss_reuses_the_buffer_and_records_the_batch_rows() -> None:
+    """Step after step, .grad is the same buffer, zero outside the batch's rows, which it records;
+    a step touching many rows (a full zeroing next time) and one touching few (rows re-zeroed
+    one by one) both leave exactly the autograd gradient."""
+    torch.manual_seed(0)
+    model = MatrixFactorization(200, 150, 4, init_std=0.5).double()
+    record = model.dense_grad_record(model.user_factors)
+    buffer = None
+    for step, n in enumerate([400, 3, 5, 400, 2]):
+        batch = _random_triples(n, 200, 150, seed=step)
+        model.zero_grad(set_to_none=True)
+        model.bpr_loss(*batch).backward()
+        grad = model.user_factors.grad
+        assert buffer is None or grad is buffer
+        buffer = grad
+        assert torch.equal(record.known_rows(grad), torch.unique(batch[0]))
+        _, want_p, want_q = _autograd_reference(model, *batch)
+        torch.testing.assert_close(grad, want_p, rtol=1e-12, atol=1e-16)
+        torch.testing.assert_close(model.item_factors.grad, want_q, rtol=1e-12, atol=1e-16)
+
+
+def test_the_fused_bpr_loss_leaves_a_frozen_table_alone_and_refuses_a_second_backward() -> None:
+    torch.manual_seed(0)
+    model = MatrixFactorization(30, 20, 4, init_std=0.5).double()
+    model.item_factors.requires_grad_(False)
+    batch = _random_triples(20, 30, 20, seed=0)
+    loss = model.bpr_loss(*batch)
+    loss.backward(retain_graph=True)
+    assert model.item_factors.grad is None and model.user_factors.grad is not None
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # its saved rows were consumed in place by the first backward
+
+
+def test_the_bpr_loss_of_a_row_sparse_model_keeps_sparse_gradients() -> None:
+    model = MatrixFactorization(10, 12, 3, init_std=0.5, sparse_grad=True)
+    model.bpr_loss(USERS, POS, NEG).backward()
+    assert model.user_factors.grad.is_sparse and model.item_factors.grad.is_sparse
+
+
+def test_a_model_trained_by_the_fused_loss_is_garbage_collected() -> None:
+    model = MatrixFactorization(10, 12, 3, init_std=0.5)
+    model.bpr_loss(USERS, POS, NEG).backward()
+    alive = weakref.ref(model), weakref.ref(model.user_factors)
+    del model
+    gc.collect()
+    assert alive[0]() is None and alive[1]() is None

@@ -162,3 +162,39 @@ class _Tables(torch.nn.Module):
     def __init__(self, p: torch.Tensor, q: torch.Tensor) -> None:
         super().__init__()
         self.user_factors, self.item_factors = p, q  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("max_norm", [None, 1e-3, 1e9])
+@pytest.mark.parametrize("name", ["fix", "d", "dui"])
+def test_the_one_pass_penalty_and_clip_equals_the_two_calls_bit_for_bit(
+    name: str, max_norm: float | None, dtype: torch.dtype
+) -> None:
+    """add_penalty_grad_and_clip_rows_ gives add_penalty_grad_ then clip_grad_norm_'s gradients
+    and norm bit for bit, keeps the record of the batch's rows, and does nothing (None) on a
+    gradient without that record."""
+    from lopt.models.regularizer import add_penalty_grad_and_clip_rows_
+    from lopt.models.rows import batch_rows
+
+    rows = batch_rows(BATCH, NU, NI)
+    results = []
+    for one_pass in (False, True):
+        model, gran = setup(name, dtype)
+        model.bpr_loss(*BATCH).backward()
+        if one_pass:
+            norm = add_penalty_grad_and_clip_rows_(model, gran, rows, len(USERS), max_norm)
+        else:
+            add_penalty_grad_(model, gran, BATCH, "batch", rows=rows)
+            norm = clip_grad_norm_(model, max_norm)
+        for p in (model.user_factors, model.item_factors):
+            assert model.dense_grad_record(p).known_rows(p.grad) is not None
+        results.append((norm, model.user_factors.grad.clone(), model.item_factors.grad.clone()))
+    for two_calls, one_pass in zip(*results, strict=True):
+        assert torch.equal(two_calls, one_pass)
+    model, gran = setup(name, dtype)
+    model.bpr_loss(*BATCH).backward()
+    with torch.no_grad():
+        model.item_factors.grad.add_(0.0)  # the record is lost
+    before = model.user_factors.grad.clone()
+    assert add_penalty_grad_and_clip_rows_(model, gran, rows, len(USERS), max_norm) is None
+    assert torch.equal(model.user_factors.grad, before)
