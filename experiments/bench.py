@@ -11,6 +11,7 @@
     python experiments/bench.py --study --data u.data --study-before OLD   # the studies (hours)
     python experiments/bench.py --rss --shape ml10m                        # one run's memory
     python experiments/bench.py --gather --threads 1                       # fused loss vs autograd (seconds)
+    python experiments/bench.py --compare BEFORE.json AFTER.json            # two records as a markdown table
 
 Each mode adds its keys to ``--out`` (an existing file keeps its other keys).
 
@@ -1214,6 +1215,7 @@ TABLE = (
     ("epoch_seconds_dui_sparse", "s", None),
     ("samples_per_second_fix_sparse", "/s", 550_000.0),
     ("samples_per_second_dui_sparse", "/s", 367_000.0),
+    ("fix_bare_step_seconds", "ms", None),
     ("loop_overhead_fraction", "%", 0.05),
     ("eval_seconds", "s", 60.0),
     ("eval_standard_seconds", "s", 60.0),
@@ -1221,6 +1223,8 @@ TABLE = (
     ("ml100k_bare_step_seconds", "ms", None),
     ("ml100k_fix_step_seconds", "ms", None),
     ("ml100k_dui_step_seconds", "ms", None),
+    ("ml100k_dui_eager_step_seconds", "ms", None),
+    ("ml100k_ratio_fix_step_over_bare", "x", None),
     ("ml100k_bare_eval_seconds", "ms", None),
     ("ml100k_eval_seconds", "ms", None),
     ("ml100k_epoch_seconds_fix", "s", None),
@@ -1262,6 +1266,38 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{key} {load['before'][0]:.2f} → {load['after'][0]:.2f}")
     if "machine" in result:
         lines.append(f"shape {result['shape']}, torch threads {result['torch_threads']}; {result['machine']}")
+    return "\n".join(lines)
+
+
+def _shown(value: float, unit: str) -> str:
+    scale = {"ms": 1e3, "%": 100.0}.get(unit, 1.0)
+    return f"{value * scale:,.2f} {unit}" if unit != "x" else f"{value:.2f}"
+
+
+def format_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A markdown table of the :data:`TABLE` keys that both records hold: key | before | after |
+    target, each record's column headed by its code commit; a ratio or a fraction that misses
+    its target is bold."""
+    commit = next((k for k in ("ml100k_code_commit", "code_commit") if k in after), None)
+
+    def head(record: dict[str, Any], name: str) -> str:
+        return f"{name} ({str(record.get(commit, '?'))[:7]})" if commit else name
+
+    lines = [f"| key | {head(before, 'before')} | {head(after, 'after')} | target |", "|---|---|---|---|"]
+    for key, unit, target in TABLE:
+        if key not in before or key not in after:
+            continue
+        cells = []
+        for record in (before, after):
+            shown = _shown(record[key], unit)
+            missed = target is not None and unit in ("x", "%") and record[key] > target
+            cells.append(f"**{shown}**" if missed else shown)
+        goal = "" if target is None else f"≤ {_shown(target, unit)}" if unit != "/s" else f"≥ {_shown(target, unit)}"
+        lines.append(f"| `{key}` | {cells[0]} | {cells[1]} | {goal} |")
+    for key in ("load_avg", "ml100k_load_avg"):
+        if key in before and key in after:
+            loads = [f"{r[key]['before'][0]:.2f} → {r[key]['after'][0]:.2f}" for r in (before, after)]
+            lines.append(f"| {key} (1 min, start → end) | {loads[0]} | {loads[1]} | |")
     return "\n".join(lines)
 
 
@@ -1324,6 +1360,8 @@ def run_gather(threads: int | None, rounds: int = 5, steps: int = 40) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    import json
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted([*SHAPES, "ml100k"]), default="ml10m")
     parser.add_argument(
@@ -1403,8 +1441,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the fused training loss against the forward under autograd, by table size (gather_*); seconds",
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="print two records' shared keys as a markdown table (before | after | target) and exit",
+    )
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compare is not None:
+        before, after = (json.loads(path.read_text(encoding="utf-8")) for path in args.compare)
+        print(format_comparison(before, after))
+        return 0
     if args.generate is not None:
         generate_file(args.generate, args.shape)
         return 0
@@ -1458,7 +1507,6 @@ def main(argv: list[str] | None = None) -> int:
         else ""
     )
     result[f"{prefix}code_commit"] = code_commit(REPO_ROOT)
-    import json
 
     from lopt.io import atomic_write_json
 

@@ -236,3 +236,25 @@ def test_gather_mode_times_both_routes_per_table_size(monkeypatch) -> None:  # t
     ):
         assert len(out[key]) == 2 and all(v > 0 for v in out[key]), key
     assert _finite_numbers(out)
+
+
+def test_compare_prints_the_shared_keys_of_two_records_with_their_targets(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--compare: one row per TABLE key both records hold, in TABLE's order and units, each column
+    headed by its commit; a ratio or a fraction over its target is bold, a met one is not."""
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    load = {"before": [1.5, 1.0, 1.0], "after": [1.25, 1.0, 1.0]}
+    before = {"code_commit": "aaaaaaa123", "fix_step_seconds": 0.030, "ratio_fix_over_floor": 4.0, "load_avg": load}
+    after = {"code_commit": "bbbbbbb456", "fix_step_seconds": 0.020, "ratio_fix_over_floor": 2.0, "only_here": 1.0}
+    after["load_avg"] = load
+    paths = [tmp_path / "before.json", tmp_path / "after.json"]
+    for path, record in zip(paths, (before, after), strict=True):
+        path.write_text(json.dumps(record))
+    assert bench.main(["--compare", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| key | before (aaaaaaa) | after (bbbbbbb) | target |"
+    assert lines[2] == "| `fix_step_seconds` | 30.00 ms | 20.00 ms |  |"
+    assert lines[3] == "| `ratio_fix_over_floor` | **4.00** | 2.00 | ≤ 2.50 |"
+    assert lines[4] == "| load_avg (1 min, start → end) | 1.50 → 1.25 | 1.50 → 1.25 | |"
+    assert len(lines) == 5  # only_here is in one record only
