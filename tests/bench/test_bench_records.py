@@ -182,3 +182,61 @@ def test_no_section_of_results_is_repeated() -> None:
     bodies = ["\n".join(section.split("\n")[1:]).split("\n## ")[0].strip() for section in sections]
     repeated = {section.split("\n")[0] for section, body in zip(sections, bodies) if body and bodies.count(body) > 1}
     assert not repeated, f"RESULTS.md repeats these sections: {sorted(repeated)}"
+
+
+ROUND9 = "## Round 9"
+RECORDS9 = (
+    "ml100k.json",
+    "ml100k_before.json",
+    "ml10m.json",
+    "ml10m_before.json",
+    "gather.json",
+    "metrics_change.json",
+)
+
+
+def _quoted9(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Round 9's figures: the two tables ``bench.py --compare`` prints, the gather ratios, the
+    metric changes, and the figures its prose repeats, all formatted from the records."""
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    quoted = [
+        bench.format_comparison(records["ml100k_before.json"], records["ml100k.json"]),
+        bench.format_comparison(records["ml10m_before.json"], records["ml10m.json"]),
+    ]
+    gather = records["gather.json"]
+    quoted.append(", ".join(str(r) for r in gather["gather_rows_per_gather"]))
+    quoted.append("row-sparse " + ", ".join(f"{r:.2f}" for r in gather["gather_ratio_fused_over_sparse"]) + ".")
+    for method, run in records["metrics_change.json"]["runs"].items():
+        quoted.append(
+            f"`ml100k_{method}` differs by at most {run['max_abs_difference']:.1e} in any of its "
+            f"{len(run['before'])} valid and test metrics ({len(run['keys_identical'])} of them identical)"
+        )
+    before, after = records["ml100k_before.json"], records["ml100k.json"]
+    quoted.append(f"{before['ml100k_bare_step_seconds'] * 1e3:.2f} to {after['ml100k_bare_step_seconds'] * 1e3:.2f} ms")
+    drift = 1 - after["ml100k_bare_step_seconds"] / before["ml100k_bare_step_seconds"]
+    quoted.append(f"moved by {drift * 100:.0f} %")
+    sparse = [records[name]["fix_sparse_step_seconds"] * 1e3 for name in ("ml10m_before.json", "ml10m.json")]
+    quoted.append(f"took {sparse[0]:.1f} ms in one run and {sparse[1]:.1f} ms in the other")
+    ratios = [
+        records[b][key] / records[a][key]
+        for a, b in (("ml10m_before.json", "ml10m.json"), ("ml10m.json", "ml10m_before.json"))
+        for key in ("fix_sparse_step_seconds", "opt_d_sparse_step_seconds", "opt_dui_sparse_step_seconds")
+    ]
+    quoted.append(f"differ by up to {(max(ratios) - 1) * 100:.0f} %")
+    round8 = json.loads((BENCH / "round8" / "ml10m.json").read_text(encoding="utf-8"))
+    quoted.append(f"above round 8's {round8['loop_overhead_fraction'] * 100:.1f} %")
+    return quoted
+
+
+def test_round9_quotes_the_compare_tables_and_its_records() -> None:
+    records = _records("round9", RECORDS9)
+    section = _section(ROUND9)
+    missing = [figure for figure in _quoted9(records) if figure not in section]
+    assert not missing, f"Round 9 of RESULTS.md does not quote these as its records give them: {missing}"
+    for name in ("ml100k.json", "ml10m.json", "gather.json"):
+        commit = next(v for k, v in records[name].items() if k.endswith("code_commit"))
+        assert commit.startswith("ad55163"), (name, commit)
