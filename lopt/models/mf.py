@@ -134,14 +134,16 @@ def sparse_triple_scores(
 
 
 class DenseGradFromRows:
-    """Post-accumulate-grad hook of one factor table: replaces a sparse ``table.grad`` by its dense
-    values, written into a buffer this hook keeps across steps (reallocated only when the table's
-    shape, dtype or device changes). It holds no reference to the table or the model, so a model
-    that owns it can still be garbage-collected (a hook referencing its model would form a cycle
-    through the parameter that Python's collector cannot see).
+    """The dense gradient buffer of one factor table, kept across steps (reallocated only when the
+    table's shape, dtype or device changes), and the record of its rows. As a post-accumulate-grad
+    hook it replaces a sparse ``table.grad`` by its dense values in the buffer; :class:`DenseBPRLoss`
+    writes into it through :meth:`zeroed` and :meth:`publish`. It holds no reference to the table
+    or the model, so a model that owns it can still be garbage-collected (a hook referencing its
+    model would form a cycle through the parameter that Python's collector cannot see).
 
-    The buffer is zero outside the rows written last (:attr:`rows`), so only those are re-zeroed
-    before the next rows are copied in: the same values as zeroing the whole table. That record
+    The buffer is zero outside the rows written last (:attr:`rows`), so only those need re-zeroing
+    before the next write (:func:`lopt.models.rows.reused_zeros` does so while they are few, else
+    zeroes all): the same values as zeroing the whole table. That record
     holds while the buffer's version counter is the one noted after the write; an in-place change
     by anyone else (a dense penalty, an accumulation into it, ``zero_grad(set_to_none=False)``)
     makes the rows unknown and the next call zeroes the whole buffer. A writer that changed only
