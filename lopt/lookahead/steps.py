@@ -92,7 +92,10 @@ def theta_step(
 ) -> torch.Tensor:
     """The Θ-step: add ∇_Θ Ω(B; Θ, Λ) to g_t in ``.grad``, clip the gradient norm, step the Θ
     optimizer (a torch optimizer or Lightning's wrapper of one). ``rows``: the train batch's
-    :func:`lopt.models.rows.batch_rows` (None: computed here). Returns the norm before clipping."""
+    :func:`lopt.models.rows.batch_rows` (None: computed here). Under scope "batch", with ``rows``
+    given and both gradients recorded as zero outside them, the penalty and the clip are one
+    pass over those rows (:func:`lopt.models.regularizer.add_penalty_grad_and_clip_rows_`, the
+    same values). Returns the norm before clipping."""
     grad_norm = None
     if scope == "batch" and rows is not None:
         grad_norm = add_penalty_grad_and_clip_rows_(model, granularity, rows, train_batch[0].numel(), clip_norm)
