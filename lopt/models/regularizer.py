@@ -218,6 +218,18 @@ def add_penalty_grad_(
             record.wrote_within_rows(grad)  # the batch's rows are the gradient's own
 
 
+def _clip_coef(total: torch.Tensor, max_norm: float | None) -> torch.Tensor | None:
+    """The clip's scale min(max_norm / (total + 1e-6), 1) (``torch.nn.utils.clip_grad_norm_``'s),
+    or None when there is nothing to scale: no clip, or on the CPU a scale of exactly 1 (reading
+    it there is free, and skipping saves a pass over every gradient)."""
+    if max_norm is None:
+        return None
+    coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
+    if coef.device.type == "cpu" and not bool(coef < 1.0):
+        return None
+    return coef
+
+
 @torch.no_grad()
 def add_penalty_grad_and_clip_rows_(
     model: FactorModel, granularity: LambdaGranularity, rows: BatchRows, n_batch: int, max_norm: float | None
@@ -245,12 +257,10 @@ def add_penalty_grad_and_clip_rows_(
         )
         sides.append((grad, record, side_rows, regularized))
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(side[3]) for side in sides]))
-    if max_norm is not None:
-        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
-        # on the CPU reading coef is free: skip scaling by exactly 1
-        if coef.device.type != "cpu" or bool(coef < 1.0):
-            for side in sides:
-                side[3].mul_(coef)
+    coef = _clip_coef(total, max_norm)
+    if coef is not None:
+        for side in sides:
+            side[3].mul_(coef)
     for grad, record, side_rows, regularized in sides:
         grad.index_copy_(0, side_rows, regularized)
         record.wrote_within_rows(grad)
@@ -316,11 +326,8 @@ def clip_grads_(
         else:
             norms.append(torch.linalg.vector_norm(p.grad))
     total = torch.linalg.vector_norm(torch.stack(norms))
-    if max_norm is not None:
-        coef = (float(max_norm) / (total + 1e-6)).clamp(max=1.0)
-        # On the CPU reading coef is free: skip scaling by exactly 1 (a pass over every gradient).
-        if coef.device.type == "cpu" and not bool(coef < 1.0):
-            return total
+    coef = _clip_coef(total, max_norm)
+    if coef is not None:
         for i, p in enumerate(params):
             g = p.grad
             if g.is_sparse:
