@@ -208,3 +208,18 @@ def test_a_model_trained_by_the_fused_loss_is_garbage_collected() -> None:
     del model
     gc.collect()
     assert alive[0]() is None and alive[1]() is None
+
+
+def test_reused_zeros_fills_the_whole_buffer_past_the_row_fraction() -> None:
+    """Rows up to ROW_ZEROING_MAX_FRACTION of the buffer are re-zeroed one by one (a row outside
+    them is left as it is); past it, the whole buffer is filled."""
+    from lopt.models.rows import ROW_ZEROING_MAX_FRACTION, reused_zeros
+
+    n = 40
+    few = torch.arange(int(ROW_ZEROING_MAX_FRACTION * n))
+    many = torch.arange(int(ROW_ZEROING_MAX_FRACTION * n) + 1)
+    for rows, outside_kept in ((few, True), (many, False)):
+        buffer = torch.ones(n, 3)
+        out = reused_zeros(buffer, buffer.shape, buffer.dtype, buffer.device, rows, buffer._version)
+        assert out is buffer and float(out[rows].abs().sum()) == 0.0
+        assert (float(out[n - 1, 0]) == 1.0) is outside_kept
