@@ -50,6 +50,12 @@ def sides_inactive(sides: tuple[ClipSide, ...], n_batch: int, clip_norm: float, 
     return _below(math.sqrt(sq), clip_norm)
 
 
+def norm_inactive(sq_norm: float, clip_norm: float) -> bool:
+    """:func:`sides_inactive` from the squared norm of the whole regularized gradient, computed
+    already (:func:`lopt.lookahead.dense.lookahead`)."""
+    return _below(math.sqrt(sq_norm), clip_norm)
+
+
 def regularized_inactive(grads: tuple[torch.Tensor, ...], clip_norm: float) -> bool:
     """:func:`sides_inactive` from each side's regularized train-row gradient, computed already
     (:meth:`lopt.lookahead.fused._Side.regularized_train_grad`; the same sum as the eager kernel)."""
@@ -77,4 +83,4 @@ def clip_is_inactive(
     return sides_inactive(tuple(sides), users.numel(), clip_norm)
 
 
-__all__ = ["CLIP_MARGIN", "ClipSide", "clip_is_inactive", "regularized_inactive", "sides_inactive"]
+__all__ = ["CLIP_MARGIN", "ClipSide", "clip_is_inactive", "norm_inactive", "regularized_inactive", "sides_inactive"]

@@ -3,7 +3,9 @@ cost of one training step"): the dispatch between its two paths.
 
 * :mod:`.fused` — the common case (Adam/AdamW with weight_decay 0 or the row-sparse lazy Adam,
   scope "batch", the Θ clip none or surely inactive, no dropout): hand-written kernels with an
-  analytic Λ-gradient.
+  analytic Λ-gradient, on the rows the validation batch touches;
+* :mod:`.dense` — the same case over whole tables, where they are small next to the batches and
+  the caller takes a dense Λ-gradient (dense Adam/AdamW only);
 * :mod:`.replay` — everything else: the per-optimizer row replays, differentiated by autograd.
 
 Both read the Θ optimizer through :mod:`.state` (its one reader and capability check), the rows
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from lopt.lookahead import fused, replay
-from lopt.lookahead.clip import regularized_inactive, sides_inactive
+from lopt.lookahead import dense, fused, replay
+from lopt.lookahead.clip import norm_inactive, regularized_inactive, sides_inactive
 from lopt.lookahead.replay import lookahead_rows, simulate_step_rows
 from lopt.lookahead.state import FUSED, SUPPORTED_OPTIMIZERS, SUPPORTED_ROW_SPARSE, capability, unwrap
 from lopt.models import regularizer
@@ -39,32 +41,42 @@ def lookahead_validation_loss(
     dropout: float = 0.0,
     compiled: bool = False,
     train_rows: BatchRows | None = None,
+    dense_lambda_grad: bool = False,
 ) -> torch.Tensor:
     """l(V_t; Θ̄_{t+1}(Λ)): the BPR loss of ``valid_batch`` after the simulated Θ-step (a scalar whose
     graph reaches Λ only; Θ, g_t and the optimizer state are constants).
 
     Preconditions as :func:`lookahead_rows`. Only the rows ``valid_batch`` touches are simulated:
-    cost O((|B|+|V|)·d) for scope "batch" (plus O((|U|+|I|)·d) for the clip norm under scope "all").
+    cost O((|B|+|V|)·d) for scope "batch" (plus O((|U|+|I|)·d) for the clip norm under scope "all"),
+    except by :mod:`.dense`, which simulates whole tables only where they are O(|B|+|V|) rows.
     ``dropout`` > 0 applies ``F.dropout`` (training mode) to the looked-ahead embeddings of each
     validation triple. The fused case runs :mod:`.fused` (its kernels through ``torch.compile`` if
     ``compiled``); a clip that may bind (always off the CPU, where checking costs a host sync) and
     every other case run :mod:`.replay`. ``train_rows``: the train batch's
     :func:`lopt.models.rows.batch_rows`, when already computed (the fused case reuses its rows and
-    counts).
+    counts). ``dense_lambda_grad``: the caller takes a dense Λ-gradient (zero on the rows the loss
+    does not depend on) as well as a row-sparse one, which lets the fused case run over whole
+    tables where :func:`lopt.lookahead.dense.applies`.
     """
     P, Q = model.user_factors, model.item_factors
-    valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
     regularizer.check_scope(scope)
     optimizer = unwrap(theta_optimizer)
-    n_train = train_batch[0].numel()
-    if (
+    n_train, n_valid = train_batch[0].numel(), valid_batch[0].numel()
+    fused_case = (
         dropout <= 0
         and scope == "batch"
-        and valid_batch[0].numel() > 0
+        and n_valid > 0
         and n_train > 0
         and capability(optimizer, (P, Q)) == FUSED
         and (clip_norm is None or P.device.type == "cpu")
-    ):
+    )
+    if fused_case and dense_lambda_grad and dense.applies(optimizer, model, n_train + n_valid):
+        whole = dense.lookahead(model, optimizer, granularity, train_batch, valid_batch, compiled)
+        if clip_norm is None or norm_inactive(whole.clip_sq, clip_norm):
+            return whole.attach(granularity)
+        fused_case = False  # the clip may bind: the replay
+    valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
+    if fused_case:
         side_u, side_i = fused.sides(model, optimizer, granularity, train_batch, valid, train_rows)
         if clip_norm is None:
             return fused.validation_loss(granularity, side_u, side_i, valid, compiled)

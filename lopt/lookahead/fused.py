@@ -87,6 +87,57 @@ def _regularized_grad_rows(
     return p, coef, g.add_(coef * lam_rows * p)
 
 
+def adam_lookahead(
+    p: torch.Tensor,
+    coef: torch.Tensor,
+    g: torch.Tensor,
+    exp_avg: torch.Tensor | None,
+    exp_avg_sq: torch.Tensor | None,
+    max_exp_avg_sq: torch.Tensor | None,
+    step_size: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    bc2_sqrt: float | torch.Tensor,
+    eps: float,
+    negate: bool,
+    state_is_temporary: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(θ̄, K = ∂θ̄/∂λ) of one Adam step on rows (module docstring), all (n, d): ``p`` the rows'
+    parameters, ``coef`` (n, 1) their c_r, ``g`` their regularized gradient (a temporary: negated
+    in place if ``negate``), ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` their Adam state (None:
+    none yet; no amsgrad for the last), overwritten only if ``state_is_temporary`` (gathered
+    copies; else the optimizer's own tensors, only read). ``step_size`` and ``bc2_sqrt``: Python
+    floats (one step count) or (n, 1) tensors (per-row counts)."""
+    if negate:
+        g = g.neg_()
+    if exp_avg is None:
+        m = (1 - beta1) * g
+    else:
+        m = exp_avg.lerp_(g, 1 - beta1) if state_is_temporary else exp_avg.lerp(g, 1 - beta1)
+    if exp_avg_sq is None:
+        v = (1 - beta2) * g * g
+    else:
+        v = (exp_avg_sq.mul_(beta2) if state_is_temporary else exp_avg_sq.mul(beta2)).addcmul_(g, g, value=1 - beta2)
+    held = max_exp_avg_sq
+    v_hat = v if held is None else torch.maximum(held, v)
+    root = v_hat.sqrt()
+    denom = root.div(bc2_sqrt).add_(eps)
+    if isinstance(step_size, torch.Tensor):  # RowSparseAdam's per-row update, in its op order
+        new = p - m.div(denom).mul_(step_size)
+    else:
+        new = torch.addcdiv(p, m, denom, value=-step_size)
+    # ∂θ̄/∂g (module docstring), then · ∂g/∂λ = s·c_r·θ_r; in place on fresh temporaries (fewer
+    # allocations eagerly, where they dominate at this size; the same fused loop when compiled)
+    through_v = torch.mul(m, g).div_((denom * denom).mul_(root)).mul_(step_size * (1 - beta2) / bc2_sqrt)
+    if held is not None:
+        through_v = through_v.mul_(torch.where(v > held, 1.0, torch.where(v == held, 0.5, 0.0)).to(v.dtype))
+    through_v = through_v.masked_fill_(root == 0, 0.0)
+    dnew_dlam = through_v.sub_(denom.reciprocal().mul_(step_size * (1 - beta1))).mul_(coef).mul_(p)
+    if negate:
+        dnew_dlam = dnew_dlam.neg_()
+    return new, dnew_dlam
+
+
 def _replay_kernel(
     theta: torch.Tensor,
     grad: torch.Tensor,
@@ -118,30 +169,8 @@ def _replay_kernel(
     p, coef, g = _regularized_grad_rows(
         theta, grad, grad_idx, grad_held, lam, rows, counts, two_over_n, lam_rowwise, regularized
     )
-    if negate:
-        g = g.neg_()
-    m = (1 - beta1) * g if exp_avg is None else exp_avg.index_select(0, rows).lerp_(g, 1 - beta1)
-    if exp_avg_sq is None:
-        v = (1 - beta2) * g * g
-    else:
-        v = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    held = None if max_exp_avg_sq is None else max_exp_avg_sq.index_select(0, rows)
-    v_hat = v if held is None else torch.maximum(held, v)
-    root = v_hat.sqrt()
-    denom = root.div(bc2_sqrt).add_(eps)
-    if isinstance(step_size, torch.Tensor):  # RowSparseAdam's per-row update, in its op order
-        new = p - m.div(denom).mul_(step_size)
-    else:
-        new = torch.addcdiv(p, m, denom, value=-step_size)
-    # ∂θ̄/∂g (module docstring), then · ∂g/∂λ = s·c_r·θ_r; in place on fresh temporaries (fewer
-    # allocations eagerly, where they dominate at this size; the same fused loop when compiled)
-    through_v = torch.mul(m, g).div_((denom * denom).mul_(root)).mul_(step_size * (1 - beta2) / bc2_sqrt)
-    if held is not None:
-        through_v = through_v.mul_(torch.where(v > held, 1.0, torch.where(v == held, 0.5, 0.0)).to(v.dtype))
-    through_v = through_v.masked_fill_(root == 0, 0.0)
-    dnew_dlam = through_v.sub_(denom.reciprocal().mul_(step_size * (1 - beta1))).mul_(coef).mul_(p)
-    if negate:
-        dnew_dlam = dnew_dlam.neg_()
+    state = [None if t is None else t.index_select(0, rows) for t in (exp_avg, exp_avg_sq, max_exp_avg_sq)]
+    new, dnew_dlam = adam_lookahead(p, coef, g, *state, step_size, beta1, beta2, bc2_sqrt, eps, negate, True)
     if moving is not None:  # lazy Adam leaves rows without a gradient as they are
         new = torch.where(moving, new, p)
         dnew_dlam = dnew_dlam.masked_fill_(~moving, 0.0)

@@ -32,6 +32,10 @@ def train_loss(model: MatrixFactorization, train_batch: Triples, rows: BatchRows
 #: Λ optimizers that project every entry they update onto [0, ∞) themselves (exact types: a
 #: subclass may change ``step``); :func:`lambda_step` skips its own full pass over Λ after them.
 SELF_PROJECTING: tuple[type[torch.optim.Optimizer], ...] = (LambdaSGD, LambdaAdam, LambdaRowSparseAdam)
+#: Λ optimizers whose step on a dense gradient that is zero on some rows is their step on the sparse
+#: gradient without those rows (exact types): the look-ahead may hand them a dense Λ-gradient
+#: (:mod:`lopt.lookahead.dense`). Not the row-sparse Adam, which moves only the rows it is given.
+DENSE_GRAD_LAMBDA_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (LambdaSGD, LambdaAdam)
 
 
 def lambda_step(
@@ -68,6 +72,7 @@ def lambda_step(
         dropout=dropout,
         compiled=compiled,
         train_rows=rows,
+        dense_lambda_grad=type(lambda_optimizer) in DENSE_GRAD_LAMBDA_OPTIMIZERS,
     )
     valid_loss.backward()
     lambda_grad_norm = clip_lambda_grad_(list(granularity.parameters()), lambda_clip_norm)
@@ -106,4 +111,4 @@ def theta_step(
     return grad_norm
 
 
-__all__ = ["lambda_step", "theta_step", "train_loss"]
+__all__ = ["DENSE_GRAD_LAMBDA_OPTIMIZERS", "SELF_PROJECTING", "lambda_step", "theta_step", "train_loss"]
