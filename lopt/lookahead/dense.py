@@ -4,9 +4,9 @@ The row kernels of :mod:`.fused` simulate the Adam step on the rows the validati
 only, and pay for finding them: the unique rows of both batches, each validation row's place among
 the train rows, the Λ-rows the loss depends on, the gathers of Θ, g_t, λ and the Adam state, the
 scatter onto those rows and a sparse COO Λ-gradient, which a dense Λ optimizer then densifies.
-Where the two tables together have no more rows than :data:`MAX_ROWS_PER_TRIPLE` times the train
-and validation triples (ml-100k: 2,625 rows for 2,048 triples), the rows touched are most of the
-tables anyway, and one pass over every row is cheaper than that bookkeeping: this module replays
+Where the two tables together have no more rows than a few times the train and validation triples
+(:func:`max_rows_per_triple`; ml-100k: 2,625 rows for 2,048 triples), the rows touched are most of
+the tables anyway, and one pass over every row is cheaper than that bookkeeping: this module replays
 the Adam step on all rows (:func:`lopt.lookahead.fused.adam_lookahead`, the same arithmetic per
 row), scores the validation batch on the looked-ahead tables (:func:`lopt.lookahead.fused._bpr_kernel`)
 and scatters ∂l/∂θ̄ onto whole tables. It returns a dense Λ-gradient: zero on the rows the train
@@ -35,16 +35,24 @@ from lopt.models.regularizer import FactorModel
 from lopt.optim.compiled import Kernel
 from lopt.types import Triples
 
-#: The whole-table look-ahead runs when |U| + |I| ≤ this × (|B| + |V|) triples.
-MAX_ROWS_PER_TRIPLE = 2.0
+#: The whole-table look-ahead runs when |U| + |I| ≤ this × (|B| + |V|) triples, with the kernels
+#: compiled; ``bench.py --lookahead`` puts its cost at the row kernels' near 2.8 (uniform ids, d 128).
+COMPILED_MAX_ROWS_PER_TRIPLE = 2.0
+#: The same with the eager kernels, whose passes over the tables cost more (even near 1.7).
+EAGER_MAX_ROWS_PER_TRIPLE = 1.0
 
 
-def applies(optimizer: torch.optim.Optimizer, model: FactorModel, n_triples: int) -> bool:
+def max_rows_per_triple(compiled: bool) -> float:
+    """Table rows per train and validation triple up to which the whole tables are cheaper."""
+    return COMPILED_MAX_ROWS_PER_TRIPLE if compiled else EAGER_MAX_ROWS_PER_TRIPLE
+
+
+def applies(optimizer: torch.optim.Optimizer, model: FactorModel, n_triples: int, compiled: bool) -> bool:
     """Whether the whole-table look-ahead serves a fused case (:func:`lopt.lookahead.state.capability`
-    FUSED already checked): a dense Adam/AdamW, and tables of at most :data:`MAX_ROWS_PER_TRIPLE`
+    FUSED already checked): a dense Adam/AdamW, and tables of at most :func:`max_rows_per_triple`
     rows per train and validation triple."""
     rows = model.user_factors.shape[0] + model.item_factors.shape[0]
-    return type(optimizer) not in PER_ROW_OPTIMIZERS and rows <= MAX_ROWS_PER_TRIPLE * n_triples
+    return type(optimizer) not in PER_ROW_OPTIMIZERS and rows <= max_rows_per_triple(compiled) * n_triples
 
 
 def _side_kernel(
@@ -183,4 +191,11 @@ class _Precomputed(torch.autograd.Function):
         )
 
 
-__all__ = ["MAX_ROWS_PER_TRIPLE", "DenseLookahead", "applies", "lookahead"]
+__all__ = [
+    "COMPILED_MAX_ROWS_PER_TRIPLE",
+    "EAGER_MAX_ROWS_PER_TRIPLE",
+    "DenseLookahead",
+    "applies",
+    "lookahead",
+    "max_rows_per_triple",
+]

@@ -70,7 +70,7 @@ def lookahead_validation_loss(
         and capability(optimizer, (P, Q)) == FUSED
         and (clip_norm is None or P.device.type == "cpu")
     )
-    if fused_case and dense_lambda_grad and dense.applies(optimizer, model, n_train + n_valid):
+    if fused_case and dense_lambda_grad and dense.applies(optimizer, model, n_train + n_valid, compiled):
         whole = dense.lookahead(model, optimizer, granularity, train_batch, valid_batch, compiled)
         if clip_norm is None or norm_inactive(whole.clip_sq, clip_norm):
             return whole.attach(granularity)

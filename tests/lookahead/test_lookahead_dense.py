@@ -33,6 +33,15 @@ from tests.helpers.lookahead import ADAMS, BIG_CLIP, LEARNABLE, build_adam, buil
 
 #: the row kernels' "scatter" storages: λ row-stored at full width, summed in the same order
 FULL_WIDTH_ROWS = {"du": (True, False), "di": (False, True), "dui": (True, True)}
+#: the thresholds as lopt sets them (the fixture below raises the eager one for the tiny model)
+COMPILED_MAX, EAGER_MAX = dense.COMPILED_MAX_ROWS_PER_TRIPLE, dense.EAGER_MAX_ROWS_PER_TRIPLE
+
+
+@pytest.fixture(autouse=True)
+def whole_tables_for_the_tiny_model_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny model has 16 rows for 11 triples: past the eager threshold, inside the compiled one.
+    The tests run the eager kernels at the compiled threshold (the same arithmetic)."""
+    monkeypatch.setattr(dense, "EAGER_MAX_ROWS_PER_TRIPLE", COMPILED_MAX)
 
 
 def _grads(model, gran, opt, clip, *, path: str, compiled: bool = False):  # type: ignore[no-untyped-def]
@@ -125,14 +134,17 @@ def test_a_clip_that_may_bind_takes_the_replay() -> None:
 def test_not_taken_for_row_sparse_adam_or_large_tables() -> None:
     for sparse_grad in (True, False):  # lazy Adam: its per-row steps and untouched rows
         model, gran, opt = build_sparse_adam("dui", 3, sparse_grad=sparse_grad)
-        assert not dense.applies(opt, model, 11)
+        assert not dense.applies(opt, model, 11, compiled=True)
         _grads(model, gran, opt, None, path="rows")
     model, gran, opt = build_adam("adam", "dui", 3)
     n = TRAIN[0].numel() + VALID[0].numel()
-    assert dense.applies(opt, model, n)
-    with mock.patch.object(dense, "MAX_ROWS_PER_TRIPLE", (NU + NI) / n - 0.01):
-        assert not dense.applies(opt, model, n)
-        _grads(model, gran, opt, None, path="rows")  # asserts the whole-table path was not taken
+    assert EAGER_MAX < (NU + NI) / n <= COMPILED_MAX
+    assert dense.applies(opt, model, n, compiled=True)
+    with mock.patch.object(dense, "EAGER_MAX_ROWS_PER_TRIPLE", EAGER_MAX):
+        assert not dense.applies(opt, model, n, compiled=False)
+        _grads(model, gran, opt, None, path="rows")  # eager: asserts the whole-table path was not taken
+    with mock.patch.object(dense, "COMPILED_MAX_ROWS_PER_TRIPLE", (NU + NI) / n - 0.01):
+        assert not dense.applies(opt, model, n, compiled=True)
 
 
 @pytest.mark.parametrize(
