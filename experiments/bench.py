@@ -11,6 +11,7 @@
     python experiments/bench.py --study --data u.data --study-before OLD   # the studies (hours)
     python experiments/bench.py --rss --shape ml10m                        # one run's memory
     python experiments/bench.py --gather --threads 1                       # fused loss vs autograd (seconds)
+    python experiments/bench.py --lookahead --threads 1                    # Λ-step: rows vs whole tables
     python experiments/bench.py --compare BEFORE.json AFTER.json            # two records as a markdown table
 
 Each mode adds its keys to ``--out`` (an existing file keeps its other keys).
@@ -47,6 +48,14 @@ the reused buffer), for square tables of growing size; CPU time of this thread (
 process on the machine does not inflate it), medians over interleaved rounds.
 ``gather_rows_per_gather`` lists the tables' rows per user gather,
 ``gather_ratio_fused_over_sparse`` the ratios.
+
+``--lookahead`` (:func:`run_lookahead`): one λOpt-DUI Λ-step (the look-ahead and its backward,
+the Θ clip check, the Λ clip, dense LambdaAdam with amsgrad; d = 128, Adam Θ, the kernels
+compiled, 1,024 train and 1,024 validation triples, uniform ids) by the row kernels and over
+whole tables (:mod:`lopt.lookahead.dense`, forced on at every size), for square tables of
+|U| + |I| = k × (|B| + |V|) rows; thread CPU time, medians over interleaved rounds.
+``lookahead_rows_per_triple`` lists k, ``lookahead_ratio_dense_over_rows`` the ratios: where
+they cross 1 is what :data:`lopt.lookahead.dense.MAX_ROWS_PER_TRIPLE` should be.
 
 ``--shape ml10m`` and the other synthetic shapes:
 
@@ -1361,6 +1370,98 @@ def run_gather(threads: int | None, rounds: int = 5, steps: int = 40) -> dict[st
     return out
 
 
+#: ``--lookahead``: the train (and validation) batch and the tables' rows per triple that it times
+LOOKAHEAD_BATCH = 1024
+LOOKAHEAD_ROWS_PER_TRIPLE = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: ``--lookahead``'s routes: the row kernels (``lopt.lookahead.fused``) and the whole tables
+LOOKAHEAD_ROUTES = ("rows", "dense")
+
+
+def run_lookahead(
+    threads: int | None, rounds: int = 5, steps: int = 25, dim: int = 128, compiled: bool = True
+) -> dict[str, Any]:
+    """The λOpt-DUI Λ-step by the row kernels and over whole tables, per table size (the module
+    docstring, ``--lookahead``; ``compiled``: the look-ahead kernels through torch.compile)."""
+    from unittest import mock
+
+    import torch
+
+    from lopt.lookahead import dense
+    from lopt.lookahead.steps import lambda_step, train_loss
+    from lopt.models.granularity import LambdaGranularity
+    from lopt.models.mf import MatrixFactorization
+    from lopt.models.rows import batch_rows
+    from lopt.optim.lambda_optimizers import LambdaAdam
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    gen = torch.Generator().manual_seed(0)
+    times: dict[tuple[float, str], list[float]] = {}
+    for _ in range(rounds):
+        for per_triple in LOOKAHEAD_ROWS_PER_TRIPLE:
+            n_rows = max(1, round(per_triple * LOOKAHEAD_BATCH))  # each table: |U| + |I| = k·(|B| + |V|)
+            for route in LOOKAHEAD_ROUTES:
+                torch.manual_seed(0)
+                model = MatrixFactorization(n_rows, n_rows, dim, init_std=0.1)
+                granularity = LambdaGranularity("dui", n_rows, n_rows, dim, init=1e-3)
+                theta = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+                lam = LambdaAdam(list(granularity.parameters()), lr=1e-3, amsgrad=True)
+                forced = (
+                    mock.patch.object(dense, "MAX_ROWS_PER_TRIPLE", math.inf)
+                    if route == "dense"
+                    else mock.patch.object(dense, "applies", return_value=False)
+                )
+                with forced:
+                    for step in range(steps):
+                        train, valid = (
+                            tuple(torch.randint(0, n_rows, (LOOKAHEAD_BATCH,), generator=gen) for _ in range(3))
+                            for _ in range(2)
+                        )
+                        theta.zero_grad(set_to_none=True)
+                        rows = batch_rows(train, n_rows, n_rows)
+                        train_loss(model, train, rows).backward()
+                        started = time.thread_time()
+                        lambda_step(
+                            model,
+                            theta,
+                            lam,
+                            granularity,
+                            train,
+                            valid,
+                            scope="batch",
+                            scale=1.0,
+                            clip_norm=100.0,
+                            lambda_clip_norm=100.0,
+                            dropout=0.0,
+                            compiled=compiled,
+                            rows=rows,
+                        )
+                        if step >= 5:  # the first steps compile and allocate
+                            times.setdefault((per_triple, route), []).append(time.thread_time() - started)
+                        theta.step()
+    out: dict[str, Any] = {
+        "lookahead_batch": LOOKAHEAD_BATCH,
+        "lookahead_dim": dim,
+        "lookahead_compiled": compiled,
+        "lookahead_rows_per_triple": list(LOOKAHEAD_ROWS_PER_TRIPLE),
+    }
+    for route in LOOKAHEAD_ROUTES:
+        out[f"lookahead_{route}_seconds"] = [statistics.median(times[k, route]) for k in LOOKAHEAD_ROWS_PER_TRIPLE]
+    out["lookahead_ratio_dense_over_rows"] = [
+        a / b for a, b in zip(out["lookahead_dense_seconds"], out["lookahead_rows_seconds"], strict=True)
+    ]
+    for i, per_triple in enumerate(LOOKAHEAD_ROWS_PER_TRIPLE):
+        rows_ms, dense_ms = (out[f"lookahead_{route}_seconds"][i] * 1e3 for route in LOOKAHEAD_ROUTES)
+        print(
+            f"  {per_triple:g} rows per triple: row kernels {rows_ms:.3f} ms, whole tables {dense_ms:.3f} ms,"
+            f" whole/rows {dense_ms / rows_ms:.2f}",
+            file=sys.stderr,
+        )
+    out.update({f"lookahead_{key}": value for key, value in _finish(load_before, "cpu").items()})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import json
 
@@ -1444,6 +1545,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the fused training loss against the forward under autograd, by table size (gather_*); seconds",
     )
     parser.add_argument(
+        "--lookahead",
+        action="store_true",
+        help="the λOpt-DUI Λ-step by the row kernels and over whole tables, by table size (lookahead_*); seconds",
+    )
+    parser.add_argument(
         "--compare",
         nargs=2,
         type=Path,
@@ -1482,6 +1588,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)
     elif args.gather:
         result = run_gather(args.threads)
+    elif args.lookahead:
+        result = run_lookahead(args.threads)
     elif args.shape == "ml100k":
         if args.device != "cpu":
             parser.error("--shape ml100k times the CPU (its 1-thread small-data loop)")
@@ -1504,6 +1612,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rss
         else "gather_"
         if args.gather
+        else "lookahead_"
+        if args.lookahead
         else "ml100k_"
         if args.shape == "ml100k"
         else ""

@@ -238,6 +238,27 @@ def test_gather_mode_times_both_routes_per_table_size(monkeypatch) -> None:  # t
     assert _finite_numbers(out)
 
 
+def test_lookahead_mode_times_both_routes_per_table_size(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--lookahead times the Λ-step by the row kernels and over whole tables at every size it lists,
+    each route taken as named."""
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    from lopt.lookahead import dense
+
+    monkeypatch.setattr(bench, "LOOKAHEAD_BATCH", 16)
+    monkeypatch.setattr(bench, "LOOKAHEAD_ROWS_PER_TRIPLE", (0.5, 4.0))
+    calls = []
+    real = dense.lookahead
+    monkeypatch.setattr(dense, "lookahead", lambda *a, **k: calls.append(a[0].user_factors.shape[0]) or real(*a, **k))
+    out = bench.run_lookahead(threads=1, rounds=1, steps=7, dim=8, compiled=False)
+    assert out["lookahead_rows_per_triple"] == [0.5, 4.0] and out["lookahead_batch"] == 16
+    assert sorted(set(calls)) == [8, 64] and len(calls) == 14  # whole tables at both sizes, only on its route
+    for key in ("lookahead_rows_seconds", "lookahead_dense_seconds", "lookahead_ratio_dense_over_rows"):
+        assert len(out[key]) == 2 and all(v > 0 for v in out[key]), key
+    assert _finite_numbers(out)
+
+
 def test_compare_prints_the_shared_keys_of_two_records_with_their_targets(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     """--compare: one row per TABLE key both records hold, in TABLE's order and units, each column
     headed by its commit; a ratio or a fraction over its target is bold, a met one is not."""
