@@ -52,7 +52,8 @@ process on the machine does not inflate it), medians over interleaved rounds.
 ``--lookahead`` (:func:`run_lookahead`): one λOpt-DUI Λ-step (the look-ahead and its backward,
 the Θ clip check, the Λ clip, dense LambdaAdam with amsgrad; d = 128, Adam Θ, the kernels
 compiled, 1,024 train and 1,024 validation triples, uniform ids) by the row kernels and over
-whole tables (:mod:`lopt.lookahead.dense`, forced on at every size), for square tables of
+whole tables (:mod:`lopt.lookahead.dense`, forced on at every size; ``--compile-lookahead off``:
+the eager kernels), for square tables of
 |U| + |I| = k × (|B| + |V|) rows; thread CPU time, medians over interleaved rounds.
 ``lookahead_rows_per_triple`` lists k, ``lookahead_ratio_dense_over_rows`` the ratios: where
 they cross 1 is what :data:`lopt.lookahead.dense.MAX_ROWS_PER_TRIPLE` should be.
@@ -1588,8 +1589,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)
     elif args.gather:
         result = run_gather(args.threads)
-    elif args.lookahead:
-        result = run_lookahead(args.threads)
+    elif args.lookahead:  # compiled as the λOpt experiments set it, unless --compile-lookahead off
+        result = run_lookahead(args.threads, compiled=args.compile_lookahead != "off")
     elif args.shape == "ml100k":
         if args.device != "cpu":
             parser.error("--shape ml100k times the CPU (its 1-thread small-data loop)")
