@@ -11,7 +11,7 @@
     python experiments/bench.py --study --data u.data --study-before OLD   # the studies (hours)
     python experiments/bench.py --rss --shape ml10m                        # one run's memory
     python experiments/bench.py --gather --threads 1                       # fused loss vs autograd (seconds)
-    python experiments/bench.py --lookahead --threads 1                    # Λ-step: rows vs whole tables
+    python experiments/bench.py --lookahead --data u.data --threads 1      # Λ-step: rows vs whole tables
     python experiments/bench.py --compare BEFORE.json AFTER.json            # two records as a markdown table
 
 Each mode adds its keys to ``--out`` (an existing file keeps its other keys).
@@ -56,7 +56,9 @@ whole tables (:mod:`lopt.lookahead.dense`, forced on at every size; ``--compile-
 the eager kernels), for square tables of
 |U| + |I| = k × (|B| + |V|) rows; thread CPU time, medians over interleaved rounds.
 ``lookahead_rows_per_triple`` lists k, ``lookahead_ratio_dense_over_rows`` the ratios: where
-they cross 1 is what :data:`lopt.lookahead.dense.MAX_ROWS_PER_TRIPLE` should be.
+they cross 1 is what :func:`lopt.lookahead.dense.max_rows_per_triple` should be. With ``--data``
+(ml-100k's u.data) also ``lookahead_ml100k_*``: ``ml100k_dui``'s own Λ-step on its real batches,
+the two routes alternating step by step in one process.
 
 ``--shape ml10m`` and the other synthetic shapes:
 
@@ -1379,10 +1381,17 @@ LOOKAHEAD_ROUTES = ("rows", "dense")
 
 
 def run_lookahead(
-    threads: int | None, rounds: int = 5, steps: int = 25, dim: int = 128, compiled: bool = True
+    threads: int | None,
+    rounds: int = 5,
+    steps: int = 25,
+    dim: int = 128,
+    compiled: bool = True,
+    data: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The λOpt-DUI Λ-step by the row kernels and over whole tables, per table size (the module
-    docstring, ``--lookahead``; ``compiled``: the look-ahead kernels through torch.compile)."""
+    docstring, ``--lookahead``; ``compiled``: the look-ahead kernels through torch.compile); with
+    ``data`` (ml-100k's u.data) also on its real batches (:func:`lookahead_ml100k`)."""
     from unittest import mock
 
     import torch
@@ -1409,7 +1418,7 @@ def run_lookahead(
                 theta = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
                 lam = LambdaAdam(list(granularity.parameters()), lr=1e-3, amsgrad=True)
                 forced = (
-                    mock.patch.object(dense, "MAX_ROWS_PER_TRIPLE", math.inf)
+                    mock.patch.object(dense, "max_rows_per_triple", return_value=math.inf)
                     if route == "dense"
                     else mock.patch.object(dense, "applies", return_value=False)
                 )
@@ -1459,7 +1468,91 @@ def run_lookahead(
             f" whole/rows {dense_ms / rows_ms:.2f}",
             file=sys.stderr,
         )
+    if data is not None:
+        out.update(lookahead_ml100k(data, cache_dir or REPO_ROOT / "data" / "bench", compiled, rounds))
     out.update({f"lookahead_{key}": value for key, value in _finish(load_before, "cpu").items()})
+    return out
+
+
+def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -> dict[str, Any]:
+    """``ml100k_dui``'s Λ-step (its module, optimizers and real batches) by the row kernels and over
+    whole tables, the two alternating step by step in one process (both compute the same update, so
+    they follow one trajectory); thread CPU time, medians."""
+    from unittest import mock
+
+    import lightning.pytorch as L
+
+    from lopt.lookahead import dense
+    from lopt.lookahead.steps import lambda_step, theta_step, train_loss
+    from lopt.models.rows import batch_rows
+    from lopt.pipeline import build_module, prepare_data
+
+    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-lookahead-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    cfg = _compose(
+        "ml100k_dui",
+        [
+            f"paths.data_dir={cache_dir}",
+            f"paths.output_dir={workdir}",
+            f"dataset.source.path={data}",
+            "dataset.source.archive=null",
+            "data.cache=false",
+            f"model.compile_lookahead={compiled}",
+        ],
+    )
+    datamodule, split, _ = prepare_data(cfg)
+    L.seed_everything(0, verbose=False)
+    module = build_module(cfg, split.n_users, split.n_items)
+    model, granularity = module.model, module.granularity
+    theta = module.make_theta_optimizer(model.parameters())
+    lam = module.make_lambda_optimizer([p for p in granularity.parameters() if p.requires_grad])
+    options = {"scope": module.penalty_scope, "scale": module.penalty_scale, "clip_norm": module.grad_clip_norm}
+    times: dict[str, list[float]] = {route: [] for route in LOOKAHEAD_ROUTES}
+    batches = list(datamodule.train_dataloader())
+    for round_ in range(rounds + 1):  # round 0 warms up (compiles)
+        for i, batch in enumerate(batches):
+            route = LOOKAHEAD_ROUTES[(i + round_) % 2]
+            theta.zero_grad(set_to_none=True)
+            rows = batch_rows(batch["train"], split.n_users, split.n_items)
+            train_loss(model, batch["train"], rows).backward()
+            forced = (
+                mock.patch.object(dense, "max_rows_per_triple", return_value=math.inf)
+                if route == "dense"
+                else mock.patch.object(dense, "applies", return_value=False)
+            )
+            with forced:
+                started = time.thread_time()
+                lambda_step(
+                    model,
+                    theta,
+                    lam,
+                    granularity,
+                    batch["train"],
+                    batch["valid"],
+                    lambda_clip_norm=module.lambda_grad_clip_norm,
+                    dropout=0.0,
+                    compiled=compiled,
+                    rows=rows,
+                    **options,
+                )
+                if round_ > 0:
+                    times[route].append(time.thread_time() - started)
+            theta_step(model, theta, granularity, batch["train"], rows=rows, **options)
+    per_triple = (split.n_users + split.n_items) / (cfg.data.batch_size + cfg.data.valid_batch_size)
+    out: dict[str, Any] = {"lookahead_ml100k_rows_per_triple": per_triple}
+    for route in LOOKAHEAD_ROUTES:
+        out[f"lookahead_ml100k_{route}_seconds"] = statistics.median(times[route])
+        out[f"lookahead_ml100k_{route}_steps_timed"] = len(times[route])
+    out["lookahead_ml100k_ratio_dense_over_rows"] = (
+        out["lookahead_ml100k_dense_seconds"] / out["lookahead_ml100k_rows_seconds"]
+    )
+    print(
+        f"  ml100k_dui's real batches ({out['lookahead_ml100k_rows_per_triple']:.2f} rows per triple): row kernels "
+        f"{out['lookahead_ml100k_rows_seconds'] * 1e3:.3f} ms, whole tables "
+        f"{out['lookahead_ml100k_dense_seconds'] * 1e3:.3f} ms, whole/rows "
+        f"{out['lookahead_ml100k_ratio_dense_over_rows']:.2f}",
+        file=sys.stderr,
+    )
     return out
 
 
@@ -1590,7 +1683,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.gather:
         result = run_gather(args.threads)
     elif args.lookahead:  # compiled as the λOpt experiments set it, unless --compile-lookahead off
-        result = run_lookahead(args.threads, compiled=args.compile_lookahead != "off")
+        result = run_lookahead(
+            args.threads,
+            compiled=args.compile_lookahead != "off",
+            data=args.data and args.data.resolve(),
+            cache_dir=cache_dir,
+        )
     elif args.shape == "ml100k":
         if args.device != "cpu":
             parser.error("--shape ml100k times the CPU (its 1-thread small-data loop)")

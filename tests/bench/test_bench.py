@@ -259,6 +259,29 @@ def test_lookahead_mode_times_both_routes_per_table_size(monkeypatch) -> None:  
     assert _finite_numbers(out)
 
 
+@pytest.mark.slow
+def test_lookahead_mode_on_ml100k_alternates_both_routes_on_its_batches(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--lookahead --data: ml100k_dui's Λ-step on its real batches, each route taken as named."""
+    from tests.helpers.paths import ML100K
+
+    if not ML100K.is_file():
+        pytest.skip(f"real-data test: {ML100K} is absent (MovieLens-100K is not redistributed)")
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    from lopt.lookahead import dense
+
+    calls = []
+    real = dense.lookahead
+    monkeypatch.setattr(dense, "lookahead", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = bench.lookahead_ml100k(ML100K, REPO_ROOT / "data" / "bench", compiled=False, rounds=1)
+    timed = out["lookahead_ml100k_dense_steps_timed"]
+    assert timed > 0 and abs(timed - out["lookahead_ml100k_rows_steps_timed"]) <= 1
+    assert timed < len(calls) <= 2 * timed + 1  # its timed steps and its warm-up round's, none of the other route's
+    assert out["lookahead_ml100k_rows_per_triple"] == pytest.approx((943 + 1682) / 2048, rel=0.05)
+    assert out["lookahead_ml100k_rows_seconds"] > 0 and out["lookahead_ml100k_dense_seconds"] > 0
+
+
 def test_compare_prints_the_shared_keys_of_two_records_with_their_targets(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     """--compare: one row per TABLE key both records hold, in TABLE's order and units, each column
     headed by its commit; a ratio or a fraction over its target is bold, a met one is not."""
