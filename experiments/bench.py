@@ -1288,6 +1288,33 @@ def _shown(value: float, unit: str) -> str:
     return f"{value * scale:,.2f} {unit}" if unit != "x" else f"{value:.2f}"
 
 
+def format_lookahead(compiled: dict[str, Any], eager: dict[str, Any]) -> str:
+    """Two ``--lookahead`` records (the kernels compiled, and eager) as one markdown table: the
+    Λ-step by the row kernels and over whole tables at each size, and on ml-100k's batches."""
+    for record, expected in ((compiled, True), (eager, False)):
+        if record.get("lookahead_compiled") is not expected:
+            raise ValueError(f"format_lookahead: a record with lookahead_compiled={expected} expected")
+    lines = [
+        "| table rows per triple | compiled: rows | compiled: whole tables | whole / rows "
+        "| eager: rows | eager: whole tables | whole / rows |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cells(record: dict[str, Any], i: int | None) -> str:
+        if i is None:
+            rows, dense = record["lookahead_ml100k_rows_seconds"], record["lookahead_ml100k_dense_seconds"]
+        else:
+            rows, dense = record["lookahead_rows_seconds"][i], record["lookahead_dense_seconds"][i]
+        return f"{rows * 1e3:.2f} ms | {dense * 1e3:.2f} ms | {dense / rows:.2f}"
+
+    for i, per_triple in enumerate(compiled["lookahead_rows_per_triple"]):
+        lines.append(f"| {per_triple:g} (uniform ids) | {cells(compiled, i)} | {cells(eager, i)} |")
+    if "lookahead_ml100k_rows_seconds" in compiled and "lookahead_ml100k_rows_seconds" in eager:
+        per_triple = compiled["lookahead_ml100k_rows_per_triple"]
+        lines.append(f"| {per_triple:.2f} (ml100k_dui's batches) | {cells(compiled, None)} | {cells(eager, None)} |")
+    return "\n".join(lines)
+
+
 def format_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
     """A markdown table of the :data:`TABLE` keys that both records hold: key | before | after |
     target, each record's column headed by its code commit; a ratio or a fraction that misses
@@ -1648,13 +1675,15 @@ def main(argv: list[str] | None = None) -> int:
         nargs=2,
         type=Path,
         metavar=("BEFORE", "AFTER"),
-        help="print two records' shared keys as a markdown table (before | after | target) and exit",
+        help="print two records' shared keys as a markdown table (before | after | target) and exit; "
+        "two --lookahead records (compiled, eager): their routes side by side",
     )
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.compare is not None:
         before, after = (json.loads(path.read_text(encoding="utf-8")) for path in args.compare)
-        print(format_comparison(before, after))
+        lookahead = "lookahead_compiled" in before and "lookahead_compiled" in after
+        print(format_lookahead(before, after) if lookahead else format_comparison(before, after))
         return 0
     if args.generate is not None:
         generate_file(args.generate, args.shape)

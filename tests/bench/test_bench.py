@@ -282,6 +282,29 @@ def test_lookahead_mode_on_ml100k_alternates_both_routes_on_its_batches(monkeypa
     assert out["lookahead_ml100k_rows_seconds"] > 0 and out["lookahead_ml100k_dense_seconds"] > 0
 
 
+def test_format_lookahead_puts_both_records_routes_side_by_side() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    def record(compiled: bool, scale: float) -> dict:  # type: ignore[type-arg]
+        return {
+            "lookahead_compiled": compiled,
+            "lookahead_rows_per_triple": [0.5, 2.0],
+            "lookahead_rows_seconds": [0.004 * scale, 0.006 * scale],
+            "lookahead_dense_seconds": [0.002 * scale, 0.009 * scale],
+            "lookahead_ml100k_rows_per_triple": 1.2817,
+            "lookahead_ml100k_rows_seconds": 0.007 * scale,
+            "lookahead_ml100k_dense_seconds": 0.0056 * scale,
+        }
+
+    table = bench.format_lookahead(record(True, 1.0), record(False, 2.0)).splitlines()
+    assert table[2] == "| 0.5 (uniform ids) | 4.00 ms | 2.00 ms | 0.50 | 8.00 ms | 4.00 ms | 0.50 |"
+    assert table[3] == "| 2 (uniform ids) | 6.00 ms | 9.00 ms | 1.50 | 12.00 ms | 18.00 ms | 1.50 |"
+    assert table[4] == "| 1.28 (ml100k_dui's batches) | 7.00 ms | 5.60 ms | 0.80 | 14.00 ms | 11.20 ms | 0.80 |"
+    with pytest.raises(ValueError, match="lookahead_compiled=False expected"):
+        bench.format_lookahead(record(True, 1.0), record(True, 1.0))
+
+
 def test_compare_prints_the_shared_keys_of_two_records_with_their_targets(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     """--compare: one row per TABLE key both records hold, in TABLE's order and units, each column
     headed by its commit; a ratio or a fraction over its target is bold, a met one is not."""

@@ -240,3 +240,76 @@ def test_round9_quotes_the_compare_tables_and_its_records() -> None:
     for name in ("ml100k.json", "ml10m.json", "gather.json"):
         commit = next(v for k, v in records[name].items() if k.endswith("code_commit"))
         assert commit.startswith("ad55163"), (name, commit)
+
+
+ROUND10 = "## Round 10"
+RECORDS10 = (
+    "ml100k.json",
+    "ml100k_before.json",
+    "lookahead.json",
+    "lookahead_eager.json",
+    "metrics_change.json",
+    "study.json",
+)
+
+
+def _quoted10(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Round 10's figures: the tables ``bench.py --compare`` prints, the metric changes, the study
+    cells, and the figures its prose repeats, all formatted from the records."""
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    before, after = records["ml100k_before.json"], records["ml100k.json"]
+    compiled, eager = records["lookahead.json"], records["lookahead_eager.json"]
+    quoted = [bench.format_comparison(before, after), bench.format_lookahead(compiled, eager)]
+    for method, run in records["metrics_change.json"]["runs"].items():
+        quoted.append(
+            f"`ml100k_{method}` differs by at most {run['max_abs_difference']:.1e} in any of its "
+            f"{len(run['before'])} valid and test metrics ({len(run['keys_identical'])} of them identical)"
+        )
+    quoted.append(f"{before['ml100k_bare_step_seconds'] * 1e3:.2f} to {after['ml100k_bare_step_seconds'] * 1e3:.2f} ms")
+    quoted.append(
+        f"moved by {(1 - after['ml100k_bare_step_seconds'] / before['ml100k_bare_step_seconds']) * 100:.0f} %"
+    )
+    quoted.append(f"takes {compiled['lookahead_ml100k_ratio_dense_over_rows']:.2f} of the")
+    sizes, ratios = compiled["lookahead_rows_per_triple"], compiled["lookahead_ratio_dense_over_rows"]
+    quoted.append(f"({ratios[sizes.index(2.0)]:.2f} at 2, {ratios[sizes.index(4.0)]:.2f} at 4)")
+    eager_at_2 = eager["lookahead_ratio_dense_over_rows"][eager["lookahead_rows_per_triple"].index(2.0)]
+    quoted.append(
+        f"({eager_at_2:.2f} at 2; on ml-100k's {eager['lookahead_ml100k_rows_per_triple']:.2f}, "
+        f"{eager['lookahead_ml100k_ratio_dense_over_rows']:.2f})"
+    )
+    n_users, n_items, _ = bench.SHAPES["ml10m"]
+    quoted.append(f"({n_users:,} + {n_items:,} rows for 10,240 +")
+    quoted.append(f"10,240 triples, {(n_users + n_items) / (2 * 10_240):.2f} per triple)")
+    ratio = "ml100k_ratio_epoch_eval_over_epoch"
+    quoted.append(f"is {before[ratio]:.2f} in the before run and {after[ratio]:.2f} in the after run")
+    study = records["study.json"]
+    for prefix in ("ml100k_study_seconds_before", "ml100k_study_seconds", "ml100k_study_seconds_shared"):
+        quoted.append(_study_cell(study[prefix], study[f"{prefix}_by_method"]))
+    quoted.append(f"**{study['ml100k_study_ratio']:.2f}**")
+    for method in ("fix", "dui"):
+        by_method = (
+            study["ml100k_study_seconds_by_method"][method] / study["ml100k_study_seconds_before_by_method"][method]
+        )
+        quoted.append(f"{method}: {by_method:.2f}")
+    shared = study["ml100k_study_seconds_shared"] / study["ml100k_study_seconds"]
+    quoted.append(f"took {shared:.2f} of the launcher's time")
+    round7 = _records("round7", ("study_users_subset4.json", "study_threads1_subset4.json"))
+    users, pinned = (round7[name]["ml100k_study_ratio"] for name in round7)
+    quoted.append(f"(after /\nbefore {users:.2f} as users run them, {pinned:.2f} with the threads pinned alike)")
+    return quoted
+
+
+def test_round10_quotes_the_compare_tables_and_its_records() -> None:
+    records = _records("round10", RECORDS10)
+    section = _section(ROUND10)
+    missing = [figure for figure in _quoted10(records) if figure not in section]
+    assert not missing, f"Round 10 of RESULTS.md does not quote these as its records give them: {missing}"
+    for name in ("ml100k.json", "lookahead.json", "lookahead_eager.json"):
+        commit = next(v for k, v in records[name].items() if k.endswith("code_commit"))
+        assert commit.startswith("f2f3196"), (name, commit)
+    assert records["ml100k_before.json"]["ml100k_code_commit"].startswith("06016d5")
+    assert records["lookahead.json"]["lookahead_compiled"] and not records["lookahead_eager.json"]["lookahead_compiled"]
