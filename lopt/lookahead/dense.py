@@ -36,9 +36,10 @@ from lopt.optim.compiled import Kernel
 from lopt.types import Triples
 
 #: The whole-table look-ahead runs when |U| + |I| ≤ this × (|B| + |V|) triples, with the kernels
-#: compiled; ``bench.py --lookahead`` puts its cost at the row kernels' near 2.8 (uniform ids, d 128).
+#: compiled: ``bench.py --lookahead`` finds the two routes even between 2 and 4 table rows per
+#: triple (uniform ids, d 128; experiments/bench/RESULTS.md, round 10).
 COMPILED_MAX_ROWS_PER_TRIPLE = 2.0
-#: The same with the eager kernels, whose passes over the tables cost more (even near 1.7).
+#: The same with the eager kernels, whose passes over the tables cost more: even between 1 and 2.
 EAGER_MAX_ROWS_PER_TRIPLE = 1.0
 
 
@@ -100,12 +101,13 @@ DENSE = Kernel(_dense_kernel, "look-ahead", "model.compile_lookahead=false")
 
 
 class DenseLookahead(NamedTuple):
-    """The whole-table look-ahead's results: the validation loss (0-dim), the Θ clip's squared
-    norm (a float), and ∂l/∂λ of the user and item storages (None where a storage has no
-    gradient; a storage shared by both sides gets both parts)."""
+    """The whole-table look-ahead's results: the validation loss and the Θ clip's squared norm
+    (0-dim tensors: reading the norm is a host sync, left to a caller with a clip to check), and
+    ∂l/∂λ of the user and item storages (None where a storage has no gradient; a storage shared by
+    both sides gets both parts)."""
 
     loss: torch.Tensor
-    clip_sq: float
+    clip_sq: torch.Tensor
     grad_user: torch.Tensor | None
     grad_item: torch.Tensor | None
 
@@ -160,7 +162,7 @@ def lookahead(
         loss, clip_sq, prod_p, prod_q = DENSE(compiled, *args, *valid_batch)
     grad_user = _storage_grad(prod_p, granularity.user_storage, granularity.user_rowwise)
     grad_item = _storage_grad(prod_q, granularity.item_storage, granularity.item_rowwise)
-    return DenseLookahead(loss, float(clip_sq), grad_user, grad_item)
+    return DenseLookahead(loss, clip_sq, grad_user, grad_item)
 
 
 class _Precomputed(torch.autograd.Function):

@@ -72,7 +72,7 @@ def lookahead_validation_loss(
     )
     if fused_case and dense_lambda_grad and dense.applies(optimizer, model, n_train + n_valid, compiled):
         whole = dense.lookahead(model, optimizer, granularity, train_batch, valid_batch, compiled)
-        if clip_norm is None or norm_inactive(whole.clip_sq, clip_norm):
+        if clip_norm is None or norm_inactive(float(whole.clip_sq), clip_norm):
             return whole.attach(granularity)
         fused_case = False  # the clip may bind: the replay
     valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
