@@ -1407,6 +1407,18 @@ LOOKAHEAD_ROWS_PER_TRIPLE = (0.5, 1.0, 2.0, 4.0, 8.0)
 LOOKAHEAD_ROUTES = ("rows", "dense")
 
 
+def _lookahead_route(route: str) -> Any:
+    """A context in which the Λ-step takes ``route`` of :data:`LOOKAHEAD_ROUTES` whatever the tables'
+    size: "dense" lifts :func:`lopt.lookahead.dense.max_rows_per_triple`, "rows" turns it off."""
+    from unittest import mock
+
+    from lopt.lookahead import dense
+
+    if route == "dense":
+        return mock.patch.object(dense, "max_rows_per_triple", return_value=math.inf)
+    return mock.patch.object(dense, "applies", return_value=False)
+
+
 def run_lookahead(
     threads: int | None,
     rounds: int = 5,
@@ -1419,11 +1431,9 @@ def run_lookahead(
     """The λOpt-DUI Λ-step by the row kernels and over whole tables, per table size (the module
     docstring, ``--lookahead``; ``compiled``: the look-ahead kernels through torch.compile); with
     ``data`` (ml-100k's u.data) also on its real batches (:func:`lookahead_ml100k`)."""
-    from unittest import mock
 
     import torch
 
-    from lopt.lookahead import dense
     from lopt.lookahead.steps import lambda_step, train_loss
     from lopt.models.granularity import LambdaGranularity
     from lopt.models.mf import MatrixFactorization
@@ -1444,12 +1454,7 @@ def run_lookahead(
                 granularity = LambdaGranularity("dui", n_rows, n_rows, dim, init=1e-3)
                 theta = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
                 lam = LambdaAdam(list(granularity.parameters()), lr=1e-3, amsgrad=True)
-                forced = (
-                    mock.patch.object(dense, "max_rows_per_triple", return_value=math.inf)
-                    if route == "dense"
-                    else mock.patch.object(dense, "applies", return_value=False)
-                )
-                with forced:
+                with _lookahead_route(route):
                     for step in range(steps):
                         train, valid = (
                             tuple(torch.randint(0, n_rows, (LOOKAHEAD_BATCH,), generator=gen) for _ in range(3))
@@ -1505,11 +1510,9 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
     """``ml100k_dui``'s Λ-step (its module, optimizers and real batches) by the row kernels and over
     whole tables, the two alternating step by step in one process (both compute the same update, so
     they follow one trajectory); thread CPU time, medians."""
-    from unittest import mock
 
     import lightning.pytorch as L
 
-    from lopt.lookahead import dense
     from lopt.lookahead.steps import lambda_step, theta_step, train_loss
     from lopt.models.rows import batch_rows
     from lopt.pipeline import build_module, prepare_data
@@ -1542,12 +1545,7 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
             theta.zero_grad(set_to_none=True)
             rows = batch_rows(batch["train"], split.n_users, split.n_items)
             train_loss(model, batch["train"], rows).backward()
-            forced = (
-                mock.patch.object(dense, "max_rows_per_triple", return_value=math.inf)
-                if route == "dense"
-                else mock.patch.object(dense, "applies", return_value=False)
-            )
-            with forced:
+            with _lookahead_route(route):
                 started = time.thread_time()
                 lambda_step(
                     model,
