@@ -1046,6 +1046,7 @@ def study_seconds(
     jobs: int = 2,
     shared: bool = False,
     subset: int | None = None,
+    methods: tuple[str, ...] = tuple(STUDY_SWEEPS),
 ) -> dict[str, float]:
     """Wall seconds of the λFix and the λOpt-DUI study of ``code`` (a checkout of lopt): each a
     ``python run.py -m`` sweep over the fixed :data:`STUDY_SWEEPS` list of ``trials`` values, the
@@ -1054,10 +1055,12 @@ def study_seconds(
     processes instead: the list dealt round-robin to ``jobs`` concurrent ``run.py -m`` processes of
     Hydra's basic launcher (one trial after another in one process, which reuses the imports, the
     compiled kernels and the prepared split), each at ``cores // jobs`` threads. ``subset``: only
-    that many configurations of the list (:func:`study_subset`)."""
+    that many configurations of the list (:func:`study_subset`); ``methods``: the studies timed
+    (keys of :data:`STUDY_SWEEPS`)."""
     out = {}
     threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
-    for key, (experiment, param, low, high) in STUDY_SWEEPS.items():
+    for key in methods:
+        experiment, param, low, high = STUDY_SWEEPS[key]
         sweep_dir = workdir / f"study-{code.name}-{key}"
         values = study_subset(study_values(trials, low, high), subset or trials)
         common = [
@@ -1111,12 +1114,19 @@ def study_seconds(
 
 
 def run_study(
-    data: Path, before: Path | None, trials: int, epochs: int, shared: bool = False, subset: int | None = None
+    data: Path,
+    before: Path | None,
+    trials: int,
+    epochs: int,
+    shared: bool = False,
+    subset: int | None = None,
+    methods: tuple[str, ...] = tuple(STUDY_SWEEPS),
 ) -> dict[str, Any]:
     """``--study``: the ml-100k studies of this checkout and, with ``before``, of that checkout
     (e.g. a git worktree of the baseline commit), back to back on this machine; with ``shared``
     also this checkout's studies with the trials sharing processes (``ml100k_study_seconds_shared``);
-    with ``subset``, every study runs only that many configurations of its fixed list."""
+    with ``subset``, every study runs only that many configurations of its fixed list; ``methods``:
+    which studies (``study_methods``; the totals sum those only)."""
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-study-"))
     atexit.register(shutil.rmtree, workdir, True)
@@ -1126,20 +1136,21 @@ def run_study(
         "study_trials_timed": timed,
         "study_epochs": epochs,
         "study_jobs": 2,
+        "study_methods": list(methods),
         "study_thread_variables": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
     }
-    after = study_seconds(REPO_ROOT, data, workdir, trials, epochs, subset=subset)
+    after = study_seconds(REPO_ROOT, data, workdir, trials, epochs, subset=subset, methods=methods)
     out["ml100k_study_seconds"] = sum(after.values())
     out["ml100k_study_seconds_by_method"] = after
     if before is not None:
-        prior = study_seconds(before.resolve(), data, workdir, trials, epochs, subset=subset)
+        prior = study_seconds(before.resolve(), data, workdir, trials, epochs, subset=subset, methods=methods)
         out["ml100k_study_seconds_before"] = sum(prior.values())
         out["ml100k_study_seconds_before_by_method"] = prior
         out["ml100k_study_before_code"] = before.resolve().name  # its commit: ml100k_study_before_commit
         out["ml100k_study_before_commit"] = code_commit(before.resolve())
         out["ml100k_study_ratio"] = out["ml100k_study_seconds"] / out["ml100k_study_seconds_before"]
     if shared:
-        in_shared = study_seconds(REPO_ROOT, data, workdir, trials, epochs, shared=True, subset=subset)
+        in_shared = study_seconds(REPO_ROOT, data, workdir, trials, epochs, shared=True, subset=subset, methods=methods)
         out["ml100k_study_seconds_shared"] = sum(in_shared.values())
         out["ml100k_study_seconds_shared_by_method"] = in_shared
     out["study_load_avg"] = {"before": list(load_before), "after": list(os.getloadavg())}
@@ -1653,6 +1664,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--study-epochs", type=int, default=80, help="the equal budget's max epochs (default 80)")
     parser.add_argument(
+        "--study-methods",
+        nargs="+",
+        choices=list(STUDY_SWEEPS),
+        default=list(STUDY_SWEEPS),
+        help="which studies to time (default: all); the totals sum these only",
+    )
+    parser.add_argument(
         "--rss",
         action="store_true",
         help="peak RSS of one ml10m_dui run on --shape's synthetic file, alone (peak_rss_mb_ml10m_dui_run)",
@@ -1704,6 +1722,7 @@ def main(argv: list[str] | None = None) -> int:
             args.study_epochs,
             args.study_shared,
             args.study_subset,
+            tuple(args.study_methods),
         )
     elif args.rss:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)

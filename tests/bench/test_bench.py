@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -187,6 +188,39 @@ def test_bench_study_and_rss_modes(tmp_path) -> None:  # type: ignore[no-untyped
     result = _bench(tmp_path, "--rss", "--shape", "tiny", "--rss-epochs", "1")
     assert 50 < result["peak_rss_mb_ml10m_dui_run"] < 20_000
     assert result["ml100k_study_seconds"] > 0  # the study's keys are kept
+
+
+def test_study_methods_time_only_the_named_studies(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--study-methods dui: only the DUI sweep is launched, in both checkouts, and the totals and
+    the ratio sum that study alone."""
+    bench = _load_bench()
+    launched = []
+
+    class FakeRun:
+        def __init__(self, cmd, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            launched.append(cmd)
+            sweep = next(pathlib.Path(arg.split("=", 1)[1]) for arg in cmd if arg.startswith("hydra.sweep.dir="))
+            values = next(arg for arg in cmd if arg.startswith(("model.lambda_value=", "lambda_optimizer.lr=")))
+            for i, _ in enumerate(values.split("=", 1)[1].split(",")):
+                (sweep / str(i)).mkdir(parents=True)
+                (sweep / str(i) / "metrics.json").write_text("{}")
+            self.returncode = 0
+
+        def communicate(self) -> tuple[str, str]:
+            return "", ""
+
+    monkeypatch.setattr(bench.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(bench, "code_commit", lambda checkout: "0" * 40)
+    result = bench.run_study(tmp_path / "u.data", REPO_ROOT, trials=3, epochs=1, methods=("dui",))
+    experiments = [next(arg for arg in cmd if arg.startswith("+experiment=")) for cmd in launched]
+    assert experiments == ["+experiment=ml100k_dui", "+experiment=ml100k_dui"]
+    assert result["study_methods"] == ["dui"]
+    assert set(result["ml100k_study_seconds_by_method"]) == {"dui"}
+    assert set(result["ml100k_study_seconds_before_by_method"]) == {"dui"}
+    assert result["ml100k_study_seconds"] == result["ml100k_study_seconds_by_method"]["dui"]
+    assert result["ml100k_study_ratio"] == pytest.approx(
+        result["ml100k_study_seconds"] / result["ml100k_study_seconds_before"]
+    )
 
 
 def test_study_values_are_a_fixed_log_spaced_list() -> None:
