@@ -115,6 +115,7 @@ import atexit
 import copy
 import ctypes
 import gc
+import json
 import logging
 import math
 import os
@@ -848,8 +849,6 @@ class FirstStepStamp:
     the run (``+callbacks.first_step._target_=bench.FirstStepStamp``)."""
 
     def __new__(cls, path: str) -> Any:  # a Lightning callback built where Lightning is imported
-        import json
-
         import lightning.pytorch as L
 
         class _Callback(L.Callback):
@@ -866,8 +865,6 @@ def startup_seconds(workdir: Path, runs: int = 2) -> tuple[float, list[str]]:
     """Seconds from launching ``python run.py`` (synthetic data, defaults) to its first training
     step, median of ``runs`` fresh processes (each stopped after that step), and the
     :data:`OPTIONAL_IMPORTS` those processes had loaded by then."""
-    import json
-
     times = []
     imported: set[str] = set()
     for i in range(runs):
@@ -1154,6 +1151,45 @@ def run_study(
         out["ml100k_study_seconds_shared"] = sum(in_shared.values())
         out["ml100k_study_seconds_shared_by_method"] = in_shared
     out["study_load_avg"] = {"before": list(load_before), "after": list(os.getloadavg())}
+    return out
+
+
+#: Keys that must agree between study records combined by :func:`combine_studies`.
+STUDY_SETTINGS = ("study_trials", "study_trials_timed", "study_epochs", "study_jobs", "ml100k_study_before_commit")
+
+
+def combine_studies(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One study record from ``--study`` records of disjoint ``--study-methods`` (each pair timed
+    back to back in its own invocation): the per-method seconds merged, the totals and the ratio
+    recomputed from them, and each record's methods, commits and load kept under ``study_pairs``.
+    ValueError when the methods overlap or the settings (:data:`STUDY_SETTINGS`) differ."""
+    if not records:
+        raise ValueError("no study records to combine")
+    methods: list[str] = []
+    for record in records:
+        if "study_methods" not in record:
+            raise ValueError("a record without study_methods: not a --study record of this bench")
+        overlap = set(methods) & set(record["study_methods"])
+        if overlap:
+            raise ValueError(f"study records overlap in {sorted(overlap)}: each method must be timed once")
+        methods += record["study_methods"]
+    for key in STUDY_SETTINGS:
+        values = {json.dumps(record.get(key)) for record in records}
+        if len(values) > 1:
+            raise ValueError(f"study records differ in {key}: {sorted(values)}")
+    first = records[0]
+    out: dict[str, Any] = {key: first[key] for key in STUDY_SETTINGS if key in first}
+    out["study_methods"] = methods
+    for suffix in ("", "_before", "_shared"):
+        by_method = f"ml100k_study_seconds{suffix}_by_method"
+        if all(by_method in record for record in records):
+            merged = {key: value for record in records for key, value in record[by_method].items()}
+            out[by_method] = merged
+            out[f"ml100k_study_seconds{suffix}"] = sum(merged.values())
+    if "ml100k_study_seconds_before" in out:
+        out["ml100k_study_ratio"] = out["ml100k_study_seconds"] / out["ml100k_study_seconds_before"]
+    pair_keys = ("study_methods", "ml100k_study_code_commit", "ml100k_study_before_code", "study_load_avg")
+    out["study_pairs"] = [{key: record[key] for key in pair_keys if key in record} for record in records]
     return out
 
 
@@ -1593,8 +1629,6 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted([*SHAPES, "ml100k"]), default="ml10m")
     parser.add_argument(
@@ -1694,12 +1728,27 @@ def main(argv: list[str] | None = None) -> int:
         help="print two records' shared keys as a markdown table (before | after | target) and exit; "
         "two --lookahead records (compiled, eager): their routes side by side",
     )
+    parser.add_argument(
+        "--combine-studies",
+        nargs="+",
+        type=Path,
+        metavar="RECORD",
+        help="write to --out one study record from --study records of disjoint --study-methods, and exit",
+    )
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.compare is not None:
         before, after = (json.loads(path.read_text(encoding="utf-8")) for path in args.compare)
         lookahead = "lookahead_compiled" in before and "lookahead_compiled" in after
         print(format_lookahead(before, after) if lookahead else format_comparison(before, after))
+        return 0
+    if args.combine_studies is not None:
+        from lopt.io import atomic_write_json
+
+        combined = combine_studies([json.loads(path.read_text(encoding="utf-8")) for path in args.combine_studies])
+        atomic_write_json(args.out, combined)
+        print(format_table(combined))
+        print(f"wrote {args.out}")
         return 0
     if args.generate is not None:
         generate_file(args.generate, args.shape)

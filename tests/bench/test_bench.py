@@ -223,6 +223,52 @@ def test_study_methods_time_only_the_named_studies(tmp_path, monkeypatch) -> Non
     )
 
 
+def _study_record(methods: dict[str, tuple[float, float]], **settings: object) -> dict[str, object]:
+    """A --study record of ``methods`` (method → (after, before) seconds)."""
+    return {
+        "study_trials": 20,
+        "study_trials_timed": 20,
+        "study_epochs": 80,
+        "study_jobs": 2,
+        "ml100k_study_before_commit": "b" * 40,
+        "ml100k_study_code_commit": "a" * 40,
+        "study_methods": list(methods),
+        "ml100k_study_seconds_by_method": {key: after for key, (after, _) in methods.items()},
+        "ml100k_study_seconds_before_by_method": {key: before for key, (_, before) in methods.items()},
+        "ml100k_study_seconds": sum(after for after, _ in methods.values()),
+        "ml100k_study_seconds_before": sum(before for _, before in methods.values()),
+        "study_load_avg": {"before": [1.0, 1.0, 1.0], "after": [2.0, 2.0, 2.0]},
+        **settings,
+    }
+
+
+def test_combine_studies_sums_disjoint_pairs_and_refuses_mismatches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two pairs timed apart combine into one record whose totals and ratio are the per-method
+    sums; overlapping methods or differing settings are refused; the CLI writes the record."""
+    bench = _load_bench()
+    dui = _study_record({"dui": (600.0, 5000.0)})
+    fix = _study_record({"fix": (300.0, 2700.0)}, ml100k_study_code_commit="c" * 40)
+    combined = bench.combine_studies([dui, fix])
+    assert combined["study_methods"] == ["dui", "fix"]
+    assert combined["ml100k_study_seconds_by_method"] == {"dui": 600.0, "fix": 300.0}
+    assert combined["ml100k_study_seconds"] == 900.0 and combined["ml100k_study_seconds_before"] == 7700.0
+    assert combined["ml100k_study_ratio"] == pytest.approx(900.0 / 7700.0)
+    assert [pair["ml100k_study_code_commit"] for pair in combined["study_pairs"]] == ["a" * 40, "c" * 40]
+    with pytest.raises(ValueError, match="overlap"):
+        bench.combine_studies([dui, dui])
+    with pytest.raises(ValueError, match="study_epochs"):
+        bench.combine_studies([dui, _study_record({"fix": (1.0, 2.0)}, study_epochs=40)])
+    with pytest.raises(ValueError, match="ml100k_study_before_commit"):
+        bench.combine_studies([dui, _study_record({"fix": (1.0, 2.0)}, ml100k_study_before_commit="d" * 40)])
+    paths = []
+    for name, record in (("dui.json", dui), ("fix.json", fix)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(record))
+    out = tmp_path / "study.json"
+    assert bench.main(["--combine-studies", *map(str, paths), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == combined
+
+
 def test_study_values_are_a_fixed_log_spaced_list() -> None:
     bench = _load_bench()
     values = [float(v) for v in bench.study_values(20, 1e-6, 10.0)]
