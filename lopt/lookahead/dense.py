@@ -111,6 +111,19 @@ class DenseLookahead(NamedTuple):
     grad_user: torch.Tensor | None
     grad_item: torch.Tensor | None
 
+    def storage_grads(self, granularity: LambdaGranularity) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(λ storage, its ∂l/∂λ) for each storage with a gradient, a storage shared by both sides
+        once with the sum of its two parts: what :meth:`attach`'s backward writes into ``.grad``."""
+        grads: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for storage, grad in ((granularity.user_storage, self.grad_user), (granularity.item_storage, self.grad_item)):
+            if grad is None:
+                continue
+            if grads and grads[0][0] is storage:
+                grads[0] = (storage, grads[0][1] + grad)
+            else:
+                grads.append((storage, grad))
+        return grads
+
     def attach(self, granularity: LambdaGranularity) -> torch.Tensor:
         """The loss as a scalar whose backward writes the Λ-gradient (times ∂out/∂l)."""
         return _Precomputed.apply(

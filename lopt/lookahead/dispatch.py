@@ -44,7 +44,43 @@ def lookahead_validation_loss(
     dense_lambda_grad: bool = False,
 ) -> torch.Tensor:
     """l(V_t; Θ̄_{t+1}(Λ)): the BPR loss of ``valid_batch`` after the simulated Θ-step (a scalar whose
-    graph reaches Λ only; Θ, g_t and the optimizer state are constants).
+    graph reaches Λ only; Θ, g_t and the optimizer state are constants): :func:`lookahead`'s
+    result, a whole-table one attached to Λ (its backward writes the Λ-gradient it carries)."""
+    result = lookahead(
+        model,
+        theta_optimizer,
+        granularity,
+        train_batch,
+        valid_batch,
+        scope=scope,
+        scale=scale,
+        clip_norm=clip_norm,
+        dropout=dropout,
+        compiled=compiled,
+        train_rows=train_rows,
+        dense_lambda_grad=dense_lambda_grad,
+    )
+    return result.attach(granularity) if isinstance(result, dense.DenseLookahead) else result
+
+
+def lookahead(
+    model: FactorModel,
+    theta_optimizer: torch.optim.Optimizer,
+    granularity: LambdaGranularity,
+    train_batch: Triples,
+    valid_batch: Triples,
+    *,
+    scope: str,
+    scale: float,
+    clip_norm: float | None,
+    dropout: float = 0.0,
+    compiled: bool = False,
+    train_rows: BatchRows | None = None,
+    dense_lambda_grad: bool = False,
+) -> torch.Tensor | dense.DenseLookahead:
+    """The look-ahead of :func:`lookahead_validation_loss`: its loss with a graph to Λ, or, where the
+    whole-table route runs, that route's loss and dense Λ-gradient as computed
+    (:class:`lopt.lookahead.dense.DenseLookahead`, which a caller may apply without autograd).
 
     Preconditions as :func:`lookahead_rows`. Only the rows ``valid_batch`` touches are simulated:
     cost O((|B|+|V|)·d) for scope "batch" (plus O((|U|+|I|)·d) for the clip norm under scope "all"),
@@ -73,7 +109,7 @@ def lookahead_validation_loss(
     if fused_case and dense_lambda_grad and dense.applies(optimizer, model, n_train + n_valid, compiled):
         whole = dense.lookahead(model, optimizer, granularity, train_batch, valid_batch, compiled)
         if clip_norm is None or norm_inactive(float(whole.clip_sq), clip_norm):
-            return whole.attach(granularity)
+            return whole
         fused_case = False  # the clip may bind: the replay
     valid = triple_rows(valid_batch, P.shape[0], Q.shape[0])
     if fused_case:
@@ -94,6 +130,7 @@ def lookahead_validation_loss(
 __all__ = [
     "SUPPORTED_OPTIMIZERS",
     "SUPPORTED_ROW_SPARSE",
+    "lookahead",
     "lookahead_rows",
     "lookahead_validation_loss",
     "simulate_step_rows",

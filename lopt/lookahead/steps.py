@@ -12,12 +12,19 @@ from typing import Any
 
 import torch
 
-from lopt.lookahead.dispatch import lookahead_validation_loss
+from lopt.lookahead.dense import DenseLookahead
+from lopt.lookahead.dispatch import lookahead
 from lopt.models.granularity import LambdaGranularity
 from lopt.models.mf import MatrixFactorization
 from lopt.models.regularizer import add_penalty_grad_, add_penalty_grad_and_clip_rows_, clip_grad_norm_
 from lopt.models.rows import BatchRows
-from lopt.optim.lambda_optimizers import LambdaAdam, LambdaRowSparseAdam, LambdaSGD, clip_lambda_grad_
+from lopt.optim.lambda_optimizers import (
+    LambdaAdam,
+    LambdaRowSparseAdam,
+    LambdaSGD,
+    clip_lambda_grad_,
+    set_grads_clip_and_step,
+)
 from lopt.types import Triples
 
 
@@ -60,7 +67,7 @@ def lambda_step(
     :func:`lopt.models.rows.batch_rows` (None: computed where needed). Returns (the look-ahead
     validation loss, the Λ-gradient norm before clipping), both detached."""
     lambda_optimizer.zero_grad(set_to_none=True)
-    valid_loss = lookahead_validation_loss(
+    result = lookahead(
         model,
         theta_optimizer,
         granularity,
@@ -74,9 +81,17 @@ def lambda_step(
         train_rows=rows,
         dense_lambda_grad=type(lambda_optimizer) in DENSE_GRAD_LAMBDA_OPTIMIZERS,
     )
-    valid_loss.backward()
-    lambda_grad_norm = clip_lambda_grad_(list(granularity.parameters()), lambda_clip_norm)
-    lambda_optimizer.step()
+    if isinstance(result, DenseLookahead):
+        # the whole-table route computed the Λ-gradient with the loss: it becomes .grad as it is,
+        # without a backward through an attached loss (the same values: that backward scales by 1)
+        valid_loss = result.loss
+        grads = result.storage_grads(granularity)
+        lambda_grad_norm = set_grads_clip_and_step(lambda_optimizer, grads, lambda_clip_norm)
+    else:
+        valid_loss = result
+        valid_loss.backward()
+        lambda_grad_norm = clip_lambda_grad_(list(granularity.parameters()), lambda_clip_norm)
+        lambda_optimizer.step()
     # Λ ≥ 0 is guaranteed here, whatever the optimizer: after any optimizer but lopt's own projected
     # ones (which clamp every entry they write), Λ is clamped onto [0, ∞).
     if type(lambda_optimizer) not in SELF_PROJECTING:

@@ -151,6 +151,19 @@ class LambdaRowSparseAdam(RowSparseOptimizer):
         adam_rows_(p, *moments, rows, g, step_size, bc2_sqrt, beta1, beta2, eps, max_exp_avg_sq=max_v, min_value=0.0)
 
 
+def set_grads_clip_and_step(
+    optimizer: torch.optim.Optimizer, grads: list[tuple[torch.Tensor, torch.Tensor]], max_norm: float | None
+) -> torch.Tensor:
+    """Each param's ``.grad`` set to its gradient in ``grads`` ((param, gradient) pairs, each param
+    once), :func:`clip_lambda_grad_` of them, then ``optimizer.step()``: what a backward writing
+    these gradients followed by the clip and the step does. Returns the norm before clipping."""
+    for p, grad in grads:
+        p.grad = grad
+    norm = clip_lambda_grad_([p for p, _ in grads], max_norm)
+    optimizer.step()
+    return norm
+
+
 def clip_lambda_grad_(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
     """:func:`clip_grads_` of the Λ tensors that have a gradient (norm 0 when none has)."""
     params = [p for p in params if p.grad is not None]
@@ -164,4 +177,5 @@ __all__ = [
     "LambdaRowSparseAdam",
     "LambdaSGD",
     "clip_lambda_grad_",
+    "set_grads_clip_and_step",
 ]

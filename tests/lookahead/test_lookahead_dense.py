@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from lopt.lookahead import dense, dispatch
+from lopt.lookahead import dense, dispatch, steps
 from lopt.lookahead.dispatch import lookahead_validation_loss
 from lopt.lookahead.state import REPLAY
 from lopt.lookahead.steps import DENSE_GRAD_LAMBDA_OPTIMIZERS
@@ -28,6 +28,7 @@ from tests.helpers.lambda_models import (
     VALID,
     assert_lambda_grad_matches_finite_differences,
     lambda_opt_iteration,
+    train_backward,
 )
 from tests.helpers.lookahead import ADAMS, BIG_CLIP, LEARNABLE, build_adam, build_sparse_adam
 
@@ -185,6 +186,40 @@ def test_iterations_with_a_dense_gradient_equal_the_sparse_ones(gran_name: str, 
 
     for got, want in zip(run(True), run(False), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("lambda_optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("gran_name", ["d", "du", "dui"])
+def test_the_lambda_gradient_set_as_computed_equals_its_backward(gran_name: str, lambda_optimizer: str) -> None:
+    """lambda_step applies the whole-table Λ-gradient without a backward: three λOpt iterations give
+    Λ, Θ and the logged values of the route that attaches the loss to Λ and runs its backward, bit
+    for bit (D's one λ tensor serves both sides: its two parts are summed either way)."""
+
+    def run(backward: bool):  # type: ignore[no-untyped-def]
+        model, gran, opt = lambda_models.build(ADAMS["adam_amsgrad"], gran_name, prior_steps=2)
+        params = list(gran.parameters())
+        lam_opt = LambdaAdam(params, lr=0.01, amsgrad=True) if lambda_optimizer == "adam" else LambdaSGD(params, lr=0.5)
+        real = steps.lookahead
+
+        def attached(model, theta, granularity, *args, **kwargs):  # type: ignore[no-untyped-def]
+            result = real(model, theta, granularity, *args, **kwargs)
+            assert isinstance(result, dense.DenseLookahead)
+            return result.attach(granularity)
+
+        gen = torch.Generator().manual_seed(11)
+        logged = []
+        with mock.patch.object(steps, "lookahead", attached) if backward else contextlib.nullcontext():
+            for _ in range(3):
+                train, valid = lambda_models.random_batch(gen, 6), lambda_models.random_batch(gen, 5)
+                train_backward(model, opt, train)
+                kwargs = {"scope": "batch", "scale": 1.0, "clip_norm": BIG_CLIP}
+                options = {"lambda_clip_norm": 1e-3, "dropout": 0.0, "compiled": False}
+                logged += steps.lambda_step(model, opt, lam_opt, gran, train, valid, **options, **kwargs)
+                steps.theta_step(model, opt, gran, train, **kwargs)
+        return [t.detach().clone() for t in (*logged, *gran.parameters(), *model.parameters())]
+
+    for got, want in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)
 
 
 @pytest.fixture
