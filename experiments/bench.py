@@ -1359,6 +1359,19 @@ def format_lookahead(compiled: dict[str, Any], eager: dict[str, Any]) -> str:
     if "lookahead_ml100k_rows_seconds" in compiled and "lookahead_ml100k_rows_seconds" in eager:
         per_triple = compiled["lookahead_ml100k_rows_per_triple"]
         lines.append(f"| {per_triple:.2f} (ml100k_dui's batches) | {cells(compiled, None)} | {cells(eager, None)} |")
+    key = "lookahead_ml100k_dense_backward_seconds"
+    if key in compiled and key in eager:
+        ratio = "lookahead_ml100k_ratio_dense_over_dense_backward"
+        lines += ["", "| ml100k_dui's batches, whole tables | compiled | eager |", "|---|---|---|"]
+        lines.append(
+            f"| the Λ-gradient set as computed | {compiled['lookahead_ml100k_dense_seconds'] * 1e3:.2f} ms "
+            f"| {eager['lookahead_ml100k_dense_seconds'] * 1e3:.2f} ms |"
+        )
+        lines.append(
+            f"| written by a backward through the loss attached to Λ | {compiled[key] * 1e3:.2f} ms "
+            f"| {eager[key] * 1e3:.2f} ms |"
+        )
+        lines.append(f"| set / backward | {compiled[ratio]:.2f} | {eager[ratio]:.2f} |")
     return "\n".join(lines)
 
 
@@ -1452,18 +1465,34 @@ LOOKAHEAD_BATCH = 1024
 LOOKAHEAD_ROWS_PER_TRIPLE = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: ``--lookahead``'s routes: the row kernels (``lopt.lookahead.fused``) and the whole tables
 LOOKAHEAD_ROUTES = ("rows", "dense")
+#: on ml-100k's batches also: the whole tables with the Λ-gradient written by a backward through the
+#: loss attached to Λ (autograd's route) instead of set as computed
+LOOKAHEAD_ML100K_ROUTES = (*LOOKAHEAD_ROUTES, "dense_backward")
 
 
 def _lookahead_route(route: str) -> Any:
-    """A context in which the Λ-step takes ``route`` of :data:`LOOKAHEAD_ROUTES` whatever the tables'
-    size: "dense" lifts :func:`lopt.lookahead.dense.max_rows_per_triple`, "rows" turns it off."""
+    """A context in which the Λ-step takes ``route`` of :data:`LOOKAHEAD_ML100K_ROUTES` whatever the
+    tables' size: "dense" lifts :func:`lopt.lookahead.dense.max_rows_per_triple`, "rows" turns it
+    off, "dense_backward" lifts it and hands ``lambda_step`` the whole-table result attached to Λ
+    (its backward, then the clip and the step)."""
+    import contextlib
     from unittest import mock
 
-    from lopt.lookahead import dense
+    from lopt.lookahead import dense, steps
 
-    if route == "dense":
-        return mock.patch.object(dense, "max_rows_per_triple", return_value=math.inf)
-    return mock.patch.object(dense, "applies", return_value=False)
+    if route == "rows":
+        return mock.patch.object(dense, "applies", return_value=False)
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(dense, "max_rows_per_triple", return_value=math.inf))
+    if route == "dense_backward":
+        real = steps.lookahead
+
+        def attached(model: Any, theta: Any, granularity: Any, *args: Any, **kwargs: Any) -> Any:
+            result = real(model, theta, granularity, *args, **kwargs)
+            return result.attach(granularity) if isinstance(result, dense.DenseLookahead) else result
+
+        stack.enter_context(mock.patch.object(steps, "lookahead", attached))
+    return stack
 
 
 def run_lookahead(
@@ -1584,11 +1613,11 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
     theta = module.make_theta_optimizer(model.parameters())
     lam = module.make_lambda_optimizer([p for p in granularity.parameters() if p.requires_grad])
     options = {"scope": module.penalty_scope, "scale": module.penalty_scale, "clip_norm": module.grad_clip_norm}
-    times: dict[str, list[float]] = {route: [] for route in LOOKAHEAD_ROUTES}
+    times: dict[str, list[float]] = {route: [] for route in LOOKAHEAD_ML100K_ROUTES}
     batches = list(datamodule.train_dataloader())
     for round_ in range(rounds + 1):  # round 0 warms up (compiles)
         for i, batch in enumerate(batches):
-            route = LOOKAHEAD_ROUTES[(i + round_) % 2]
+            route = LOOKAHEAD_ML100K_ROUTES[(i + round_) % len(LOOKAHEAD_ML100K_ROUTES)]
             theta.zero_grad(set_to_none=True)
             rows = batch_rows(batch["train"], split.n_users, split.n_items)
             train_loss(model, batch["train"], rows).backward()
@@ -1612,17 +1641,21 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
             theta_step(model, theta, granularity, batch["train"], rows=rows, **options)
     per_triple = (split.n_users + split.n_items) / (cfg.data.batch_size + cfg.data.valid_batch_size)
     out: dict[str, Any] = {"lookahead_ml100k_rows_per_triple": per_triple}
-    for route in LOOKAHEAD_ROUTES:
+    for route in LOOKAHEAD_ML100K_ROUTES:
         out[f"lookahead_ml100k_{route}_seconds"] = statistics.median(times[route])
         out[f"lookahead_ml100k_{route}_steps_timed"] = len(times[route])
     out["lookahead_ml100k_ratio_dense_over_rows"] = (
         out["lookahead_ml100k_dense_seconds"] / out["lookahead_ml100k_rows_seconds"]
     )
+    out["lookahead_ml100k_ratio_dense_over_dense_backward"] = (
+        out["lookahead_ml100k_dense_seconds"] / out["lookahead_ml100k_dense_backward_seconds"]
+    )
     print(
         f"  ml100k_dui's real batches ({out['lookahead_ml100k_rows_per_triple']:.2f} rows per triple): row kernels "
         f"{out['lookahead_ml100k_rows_seconds'] * 1e3:.3f} ms, whole tables "
         f"{out['lookahead_ml100k_dense_seconds'] * 1e3:.3f} ms, whole/rows "
-        f"{out['lookahead_ml100k_ratio_dense_over_rows']:.2f}",
+        f"{out['lookahead_ml100k_ratio_dense_over_rows']:.2f}; whole tables after a backward "
+        f"{out['lookahead_ml100k_dense_backward_seconds'] * 1e3:.3f} ms",
         file=sys.stderr,
     )
     return out

@@ -355,11 +355,31 @@ def test_lookahead_mode_on_ml100k_alternates_both_routes_on_its_batches(monkeypa
     real = dense.lookahead
     monkeypatch.setattr(dense, "lookahead", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = bench.lookahead_ml100k(ML100K, REPO_ROOT / "data" / "bench", compiled=False, rounds=1)
-    timed = out["lookahead_ml100k_dense_steps_timed"]
-    assert timed > 0 and abs(timed - out["lookahead_ml100k_rows_steps_timed"]) <= 1
-    assert timed < len(calls) <= 2 * timed + 1  # its timed steps and its warm-up round's, none of the other route's
+    timed = {route: out[f"lookahead_ml100k_{route}_steps_timed"] for route in bench.LOOKAHEAD_ML100K_ROUTES}
+    assert min(timed.values()) > 0 and max(timed.values()) - min(timed.values()) <= 1
+    whole = sum(count for route, count in timed.items() if route != "rows")
+    # the whole-table routes' timed steps and their warm-up round's, none of the row route's
+    assert whole < len(calls) <= 2 * whole + 3
     assert out["lookahead_ml100k_rows_per_triple"] == pytest.approx((943 + 1682) / 2048, rel=0.05)
-    assert out["lookahead_ml100k_rows_seconds"] > 0 and out["lookahead_ml100k_dense_seconds"] > 0
+    for route in bench.LOOKAHEAD_ML100K_ROUTES:
+        assert out[f"lookahead_ml100k_{route}_seconds"] > 0
+    assert out["lookahead_ml100k_ratio_dense_over_dense_backward"] > 0
+
+
+def test_lookahead_routes_switch_the_whole_tables_and_the_backward() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    from lopt.lookahead import dense, steps
+
+    real = steps.lookahead
+    with bench._lookahead_route("rows"):
+        assert not dense.applies(None, None, 0, True)  # type: ignore[arg-type]
+    with bench._lookahead_route("dense"):
+        assert dense.max_rows_per_triple(True) == math.inf and steps.lookahead is real
+    with bench._lookahead_route("dense_backward"):
+        assert dense.max_rows_per_triple(True) == math.inf and steps.lookahead is not real
+    assert dense.max_rows_per_triple(True) == dense.COMPILED_MAX_ROWS_PER_TRIPLE and steps.lookahead is real
 
 
 def test_format_lookahead_puts_both_records_routes_side_by_side() -> None:
@@ -381,8 +401,20 @@ def test_format_lookahead_puts_both_records_routes_side_by_side() -> None:
     assert table[2] == "| 0.5 (uniform ids) | 4.00 ms | 2.00 ms | 0.50 | 8.00 ms | 4.00 ms | 0.50 |"
     assert table[3] == "| 2 (uniform ids) | 6.00 ms | 9.00 ms | 1.50 | 12.00 ms | 18.00 ms | 1.50 |"
     assert table[4] == "| 1.28 (ml100k_dui's batches) | 7.00 ms | 5.60 ms | 0.80 | 14.00 ms | 11.20 ms | 0.80 |"
+    assert len(table) == 5  # records without the whole-table variants: no second table
     with pytest.raises(ValueError, match="lookahead_compiled=False expected"):
         bench.format_lookahead(record(True, 1.0), record(True, 1.0))
+
+    def with_backward(compiled: bool, scale: float) -> dict:  # type: ignore[type-arg]
+        out = record(compiled, scale)
+        out["lookahead_ml100k_dense_backward_seconds"] = 0.007 * scale
+        out["lookahead_ml100k_ratio_dense_over_dense_backward"] = 0.8
+        return out
+
+    table = bench.format_lookahead(with_backward(True, 1.0), with_backward(False, 2.0)).splitlines()
+    assert table[8] == "| the Λ-gradient set as computed | 5.60 ms | 11.20 ms |"
+    assert table[9] == "| written by a backward through the loss attached to Λ | 7.00 ms | 14.00 ms |"
+    assert table[10] == "| set / backward | 0.80 | 0.80 |"
 
 
 def test_compare_prints_the_shared_keys_of_two_records_with_their_targets(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
