@@ -114,6 +114,7 @@ import argparse
 import atexit
 import copy
 import ctypes
+import functools
 import gc
 import json
 import logging
@@ -1299,6 +1300,8 @@ TABLE = (
     ("ml100k_study_seconds_before", "s", None),
     ("ml100k_study_ratio", "x", 0.6),
     ("ml100k_study_seconds_shared", "s", None),
+    ("floor_ml100k_ratio_dui_over_fix_epoch", "x", None),
+    ("floor_ml100k_min_ratio_dui_over_fix_epoch", "x", None),
     ("peak_rss_mb_ml10m_dui_run", "MB", 3000.0),
 )
 #: How a TABLE unit shows a value stored in seconds or as a fraction (others: as stored)
@@ -1661,6 +1664,94 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
     return out
 
 
+def run_floor(data: Path, cache_dir: Path, rounds: int = 3) -> dict[str, Any]:
+    """``--floor``: a lower bound on ``ml100k_ratio_dui_over_fix_epoch`` from what any exact
+    λOpt-DUI Λ-step must do beyond a λFix step, timed in one process at 1 thread, interleaved over
+    ``ml100k_fix``'s and ``ml100k_dui``'s own modules, optimizers and batches (thread CPU time,
+    medians after a warm-up round): score a validation batch forward and backward (the fused BPR
+    loss on it, ``floor_ml100k_valid_bpr_seconds``) and step Λ with the configured optimizer
+    (``floor_ml100k_lambda_step_seconds``, its step on a dense Λ-gradient). Beside them the bare
+    λFix and λOpt-DUI steps (``lopt.lookahead.steps``, no Lightning) and a bare evaluation; an epoch
+    is ``steps_per_epoch`` steps plus one evaluation."""
+    import lightning.pytorch as L
+    import torch
+
+    from lopt.pipeline import build_module, prepare_data
+
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-floor-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    common = [
+        f"paths.data_dir={cache_dir}",
+        f"paths.output_dir={workdir}",
+        f"dataset.source.path={data}",
+        "dataset.source.archive=null",
+        "data.cache=false",
+    ]
+    built = {}
+    for key in ("fix", "dui"):
+        cfg = _compose(f"ml100k_{key}", common)
+        datamodule, split, evaluators = prepare_data(cfg)
+        L.seed_everything(0, verbose=False)
+        module = build_module(cfg, split.n_users, split.n_items)
+        theta = module.make_theta_optimizer(module.model.parameters())
+        lam = None
+        if key == "dui":
+            lam = module.make_lambda_optimizer([p for p in module.granularity.parameters() if p.requires_grad])
+        built[key] = (module, theta, lam, list(datamodule.train_dataloader()), evaluators["valid"].users)
+    dui, dui_theta, dui_lam, batches, valid_users = built["dui"]
+    # the Λ optimizer alone, on a copy of DUI's Λ with a dense gradient; the validation BPR on a copy of Θ
+    lam_copy = [torch.nn.Parameter(p.detach().clone()) for p in dui.granularity.parameters() if p.requires_grad]
+    lam_alone = dui.make_lambda_optimizer(lam_copy)
+    model_copy = copy.deepcopy(dui.model)
+    gen = torch.Generator().manual_seed(0)
+    for p in lam_copy:  # a fixed dense gradient (its values do not change the step's cost)
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 1e-3
+
+    def valid_bpr(batch: dict[str, Any]) -> None:
+        model_copy.zero_grad(set_to_none=True)
+        model_copy.bpr_loss(*batch["valid"], None).backward()
+
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Any) -> None:
+        started = time.thread_time()
+        fn()
+        times.setdefault(name, []).append(time.thread_time() - started)
+
+    fix, fix_theta, _, fix_batches, _ = built["fix"]
+    for round_ in range(rounds + 1):  # round 0 warms up (compiles)
+        if round_ == 1:
+            times.clear()
+        for fix_batch, batch in zip(fix_batches, batches, strict=False):
+            timed("fix_step", functools.partial(_bare_step, fix, fix_theta, None, fix_batch))
+            timed("dui_step", functools.partial(_bare_step, dui, dui_theta, dui_lam, batch))
+            timed("valid_bpr", functools.partial(valid_bpr, batch))
+            timed("lambda_step", lam_alone.step)
+        P, Q = fix.model.user_factors, fix.model.item_factors
+        timed("eval", functools.partial(bare_eval_seconds, P, Q, valid_users, repeats=1))
+    out: dict[str, Any] = {f"floor_ml100k_{name}_seconds": statistics.median(values) for name, values in times.items()}
+    n = len(batches)
+    out["floor_ml100k_steps_per_epoch"] = n
+    fix_s, dui_s, eval_s = (out[f"floor_ml100k_{name}_seconds"] for name in ("fix_step", "dui_step", "eval"))
+    extra = out["floor_ml100k_valid_bpr_seconds"] + out["floor_ml100k_lambda_step_seconds"]
+    out["floor_ml100k_ratio_dui_over_fix_step"] = dui_s / fix_s
+    out["floor_ml100k_min_ratio_dui_over_fix_step"] = (fix_s + extra) / fix_s
+    out["floor_ml100k_ratio_dui_over_fix_epoch"] = (n * dui_s + eval_s) / (n * fix_s + eval_s)
+    out["floor_ml100k_min_ratio_dui_over_fix_epoch"] = (n * (fix_s + extra) + eval_s) / (n * fix_s + eval_s)
+    print(
+        f"  λFix step {fix_s * 1e3:.3f} ms, DUI step {dui_s * 1e3:.3f} ms, validation BPR "
+        f"{out['floor_ml100k_valid_bpr_seconds'] * 1e3:.3f} ms, "
+        f"Λ optimizer step {out['floor_ml100k_lambda_step_seconds'] * 1e3:.3f} ms, evaluation {eval_s * 1e3:.3f} ms; "
+        f"DUI/λFix epoch {out['floor_ml100k_ratio_dui_over_fix_epoch']:.2f}, its floor "
+        f"{out['floor_ml100k_min_ratio_dui_over_fix_epoch']:.2f}",
+        file=sys.stderr,
+    )
+    out.update({f"floor_{key}": value for key, value in _finish(load_before, "cpu").items()})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted([*SHAPES, "ml100k"]), default="ml10m")
@@ -1754,6 +1845,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the λOpt-DUI Λ-step by the row kernels and over whole tables, by table size (lookahead_*); seconds",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="a lower bound on ml100k_ratio_dui_over_fix_epoch from the work any exact Λ-step adds (floor_*; "
+        "needs --data)",
+    )
+    parser.add_argument(
         "--compare",
         nargs=2,
         type=Path,
@@ -1791,8 +1888,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
-    if (args.study or args.shape == "ml100k") and args.data is None:
-        parser.error("--shape ml100k and --study need --data (the ml-100k u.data file)")
+    if (args.study or args.floor or args.shape == "ml100k") and args.data is None:
+        parser.error("--shape ml100k, --study and --floor need --data (the ml-100k u.data file)")
     if args.data is not None and not args.data.is_file():
         parser.error(f"--data {args.data}: no such file")
     cache_dir = args.cache_dir.expanduser().resolve()
@@ -1810,6 +1907,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)
     elif args.gather:
         result = run_gather(args.threads)
+    elif args.floor:
+        result = run_floor(args.data.resolve(), cache_dir)
     elif args.lookahead:  # compiled as the λOpt experiments set it, unless --compile-lookahead off
         result = run_lookahead(
             args.threads,
@@ -1841,6 +1940,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.gather
         else "lookahead_"
         if args.lookahead
+        else "floor_"
+        if args.floor
         else "ml100k_"
         if args.shape == "ml100k"
         else ""

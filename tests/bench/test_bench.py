@@ -366,6 +366,30 @@ def test_lookahead_mode_on_ml100k_alternates_both_routes_on_its_batches(monkeypa
     assert out["lookahead_ml100k_ratio_dense_over_dense_backward"] > 0
 
 
+@pytest.mark.slow
+def test_floor_mode_bounds_the_dui_over_fix_ratios_by_its_timed_parts() -> None:
+    """--floor on ml-100k: every part is timed on the experiments' own modules, and the floors are
+    the ratios those parts imply (an epoch: its steps and one evaluation)."""
+    from tests.helpers.paths import ML100K
+
+    if not ML100K.is_file():
+        pytest.skip(f"real-data test: {ML100K} is absent (MovieLens-100K is not redistributed)")
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    out = bench.run_floor(ML100K, REPO_ROOT / "data" / "bench", rounds=1)
+    names = ("fix_step", "dui_step", "valid_bpr", "lambda_step", "eval")
+    parts = {name: out[f"floor_ml100k_{name}_seconds"] for name in names}
+    assert min(parts.values()) > 0
+    n, fix, extra = out["floor_ml100k_steps_per_epoch"], parts["fix_step"], parts["valid_bpr"] + parts["lambda_step"]
+    assert n == 60  # ml-100k's training triples in batches of 1,024
+    assert out["floor_ml100k_min_ratio_dui_over_fix_step"] == pytest.approx((fix + extra) / fix)
+    epoch = n * fix + parts["eval"]
+    assert out["floor_ml100k_min_ratio_dui_over_fix_epoch"] == pytest.approx((epoch + n * extra) / epoch)
+    dui_epoch = n * parts["dui_step"] + parts["eval"]
+    assert out["floor_ml100k_ratio_dui_over_fix_epoch"] == pytest.approx(dui_epoch / epoch)
+
+
 def test_lookahead_routes_switch_the_whole_tables_and_the_backward() -> None:
     sys.path.insert(0, str(BENCH.parent))
     import bench
