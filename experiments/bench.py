@@ -1378,6 +1378,25 @@ def format_lookahead(compiled: dict[str, Any], eager: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_floor(record: dict[str, Any]) -> str:
+    """A ``--floor`` record as a markdown table: each part's time, and the DUI/λFix ratios as
+    measured and as their floor."""
+    part = {name: record[f"floor_ml100k_{name}_seconds"] * 1e3 for name in FLOOR_PARTS}
+    lines = ["| part (1 thread, medians) | ms |", "|---|---|"]
+    lines += [f"| {label} | {part[name]:.2f} |" for name, label in FLOOR_PARTS.items()]
+    n = record["floor_ml100k_steps_per_epoch"]
+    lines += [
+        "",
+        "| DUI / λFix | as measured | floor (λFix + the validation BPR + the Λ step) |",
+        "|---|---|---|",
+        f"| step | {record['floor_ml100k_ratio_dui_over_fix_step']:.2f} "
+        f"| {record['floor_ml100k_min_ratio_dui_over_fix_step']:.2f} |",
+        f"| epoch ({n} steps and one evaluation) | {record['floor_ml100k_ratio_dui_over_fix_epoch']:.2f} "
+        f"| {record['floor_ml100k_min_ratio_dui_over_fix_epoch']:.2f} |",
+    ]
+    return "\n".join(lines)
+
+
 def format_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
     """A markdown table of the :data:`TABLE` keys that both records hold: key | before | after |
     target, each record's column headed by its code commit; a ratio or a fraction that misses
@@ -1662,6 +1681,16 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
         file=sys.stderr,
     )
     return out
+
+
+#: ``--floor``'s timed parts (keys ``floor_ml100k_<part>_seconds``) and how its table names them
+FLOOR_PARTS = {
+    "fix_step": "λFix step, bare",
+    "dui_step": "λOpt-DUI step, bare",
+    "valid_bpr": "the fused BPR loss's forward and backward on a validation batch",
+    "lambda_step": "the Λ optimizer's step on DUI's Λ (dense gradient)",
+    "eval": "a bare evaluation (valid users against every item, top-100)",
+}
 
 
 def run_floor(data: Path, cache_dir: Path, rounds: int = 3) -> dict[str, Any]:
@@ -1953,7 +1982,7 @@ def main(argv: list[str] | None = None) -> int:
     merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
     merged.update(result)
     atomic_write_json(args.out, merged)
-    print(format_table(result))
+    print(format_floor(result) if args.floor else format_table(result))
     print(f"wrote {args.out}")
     return 0
 

@@ -388,6 +388,9 @@ def test_floor_mode_bounds_the_dui_over_fix_ratios_by_its_timed_parts() -> None:
     assert out["floor_ml100k_min_ratio_dui_over_fix_epoch"] == pytest.approx((epoch + n * extra) / epoch)
     dui_epoch = n * parts["dui_step"] + parts["eval"]
     assert out["floor_ml100k_ratio_dui_over_fix_epoch"] == pytest.approx(dui_epoch / epoch)
+    table = bench.format_floor(out)
+    assert f"| λFix step, bare | {fix * 1e3:.2f} |" in table
+    assert f"| step | {out['floor_ml100k_ratio_dui_over_fix_step']:.2f} | " in table
 
 
 def test_lookahead_routes_switch_the_whole_tables_and_the_backward() -> None:
