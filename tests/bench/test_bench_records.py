@@ -313,3 +313,61 @@ def test_round10_quotes_the_compare_tables_and_its_records() -> None:
         assert commit.startswith("f2f3196"), (name, commit)
     assert records["ml100k_before.json"]["ml100k_code_commit"].startswith("06016d5")
     assert records["lookahead.json"]["lookahead_compiled"] and not records["lookahead_eager.json"]["lookahead_compiled"]
+
+
+ROUND11 = "## Round 11"
+RECORDS11 = (
+    "ml100k.json",
+    "ml100k_before.json",
+    "lookahead.json",
+    "lookahead_eager.json",
+    "floor.json",
+    "metrics_change.json",
+)
+
+
+def _quoted11(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Round 11's figures: the tables ``bench.py`` prints from its records (``--compare`` of the
+    ml-100k pair and of the two --lookahead records, ``format_floor``), and the figures its prose
+    repeats, all formatted from the records."""
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    before, after = records["ml100k_before.json"], records["ml100k.json"]
+    compiled, eager = records["lookahead.json"], records["lookahead_eager.json"]
+    floor = records["floor.json"]
+    quoted = [
+        bench.format_comparison(before, after),
+        bench.format_lookahead(compiled, eager),
+        bench.format_floor(floor),
+    ]
+    runs = records["metrics_change.json"]["runs"]
+    identical = all(len(run["keys_identical"]) == len(run["before"]) for run in runs.values())
+    assert identical, "round 11 states its metrics are identical"
+    quoted.append(f"all {sum(len(run['before']) for run in runs.values())} valid and test metrics of")
+    quoted.append(", ".join(f"`ml100k_{method}`" for method in runs))
+    ratio = "lookahead_ml100k_ratio_dense_over_dense_backward"
+    quoted.append(f"takes {compiled[ratio]:.2f} of the round 10 route's time compiled and {eager[ratio]:.2f} eager")
+    sizes = compiled["lookahead_rows_per_triple"]
+    quoted.append(f"{compiled['lookahead_ratio_dense_over_rows'][sizes.index(2.0)]:.2f} here")
+    quoted.append(f"gives DUI/λFix {floor['floor_ml100k_min_ratio_dui_over_fix_epoch']:.2f}")
+    quoted.append(f"for an epoch of {floor['floor_ml100k_steps_per_epoch']} steps")
+    measured, least = floor["floor_ml100k_ratio_dui_over_fix_epoch"], floor["floor_ml100k_min_ratio_dui_over_fix_epoch"]
+    quoted.append(f"The measured ratio ({measured:.2f}) is {measured - least:.2f} above the floor")
+    bare_before, bare_after = before["ml100k_bare_step_seconds"], after["ml100k_bare_step_seconds"]
+    quoted.append(f"went from {bare_before * 1e3:.2f} to {bare_after * 1e3:.2f} ms")
+    quoted.append(f"(it moved by {abs(bare_after / bare_before - 1) * 100:.0f} %)")
+    return quoted
+
+
+def test_round11_quotes_the_tables_and_its_records() -> None:
+    records = _records("round11", RECORDS11)
+    section = _section(ROUND11)
+    missing = [figure for figure in _quoted11(records) if figure not in section]
+    assert not missing, f"Round 11 of RESULTS.md does not quote these as its records give them: {missing}"
+    assert records["lookahead.json"]["lookahead_code_commit"].startswith("71220d0")
+    assert records["floor.json"]["floor_code_commit"].startswith("9f2e0a6")
+    assert records["ml100k_before.json"]["ml100k_code_commit"].startswith("f84ec62")
+    assert records["metrics_change.json"]["before_commit"].startswith("f84ec62")
