@@ -1302,6 +1302,12 @@ TABLE = (
     ("ml100k_study_seconds_shared", "s", None),
     ("floor_ml100k_ratio_dui_over_fix_epoch", "x", None),
     ("floor_ml100k_min_ratio_dui_over_fix_epoch", "x", None),
+    ("floor_ml10m_ratio_d_over_fix", "x", None),
+    ("floor_ml10m_min_ratio_d_over_fix", "x", None),
+    ("floor_ml10m_ratio_dui_over_fix", "x", None),
+    ("floor_ml10m_min_ratio_dui_over_fix", "x", None),
+    ("floor_ml10m_ratio_dui_adam_over_fix", "x", None),
+    ("floor_ml10m_min_ratio_dui_adam_over_fix", "x", None),
     ("peak_rss_mb_ml10m_dui_run", "MB", 3000.0),
 )
 #: How a TABLE unit shows a value stored in seconds or as a fraction (others: as stored)
@@ -1683,6 +1689,46 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
     return out
 
 
+class _PartTimer:
+    """Times named parts with ``clock`` (called as ``timer(name, fn)``); medians per part."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.times: dict[str, list[float]] = {}
+
+    def __call__(self, name: str, fn: Any) -> None:
+        started = self.clock()
+        fn()
+        self.times.setdefault(name, []).append(self.clock() - started)
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(values) for name, values in self.times.items()}
+
+
+def _valid_bpr_part(model: Any) -> Any:
+    """A function of a batch: the fused BPR loss's forward and backward on its validation triples,
+    on a copy of ``model`` (the model itself is left alone)."""
+    twin = copy.deepcopy(model)
+
+    def part(batch: dict[str, Any]) -> None:
+        twin.zero_grad(set_to_none=True)
+        twin.bpr_loss(*batch["valid"], None).backward()
+
+    return part
+
+
+def _lambda_step_part(module: Any) -> Any:
+    """A function: ``module``'s Λ optimizer's step on a copy of its learnable Λ holding a fixed
+    dense gradient (the gradient's values do not change the step's cost)."""
+    import torch
+
+    lam = [torch.nn.Parameter(p.detach().clone()) for p in module.granularity.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    for p in lam:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 1e-3
+    return module.make_lambda_optimizer(lam).step
+
+
 #: ``--floor``'s timed parts (keys ``floor_ml100k_<part>_seconds``) and how its table names them
 FLOOR_PARTS = {
     "fix_step": "λFix step, bare",
@@ -1730,37 +1776,20 @@ def run_floor(data: Path, cache_dir: Path, rounds: int = 3) -> dict[str, Any]:
             lam = module.make_lambda_optimizer([p for p in module.granularity.parameters() if p.requires_grad])
         built[key] = (module, theta, lam, list(datamodule.train_dataloader()), evaluators["valid"].users)
     dui, dui_theta, dui_lam, batches, valid_users = built["dui"]
-    # the Λ optimizer alone, on a copy of DUI's Λ with a dense gradient; the validation BPR on a copy of Θ
-    lam_copy = [torch.nn.Parameter(p.detach().clone()) for p in dui.granularity.parameters() if p.requires_grad]
-    lam_alone = dui.make_lambda_optimizer(lam_copy)
-    model_copy = copy.deepcopy(dui.model)
-    gen = torch.Generator().manual_seed(0)
-    for p in lam_copy:  # a fixed dense gradient (its values do not change the step's cost)
-        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 1e-3
-
-    def valid_bpr(batch: dict[str, Any]) -> None:
-        model_copy.zero_grad(set_to_none=True)
-        model_copy.bpr_loss(*batch["valid"], None).backward()
-
-    times: dict[str, list[float]] = {}
-
-    def timed(name: str, fn: Any) -> None:
-        started = time.thread_time()
-        fn()
-        times.setdefault(name, []).append(time.thread_time() - started)
-
+    valid_bpr, lambda_step = _valid_bpr_part(dui.model), _lambda_step_part(dui)
+    timer = _PartTimer(time.thread_time)
     fix, fix_theta, _, fix_batches, _ = built["fix"]
     for round_ in range(rounds + 1):  # round 0 warms up (compiles)
         if round_ == 1:
-            times.clear()
+            timer.times.clear()
         for fix_batch, batch in zip(fix_batches, batches, strict=False):
-            timed("fix_step", functools.partial(_bare_step, fix, fix_theta, None, fix_batch))
-            timed("dui_step", functools.partial(_bare_step, dui, dui_theta, dui_lam, batch))
-            timed("valid_bpr", functools.partial(valid_bpr, batch))
-            timed("lambda_step", lam_alone.step)
+            timer("fix_step", functools.partial(_bare_step, fix, fix_theta, None, fix_batch))
+            timer("dui_step", functools.partial(_bare_step, dui, dui_theta, dui_lam, batch))
+            timer("valid_bpr", functools.partial(valid_bpr, batch))
+            timer("lambda_step", lambda_step)
         P, Q = fix.model.user_factors, fix.model.item_factors
-        timed("eval", functools.partial(bare_eval_seconds, P, Q, valid_users, repeats=1))
-    out: dict[str, Any] = {f"floor_ml100k_{name}_seconds": statistics.median(values) for name, values in times.items()}
+        timer("eval", functools.partial(bare_eval_seconds, P, Q, valid_users, repeats=1))
+    out: dict[str, Any] = {f"floor_ml100k_{name}_seconds": value for name, value in timer.medians().items()}
     n = len(batches)
     out["floor_ml100k_steps_per_epoch"] = n
     fix_s, dui_s, eval_s = (out[f"floor_ml100k_{name}_seconds"] for name in ("fix_step", "dui_step", "eval"))
@@ -1778,6 +1807,85 @@ def run_floor(data: Path, cache_dir: Path, rounds: int = 3) -> dict[str, Any]:
         file=sys.stderr,
     )
     out.update({f"floor_{key}": value for key, value in _finish(load_before, "cpu").items()})
+    return out
+
+
+#: ``--floor --shape ml10m``: the bench's λOpt keys whose step ratio to λFix the issue targets
+FLOOR_ML10M_KEYS = ("opt_d", "opt_dui", "opt_dui_adam")
+
+
+def run_floor_synthetic(
+    cache_dir: Path, threads: int | None, rounds: int = 3, steps: int = 15, shape: str = "ml10m", batch: int = 10_240
+) -> dict[str, Any]:
+    """``--floor --shape ml10m``: the same lower bound for the ML-10M step ratios (``ratio_d_over_fix``,
+    ``ratio_dui_over_fix``, ``ratio_dui_adam_over_fix``) on the bench's synthetic ML-10M file, its
+    batches of 10,240 and its pinned Λ optimizers (:data:`LAMBDA_OPTIMIZERS`), wall time (the
+    ratios' thread count), the parts interleaved step by step in one process: the bare λFix and λOpt
+    steps on the same batches, the fused BPR loss's forward and backward on a validation batch
+    (every λOpt step's), and dense LambdaAdam's step over DUI's per-entry Λ (``opt_dui_adam``'s;
+    D's one Λ vector and LambdaSGD's row update are left out, so their floors are lower bounds)."""
+    import lightning.pytorch as L
+    import torch
+    from omegaconf import OmegaConf
+
+    from lopt.data.preprocess import prepare_split
+    from lopt.data.readers import read_movielens_dat, read_movielens_tab
+    from lopt.pipeline import build_module, prepare_data
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    path = ensure_file(cache_dir, shape)
+    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-floor-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    common = [
+        f"paths.data_dir={cache_dir}",
+        f"paths.output_dir={workdir}",
+        f"dataset.source.path={path}",
+        "dataset.source.archive=null",
+        f"data.batch_size={batch}",
+        f"data.valid_batch_size={batch}",
+        "data.cache=false",
+    ]
+    cfgs = {key: method_config(key, common) for key in ("fix", *FLOOR_ML10M_KEYS)}
+    preprocess = OmegaConf.to_container(cfgs["fix"].dataset.preprocess, resolve=True)
+    reader = read_movielens_tab if path.suffix == ".data" else read_movielens_dat
+    split = prepare_split(reader(path), **preprocess)
+    datamodule, _, _ = prepare_data(cfgs["opt_dui"], split=split)
+    loader = iter(datamodule.train_dataloader())
+    batches = [next(loader) for _ in range(steps)]
+    modules = {}
+    for key, cfg in cfgs.items():
+        L.seed_everything(0, verbose=False)
+        module = build_module(cfg, split.n_users, split.n_items)
+        theta = module.make_theta_optimizer(module.model.parameters())
+        lam = None
+        if key != "fix":
+            lam = module.make_lambda_optimizer([p for p in module.granularity.parameters() if p.requires_grad])
+        modules[key] = (module, theta, lam)
+    valid_bpr = _valid_bpr_part(modules["opt_dui_adam"][0].model)
+    lambda_adam = _lambda_step_part(modules["opt_dui_adam"][0])
+    timer = _PartTimer(time.perf_counter)
+    for round_ in range(rounds + 1):  # round 0 warms up (compiles)
+        if round_ == 1:
+            timer.times.clear()
+        for item in batches:
+            for key, (module, theta, lam) in modules.items():
+                timer(f"{key}_step", functools.partial(_bare_step, module, theta, lam, item))
+            timer("valid_bpr", functools.partial(valid_bpr, item))
+            timer("lambda_adam_step", lambda_adam)
+    out: dict[str, Any] = {f"floor_{shape}_{name}_seconds": value for name, value in timer.medians().items()}
+    fix_s, bpr_s = out[f"floor_{shape}_fix_step_seconds"], out[f"floor_{shape}_valid_bpr_seconds"]
+    for key in FLOOR_ML10M_KEYS:
+        method = key.removeprefix("opt_")
+        least = fix_s + bpr_s + (out[f"floor_{shape}_lambda_adam_step_seconds"] if key == "opt_dui_adam" else 0.0)
+        out[f"floor_{shape}_ratio_{method}_over_fix"] = out[f"floor_{shape}_{key}_step_seconds"] / fix_s
+        out[f"floor_{shape}_min_ratio_{method}_over_fix"] = least / fix_s
+    out[f"floor_{shape}_threads"] = torch.get_num_threads()
+    floors = ", ".join(f"{m}: {out[f'floor_{shape}_min_ratio_{m}_over_fix']:.2f}" for m in ("d", "dui", "dui_adam"))
+    parts = ", ".join(f"{name} {value * 1e3:.1f} ms" for name, value in timer.medians().items())
+    print(f"  {parts}; floors {floors}", file=sys.stderr)
+    out.update({f"floor_{shape}_{key}": value for key, value in _finish(load_before, "cpu").items()})
     return out
 
 
@@ -1876,8 +1984,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="a lower bound on ml100k_ratio_dui_over_fix_epoch from the work any exact Λ-step adds (floor_*; "
-        "needs --data)",
+        help="a lower bound on ml100k_ratio_dui_over_fix_epoch (with --data), or without --data on the "
+        "--shape's λOpt/λFix step ratios, from the work any exact Λ-step adds (floor_*)",
     )
     parser.add_argument(
         "--compare",
@@ -1917,8 +2025,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
-    if (args.study or args.floor or args.shape == "ml100k") and args.data is None:
-        parser.error("--shape ml100k, --study and --floor need --data (the ml-100k u.data file)")
+    if (args.study or args.shape == "ml100k") and args.data is None:
+        parser.error("--shape ml100k and --study need --data (the ml-100k u.data file)")
     if args.data is not None and not args.data.is_file():
         parser.error(f"--data {args.data}: no such file")
     cache_dir = args.cache_dir.expanduser().resolve()
@@ -1936,6 +2044,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)
     elif args.gather:
         result = run_gather(args.threads)
+    elif args.floor and args.data is None:
+        result = run_floor_synthetic(cache_dir, args.threads, shape=args.shape)
     elif args.floor:
         result = run_floor(args.data.resolve(), cache_dir)
     elif args.lookahead:  # compiled as the λOpt experiments set it, unless --compile-lookahead off
@@ -1982,7 +2092,7 @@ def main(argv: list[str] | None = None) -> int:
     merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
     merged.update(result)
     atomic_write_json(args.out, merged)
-    print(format_floor(result) if args.floor else format_table(result))
+    print(format_floor(result) if args.floor and args.data is not None else format_table(result))
     print(f"wrote {args.out}")
     return 0
 

@@ -393,6 +393,23 @@ def test_floor_mode_bounds_the_dui_over_fix_ratios_by_its_timed_parts() -> None:
     assert f"| step | {out['floor_ml100k_ratio_dui_over_fix_step']:.2f} | " in table
 
 
+@pytest.mark.slow
+def test_floor_mode_on_a_synthetic_shape_bounds_each_lambda_step_ratio(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--floor --shape tiny (the ML-10M keys' code path): each bench λOpt key's bare step against
+    λFix's, and its floor from the validation BPR (and dense LambdaAdam's step for dui_adam)."""
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    out = bench.run_floor_synthetic(tmp_path, threads=1, rounds=1, steps=3, shape="tiny", batch=512)
+    fix, bpr = out["floor_tiny_fix_step_seconds"], out["floor_tiny_valid_bpr_seconds"]
+    assert fix > 0 and bpr > 0 and out["floor_tiny_lambda_adam_step_seconds"] > 0
+    for key in bench.FLOOR_ML10M_KEYS:
+        method = key.removeprefix("opt_")
+        assert out[f"floor_tiny_ratio_{method}_over_fix"] == pytest.approx(out[f"floor_tiny_{key}_step_seconds"] / fix)
+        adam = out["floor_tiny_lambda_adam_step_seconds"] if method == "dui_adam" else 0.0
+        assert out[f"floor_tiny_min_ratio_{method}_over_fix"] == pytest.approx((fix + bpr + adam) / fix)
+
+
 def test_lookahead_routes_switch_the_whole_tables_and_the_backward() -> None:
     sys.path.insert(0, str(BENCH.parent))
     import bench
