@@ -1384,6 +1384,30 @@ def format_lookahead(compiled: dict[str, Any], eager: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_floor_synthetic(record: dict[str, Any], shape: str = "ml10m") -> str:
+    """A ``--floor --shape`` record as a markdown table: each part's time, and each λOpt key's
+    step ratio to λFix as measured (bare steps), as its floor, and the issue's target."""
+    lines = ["| part (bare, medians) | ms |", "|---|---|"]
+    for key in ("fix", *FLOOR_ML10M_KEYS):
+        lines.append(f"| {key} step | {record[f'floor_{shape}_{key}_step_seconds'] * 1e3:.1f} |")
+    lines.append(
+        f"| the fused BPR loss's forward and backward on a validation batch | "
+        f"{record[f'floor_{shape}_valid_bpr_seconds'] * 1e3:.1f} |"
+    )
+    lines.append(
+        f"| dense LambdaAdam's step over DUI's Λ | {record[f'floor_{shape}_lambda_adam_step_seconds'] * 1e3:.1f} |"
+    )
+    lines += ["", "| ratio | as measured | floor | target |", "|---|---|---|---|"]
+    targets = {key: target for key, _, target in TABLE}
+    for method in (key.removeprefix("opt_") for key in FLOOR_ML10M_KEYS):
+        target = targets[f"ratio_{method}_over_fix"]
+        lines.append(
+            f"| `ratio_{method}_over_fix` | {record[f'floor_{shape}_ratio_{method}_over_fix']:.2f} "
+            f"| {record[f'floor_{shape}_min_ratio_{method}_over_fix']:.2f} | ≤ {target} |"
+        )
+    return "\n".join(lines)
+
+
 def format_floor(record: dict[str, Any]) -> str:
     """A ``--floor`` record as a markdown table: each part's time, and the DUI/λFix ratios as
     measured and as their floor."""
@@ -2092,7 +2116,10 @@ def main(argv: list[str] | None = None) -> int:
     merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
     merged.update(result)
     atomic_write_json(args.out, merged)
-    print(format_floor(result) if args.floor and args.data is not None else format_table(result))
+    if args.floor:
+        print(format_floor(result) if args.data is not None else format_floor_synthetic(result, args.shape))
+    else:
+        print(format_table(result))
     print(f"wrote {args.out}")
     return 0
 

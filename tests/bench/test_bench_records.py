@@ -322,6 +322,7 @@ RECORDS11 = (
     "lookahead.json",
     "lookahead_eager.json",
     "floor.json",
+    "floor_ml10m.json",
     "metrics_change.json",
 )
 
@@ -342,6 +343,7 @@ def _quoted11(records: dict[str, dict[str, Any]]) -> list[str]:
         bench.format_comparison(before, after),
         bench.format_lookahead(compiled, eager),
         bench.format_floor(floor),
+        bench.format_floor_synthetic(records["floor_ml10m.json"]),
     ]
     runs = records["metrics_change.json"]["runs"]
     identical = all(len(run["keys_identical"]) == len(run["before"]) for run in runs.values())
@@ -359,6 +361,12 @@ def _quoted11(records: dict[str, dict[str, Any]]) -> list[str]:
     bare_before, bare_after = before["ml100k_bare_step_seconds"], after["ml100k_bare_step_seconds"]
     quoted.append(f"went from {bare_before * 1e3:.2f} to {bare_after * 1e3:.2f} ms")
     quoted.append(f"(it moved by {abs(bare_after / bare_before - 1) * 100:.0f} %)")
+    ml10m = records["floor_ml10m.json"]
+    share = ml10m["floor_ml10m_valid_bpr_seconds"] / ml10m["floor_ml10m_fix_step_seconds"]
+    quoted.append(f"backward alone cost {share:.2f} of a λFix step")
+    quoted.append(f"1-minute load {ml10m['floor_ml10m_load_avg']['before'][0]:.2f} at its start")
+    for method in ("d", "dui", "dui_adam"):
+        assert ml10m[f"floor_ml10m_min_ratio_{method}_over_fix"] > {"d": 1.2, "dui": 1.3, "dui_adam": 1.5}[method]
     return quoted
 
 
@@ -369,5 +377,6 @@ def test_round11_quotes_the_tables_and_its_records() -> None:
     assert not missing, f"Round 11 of RESULTS.md does not quote these as its records give them: {missing}"
     assert records["lookahead.json"]["lookahead_code_commit"].startswith("71220d0")
     assert records["floor.json"]["floor_code_commit"].startswith("9f2e0a6")
+    assert records["floor_ml10m.json"]["floor_code_commit"] == "0f92d1cff2156e608a97af9980a85d8c1a2f32b7"
     assert records["ml100k_before.json"]["ml100k_code_commit"].startswith("f84ec62")
     assert records["metrics_change.json"]["before_commit"].startswith("f84ec62")
