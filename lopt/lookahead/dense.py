@@ -111,10 +111,10 @@ class DenseLookahead(NamedTuple):
     grad_user: torch.Tensor | None
     grad_item: torch.Tensor | None
 
-    def storage_grads(self, granularity: LambdaGranularity) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    def storage_grads(self, granularity: LambdaGranularity) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(λ storage, its ∂l/∂λ) for each storage with a gradient, a storage shared by both sides
         once with the sum of its two parts: what :meth:`attach`'s backward writes into ``.grad``."""
-        grads: list[tuple[nn.Parameter, torch.Tensor]] = []
+        grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         for storage, grad in ((granularity.user_storage, self.grad_user), (granularity.item_storage, self.grad_item)):
             if grad is None:
                 continue
