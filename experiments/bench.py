@@ -1913,6 +1913,14 @@ def run_floor_synthetic(
     return out
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM exit through ``sys.exit`` (status 143), so that the ``atexit`` handlers that
+    remove the bench's scratch folders run when a long mode is stopped with ``kill``."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted([*SHAPES, "ml100k"]), default="ml10m")
@@ -2028,6 +2036,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     if args.compare is not None:
         before, after = (json.loads(path.read_text(encoding="utf-8")) for path in args.compare)
         lookahead = "lookahead_compiled" in before and "lookahead_compiled" in after

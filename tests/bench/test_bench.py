@@ -269,6 +269,28 @@ def test_combine_studies_sums_disjoint_pairs_and_refuses_mismatches(tmp_path) ->
     assert json.loads(out.read_text()) == combined
 
 
+def test_a_stopped_bench_removes_its_scratch_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After exit_on_sigterm, a SIGTERM runs the atexit handlers that remove scratch folders."""
+    import signal
+    import time
+
+    scratch = tmp_path / "scratch"
+    code = (
+        f"import sys, atexit, shutil, pathlib, time; sys.path.insert(0, {str(BENCH.parent)!r}); import bench; "
+        f"p = pathlib.Path({str(scratch)!r}); p.mkdir(); atexit.register(shutil.rmtree, p, True); "
+        "bench.exit_on_sigterm(); print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    assert scratch.is_dir()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.time() + 5
+    while scratch.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not scratch.exists()
+
+
 def test_study_values_are_a_fixed_log_spaced_list() -> None:
     bench = _load_bench()
     values = [float(v) for v in bench.study_values(20, 1e-6, 10.0)]
