@@ -2037,6 +2037,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     exit_on_sigterm()
+    # the code the timed runs start from (commits made into the checkout while a long mode runs
+    # must not relabel it)
+    commit = code_commit(REPO_ROOT)
     if args.compare is not None:
         before, after = (json.loads(path.read_text(encoding="utf-8")) for path in args.compare)
         lookahead = "lookahead_compiled" in before and "lookahead_compiled" in after
@@ -2118,7 +2121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.shape == "ml100k"
         else ""
     )
-    result[f"{prefix}code_commit"] = code_commit(REPO_ROOT)
+    result[f"{prefix}code_commit"] = commit
 
     from lopt.io import atomic_write_json
 

@@ -291,6 +291,17 @@ def test_a_stopped_bench_removes_its_scratch_folder(tmp_path) -> None:  # type: 
     assert not scratch.exists()
 
 
+def test_a_record_names_the_commit_its_run_started_from(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A commit made into the checkout while a mode runs does not relabel its record."""
+    bench = _load_bench()
+    labels = iter(["a" * 40, "b" * 40])
+    monkeypatch.setattr(bench, "code_commit", lambda checkout: next(labels))
+    monkeypatch.setattr(bench, "run_gather", lambda threads: {"gather_timed": 1})
+    out = tmp_path / "gather.json"
+    assert bench.main(["--gather", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["gather_code_commit"] == "a" * 40
+
+
 def test_study_values_are_a_fixed_log_spaced_list() -> None:
     bench = _load_bench()
     values = [float(v) for v in bench.study_values(20, 1e-6, 10.0)]

@@ -324,6 +324,7 @@ RECORDS11 = (
     "floor.json",
     "floor_ml10m.json",
     "metrics_change.json",
+    "rss.json",
 )
 
 
@@ -369,6 +370,10 @@ def _quoted11(records: dict[str, dict[str, Any]]) -> list[str]:
     bare_before, bare_after = before["ml100k_bare_step_seconds"], after["ml100k_bare_step_seconds"]
     quoted.append(f"went from {bare_before * 1e3:.2f} to {bare_after * 1e3:.2f} ms")
     quoted.append(f"(it moved by {abs(bare_after / bare_before - 1) * 100:.0f} %)")
+    rss = records["rss.json"]
+    quoted.append(f"this round's library: {rss['peak_rss_mb_ml10m_dui_run']:,.0f} MB (target")
+    quoted.append(f"(load {rss['rss_load_avg']['before'][0]:.2f} → {rss['rss_load_avg']['after'][0]:.2f})")
+    assert rss["rss_run_shape"] == "ml10m" and rss["rss_run_epochs"] == 3
     ml10m = records["floor_ml10m.json"]
     share = ml10m["floor_ml10m_valid_bpr_seconds"] / ml10m["floor_ml10m_fix_step_seconds"]
     quoted.append(f"backward alone cost {share:.2f} of a λFix step")
