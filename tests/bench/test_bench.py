@@ -269,6 +269,7 @@ def test_combine_studies_sums_disjoint_pairs_and_refuses_mismatches(tmp_path) ->
     assert json.loads(out.read_text()) == combined
 
 
+@pytest.mark.slow
 def test_a_stopped_bench_removes_its_scratch_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """After exit_on_sigterm, a SIGTERM runs the atexit handlers that remove scratch folders."""
     import signal
