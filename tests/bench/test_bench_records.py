@@ -380,6 +380,13 @@ def _quoted11(records: dict[str, dict[str, Any]]) -> list[str]:
     quoted.append(f"1-minute load {ml10m['floor_ml10m_load_avg']['before'][0]:.2f} at its start")
     for method in ("d", "dui", "dui_adam"):
         assert ml10m[f"floor_ml10m_min_ratio_{method}_over_fix"] > {"d": 1.2, "dui": 1.3, "dui_adam": 1.5}[method]
+    overhead = json.loads((BENCH / "round9" / "ml10m.json").read_text(encoding="utf-8"))["loop_overhead_fraction"]
+    fix = ml10m["floor_ml10m_fix_step_seconds"] * (1 + overhead)
+    bpr, adam = ml10m["floor_ml10m_valid_bpr_seconds"], ml10m["floor_ml10m_lambda_adam_step_seconds"]
+    quoted.append(f"`loop_overhead_fraction` {overhead * 100:.1f} %")
+    with_trainer = ((fix + bpr) / fix, (fix + bpr + adam) / fix)
+    quoted.append(f"the same parts give {with_trainer[0]:.2f} for D and DUI and {with_trainer[1]:.2f} for DUI-Adam")
+    assert with_trainer[0] > 1.3 and with_trainer[1] > 1.5
     return quoted
 
 
