@@ -370,6 +370,26 @@ def _compose(experiment: str, overrides: list[str]) -> Any:
         return compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
 
 
+def _scratch_run_overrides(
+    data: Path, cache_dir: Path, prefix: str, batch: int | None = None
+) -> tuple[Path, list[str]]:
+    """(a scratch folder removed at exit, the overrides of the runs a mode composes in this
+    process): ``data`` as the source file (no archive), ``cache_dir`` as the data folder, no split
+    cache, the scratch folder as the output folder; ``batch``: the train and validation batch size."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, workdir, True)
+    overrides = [
+        f"paths.data_dir={cache_dir}",
+        f"paths.output_dir={workdir}",
+        f"dataset.source.path={data}",
+        "dataset.source.archive=null",
+        "data.cache=false",
+    ]
+    if batch is not None:
+        overrides += [f"data.batch_size={batch}", f"data.valid_batch_size={batch}"]
+    return workdir, overrides
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -439,6 +459,22 @@ def _bare_step(module: Any, theta_opt: Any, lambda_opt: Any, batch: dict[str, An
         clip_norm=module.grad_clip_norm,
         rows=rows,
     )
+
+
+def _bare_module(cfg: Any, split: Any) -> tuple[Any, Any, Any]:
+    """(the module of ``cfg``, seeded 0, its raw Θ optimizer, its raw Λ optimizer over the
+    learnable Λ or None for λFix): what :func:`_bare_step` drives without Lightning."""
+    import lightning.pytorch as L
+
+    from lopt.pipeline import build_module
+
+    L.seed_everything(0, verbose=False)
+    module = build_module(cfg, split.n_users, split.n_items)
+    theta = module.make_theta_optimizer(module.model.parameters())
+    lam = None
+    if hasattr(module, "make_lambda_optimizer"):
+        lam = module.make_lambda_optimizer([p for p in module.granularity.parameters() if p.requires_grad])
+    return module, theta, lam
 
 
 def floor_adam(n_users: int, n_items: int, dim: int, device: str, steps: int) -> list[float]:
@@ -554,17 +590,7 @@ def run(
     # ---- training iterations, the real code path
     # the runs' checkpoints and logs: each method's removed after its run, the rest at exit
     # (a large-shape checkpoint with its optimizer states is gigabytes)
-    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-"))
-    atexit.register(shutil.rmtree, workdir, True)
-    common = [
-        f"paths.data_dir={cache_dir}",
-        f"paths.output_dir={workdir}",
-        f"dataset.source.path={path}",
-        "dataset.source.archive=null",
-        f"data.batch_size={batch_size}",
-        f"data.valid_batch_size={batch_size}",
-        "data.cache=false",
-    ]
+    workdir, common = _scratch_run_overrides(path, cache_dir, "lopt-bench-", batch_size)
     if device == "cuda":
         common.append("trainer=gpu")
     step_only = shape in STEP_ONLY_SHAPES and ratings is None
@@ -910,15 +936,7 @@ def run_ml100k(data: Path, cache_dir: Path, threads: int | None, schedule: tuple
     warnings.filterwarnings("ignore", message=r".*(max_steps|GPU available|TPU available|LeafSpec).*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning.*")
     warmup, rounds, n_epochs = schedule
-    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-"))
-    atexit.register(shutil.rmtree, workdir, True)
-    common = [
-        f"paths.data_dir={cache_dir}",
-        f"paths.output_dir={workdir}",
-        f"dataset.source.path={data}",
-        "dataset.source.archive=null",
-        "data.cache=false",
-    ]
+    workdir, common = _scratch_run_overrides(data, cache_dir, "lopt-bench-")
     cfgs = {key: _compose(experiment, [*common, *extra]) for key, (experiment, extra) in ML100K_METHODS.items()}
     # the file's name, not its path: records are committed, and a path names one machine
     out: dict[str, Any] = {"ml100k_data_file": data.name}
@@ -1639,31 +1657,15 @@ def lookahead_ml100k(data: Path, cache_dir: Path, compiled: bool, rounds: int) -
     whole tables, the two alternating step by step in one process (both compute the same update, so
     they follow one trajectory); thread CPU time, medians."""
 
-    import lightning.pytorch as L
-
     from lopt.lookahead.steps import lambda_step, theta_step, train_loss
     from lopt.models.rows import batch_rows
-    from lopt.pipeline import build_module, prepare_data
+    from lopt.pipeline import prepare_data
 
-    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-lookahead-"))
-    atexit.register(shutil.rmtree, workdir, True)
-    cfg = _compose(
-        "ml100k_dui",
-        [
-            f"paths.data_dir={cache_dir}",
-            f"paths.output_dir={workdir}",
-            f"dataset.source.path={data}",
-            "dataset.source.archive=null",
-            "data.cache=false",
-            f"model.compile_lookahead={compiled}",
-        ],
-    )
+    _, common = _scratch_run_overrides(data, cache_dir, "lopt-bench-lookahead-")
+    cfg = _compose("ml100k_dui", [*common, f"model.compile_lookahead={compiled}"])
     datamodule, split, _ = prepare_data(cfg)
-    L.seed_everything(0, verbose=False)
-    module = build_module(cfg, split.n_users, split.n_items)
+    module, theta, lam = _bare_module(cfg, split)
     model, granularity = module.model, module.granularity
-    theta = module.make_theta_optimizer(model.parameters())
-    lam = module.make_lambda_optimizer([p for p in granularity.parameters() if p.requires_grad])
     options = {"scope": module.penalty_scope, "scale": module.penalty_scale, "clip_norm": module.grad_clip_norm}
     times: dict[str, list[float]] = {route: [] for route in LOOKAHEAD_ML100K_ROUTES}
     batches = list(datamodule.train_dataloader())
@@ -1772,33 +1774,18 @@ def run_floor(data: Path, cache_dir: Path, rounds: int = 3) -> dict[str, Any]:
     (``floor_ml100k_lambda_step_seconds``, its step on a dense Λ-gradient). Beside them the bare
     λFix and λOpt-DUI steps (``lopt.lookahead.steps``, no Lightning) and a bare evaluation; an epoch
     is ``steps_per_epoch`` steps plus one evaluation."""
-    import lightning.pytorch as L
     import torch
 
-    from lopt.pipeline import build_module, prepare_data
+    from lopt.pipeline import prepare_data
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()
-    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-floor-"))
-    atexit.register(shutil.rmtree, workdir, True)
-    common = [
-        f"paths.data_dir={cache_dir}",
-        f"paths.output_dir={workdir}",
-        f"dataset.source.path={data}",
-        "dataset.source.archive=null",
-        "data.cache=false",
-    ]
+    _, common = _scratch_run_overrides(data, cache_dir, "lopt-bench-floor-")
     built = {}
     for key in ("fix", "dui"):
         cfg = _compose(f"ml100k_{key}", common)
         datamodule, split, evaluators = prepare_data(cfg)
-        L.seed_everything(0, verbose=False)
-        module = build_module(cfg, split.n_users, split.n_items)
-        theta = module.make_theta_optimizer(module.model.parameters())
-        lam = None
-        if key == "dui":
-            lam = module.make_lambda_optimizer([p for p in module.granularity.parameters() if p.requires_grad])
-        built[key] = (module, theta, lam, list(datamodule.train_dataloader()), evaluators["valid"].users)
+        built[key] = (*_bare_module(cfg, split), list(datamodule.train_dataloader()), evaluators["valid"].users)
     dui, dui_theta, dui_lam, batches, valid_users = built["dui"]
     valid_bpr, lambda_step = _valid_bpr_part(dui.model), _lambda_step_part(dui)
     timer = _PartTimer(time.thread_time)
@@ -1848,29 +1835,18 @@ def run_floor_synthetic(
     steps on the same batches, the fused BPR loss's forward and backward on a validation batch
     (every λOpt step's), and dense LambdaAdam's step over DUI's per-entry Λ (``opt_dui_adam``'s;
     D's one Λ vector and LambdaSGD's row update are left out, so their floors are lower bounds)."""
-    import lightning.pytorch as L
     import torch
     from omegaconf import OmegaConf
 
     from lopt.data.preprocess import prepare_split
     from lopt.data.readers import read_movielens_dat, read_movielens_tab
-    from lopt.pipeline import build_module, prepare_data
+    from lopt.pipeline import prepare_data
 
     if threads is not None:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()
     path = ensure_file(cache_dir, shape)
-    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-floor-"))
-    atexit.register(shutil.rmtree, workdir, True)
-    common = [
-        f"paths.data_dir={cache_dir}",
-        f"paths.output_dir={workdir}",
-        f"dataset.source.path={path}",
-        "dataset.source.archive=null",
-        f"data.batch_size={batch}",
-        f"data.valid_batch_size={batch}",
-        "data.cache=false",
-    ]
+    _, common = _scratch_run_overrides(path, cache_dir, "lopt-bench-floor-", batch)
     cfgs = {key: method_config(key, common) for key in ("fix", *FLOOR_ML10M_KEYS)}
     preprocess = OmegaConf.to_container(cfgs["fix"].dataset.preprocess, resolve=True)
     reader = read_movielens_tab if path.suffix == ".data" else read_movielens_dat
@@ -1878,15 +1854,7 @@ def run_floor_synthetic(
     datamodule, _, _ = prepare_data(cfgs["opt_dui"], split=split)
     loader = iter(datamodule.train_dataloader())
     batches = [next(loader) for _ in range(steps)]
-    modules = {}
-    for key, cfg in cfgs.items():
-        L.seed_everything(0, verbose=False)
-        module = build_module(cfg, split.n_users, split.n_items)
-        theta = module.make_theta_optimizer(module.model.parameters())
-        lam = None
-        if key != "fix":
-            lam = module.make_lambda_optimizer([p for p in module.granularity.parameters() if p.requires_grad])
-        modules[key] = (module, theta, lam)
+    modules = {key: _bare_module(cfg, split) for key, cfg in cfgs.items()}
     valid_bpr = _valid_bpr_part(modules["opt_dui_adam"][0].model)
     lambda_adam = _lambda_step_part(modules["opt_dui_adam"][0])
     timer = _PartTimer(time.perf_counter)
