@@ -15,6 +15,8 @@ they compute the same loss and Λ-gradient (tested).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lopt.lookahead import dense, fused, replay
@@ -34,32 +36,13 @@ def lookahead_validation_loss(
     granularity: LambdaGranularity,
     train_batch: Triples,
     valid_batch: Triples,
-    *,
-    scope: str,
-    scale: float,
-    clip_norm: float | None,
-    dropout: float = 0.0,
-    compiled: bool = False,
-    train_rows: BatchRows | None = None,
-    dense_lambda_grad: bool = False,
+    **options: Any,
 ) -> torch.Tensor:
     """l(V_t; Θ̄_{t+1}(Λ)): the BPR loss of ``valid_batch`` after the simulated Θ-step (a scalar whose
-    graph reaches Λ only; Θ, g_t and the optimizer state are constants): :func:`lookahead`'s
-    result, a whole-table one attached to Λ (its backward writes the Λ-gradient it carries)."""
-    result = lookahead(
-        model,
-        theta_optimizer,
-        granularity,
-        train_batch,
-        valid_batch,
-        scope=scope,
-        scale=scale,
-        clip_norm=clip_norm,
-        dropout=dropout,
-        compiled=compiled,
-        train_rows=train_rows,
-        dense_lambda_grad=dense_lambda_grad,
-    )
+    graph reaches Λ only; Θ, g_t and the optimizer state are constants): :func:`lookahead` with
+    these arguments (``options``: its keyword arguments), a whole-table result attached to Λ (its
+    backward writes the Λ-gradient it carries)."""
+    result = lookahead(model, theta_optimizer, granularity, train_batch, valid_batch, **options)
     return result.attach(granularity) if isinstance(result, dense.DenseLookahead) else result
 
 
