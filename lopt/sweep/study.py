@@ -468,15 +468,21 @@ class StudySweeper(Sweeper):
         return Outcome(float(value), None)
 
     def _stale(self, trial: Any) -> bool:
+        """Whether a running ``trial`` was left by a dead driver. Asked between batches only, when
+        none of this driver's own trials runs: one that names this driver was left by an earlier
+        process of the same host and id. A driver's id is its host name and process id, and
+        both recur (a reboot, a machine cloned from one image): a live process with that id on
+        this host is the driver only while the trial's heartbeat is fresh."""
         driver = str(trial.system_attrs.get(DRIVER_ATTR, ""))
-        host, _, pid = driver.rpartition(":")
         if driver == self.driver:
-            return False
-        if host == socket.gethostname() and pid.isdigit():
-            return not _alive(int(pid))
+            return True
         beat = trial.system_attrs.get(HEARTBEAT_ATTR)
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-        return time.time() - float(beat if beat is not None else started) > STALE_S
+        silent = time.time() - float(beat if beat is not None else started) > STALE_S
+        host, _, pid = driver.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            return silent or not _alive(int(pid))
+        return silent
 
     def _recover_stale(self, study: Any, study_dir: Path) -> None:
         """Trials left running by a dead driver: told complete when their run finished anyway

@@ -299,3 +299,33 @@ def test_a_stored_study_opens_again_with_optuna(tmp_path: Path, kind: str) -> No
     assert (tmp_path / ("study.db" if kind == "sqlite" else "study.journal")).is_file()
     again = optuna.load_study(study_name="s", storage=open_storage(url))
     assert [t.value for t in again.trials] == [0.5] and again.best_params == trial.params
+
+
+def test_a_running_trial_is_stale_when_its_driver_is_gone_or_silent() -> None:
+    """A driver names itself by host and process id, which recur (a reboot, a clone of one
+    machine image): a trial is left by a dead driver when it names this driver (asked between
+    batches, none of its own runs), a process id that is not alive on this host, or, wherever it
+    names, a heartbeat older than STALE_S; a live id on this host with a fresh heartbeat runs."""
+    import socket
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from lopt.sweep import study as sweeper_module
+
+    sweeper = sweeper_module.StudySweeper(None, {"n_trials": 1}, "auc")
+    host = socket.gethostname()
+    gone = 2**22 + 1  # above Linux's largest pid_max: no process has it
+    now = time.time()
+    old = now - 2 * sweeper_module.STALE_S
+
+    def trial(driver: str, beat: float) -> SimpleNamespace:
+        attrs = {sweeper_module.DRIVER_ATTR: driver, sweeper_module.HEARTBEAT_ATTR: beat}
+        return SimpleNamespace(system_attrs=attrs, datetime_start=datetime.fromtimestamp(beat))
+
+    assert sweeper._stale(trial(sweeper.driver, now))
+    assert not sweeper._stale(trial(f"{host}:{os.getppid()}", now))
+    assert sweeper._stale(trial(f"{host}:{os.getppid()}", old))  # a reused id on this host
+    assert sweeper._stale(trial(f"{host}:{gone}", now))
+    assert not sweeper._stale(trial("elsewhere:1", now))
+    assert sweeper._stale(trial("elsewhere:1", old))
+    assert sweeper._stale(trial(f"suspended:{host}:{os.getppid()}", old))
