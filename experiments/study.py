@@ -2,7 +2,7 @@
 
     python experiments/study.py PLAN.yaml --plan                  # the chunks and the CPU estimate
     python experiments/study.py PLAN.yaml --measure [--epochs 3]  # time an epoch of every method
-    python experiments/study.py PLAN.yaml [--max-chunks N] [--commit] [--scratch DIR]
+    python experiments/study.py PLAN.yaml [--max-chunks N] [--hours H] [--commit] [--scratch DIR] [--code DIR]
 
 PLAN.yaml (e.g. ``experiments/results/ml100k/study.yaml``) names the dataset's experiments, the
 methods, the blocks, the seeds, the tuning trials, the epoch budget, the data, and overrides for
@@ -26,8 +26,19 @@ Every chunk ends with its records and ``chunks/<chunk>.json`` (what ran, the cod
 in the results folder; ``--commit`` commits them (``git add`` + ``git commit`` in the repository
 holding the results folder). A chunk whose ``chunks/<chunk>.json`` exists is done, so an
 interrupted study, or one resumed from a fresh clone of what was committed, carries on with the
-first chunk not done; an interrupted chunk is run again whole. Full runs (checkpoints, logs) go
-to ``--scratch`` (default ``data/study/<dataset>``), never committed.
+first chunk not done. Full runs (checkpoints, logs) go to ``--scratch`` (default
+``data/study/<dataset>``), never committed. ``--code DIR`` runs every fit with ``DIR/run.py`` (a
+clone of the commit the whole study runs on, while this checkout moves on) and names DIR's commit
+in the records; run the driver with DIR's Python, whose packages the fits use.
+
+A stop (SIGTERM, SIGINT, or ``--hours`` of wall time spent: a batch job's or a session's limit)
+suspends the study: the chunk's command and its launcher's jobs are terminated, and a tuning
+chunk with finished trials writes its stored study (the storage and the trials' run folders,
+without checkpoints) to ``carry/<chunk>.tar.gz`` in the results folder, committed with
+``--commit``. The same command resumes it, from the scratch folder on the same machine or from
+the carry in a fresh clone: the finished trials are kept, the ones the stop cut short run again
+with their parameters, and the chunk's own commit removes the carry. A stopped seed-runs chunk
+runs again whole. Exit status: 0 done (or ``--max-chunks`` reached), 1 an error, 3 suspended.
 
 ``--measure`` runs every method of the plan for 1 epoch (to fill the caches), ``--epochs`` epochs
 and twice as many on the plan's data (one seed, the paper block) and writes the seconds per epoch
@@ -42,9 +53,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zlib
@@ -55,7 +69,7 @@ from typing import Any
 
 import yaml
 
-from lopt.sweep.study import best_params, load_stored_study
+from lopt.sweep.study import DRIVER_ATTR, STORAGE_FILES, best_params, load_stored_study, storage_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "experiments"))
@@ -64,6 +78,12 @@ from collect_records import collect  # noqa: E402
 TIMINGS_FILE = "epoch_seconds.json"
 SELECTION_FILE = "selection.json"
 CHUNK_DIR = "chunks"
+#: Where a tuning chunk stopped part-way keeps its stored study until it resumes (see suspend).
+CARRY_DIR = "carry"
+#: What a carried study leaves behind: model weights and the launcher's job files.
+CARRY_SKIPS = {"checkpoints", ".submitit"}
+#: Exit status of a suspended study (run the same command again to resume).
+SUSPENDED_EXIT = 3
 #: The blocks of a study and the control each runs under.
 BLOCK_CONTROLS = {
     "paper": ["control=none"],
@@ -121,6 +141,7 @@ class Plan:
     selections: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune_overrides: list[str] = field(default_factory=list)
     split_methods: dict[str, list[str]] = field(default_factory=dict)  # split → its methods (absent: all)
+    code: Path = REPO_ROOT  # the checkout whose run.py runs every fit (--code), not a plan key
 
     def methods_of(self, split: str) -> list[Method]:
         """The methods run on ``split`` (every method unless the split names its own)."""
@@ -227,6 +248,11 @@ class Chunk:
     def marker(self) -> str:
         return f"{CHUNK_DIR}/{self.name.replace('/', '--')}.json"
 
+    @property
+    def carry(self) -> str:
+        """The committed stored study of this tuning chunk while it is suspended."""
+        return f"{CARRY_DIR}/{self.name.replace('/', '--')}.tar.gz"
+
 
 def chunks(plan: Plan) -> list[Chunk]:
     """The chunks of ``plan`` in the order they run (a block's runs after its selection's study)."""
@@ -270,7 +296,7 @@ def tune_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
     head, budget = base_overrides(plan, chunk)
     return [
         sys.executable,
-        str(REPO_ROOT / "run.py"),
+        str(plan.code / "run.py"),
         "-m",
         *head,
         f"+tune={plan.method(chunk.method).tune}",
@@ -300,7 +326,7 @@ def runs_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
     params = [f"{k}={v}" for k, v in sorted(selection(plan, chunk).items())]
     return [
         sys.executable,
-        str(REPO_ROOT / "run.py"),
+        str(plan.code / "run.py"),
         "-m",
         *head,
         "+budget=equal",
@@ -312,13 +338,132 @@ def runs_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
     ]
 
 
+class Suspended(Exception):
+    """The study was asked to stop (SIGTERM, SIGINT, or ``--hours`` ran out) while a chunk ran."""
+
+
+#: The stop asked for (the signal's name; None: none) and whether a chunk's command is running.
+_STOP: dict[str, Any] = {"asked": None, "waiting": False}
+
+
+def _ask_stop(signum: int, frame: Any) -> None:
+    """A stop interrupts a running command at once; anywhere else (collecting, committing) it
+    takes effect before the next chunk, so that no chunk's records are left half-written."""
+    _STOP["asked"] = signal.Signals(signum).name
+    if _STOP["waiting"]:
+        _STOP["waiting"] = False
+        raise Suspended(_STOP["asked"])
+
+
 def _run(command: Sequence[str], log: Path) -> None:
+    """Run ``command`` (``python <checkout>/run.py …``) from its checkout, in its own process
+    group; a :class:`Suspended` stop raised while it runs terminates the whole group (the
+    launcher's jobs included) before it propagates."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("  $ " + " ".join(command[2:]), flush=True)
     with open(log, "w", encoding="utf-8") as handle:
-        code = subprocess.run(list(command), cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT).returncode
+        child = subprocess.Popen(
+            list(command), cwd=Path(command[1]).parent, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            _STOP["waiting"] = True
+            if _STOP["asked"]:
+                raise Suspended(_STOP["asked"])
+            code = child.wait()
+        except BaseException:
+            _stop_group(child)
+            raise
+        finally:
+            _STOP["waiting"] = False
     if code != 0:
         raise RuntimeError(f"the command exited with {code}; its output is in {log}")
+
+
+def _stop_group(child: subprocess.Popen, grace: float = 60.0) -> None:
+    """SIGTERM ``child``'s process group (it leads one), SIGKILL whatever of it is left after
+    ``grace`` seconds, and reap ``child``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            child.poll()  # reap the leader: a zombie still counts as a member of its group
+            try:
+                os.killpg(child.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            continue
+        break
+    child.wait()
+
+
+def pack_carry(sweep: Path, target: Path) -> None:
+    """Write the stored study in ``sweep`` (its storage and every trial's run folder, without
+    ``CARRY_SKIPS``) to the tar.gz ``target``, through a temporary file renamed into place. Its
+    driver is dead: the trials it left running are marked so (:func:`orphan_running_trials`)."""
+    orphan_running_trials(sweep)
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if CARRY_SKIPS & set(Path(info.name).parts) else info
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=".carry.", dir=target.parent)
+    os.close(handle)
+    try:
+        with tarfile.open(temp, "w:gz") as tar:
+            tar.add(sweep, arcname=".", filter=keep)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def orphan_running_trials(sweep: Path) -> None:
+    """Give the trials left running in ``sweep``'s stored study a driver that cannot be alive, so
+    that the study resumed from the carry re-runs their parameters at once: on another machine the
+    process id they name may belong to a live, unrelated process."""
+    if not (sweep / "study.yaml").is_file():
+        return
+    import optuna
+
+    stored = stored_study(sweep)
+    for trial in stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        driver = str(trial.system_attrs.get(DRIVER_ATTR, ""))
+        stored._storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, f"suspended:{driver}")
+
+
+def unpack_carry(carry: Path, sweep: Path) -> None:
+    """Restore a carried stored study into ``sweep`` (which must not exist)."""
+    staging = Path(tempfile.mkdtemp(prefix=".carry.", dir=sweep.parent))
+    try:
+        with tarfile.open(carry, "r:gz") as tar:
+            tar.extractall(staging, filter="data")
+        staging.rename(sweep)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def stored_study(sweep: Path) -> Any:
+    """The optuna study stored in ``sweep``, opened from the storage file in that folder (a
+    carried study's study.yaml names the folder it was packed from)."""
+    for kind, name in STORAGE_FILES.items():
+        if (sweep / name).is_file():
+            return load_stored_study(sweep, storage_url(kind, sweep))
+    return load_stored_study(sweep)
+
+
+def finished_trials(sweep: Path) -> int:
+    """How many trials of the stored study in ``sweep`` are complete (0 before it exists)."""
+    if not (sweep / "study.yaml").is_file():
+        return 0
+    import optuna
+
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in stored_study(sweep).trials)
 
 
 def _collect(sweep_dir: Path, staging: Path, trials: bool = False) -> Path:
@@ -370,10 +515,22 @@ def _staging(parent: Path) -> Path:
 
 
 def run_tune(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
-    """A tuning study; its trials' compact records and selection.json."""
-    sweep = scratch / chunk.name / "sweep"  # a stored study: an interrupted chunk resumes its trials
-    _run(tune_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
-    stored = load_stored_study(sweep)
+    """A tuning study; its trials' compact records and selection.json. The stored study resumes:
+    from ``scratch`` on the same machine, else from the chunk's carry (a suspended study's commit);
+    a :class:`Suspended` stop writes the carry before it propagates."""
+    sweep = scratch / chunk.name / "sweep"
+    carry = plan.results / chunk.carry
+    if not sweep.exists() and carry.is_file():
+        sweep.parent.mkdir(parents=True, exist_ok=True)
+        unpack_carry(carry, sweep)
+        print(f"  resumed from {chunk.carry}: {finished_trials(sweep)} of {plan.trials} trials finished", flush=True)
+    try:
+        _run(tune_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
+    except Suspended:
+        if finished_trials(sweep):
+            pack_carry(sweep, carry)
+        raise
+    stored = stored_study(sweep)
     results = {"best_params": best_params(stored), "best_value": stored.best_value}
     target = plan.results / "studies" / chunk.split / chunk.block / chunk.method
     staging = _staging(target.parent)
@@ -429,11 +586,12 @@ def run_borrow(plan: Plan, chunk: Chunk) -> list[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def code_commit() -> str:
-    """The commit of the code running the study (``-dirty`` with changes; ``unknown`` outside git)."""
+def code_commit(plan: Plan) -> str:
+    """The commit of the checkout running the study's fits (``-dirty`` with changes; ``unknown``
+    outside git)."""
     from lopt.run.provenance import commit_label  # imports torch: only where a record is written
 
-    return commit_label(REPO_ROOT)
+    return commit_label(plan.code)
 
 
 def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
@@ -449,16 +607,40 @@ def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
     record = {
         "chunk": chunk.name,
         "records": [p.relative_to(plan.results).as_posix() for p in written],
-        "code_commit": code_commit(),
+        "code_commit": code_commit(plan),
         "seconds": round(time.perf_counter() - started, 1),
     }
     marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    carry = plan.results / chunk.carry
+    carried = carry.is_file()
+    if carried:
+        carry.unlink()
     if commit:
         paths = [str(p) for p in written] + [str(marker)]
+        if carried and _tracked(carry):
+            paths.append(str(carry))  # its removal goes into the chunk's commit
         message = f"study {plan.dataset}: {chunk.name} ({record['seconds']:.0f} s, code {record['code_commit'][:12]})"
         _git(["add", "--", *paths], plan.results)
         # the chunk's paths only: whatever else is staged in that repository stays out of the commit
         _git(["commit", "-q", "-m", message, "--", *paths], plan.results)
+
+
+def suspended(plan: Plan, chunk: Chunk, scratch: Path, commit: bool, why: str) -> int:
+    """After a stop in ``chunk``: commit its carry (a tuning chunk's stored study) when
+    ``commit``, say what resumes, and return :data:`SUSPENDED_EXIT`."""
+    carry = plan.results / chunk.carry
+    if chunk.kind == "tune" and carry.is_file():
+        kept = finished_trials(scratch / chunk.name / "sweep")
+        what = f"its stored study ({kept} of {plan.trials} trials finished) is kept in {chunk.carry}"
+        if commit:
+            _git(["add", "--", str(carry)], plan.results)
+            message = f"study {plan.dataset}: suspend {chunk.name} ({kept} of {plan.trials} trials finished)"
+            _git(["commit", "-q", "-m", message, "--", str(carry)], plan.results)
+            what += ", committed"
+    else:
+        what = "no trial of it had finished: it runs again whole" if chunk.kind == "tune" else "it runs again whole"
+    print(f"suspended ({why}) in chunk {chunk.name}: {what}; run the same command to resume", flush=True)
+    return SUSPENDED_EXIT
 
 
 def _git(args: list[str], cwd: Path, attempts: int = 30) -> None:
@@ -471,6 +653,12 @@ def _git(args: list[str], cwd: Path, attempts: int = 30) -> None:
         if "index.lock" not in result.stderr or attempt == attempts - 1:
             raise RuntimeError(f"git {args[0]} failed in {cwd}: {result.stderr.strip()}")
         time.sleep(2.0)
+
+
+def _tracked(path: Path) -> bool:
+    """Whether git tracks ``path`` (it may have been deleted from the work tree)."""
+    result = subprocess.run(["git", "ls-files", "--", path.name], cwd=path.parent, capture_output=True, text=True)
+    return result.returncode == 0 and bool(result.stdout.strip())
 
 
 def done(plan: Plan, chunk: Chunk) -> bool:
@@ -494,7 +682,7 @@ def measure(plan: Plan, epochs: int, scratch: Path) -> dict[str, float]:
             run_dir = scratch / "measure" / f"{m.name}-{length}"
             command = [
                 sys.executable,
-                str(REPO_ROOT / "run.py"),
+                str(plan.code / "run.py"),
                 *head,
                 *params,
                 f"trainer.max_epochs={length}",
@@ -620,18 +808,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each --measure run (default 3)")
     parser.add_argument("--max-chunks", type=int, default=None, help="stop after this many chunks")
     parser.add_argument("--commit", action="store_true", help="git-commit each chunk's records as it ends")
-    parser.add_argument("--scratch", type=Path, default=None, help="full runs (default data/study/<dataset>)")
+    parser.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        help="suspend after this many hours of wall time, as SIGTERM does (a batch job's time limit)",
+    )
+    parser.add_argument(
+        "--scratch", type=Path, default=None, help="full runs (default data/study/<dataset> in the --code checkout)"
+    )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=None,
+        help="a checkout (a clone of the study's commit) whose run.py runs every fit and whose commit the "
+        "records name; default: the checkout holding this script",
+    )
     args = parser.parse_args(argv)
     try:
         plan = load_plan(args.plan)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    scratch = (args.scratch or REPO_ROOT / "data" / "study" / plan.dataset).resolve()
+    if args.code is not None:
+        plan.code = args.code.resolve()
+        if not (plan.code / "run.py").is_file():
+            print(f"error: --code {args.code}: no run.py there; name a checkout of lopt", file=sys.stderr)
+            return 2
+    scratch = (args.scratch or plan.code / "data" / "study" / plan.dataset).resolve()
     timings_path = plan.results / TIMINGS_FILE
     if args.measure:
         timings = measure(plan, args.epochs, scratch)
-        record = {"seconds_per_epoch": timings, "epochs": args.epochs, "code_commit": code_commit()}
+        record = {"seconds_per_epoch": timings, "epochs": args.epochs, "code_commit": code_commit(plan)}
         timings_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return 0
     if args.dry:
@@ -641,16 +849,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print_plan(plan, timings, 1.0 - ratio)
         return 0
+    handlers = {sig: signal.signal(sig, _ask_stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+    if args.hours is not None:
+        signal.setitimer(signal.ITIMER_REAL, args.hours * 3600.0)
+    _STOP.update(asked=None, waiting=False)
+    try:
+        return run_study(plan, scratch, args.commit, args.max_chunks)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def run_study(plan: Plan, scratch: Path, commit: bool, max_chunks: int | None) -> int:
+    """Run the chunks not done, in order; 0 when every chunk is done or ``max_chunks`` ran, 1 on
+    an error, :data:`SUSPENDED_EXIT` after a stop."""
     ran = 0
     for chunk in chunks(plan):
         if done(plan, chunk):
             continue
-        if args.max_chunks is not None and ran >= args.max_chunks:
+        if max_chunks is not None and ran >= max_chunks:
             print(f"stopped after {ran} chunks (--max-chunks); run again to continue")
             return 0
+        if _STOP["asked"]:
+            print(f"suspended ({_STOP['asked']}) before chunk {chunk.name}; run the same command to resume")
+            return SUSPENDED_EXIT
         print(f"chunk {chunk.name}", flush=True)
         try:
-            run_chunk(plan, chunk, scratch, args.commit)
+            run_chunk(plan, chunk, scratch, commit)
+        except Suspended as stop:
+            return suspended(plan, chunk, scratch, commit, str(stop))
         except (OSError, RuntimeError, ValueError) as error:
             print(
                 f"error in chunk {chunk.name}: {error}\nthe chunks before it are done; run again to resume",

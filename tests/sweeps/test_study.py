@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from types import ModuleType
 
@@ -303,3 +305,158 @@ def test_git_waits_for_another_process_holding_the_index_lock(tmp_path: Path) ->
     assert _git(tmp_path, "diff", "--cached", "--name-only").split() == ["a.txt"]
     with pytest.raises(RuntimeError, match="git commit failed .*no-such-path"):
         study._git(["commit", "-q", "-m", "x", "--", "no-such-path"], tmp_path, attempts=2)
+
+
+def _stored(sweep: Path, driver: str):  # type: ignore[no-untyped-def]
+    """A stored study in ``sweep`` as the sweeper leaves it: one finished trial, one left running
+    by ``driver``, run folders with weights, the launcher's job files."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from lopt.sweep.study import DRIVER_ATTR
+
+    sweep.mkdir(parents=True)
+    url = f"sqlite:///{sweep / 'study.db'}"
+    stored = optuna.create_study(study_name="sweep", storage=url, direction="maximize")
+    space = {"model.lambda_value": FloatDistribution(0.0, 1.0)}
+    stored.tell(stored.ask(space), 0.5)
+    running = stored.ask(space)
+    stored._storage.set_trial_system_attr(running._trial_id, DRIVER_ATTR, driver)
+    (sweep / "study.yaml").write_text(yaml.safe_dump({"name": "sweep", "storage": url, "metric": "valid/auc"}))
+    for number in ("0", "1"):
+        (sweep / number / "checkpoints").mkdir(parents=True)
+        (sweep / number / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+        (sweep / number / "run.log").write_text("log\n")
+    (sweep / "0" / "metrics.json").write_text(json.dumps({"valid": {"auc": 0.5}}))
+    (sweep / ".submitit").mkdir()
+    (sweep / ".submitit" / "job.pkl").write_bytes(b"job")
+    return stored
+
+
+def test_a_carry_keeps_the_stored_study_without_weights_and_orphans_its_running_trials(tmp_path: Path) -> None:
+    """The carry of a suspended tuning chunk: its storage and run folders without checkpoints or
+    job files, written through a temporary file; restored elsewhere, it opens from its new folder,
+    and the trial its dead driver left running names no process (a resumed study re-runs it)."""
+    from lopt.sweep.study import DRIVER_ATTR
+
+    sweep = tmp_path / "here" / "sweep"
+    _stored(sweep, "host:123")
+    carry = tmp_path / "results" / "carry" / "tune--temporal--paper--fix.tar.gz"
+    study.pack_carry(sweep, carry)
+    assert sorted(p.name for p in carry.parent.iterdir()) == [carry.name]
+    with tarfile.open(carry) as tar:
+        names = {Path(n).as_posix() for n in tar.getnames()}
+    assert {"study.db", "study.yaml", "0/metrics.json", "0/run.log", "1/run.log"} <= names
+    assert not [n for n in names if "checkpoints" in n or ".submitit" in n]
+
+    shutil.rmtree(tmp_path / "here")  # another machine: only the carry is left
+    restored = tmp_path / "there" / "sweep"
+    restored.parent.mkdir()
+    study.unpack_carry(carry, restored)
+    assert study.finished_trials(restored) == 1
+    assert not (tmp_path / "here").exists()  # opened from its own folder, not the packed one's
+    running = [t for t in study.stored_study(restored).trials if t.state.name == "RUNNING"]
+    assert [t.system_attrs[DRIVER_ATTR] for t in running] == ["suspended:host:123"]
+    assert sorted(p.name for p in restored.parent.iterdir()) == ["sweep"]  # no staging folder left
+
+
+@pytest.mark.slow
+def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2-trial λFix study stopped after its first trial: the stop commits the chunk's carry and
+    exits with SUSPENDED_EXIT; from a fresh scratch folder (another machine) the same command
+    restores it, runs the second trial only, and the chunk's commit removes the carry."""
+    monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    repo = tmp_path / "repo"
+    path = _plan(
+        repo, methods={"fix": {"tune": "fix", "overrides": ["model=fix"]}}, selections={}, blocks=["paper"], trials=2
+    )
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "study@example.org")
+    _git(repo, "config", "user.name", "study")
+    scratch = tmp_path / "scratch"
+    args = [str(path), "--commit", "--scratch", str(scratch), "--max-chunks", "1"]
+    chunk = study.Chunk("tune", "temporal", "paper", "fix")
+    real_run = study._run
+
+    def stopped_after_one_trial(command, log: Path) -> None:  # type: ignore[no-untyped-def]
+        real_run([c if c != "study.n_trials=2" else "study.n_trials=1" for c in command], log)
+        raise study.Suspended("SIGTERM")
+
+    monkeypatch.setattr(study, "_run", stopped_after_one_trial)
+    assert study.main(args) == study.SUSPENDED_EXIT
+    assert "1 of 2 trials finished) is kept in carry/tune--temporal--paper--fix.tar.gz, committed" in (
+        capsys.readouterr().out
+    )
+    assert _git(repo, "log", "--format=%s").splitlines() == [
+        "study synthetic: suspend tune/temporal/paper/fix (1 of 2 trials finished)"
+    ]
+    assert not (repo / "results" / chunk.marker).exists()
+    first = study.stored_study(scratch / chunk.name / "sweep").trials[0]
+
+    shutil.rmtree(scratch)
+    monkeypatch.setattr(study, "_run", real_run)
+    assert study.main(args) == 0
+    assert "resumed from carry/tune--temporal--paper--fix.tar.gz: 1 of 2 trials finished" in capsys.readouterr().out
+    trials = study.stored_study(scratch / chunk.name / "sweep").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].datetime_complete == first.datetime_complete  # kept, not run again
+    assert trials[0].params == first.params
+    log = [line.split(" (")[0] for line in _git(repo, "log", "--format=%s").splitlines()]
+    assert log == ["study synthetic: tune/temporal/paper/fix", "study synthetic: suspend tune/temporal/paper/fix"]
+    assert not (repo / "results" / chunk.carry).exists() and _git(repo, "ls-files", "results/carry") == ""
+    assert _git(repo, "status", "--porcelain", "results/carry", "results/studies", "results/chunks") == ""
+    records = list((repo / "results" / "studies" / "temporal" / "paper" / "fix").rglob("metrics.json"))
+    assert len(records) == 2
+
+
+@pytest.mark.slow
+def test_hours_suspends_the_study_and_stops_every_process_of_its_chunk(tmp_path: Path) -> None:
+    """``--hours`` stops the study as SIGTERM would: the chunk's command and the launcher's jobs
+    are terminated (no process is left naming the scratch folder), and the exit status is
+    SUSPENDED_EXIT."""
+    repo = tmp_path / "repo"
+    path = _plan(
+        repo, methods={"fix": {"tune": "fix", "overrides": ["model=fix"]}}, selections={}, blocks=["paper"], trials=2
+    )
+    scratch = tmp_path / "scratch"
+    env = {**os.environ, "LOPT_DATA_DIR": str(tmp_path / "data"), "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(REPO_ROOT / "experiments" / "study.py"), str(path), "--scratch", str(scratch)]
+    done = subprocess.run([*command, "--hours", "0.0015"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == study.SUSPENDED_EXIT, done.stdout + done.stderr
+    assert "suspended (SIGALRM) in chunk tune/temporal/paper/fix" in done.stdout
+    assert "run the same command to resume" in done.stdout
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(scratch).encode() in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+        except OSError:
+            continue
+    assert not left, f"processes of the stopped chunk still run: {left}"
+
+
+@pytest.mark.slow
+def test_code_runs_every_fit_from_another_checkout_and_names_its_commit(tmp_path: Path) -> None:
+    """--code DIR: the fits' commands run DIR/run.py from DIR, the chunk records name DIR's
+    commit; a folder without run.py is refused."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "run.py").write_text("import os, sys\nopen('ran.txt', 'w').write(os.getcwd() + ' ' + sys.argv[1])\n")
+    _git(code, "init", "-q")
+    _git(code, "config", "user.email", "study@example.org")
+    _git(code, "config", "user.name", "study")
+    _git(code, "add", "run.py")
+    _git(code, "commit", "-q", "-m", "the study's code")
+    plan = study.load_plan(_plan(tmp_path, methods={"fix": {"tune": "fix", "overrides": ["model=fix"]}}, selections={}))
+    assert plan.code == REPO_ROOT
+    plan.code = code
+    chunk = study.Chunk("tune", "temporal", "paper", "fix")
+    command = study.tune_command(plan, chunk, tmp_path / "sweep")
+    assert command[:3] == [sys.executable, str(code / "run.py"), "-m"]
+    assert study.code_commit(plan) == _git(code, "rev-parse", "HEAD").strip()
+    study._run(command, tmp_path / "log.txt")
+    assert (code / "ran.txt").read_text() == f"{code} -m"
+    assert study.main([str(plan.path), "--code", str(tmp_path), "--max-chunks", "0"]) == 2
