@@ -5,6 +5,7 @@
 #   bash experiments/results/ml100k/run_all.sh --plan      # the chunks and the CPU estimate
 #   bash experiments/results/ml100k/run_all.sh --measure   # time an epoch of every method first
 #   bash experiments/results/ml100k/run_all.sh --commit    # run; commit each chunk's records
+#   bash experiments/results/ml100k/run_all.sh --commit --hours 2.5   # suspend after 2.5 h (exit 3); run again to resume
 # The epoch budget, seeds and trials are study.yaml's (budget: conf/budget/equal.yaml's keys);
 # the data file comes from paths.data_dir (LOPT_DATA_DIR) like every ml100k run. PYTHON picks
 # the interpreter. Then write the table and figures from runs/ (experiments/reproduce_table.py).
