@@ -31,14 +31,19 @@ first chunk not done. Full runs (checkpoints, logs) go to ``--scratch`` (default
 clone of the commit the whole study runs on, while this checkout moves on) and names DIR's commit
 in the records; run the driver with DIR's Python, whose packages the fits use.
 
-A stop (SIGTERM, SIGINT, or ``--hours`` of wall time spent: a batch job's or a session's limit)
-suspends the study: the chunk's command and its launcher's jobs are terminated, and a tuning
-chunk with finished trials writes its stored study (the storage and the trials' run folders,
-without checkpoints) to ``carry/<chunk>.tar.gz`` in the results folder, committed with
-``--commit``. The same command resumes it, from the scratch folder on the same machine or from
-the carry in a fresh clone: the finished trials are kept, the ones the stop cut short run again
-with their parameters, and the chunk's own commit removes the carry. A stopped seed-runs chunk
-runs again whole. Exit status: 0 done (or ``--max-chunks`` reached), 1 an error, 3 suspended.
+A stop (SIGTERM, SIGINT, SIGHUP, or ``--hours`` of wall time spent: a batch job's or a session's
+limit) suspends the study: the running chunk's command and its local launcher's jobs (one
+process group) get SIGTERM, then SIGKILL after 15 s; a tuning chunk writes its stored study (the
+storage and, of each trial, its metrics.json, config and log: no weights) to
+``carry/<chunk>.tar.gz`` in the results folder, committed with ``--commit``. The same command
+resumes it, from the scratch folder on the same machine or from the carry in a fresh clone
+(whichever holds more finished trials): finished trials are kept, the ones the stop cut short run
+again with their parameters, and the chunk's own commit removes the carry. A stopped seed-runs
+chunk runs again whole. A stop while records are collected or committed takes effect after
+them; a chunk whose commit was lost anyway is committed by the next run with ``--commit``.
+Jobs of the SLURM launcher are not in the driver's process group: cancel them (``scancel``), or
+let them end before resuming; the resumed study keeps the ones that wrote their metrics.json.
+Exit status: 0 done (or ``--max-chunks`` reached), 1 an error, 3 suspended.
 
 ``--measure`` runs every method of the plan for 1 epoch (to fill the caches), ``--epochs`` epochs
 and twice as many on the plan's data (one seed, the paper block) and writes the seconds per epoch
@@ -69,7 +74,14 @@ from typing import Any
 
 import yaml
 
-from lopt.sweep.study import DRIVER_ATTR, STORAGE_FILES, best_params, load_stored_study, storage_url
+from lopt.sweep.study import (
+    DRIVER_ATTR,
+    HEARTBEAT_ATTR,
+    STORAGE_FILES,
+    best_params,
+    load_stored_study,
+    storage_url,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "experiments"))
@@ -80,8 +92,12 @@ SELECTION_FILE = "selection.json"
 CHUNK_DIR = "chunks"
 #: Where a tuning chunk stopped part-way keeps its stored study until it resumes (see suspend).
 CARRY_DIR = "carry"
-#: What a carried study leaves behind: model weights and the launcher's job files.
-CARRY_SKIPS = {"checkpoints", ".submitit"}
+#: What a carry keeps of each trial's run folder: its result (the sweeper's objective, the record),
+#: its config and its log.
+CARRY_TRIAL_FILES = {"metrics.json", ".hydra", "run.log"}
+#: Seconds a stopped chunk's processes get to end after SIGTERM, before SIGKILL (a batch system's
+#: own grace, e.g. SLURM's KillWait of 30 s, must leave the driver time to write the carry).
+STOP_GRACE_S = 15.0
 #: Exit status of a suspended study (run the same command again to resume).
 SUSPENDED_EXIT = 3
 #: The blocks of a study and the control each runs under.
@@ -339,26 +355,25 @@ def runs_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
 
 
 class Suspended(Exception):
-    """The study was asked to stop (SIGTERM, SIGINT, or ``--hours`` ran out) while a chunk ran."""
+    """The study was asked to stop (SIGTERM, SIGINT, SIGHUP, or ``--hours`` ran out) while a
+    chunk's command ran."""
 
 
-#: The stop asked for (the signal's name; None: none) and whether a chunk's command is running.
-_STOP: dict[str, Any] = {"asked": None, "waiting": False}
+#: The stop asked for: the signal's name, None while none was.
+_STOP: dict[str, str | None] = {"asked": None}
 
 
 def _ask_stop(signum: int, frame: Any) -> None:
-    """A stop interrupts a running command at once; anywhere else (collecting, committing) it
-    takes effect before the next chunk, so that no chunk's records are left half-written."""
+    """Record the stop; the command being waited for is stopped by :func:`_run`, and anything
+    else (collecting, committing records) finishes before the next chunk is refused."""
     _STOP["asked"] = signal.Signals(signum).name
-    if _STOP["waiting"]:
-        _STOP["waiting"] = False
-        raise Suspended(_STOP["asked"])
 
 
 def _run(command: Sequence[str], log: Path) -> None:
-    """Run ``command`` (``python <checkout>/run.py …``) from its checkout, in its own process
-    group; a :class:`Suspended` stop raised while it runs terminates the whole group (the
-    launcher's jobs included) before it propagates."""
+    """Run ``command`` (``python <checkout>/run.py …``) from its checkout in a process group of
+    its own (a stop sent to the driver's group does not reach it half-way); a stop asked for
+    while it runs terminates that whole group, the launcher's local jobs included, and raises
+    :class:`Suspended`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("  $ " + " ".join(command[2:]), flush=True)
     with open(log, "w", encoding="utf-8") as handle:
@@ -366,20 +381,21 @@ def _run(command: Sequence[str], log: Path) -> None:
             list(command), cwd=Path(command[1]).parent, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            _STOP["waiting"] = True
-            if _STOP["asked"]:
-                raise Suspended(_STOP["asked"])
-            code = child.wait()
+            while True:
+                try:
+                    code = child.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if _STOP["asked"]:
+                        raise Suspended(_STOP["asked"]) from None
         except BaseException:
             _stop_group(child)
             raise
-        finally:
-            _STOP["waiting"] = False
     if code != 0:
         raise RuntimeError(f"the command exited with {code}; its output is in {log}")
 
 
-def _stop_group(child: subprocess.Popen, grace: float = 60.0) -> None:
+def _stop_group(child: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
     """SIGTERM ``child``'s process group (it leads one), SIGKILL whatever of it is left after
     ``grace`` seconds, and reap ``child``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -401,21 +417,26 @@ def _stop_group(child: subprocess.Popen, grace: float = 60.0) -> None:
     child.wait()
 
 
+def _carried(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """The members of a carry: the study's own files, and of each trial's run folder what the
+    sweeper and the records read (CARRY_TRIAL_FILES); no weights, Λ dumps or launcher files."""
+    parts = [part for part in Path(info.name).parts if part != "."]  # below the archive's root
+    if len(parts) <= 1:
+        return None if parts and parts[0].startswith(".") else info
+    return info if parts[0].isdigit() and parts[1] in CARRY_TRIAL_FILES else None
+
+
 def pack_carry(sweep: Path, target: Path) -> None:
-    """Write the stored study in ``sweep`` (its storage and every trial's run folder, without
-    ``CARRY_SKIPS``) to the tar.gz ``target``, through a temporary file renamed into place. Its
-    driver is dead: the trials it left running are marked so (:func:`orphan_running_trials`)."""
+    """Write the stored study in ``sweep`` to the tar.gz ``target`` (see :func:`_carried`),
+    through a temporary file renamed into place. Its driver is dead: the trials it left running
+    are marked so first (:func:`orphan_running_trials`)."""
     orphan_running_trials(sweep)
-
-    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        return None if CARRY_SKIPS & set(Path(info.name).parts) else info
-
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=".carry.", dir=target.parent)
     os.close(handle)
     try:
         with tarfile.open(temp, "w:gz") as tar:
-            tar.add(sweep, arcname=".", filter=keep)
+            tar.add(sweep, arcname=".", filter=_carried)
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -423,9 +444,10 @@ def pack_carry(sweep: Path, target: Path) -> None:
 
 
 def orphan_running_trials(sweep: Path) -> None:
-    """Give the trials left running in ``sweep``'s stored study a driver that cannot be alive, so
-    that the study resumed from the carry re-runs their parameters at once: on another machine the
-    process id they name may belong to a live, unrelated process."""
+    """Mark the trials left running in ``sweep``'s stored study as a dead driver's: a driver name
+    no process has and a heartbeat of 0, so that a resumed sweeper (of this or an earlier lopt)
+    re-runs their parameters at once, on any machine (where the process id they named may be a
+    live, unrelated process)."""
     if not (sweep / "study.yaml").is_file():
         return
     import optuna
@@ -433,19 +455,39 @@ def orphan_running_trials(sweep: Path) -> None:
     stored = stored_study(sweep)
     for trial in stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         driver = str(trial.system_attrs.get(DRIVER_ATTR, ""))
-        stored._storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, f"suspended:{driver}")
+        if not driver.startswith("suspended:"):
+            stored._storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, f"suspended:{driver}")
+        stored._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, 0.0)
 
 
-def unpack_carry(carry: Path, sweep: Path) -> None:
-    """Restore a carried stored study into ``sweep`` (which must not exist)."""
+def _extract(carry: Path, into: Path) -> None:
+    with tarfile.open(carry, "r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):  # Python ≥ 3.11.4
+            tar.extractall(into, filter="data")
+            return
+        for member in tar.getmembers():
+            name = Path(member.name)
+            if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
+                raise ValueError(f"{carry}: refusing the member {member.name!r}")
+        tar.extractall(into)
+
+
+def restore_carry(carry: Path, sweep: Path) -> bool:
+    """Restore the carried stored study into ``sweep`` unless ``sweep`` holds at least as many
+    finished trials (a scratch folder of this machine that went on after the carry was written);
+    returns whether it was restored."""
+    sweep.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".carry.", dir=sweep.parent))
     try:
-        with tarfile.open(carry, "r:gz") as tar:
-            tar.extractall(staging, filter="data")
+        _extract(carry, staging)
+        if sweep.exists() and finished_trials(sweep, told=True) >= finished_trials(staging, told=True):
+            return False
+        if sweep.exists():
+            shutil.rmtree(sweep)
         staging.rename(sweep)
-    except BaseException:
+        return True
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def stored_study(sweep: Path) -> Any:
@@ -457,13 +499,15 @@ def stored_study(sweep: Path) -> Any:
     return load_stored_study(sweep)
 
 
-def finished_trials(sweep: Path) -> int:
-    """How many trials of the stored study in ``sweep`` are complete (0 before it exists)."""
+def finished_trials(sweep: Path, told: bool = False) -> int:
+    """How many trials of the stored study in ``sweep`` are complete (``told``: complete, failed
+    or pruned); 0 before it exists."""
     if not (sweep / "study.yaml").is_file():
         return 0
     import optuna
 
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in stored_study(sweep).trials)
+    complete = optuna.trial.TrialState.COMPLETE
+    return sum(t.state.is_finished() if told else t.state == complete for t in stored_study(sweep).trials)
 
 
 def _collect(sweep_dir: Path, staging: Path, trials: bool = False) -> Path:
@@ -515,19 +559,17 @@ def _staging(parent: Path) -> Path:
 
 
 def run_tune(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
-    """A tuning study; its trials' compact records and selection.json. The stored study resumes:
-    from ``scratch`` on the same machine, else from the chunk's carry (a suspended study's commit);
+    """A tuning study; its trials' compact records and selection.json. The stored study resumes
+    from ``scratch`` on the same machine, or from the chunk's carry (a suspended study's commit);
     a :class:`Suspended` stop writes the carry before it propagates."""
     sweep = scratch / chunk.name / "sweep"
     carry = plan.results / chunk.carry
-    if not sweep.exists() and carry.is_file():
-        sweep.parent.mkdir(parents=True, exist_ok=True)
-        unpack_carry(carry, sweep)
+    if carry.is_file() and restore_carry(carry, sweep):
         print(f"  resumed from {chunk.carry}: {finished_trials(sweep)} of {plan.trials} trials finished", flush=True)
     try:
         _run(tune_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
     except Suspended:
-        if finished_trials(sweep):
+        if (sweep / "study.yaml").is_file():
             pack_carry(sweep, carry)
         raise
     stored = stored_study(sweep)
@@ -611,18 +653,25 @@ def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    carry = plan.results / chunk.carry
-    carried = carry.is_file()
-    if carried:
-        carry.unlink()
+    (plan.results / chunk.carry).unlink(missing_ok=True)
     if commit:
-        paths = [str(p) for p in written] + [str(marker)]
-        if carried and _tracked(carry):
-            paths.append(str(carry))  # its removal goes into the chunk's commit
-        message = f"study {plan.dataset}: {chunk.name} ({record['seconds']:.0f} s, code {record['code_commit'][:12]})"
-        _git(["add", "--", *paths], plan.results)
-        # the chunk's paths only: whatever else is staged in that repository stays out of the commit
-        _git(["commit", "-q", "-m", message, "--", *paths], plan.results)
+        commit_chunk(plan, chunk)
+
+
+def commit_chunk(plan: Plan, chunk: Chunk, note: str = "") -> None:
+    """Commit a done chunk: its records and marker, and the removal of its carry where a commit
+    holds one. Only these paths: whatever else is staged in that repository stays out."""
+    marker = plan.results / chunk.marker
+    record = json.loads(marker.read_text(encoding="utf-8"))
+    paths = [str(plan.results / r) for r in record["records"]] + [str(marker)]
+    carry = plan.results / chunk.carry
+    if _in_head(carry):
+        paths.append(str(carry))
+    elif not carry.exists():  # staged by a suspension whose commit never happened
+        _git(["rm", "-q", "--cached", "--ignore-unmatch", "--", str(carry)], plan.results)
+    message = f"study {plan.dataset}: {chunk.name} ({record['seconds']:.0f} s, code {record['code_commit'][:12]}){note}"
+    _git(["add", "-A", "--", *paths], plan.results)
+    _git(["commit", "-q", "-m", message, "--", *paths], plan.results)
 
 
 def suspended(plan: Plan, chunk: Chunk, scratch: Path, commit: bool, why: str) -> int:
@@ -638,27 +687,45 @@ def suspended(plan: Plan, chunk: Chunk, scratch: Path, commit: bool, why: str) -
             _git(["commit", "-q", "-m", message, "--", str(carry)], plan.results)
             what += ", committed"
     else:
-        what = "no trial of it had finished: it runs again whole" if chunk.kind == "tune" else "it runs again whole"
+        what = "it runs again whole"
     print(f"suspended ({why}) in chunk {chunk.name}: {what}; run the same command to resume", flush=True)
     return SUSPENDED_EXIT
 
 
-def _git(args: list[str], cwd: Path, attempts: int = 30) -> None:
-    """``git *args`` in ``cwd``, retried while another git process holds the index lock (the
-    results folder may live in a checkout where other commits are being made)."""
+def _git(args: list[str], cwd: Path, attempts: int = 30) -> str:
+    """``git *args`` in ``cwd`` (its stdout), retried while another git process holds the index
+    lock (the results folder may live in a checkout where other commits are being made). Git
+    runs in a session of its own, so that a stop sent to the driver's process group (Ctrl-C, a
+    batch system's SIGTERM) does not kill a commit half-way."""
     for attempt in range(attempts):
-        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, start_new_session=True)
         if result.returncode == 0:
-            return
+            return result.stdout
         if "index.lock" not in result.stderr or attempt == attempts - 1:
             raise RuntimeError(f"git {args[0]} failed in {cwd}: {result.stderr.strip()}")
         time.sleep(2.0)
+    raise AssertionError("unreachable")
 
 
-def _tracked(path: Path) -> bool:
-    """Whether git tracks ``path`` (it may have been deleted from the work tree)."""
-    result = subprocess.run(["git", "ls-files", "--", path.name], cwd=path.parent, capture_output=True, text=True)
+def _in_head(path: Path) -> bool:
+    """Whether the commit checked out holds ``path`` (it may be gone from the work tree); False
+    outside git or before a first commit."""
+    if not path.parent.is_dir():
+        return False
+    result = subprocess.run(
+        ["git", "ls-tree", "--name-only", "HEAD", "--", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+    )
     return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def uncommitted_chunks(plan: Plan) -> list[Chunk]:
+    """Done chunks whose marker no commit holds: their commit failed (or the study ran without
+    ``--commit``)."""
+    return [c for c in chunks(plan) if done(plan, c) and not _in_head(plan.results / c.marker)]
 
 
 def done(plan: Plan, chunk: Chunk) -> bool:
@@ -750,7 +817,8 @@ def estimate(
 
 
 def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float) -> None:
-    """The chunks (done or to run), their fits and, with timings, their CPU time."""
+    """The chunks (done, ``part``: suspended with a carry, or to run), their fits and, with timings,
+    their CPU time (a suspended chunk's counted whole)."""
     all_chunks = chunks(plan)
     todo = [c for c in all_chunks if not done(plan, c)]
     epochs_seen = observed_epochs(plan)
@@ -761,7 +829,8 @@ def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float)
     for c in all_chunks:
         n = plan.trials if c.kind == "tune" else len(plan.seeds) if c.kind == "runs" else 0
         fits += n
-        line = f"  {'done' if done(plan, c) else 'todo'}  {c.name:<44} {n:>3} fits"
+        state = "done" if done(plan, c) else "part" if (plan.results / c.carry).is_file() else "todo"
+        line = f"  {state}  {c.name:<44} {n:>3} fits"
         if c.name in seconds:
             line += (
                 f"  cap {seconds[c.name]['cap'] / 3600:7.2f} h  expected {seconds[c.name]['expected'] / 3600:7.2f} h"
@@ -849,10 +918,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print_plan(plan, timings, 1.0 - ratio)
         return 0
-    handlers = {sig: signal.signal(sig, _ask_stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+    if args.hours is not None and not args.hours > 0:
+        print(f"error: --hours {args.hours}: give a positive number of hours", file=sys.stderr)
+        return 2
+    _STOP["asked"] = None
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)
+    handlers = {sig: signal.signal(sig, _ask_stop) for sig in stops}
     if args.hours is not None:
         signal.setitimer(signal.ITIMER_REAL, args.hours * 3600.0)
-    _STOP.update(asked=None, waiting=False)
     try:
         return run_study(plan, scratch, args.commit, args.max_chunks)
     finally:
@@ -863,7 +936,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_study(plan: Plan, scratch: Path, commit: bool, max_chunks: int | None) -> int:
     """Run the chunks not done, in order; 0 when every chunk is done or ``max_chunks`` ran, 1 on
-    an error, :data:`SUSPENDED_EXIT` after a stop."""
+    an error, :data:`SUSPENDED_EXIT` after a stop. With ``commit``, a done chunk whose commit
+    failed is committed first."""
+    if commit:
+        for chunk in uncommitted_chunks(plan):
+            print(f"committing chunk {chunk.name}: its records were written but not committed", flush=True)
+            commit_chunk(plan, chunk, note=" (committed by a later run)")
     ran = 0
     for chunk in chunks(plan):
         if done(plan, chunk):

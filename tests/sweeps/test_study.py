@@ -8,9 +8,11 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -307,37 +309,49 @@ def test_git_waits_for_another_process_holding_the_index_lock(tmp_path: Path) ->
         study._git(["commit", "-q", "-m", "x", "--", "no-such-path"], tmp_path, attempts=2)
 
 
-def _stored(sweep: Path, driver: str):  # type: ignore[no-untyped-def]
-    """A stored study in ``sweep`` as the sweeper leaves it: one finished trial, one left running
-    by ``driver``, run folders with weights, the launcher's job files."""
+def _stored(sweep: Path, driver: str, finished: int = 1):  # type: ignore[no-untyped-def]
+    """A stored study in ``sweep`` as the sweeper leaves it: ``finished`` finished trials, one
+    left running by ``driver``, run folders with weights, logs and a Λ dump, the launcher's job
+    files."""
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from lopt.sweep.study import DRIVER_ATTR
+    from lopt.sweep.study import DRIVER_ATTR, HEARTBEAT_ATTR
 
     sweep.mkdir(parents=True)
     url = f"sqlite:///{sweep / 'study.db'}"
     stored = optuna.create_study(study_name="sweep", storage=url, direction="maximize")
     space = {"model.lambda_value": FloatDistribution(0.0, 1.0)}
-    stored.tell(stored.ask(space), 0.5)
+    for _ in range(finished):
+        stored.tell(stored.ask(space), 0.5)
     running = stored.ask(space)
     stored._storage.set_trial_system_attr(running._trial_id, DRIVER_ATTR, driver)
+    stored._storage.set_trial_system_attr(running._trial_id, HEARTBEAT_ATTR, time.time())
     (sweep / "study.yaml").write_text(yaml.safe_dump({"name": "sweep", "storage": url, "metric": "valid/auc"}))
-    for number in ("0", "1"):
-        (sweep / number / "checkpoints").mkdir(parents=True)
-        (sweep / number / "checkpoints" / "best.ckpt").write_bytes(b"weights")
-        (sweep / number / "run.log").write_text("log\n")
-    (sweep / "0" / "metrics.json").write_text(json.dumps({"valid": {"auc": 0.5}}))
+    (sweep / "study_summary.md").write_text("# Study sweep\n")
+    for number in range(finished + 1):
+        trial = sweep / str(number)
+        (trial / "checkpoints").mkdir(parents=True)
+        (trial / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+        (trial / "csv").mkdir()
+        (trial / "csv" / "metrics.csv").write_text("epoch\n0\n")
+        (trial / ".hydra").mkdir()
+        (trial / ".hydra" / "config.yaml").write_text("seed: 0\n")
+        (trial / "run.log").write_text("log\n")
+        (trial / "lambda.npz").write_bytes(b"lambda")
+        if number < finished:
+            (trial / "metrics.json").write_text(json.dumps({"valid": {"auc": 0.5}}))
     (sweep / ".submitit").mkdir()
     (sweep / ".submitit" / "job.pkl").write_bytes(b"job")
     return stored
 
 
-def test_a_carry_keeps_the_stored_study_without_weights_and_orphans_its_running_trials(tmp_path: Path) -> None:
-    """The carry of a suspended tuning chunk: its storage and run folders without checkpoints or
-    job files, written through a temporary file; restored elsewhere, it opens from its new folder,
-    and the trial its dead driver left running names no process (a resumed study re-runs it)."""
-    from lopt.sweep.study import DRIVER_ATTR
+def test_a_carry_keeps_the_stored_study_and_results_and_orphans_its_running_trials(tmp_path: Path) -> None:
+    """The carry of a suspended tuning chunk: the study's storage and files and, of each trial,
+    its metrics, config and log (no weights, Λ dump, curves or job files), written through a
+    temporary file; restored elsewhere it opens from its new folder, and the trial its dead
+    driver left running names no process and no heartbeat (a resumed study re-runs it at once)."""
+    from lopt.sweep.study import DRIVER_ATTR, HEARTBEAT_ATTR
 
     sweep = tmp_path / "here" / "sweep"
     _stored(sweep, "host:123")
@@ -345,19 +359,49 @@ def test_a_carry_keeps_the_stored_study_without_weights_and_orphans_its_running_
     study.pack_carry(sweep, carry)
     assert sorted(p.name for p in carry.parent.iterdir()) == [carry.name]
     with tarfile.open(carry) as tar:
-        names = {Path(n).as_posix() for n in tar.getnames()}
-    assert {"study.db", "study.yaml", "0/metrics.json", "0/run.log", "1/run.log"} <= names
-    assert not [n for n in names if "checkpoints" in n or ".submitit" in n]
+        names = {Path(n).as_posix() for n in tar.getnames() if tar.getmember(n).isfile()}
+    assert names == {
+        "study.db",
+        "study.yaml",
+        "study_summary.md",
+        "0/metrics.json",
+        "0/run.log",
+        "0/.hydra/config.yaml",
+        "1/run.log",
+        "1/.hydra/config.yaml",
+    }
 
     shutil.rmtree(tmp_path / "here")  # another machine: only the carry is left
     restored = tmp_path / "there" / "sweep"
-    restored.parent.mkdir()
-    study.unpack_carry(carry, restored)
+    assert study.restore_carry(carry, restored)
     assert study.finished_trials(restored) == 1
     assert not (tmp_path / "here").exists()  # opened from its own folder, not the packed one's
     running = [t for t in study.stored_study(restored).trials if t.state.name == "RUNNING"]
-    assert [t.system_attrs[DRIVER_ATTR] for t in running] == ["suspended:host:123"]
+    assert [(t.system_attrs[DRIVER_ATTR], t.system_attrs[HEARTBEAT_ATTR]) for t in running] == [
+        ("suspended:host:123", 0.0)
+    ]
     assert sorted(p.name for p in restored.parent.iterdir()) == ["sweep"]  # no staging folder left
+
+
+def test_a_carry_replaces_a_scratch_study_only_when_it_is_further(tmp_path: Path) -> None:
+    """A machine that comes back to a chunk finds its own scratch study and a carry that another
+    machine wrote: the one with more finished trials wins (a tie keeps the scratch folder)."""
+    carry = tmp_path / "carry.tar.gz"
+    _stored(tmp_path / "other" / "sweep", "elsewhere:1", finished=2)
+    study.pack_carry(tmp_path / "other" / "sweep", carry)
+    sweep = tmp_path / "scratch" / "sweep"
+    _stored(sweep, "here:1", finished=1)
+    assert study.restore_carry(carry, sweep) and study.finished_trials(sweep) == 2
+    assert not (sweep / "0" / "checkpoints").exists()  # the carried folder, not the old one
+    assert not study.restore_carry(carry, sweep)  # a tie: kept
+    assert (sweep / "0" / "metrics.json").is_file()
+    assert sorted(p.name for p in sweep.parent.iterdir()) == ["sweep"]
+
+
+def _git_repo(repo: Path) -> None:
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "study@example.org")
+    _git(repo, "config", "user.name", "study")
 
 
 @pytest.mark.slow
@@ -365,19 +409,16 @@ def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewh
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A 2-trial λFix study stopped after its first trial: the stop commits the chunk's carry and
-    exits with SUSPENDED_EXIT; from a fresh scratch folder (another machine) the same command
-    restores it, runs the second trial only, and the chunk's commit removes the carry."""
+    exits with SUSPENDED_EXIT (``--plan`` calls the chunk ``part``); from another scratch folder
+    (another machine) the same command restores it, runs the second trial only, and the chunk's
+    commit removes the carry."""
     monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     repo = tmp_path / "repo"
     path = _plan(
         repo, methods={"fix": {"tune": "fix", "overrides": ["model=fix"]}}, selections={}, blocks=["paper"], trials=2
     )
-    _git(repo, "init", "-q")
-    _git(repo, "config", "user.email", "study@example.org")
-    _git(repo, "config", "user.name", "study")
-    scratch = tmp_path / "scratch"
-    args = [str(path), "--commit", "--scratch", str(scratch), "--max-chunks", "1"]
+    _git_repo(repo)
     chunk = study.Chunk("tune", "temporal", "paper", "fix")
     real_run = study._run
 
@@ -386,7 +427,8 @@ def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewh
         raise study.Suspended("SIGTERM")
 
     monkeypatch.setattr(study, "_run", stopped_after_one_trial)
-    assert study.main(args) == study.SUSPENDED_EXIT
+    args = [str(path), "--commit", "--max-chunks", "1"]
+    assert study.main([*args, "--scratch", str(tmp_path / "a")]) == study.SUSPENDED_EXIT
     assert "1 of 2 trials finished) is kept in carry/tune--temporal--paper--fix.tar.gz, committed" in (
         capsys.readouterr().out
     )
@@ -394,13 +436,14 @@ def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewh
         "study synthetic: suspend tune/temporal/paper/fix (1 of 2 trials finished)"
     ]
     assert not (repo / "results" / chunk.marker).exists()
-    first = study.stored_study(scratch / chunk.name / "sweep").trials[0]
+    assert study.main([str(path), "--plan"]) == 0
+    assert "  part  tune/temporal/paper/fix" in capsys.readouterr().out
+    first = study.stored_study(tmp_path / "a" / chunk.name / "sweep").trials[0]
 
-    shutil.rmtree(scratch)
     monkeypatch.setattr(study, "_run", real_run)
-    assert study.main(args) == 0
+    assert study.main([*args, "--scratch", str(tmp_path / "b")]) == 0
     assert "resumed from carry/tune--temporal--paper--fix.tar.gz: 1 of 2 trials finished" in capsys.readouterr().out
-    trials = study.stored_study(scratch / chunk.name / "sweep").trials
+    trials = study.stored_study(tmp_path / "b" / chunk.name / "sweep").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[0].datetime_complete == first.datetime_complete  # kept, not run again
     assert trials[0].params == first.params
@@ -412,11 +455,67 @@ def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewh
     assert len(records) == 2
 
 
+def _processes_naming(text: str) -> list[str]:
+    """The ids of live processes whose command line contains ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.slow
-def test_hours_suspends_the_study_and_stops_every_process_of_its_chunk(tmp_path: Path) -> None:
-    """``--hours`` stops the study as SIGTERM would: the chunk's command and the launcher's jobs
-    are terminated (no process is left naming the scratch folder), and the exit status is
-    SUSPENDED_EXIT."""
+def test_sigterm_stops_the_chunk_s_jobs_and_its_study_resumes_from_the_carry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM to the driver while the launcher's jobs train: every process of the chunk ends,
+    the stored study is carried with its running trials marked a dead driver's, the exit status
+    is SUSPENDED_EXIT; the same command with another scratch folder re-runs those trials'
+    parameters and finishes the chunk."""
+    repo = tmp_path / "repo"
+    path = _plan(
+        repo,
+        methods={"fix": {"tune": "fix", "overrides": ["model=fix"]}},
+        selections={},
+        blocks=["paper"],
+        trials=2,
+        overrides=[*DATA, "hydra/launcher=local"],
+    )
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    command = [sys.executable, str(REPO_ROOT / "experiments" / "study.py"), str(path), "--scratch", str(scratch)]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    jobs = scratch / "tune" / "temporal" / "paper" / "fix" / "sweep" / ".submitit"
+    deadline = time.monotonic() + 300
+    while driver.poll() is None and not _processes_naming(str(jobs)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the launcher's jobs run (they take seconds to import before training)
+    assert driver.poll() is None and _processes_naming(str(jobs)), driver.communicate()[0]
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == study.SUSPENDED_EXIT, out
+    assert "suspended (SIGTERM) in chunk tune/temporal/paper/fix" in out
+    assert not _processes_naming(str(scratch)), "processes of the stopped chunk still run"
+    carry = repo / "results" / study.Chunk("tune", "temporal", "paper", "fix").carry
+    restored = tmp_path / "restored" / "sweep"
+    assert study.restore_carry(carry, restored)
+    running = [t for t in study.stored_study(restored).trials if t.state.name == "RUNNING"]
+    assert running and all(t.system_attrs["lopt:driver"].startswith("suspended:") for t in running)
+
+    assert study.main([str(path), "--scratch", str(tmp_path / "elsewhere")]) == 0
+    trials = study.stored_study(tmp_path / "elsewhere" / "tune" / "temporal" / "paper" / "fix" / "sweep").trials
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    assert retried == {t.number for t in running}  # the cut-short trials' parameters, run again
+
+
+@pytest.mark.slow
+def test_hours_suspends_the_study(tmp_path: Path) -> None:
+    """``--hours`` stops the study as SIGTERM would (exit status SUSPENDED_EXIT, nothing of the
+    chunk left running); a non-positive value is refused."""
     repo = tmp_path / "repo"
     path = _plan(
         repo, methods={"fix": {"tune": "fix", "overrides": ["model=fix"]}}, selections={}, blocks=["paper"], trials=2
@@ -427,15 +526,40 @@ def test_hours_suspends_the_study_and_stops_every_process_of_its_chunk(tmp_path:
     done = subprocess.run([*command, "--hours", "0.0015"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == study.SUSPENDED_EXIT, done.stdout + done.stderr
     assert "suspended (SIGALRM) in chunk tune/temporal/paper/fix" in done.stdout
-    assert "run the same command to resume" in done.stdout
-    left = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(scratch).encode() in cmdline.read_bytes():
-                left.append(cmdline.parent.name)
-        except OSError:
-            continue
-    assert not left, f"processes of the stopped chunk still run: {left}"
+    assert not _processes_naming(str(scratch))
+    assert study.main([str(path), "--hours", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_a_chunk_whose_commit_failed_is_committed_by_the_next_run(tmp_path: Path) -> None:
+    """A chunk's records and marker written, its commit lost (the driver killed between them):
+    the next run with ``--commit`` commits them before anything else; a carry staged by a
+    suspension whose commit was lost leaves the index."""
+    repo = tmp_path / "repo"
+    path = _plan(repo)
+    _git_repo(repo)
+    plan = study.load_plan(path)
+    chunk = study.Chunk("runs", "temporal", "paper", "fix")
+    record = plan.results / "runs" / "temporal" / "paper" / "mf-lfix" / "seed0"
+    record.mkdir(parents=True)
+    (record / "metrics.json").write_text("{}")
+    marker = plan.results / chunk.marker
+    marker.parent.mkdir(parents=True)
+    summary = {"chunk": chunk.name, "records": ["runs/temporal/paper/mf-lfix"], "code_commit": "abc", "seconds": 1.0}
+    marker.write_text(json.dumps(summary))
+    carry = plan.results / chunk.carry
+    carry.parent.mkdir()
+    carry.write_bytes(b"carry")
+    _git(repo, "add", str(carry))
+    carry.unlink()
+    assert study.main([str(path), "--commit", "--max-chunks", "0"]) == 0
+    assert _git(repo, "log", "--format=%s").splitlines() == [
+        "study synthetic: runs/temporal/paper/fix (1 s, code abc) (committed by a later run)"
+    ]
+    assert _git(repo, "ls-files", "results").split() == [
+        "results/chunks/runs--temporal--paper--fix.json",
+        "results/runs/temporal/paper/mf-lfix/seed0/metrics.json",
+    ]
 
 
 @pytest.mark.slow
