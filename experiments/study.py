@@ -174,7 +174,9 @@ class Plan:
 
 def load_plan(path: Path) -> Plan:
     """The checked plan of ``path``; an unknown key or block, or a method without a tune config
-    and without a fixed selection, is an error naming it."""
+    and without a fixed selection, is an error naming it. Its path is made absolute: the results
+    folder is where git runs, so the paths given to git must not be relative to the caller's."""
+    path = path.resolve()
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a study plan is a mapping (see experiments/results/ml100k/study.yaml)")

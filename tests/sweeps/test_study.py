@@ -531,10 +531,13 @@ def test_hours_suspends_the_study(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_chunk_whose_commit_failed_is_committed_by_the_next_run(tmp_path: Path) -> None:
+def test_a_chunk_whose_commit_failed_is_committed_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A chunk's records and marker written, its commit lost (the driver killed between them):
-    the next run with ``--commit`` commits them before anything else; a carry staged by a
-    suspension whose commit was lost leaves the index."""
+    the next run with ``--commit`` commits them before anything else, given the plan by a path
+    relative to the caller's folder; a carry staged by a suspension whose commit was lost leaves
+    the index."""
     repo = tmp_path / "repo"
     path = _plan(repo)
     _git_repo(repo)
@@ -552,7 +555,8 @@ def test_a_chunk_whose_commit_failed_is_committed_by_the_next_run(tmp_path: Path
     carry.write_bytes(b"carry")
     _git(repo, "add", str(carry))
     carry.unlink()
-    assert study.main([str(path), "--commit", "--max-chunks", "0"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert study.main([str(path.relative_to(tmp_path)), "--commit", "--max-chunks", "0"]) == 0
     assert _git(repo, "log", "--format=%s").splitlines() == [
         "study synthetic: runs/temporal/paper/fix (1 s, code abc) (committed by a later run)"
     ]
