@@ -22,7 +22,8 @@ study's results folder. The study is a list of chunks, run in order:
   with ``control.borrowed: true`` and ``borrowed_from``. Nothing else is ever borrowed, and only
   when the source record's ``control.serves`` names the block.
 
-Every chunk ends with its records and ``chunks/<chunk>.json`` (what ran, the code commit, seconds)
+Every chunk ends with its records and ``chunks/<chunk>.json`` (what ran, the code commit, its wall
+seconds: a suspended tuning chunk's runs summed)
 in the results folder; ``--commit`` commits them (``git add`` + ``git commit`` in the repository
 holding the results folder). A chunk whose ``chunks/<chunk>.json`` exists is done, so an
 interrupted study, or one resumed from a fresh clone of what was committed, carries on with the
@@ -74,6 +75,7 @@ from typing import Any
 
 import yaml
 
+from lopt.io import atomic_write_json
 from lopt.sweep.study import (
     DRIVER_ATTR,
     HEARTBEAT_ATTR,
@@ -98,6 +100,8 @@ CARRY_TRIAL_FILES = {"metrics.json", ".hydra", "run.log"}
 #: Seconds a stopped chunk's processes get to end after SIGTERM, before SIGKILL (a batch system's
 #: own grace, e.g. SLURM's KillWait of 30 s, must leave the driver time to write the carry).
 STOP_GRACE_S = 15.0
+#: The wall seconds a suspended tuning chunk has spent, in its stored study's folder (and carry).
+SECONDS_FILE = "chunk_seconds.json"
 #: Exit status of a suspended study (run the same command again to resume).
 SUSPENDED_EXIT = 3
 #: The blocks of a study and the control each runs under.
@@ -560,10 +564,18 @@ def _staging(parent: Path) -> Path:
     return staging
 
 
-def run_tune(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
+def earlier_seconds(plan: Plan, chunk: Chunk, scratch: Path) -> float:
+    """Wall seconds that suspended runs of ``chunk`` spent before this one (kept in its stored
+    study's folder, and so in its carry); 0 for a chunk never suspended."""
+    path = scratch / chunk.name / "sweep" / SECONDS_FILE
+    return float(json.loads(path.read_text(encoding="utf-8"))["seconds"]) if path.is_file() else 0.0
+
+
+def run_tune(plan: Plan, chunk: Chunk, scratch: Path, started: float) -> list[Path]:
     """A tuning study; its trials' compact records and selection.json. The stored study resumes
     from ``scratch`` on the same machine, or from the chunk's carry (a suspended study's commit);
-    a :class:`Suspended` stop writes the carry before it propagates."""
+    a :class:`Suspended` stop adds this run's seconds since ``started`` (``time.perf_counter``)
+    to the study's and writes the carry before it propagates."""
     sweep = scratch / chunk.name / "sweep"
     carry = plan.results / chunk.carry
     if carry.is_file() and restore_carry(carry, sweep):
@@ -572,6 +584,8 @@ def run_tune(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
         _run(tune_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
     except Suspended:
         if (sweep / "study.yaml").is_file():
+            seconds = earlier_seconds(plan, chunk, scratch) + time.perf_counter() - started
+            atomic_write_json(sweep / SECONDS_FILE, {"seconds": round(seconds, 1)})
             pack_carry(sweep, carry)
         raise
     stored = stored_study(sweep)
@@ -640,8 +654,10 @@ def code_commit(plan: Plan) -> str:
 
 def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
     started = time.perf_counter()
+    earlier = 0.0
     if chunk.kind == "tune":
-        written = run_tune(plan, chunk, scratch)
+        written = run_tune(plan, chunk, scratch, started)
+        earlier = earlier_seconds(plan, chunk, scratch)
     elif chunk.kind == "runs":
         written = run_runs(plan, chunk, scratch)
     else:
@@ -652,7 +668,7 @@ def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
         "chunk": chunk.name,
         "records": [p.relative_to(plan.results).as_posix() for p in written],
         "code_commit": code_commit(plan),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(earlier + time.perf_counter() - started, 1),  # a suspended chunk's runs, summed
     }
     marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (plan.results / chunk.carry).unlink(missing_ok=True)

@@ -439,6 +439,9 @@ def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewh
     assert study.main([str(path), "--plan"]) == 0
     assert "  part  tune/temporal/paper/fix" in capsys.readouterr().out
     first = study.stored_study(tmp_path / "a" / chunk.name / "sweep").trials[0]
+    with tarfile.open(repo / "results" / chunk.carry) as tar:
+        spent = json.loads(tar.extractfile("./" + study.SECONDS_FILE).read())["seconds"]  # type: ignore[union-attr]
+    assert spent > 0
 
     monkeypatch.setattr(study, "_run", real_run)
     assert study.main([*args, "--scratch", str(tmp_path / "b")]) == 0
@@ -453,6 +456,7 @@ def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewh
     assert _git(repo, "status", "--porcelain", "results/carry", "results/studies", "results/chunks") == ""
     records = list((repo / "results" / "studies" / "temporal" / "paper" / "fix").rglob("metrics.json"))
     assert len(records) == 2
+    assert json.loads((repo / "results" / chunk.marker).read_text())["seconds"] > spent  # both runs' seconds
 
 
 def _processes_naming(text: str) -> list[str]:
