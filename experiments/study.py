@@ -58,8 +58,10 @@ the tuning trials committed so far), and sums the wall time of the chunks done.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -83,6 +85,7 @@ from lopt.sweep.study import (
     best_params,
     load_stored_study,
     storage_url,
+    study_rows,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +94,10 @@ from collect_records import collect  # noqa: E402
 
 TIMINGS_FILE = "epoch_seconds.json"
 SELECTION_FILE = "selection.json"
+#: Every trial of a tuning study, finished or not (write_trials), beside its selection.
+TRIALS_FILE = "trials.csv"
+#: The folders of an absolute path (a machine's), shortened in a trial's error message.
+ABSOLUTE_DIR = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)+")
 CHUNK_DIR = "chunks"
 #: Where a tuning chunk stopped part-way keeps its stored study until it resumes (see suspend).
 CARRY_DIR = "carry"
@@ -599,7 +606,23 @@ def run_tune(plan: Plan, chunk: Chunk, scratch: Path, started: float) -> list[Pa
     best = {"best_params": results["best_params"], "best_value": results.get("best_value")}
     best |= {"trials": plan.trials, "sampler_seed": study_seed(chunk)}
     (target / SELECTION_FILE).write_text(json.dumps(best, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_trials(stored, target / TRIALS_FILE)
     return [target]
+
+
+def write_trials(stored: Any, path: Path) -> None:
+    """Every trial of the optuna study ``stored`` as a row of the CSV ``path``: number, state
+    (a failed, diverged or interrupted trial too, which leaves no record of its own), objective,
+    parameters, seconds, the trial it retries, its error with folders shortened to ``…/``; no
+    run folder (a machine path)."""
+    metric = str(stored.user_attrs.get("metric", "value"))
+    rows = [{k: v for k, v in row.items() if k != "run_dir"} for row in study_rows(stored, metric)]
+    for row in rows:
+        row["error"] = ABSOLUTE_DIR.sub("…/", str(row["error"] or ""))
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def run_runs(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:

@@ -3,6 +3,7 @@ rule and the CPU estimate, on a 2-run, 2-epoch synthetic study."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
 import json
@@ -457,6 +458,8 @@ def test_a_suspended_tuning_chunk_commits_its_stored_study_and_resumes_it_elsewh
     records = list((repo / "results" / "studies" / "temporal" / "paper" / "fix").rglob("metrics.json"))
     assert len(records) == 2
     assert json.loads((repo / "results" / chunk.marker).read_text())["seconds"] > spent  # both runs' seconds
+    rows = list(csv.DictReader((repo / "results" / "studies" / "temporal" / "paper" / "fix" / "trials.csv").open()))
+    assert [(r["trial"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE")]
 
 
 def _processes_naming(text: str) -> list[str]:
@@ -514,6 +517,10 @@ def test_sigterm_stops_the_chunk_s_jobs_and_its_study_resumes_from_the_carry(
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
     retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
     assert retried == {t.number for t in running}  # the cut-short trials' parameters, run again
+    listed = repo / "results" / "studies" / "temporal" / "paper" / "fix" / "trials.csv"
+    states = {r["trial"]: r["state"] for r in csv.DictReader(listed.open())}
+    assert [states[str(n)] for n in sorted(retried)] == ["FAIL (interrupted)"] * len(retried)
+    assert "run_dir" not in listed.read_text() and str(tmp_path) not in listed.read_text()
 
 
 @pytest.mark.slow
@@ -592,3 +599,18 @@ def test_code_runs_every_fit_from_another_checkout_and_names_its_commit(tmp_path
     study._run(command, tmp_path / "log.txt")
     assert (code / "ran.txt").read_text() == f"{code} -m"
     assert study.main([str(plan.path), "--code", str(tmp_path), "--max-chunks", "0"]) == 2
+
+
+def test_the_trial_list_keeps_every_trial_and_no_machine_path(tmp_path: Path) -> None:
+    """trials.csv: a failed trial (no record of its own) is listed with its error, whose folders
+    are shortened; the run folder column is left out."""
+    import optuna
+
+    stored = _stored(tmp_path / "sweep", "host:1")
+    failed = stored.ask({"model.lambda_value": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    failed.set_user_attr("error", "valid/auc=nan in /home/x/sweep/2/metrics.json")
+    stored.tell(failed, state=optuna.trial.TrialState.FAIL)
+    study.write_trials(stored, tmp_path / "trials.csv")
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [(r["trial"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "RUNNING"), ("2", "FAIL")]
+    assert rows[2]["error"] == "valid/auc=nan in …/metrics.json" and "run_dir" not in rows[0]
