@@ -34,7 +34,13 @@ fixed configuration lists of :data:`STUDY_SWEEPS`, so that no sampler confounds 
 ``--study-before DIR`` times the same in another checkout (``ml100k_study_seconds_before``);
 ``--study-shared`` times this checkout's studies once more with the trials sharing processes
 (``ml100k_study_seconds_shared``: two ``run.py -m`` processes of Hydra's basic launcher, each
-running its half of the list one trial after another).
+running its half of the list one trial after another). A pair longer than one sitting is timed in
+pieces: ``--study-methods`` (one study) and ``--study-part K/N`` (the K-th of N contiguous parts of
+each list, in whole batches), each piece's pair back to back; ``--combine-studies`` sums them.
+
+``--startup-imports DIR`` (:func:`run_startup_imports`): the modules outside lopt that a run of
+this checkout, or of the baseline checkout DIR, alone has imported by its first training step: a
+start-up that cannot grow by what it imports, measured without timing noise.
 
 ``--rss`` (:func:`run_rss`): ``peak_rss_mb_ml10m_dui_run``, the peak resident memory of one
 ``ml10m_dui`` run (``--rss-epochs``, 3) on the shape's synthetic file, as the only child of a
@@ -872,8 +878,9 @@ OPTIONAL_IMPORTS = ("wandb", "optuna", "matplotlib", "seaborn", "plotly")
 
 class FirstStepStamp:
     """Lightning callback for ``startup_seconds``: writes ``{"time": time.time(), "imported": [the
-    OPTIONAL_IMPORTS loaded by then]}`` to ``path`` (JSON) at the first training step, then stops
-    the run (``+callbacks.first_step._target_=bench.FirstStepStamp``)."""
+    OPTIONAL_IMPORTS loaded by then], "modules": [every module loaded by then]}`` to ``path``
+    (JSON) at the first training step, then stops the run
+    (``+callbacks.first_step._target_=bench.FirstStepStamp``)."""
 
     def __new__(cls, path: str) -> Any:  # a Lightning callback built where Lightning is imported
         import lightning.pytorch as L
@@ -882,10 +889,78 @@ class FirstStepStamp:
             def on_train_batch_start(_self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
                 if not Path(path).exists():
                     imported = [name for name in OPTIONAL_IMPORTS if name in sys.modules]
-                    Path(path).write_text(json.dumps({"time": time.time(), "imported": imported}))
+                    stamp = {"time": time.time(), "imported": imported, "modules": sorted(sys.modules)}
+                    Path(path).write_text(json.dumps(stamp))
                 trainer.should_stop = True
 
         return _Callback()
+
+
+def first_step_stamp(code: Path, workdir: Path, name: str, data: str = "data") -> dict[str, Any]:
+    """The :class:`FirstStepStamp` record of one ``python run.py`` of ``code`` (a checkout of
+    lopt; synthetic data, defaults, its cache in ``workdir/data``), stopped at its first training
+    step."""
+    stamp = workdir / f"first-step-{name}.json"
+    cmd = [
+        sys.executable,
+        str(code / "run.py"),
+        "logger=none",
+        "callbacks.progress.style=none",
+        f"paths.data_dir={workdir / data}",
+        f"hydra.run.dir={workdir / f'startup-{name}'}",
+        "+callbacks.first_step._target_=bench.FirstStepStamp",
+        f"+callbacks.first_step.path={stamp}",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(REPO_ROOT / "experiments")])}
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not stamp.is_file():
+        raise RuntimeError(f"startup run of {code} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    record = json.loads(stamp.read_text())
+    return {**record, "seconds": record["time"] - started}
+
+
+def outside_modules(modules: list[str]) -> set[str]:
+    """The modules of ``modules`` that are not lopt's own (its layout may differ between two
+    checkouts; what a start-up costs beyond lopt is the rest), nor the timing callback's."""
+    return {m for m in modules if m.split(".")[0] not in {"lopt", "bench", "hydra_plugins", "__main__"}}
+
+
+def run_startup_imports(before: Path) -> dict[str, Any]:
+    """``--startup-imports DIR``: the modules a run of this checkout and of ``DIR`` (e.g. a git
+    worktree of the baseline commit) have imported by their first training step, and those
+    outside lopt that only one of them imports: a start-up that cannot have grown by what it
+    imports, whatever the machine's noise does to ``startup_seconds``."""
+    workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-imports-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    # each from an empty data folder: a run that finds the synthetic file and split cached imports
+    # other modules (zip and archive codecs) than one that writes them
+    after = first_step_stamp(REPO_ROOT, workdir, "after", data="data-after")
+    prior = first_step_stamp(before.resolve(), workdir, "before", data="data-before")
+    mine, theirs = outside_modules(after["modules"]), outside_modules(prior["modules"])
+    return {
+        "startup_imports_before_commit": code_commit(before.resolve()),
+        "startup_modules": len(after["modules"]),
+        "startup_modules_before": len(prior["modules"]),
+        "startup_modules_outside_lopt": len(mine),
+        "startup_modules_outside_lopt_before": len(theirs),
+        "startup_modules_only_after": sorted(mine - theirs),
+        "startup_modules_only_before": sorted(theirs - mine),
+        "startup_seconds_one_run": after["seconds"],
+        "startup_seconds_one_run_before": prior["seconds"],
+    }
+
+
+def format_startup_imports(result: dict[str, Any]) -> str:
+    """The ``--startup-imports`` record as text: the counts, then each side's own modules."""
+    lines = [
+        f"modules by the first step: {result['startup_modules']} (before: {result['startup_modules_before']}); "
+        f"outside lopt: {result['startup_modules_outside_lopt']} "
+        f"(before: {result['startup_modules_outside_lopt_before']})",
+        f"only this checkout imports: {', '.join(result['startup_modules_only_after']) or 'none'}",
+        f"only the baseline imports: {', '.join(result['startup_modules_only_before']) or 'none'}",
+    ]
+    return "\n".join(lines)
 
 
 def startup_seconds(workdir: Path, runs: int = 2) -> tuple[float, list[str]]:
@@ -895,24 +970,8 @@ def startup_seconds(workdir: Path, runs: int = 2) -> tuple[float, list[str]]:
     times = []
     imported: set[str] = set()
     for i in range(runs):
-        stamp = workdir / f"first-step-{i}.txt"
-        cmd = [
-            sys.executable,
-            str(REPO_ROOT / "run.py"),
-            "logger=none",
-            "callbacks.progress.style=none",
-            f"paths.data_dir={workdir / 'data'}",
-            f"hydra.run.dir={workdir / f'startup-{i}'}",
-            "+callbacks.first_step._target_=bench.FirstStepStamp",
-            f"+callbacks.first_step.path={stamp}",
-        ]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "experiments")])}
-        started = time.time()
-        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not stamp.is_file():
-            raise RuntimeError(f"startup run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        record = json.loads(stamp.read_text())
-        times.append(record["time"] - started)
+        record = first_step_stamp(REPO_ROOT, workdir, str(i))
+        times.append(record["seconds"])
         imported.update(record["imported"])
     return statistics.median(times), sorted(imported)
 
@@ -1047,6 +1106,31 @@ def study_subset(values: list[str], k: int) -> list[str]:
     return [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)]
 
 
+def study_part(values: list[str], part: tuple[int, int] | None, jobs: int) -> list[str]:
+    """The ``part`` = (k, n)-th of n contiguous, equal parts of ``values`` (1-based; None: all of
+    it). A part holds whole batches of ``jobs`` trials, so that the batches the launcher runs are
+    the whole study's and the parts' wall times sum to the study's (plus one start-up a part)."""
+    if part is None:
+        return list(values)
+    k, n = part
+    if not 1 <= k <= n or len(values) % (n * jobs):
+        raise ValueError(
+            f"--study-part {k}/{n}: {len(values)} configurations do not split into {n} parts of whole "
+            f"batches of {jobs}; choose n dividing {len(values) // jobs}, and 1 ≤ k ≤ n"
+        )
+    size = len(values) // n
+    return list(values[(k - 1) * size : k * size])
+
+
+def _part(text: str) -> tuple[int, int]:
+    """``K/N`` (``--study-part``) as (K, N)."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give K/N, e.g. 1/2") from None
+    return k, n
+
+
 STUDY_SWEEPS = {
     "fix": ("ml100k_fix", "model.lambda_value", 1e-6, 10.0),
     "dui": ("ml100k_dui", "lambda_optimizer.lr", 1e-4, 1.0),
@@ -1063,6 +1147,7 @@ def study_seconds(
     shared: bool = False,
     subset: int | None = None,
     methods: tuple[str, ...] = tuple(STUDY_SWEEPS),
+    part: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Wall seconds of the λFix and the λOpt-DUI study of ``code`` (a checkout of lopt): each a
     ``python run.py -m`` sweep over the fixed :data:`STUDY_SWEEPS` list of ``trials`` values, the
@@ -1072,13 +1157,13 @@ def study_seconds(
     Hydra's basic launcher (one trial after another in one process, which reuses the imports, the
     compiled kernels and the prepared split), each at ``cores // jobs`` threads. ``subset``: only
     that many configurations of the list (:func:`study_subset`); ``methods``: the studies timed
-    (keys of :data:`STUDY_SWEEPS`)."""
+    (keys of :data:`STUDY_SWEEPS`); ``part``: only that part of each list (:func:`study_part`)."""
     out = {}
     threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
     for key in methods:
         experiment, param, low, high = STUDY_SWEEPS[key]
         sweep_dir = workdir / f"study-{code.name}-{key}"
-        values = study_subset(study_values(trials, low, high), subset or trials)
+        values = study_part(study_subset(study_values(trials, low, high), subset or trials), part, jobs)
         common = [
             sys.executable,
             str(code / "run.py"),
@@ -1137,12 +1222,14 @@ def run_study(
     shared: bool = False,
     subset: int | None = None,
     methods: tuple[str, ...] = tuple(STUDY_SWEEPS),
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """``--study``: the ml-100k studies of this checkout and, with ``before``, of that checkout
     (e.g. a git worktree of the baseline commit), back to back on this machine; with ``shared``
     also this checkout's studies with the trials sharing processes (``ml100k_study_seconds_shared``);
     with ``subset``, every study runs only that many configurations of its fixed list; ``methods``:
-    which studies (``study_methods``; the totals sum those only)."""
+    which studies (``study_methods``; the totals sum those only); ``part`` = (k, n): only the k-th
+    of n parts of each list (``study_part``; :func:`combine_studies` sums the parts)."""
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="lopt-bench-study-"))
     atexit.register(shutil.rmtree, workdir, True)
@@ -1153,20 +1240,25 @@ def run_study(
         "study_epochs": epochs,
         "study_jobs": 2,
         "study_methods": list(methods),
+        "study_part": list(part) if part else None,
         "study_thread_variables": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
     }
-    after = study_seconds(REPO_ROOT, data, workdir, trials, epochs, subset=subset, methods=methods)
+    after = study_seconds(REPO_ROOT, data, workdir, trials, epochs, subset=subset, methods=methods, part=part)
     out["ml100k_study_seconds"] = sum(after.values())
     out["ml100k_study_seconds_by_method"] = after
     if before is not None:
-        prior = study_seconds(before.resolve(), data, workdir, trials, epochs, subset=subset, methods=methods)
+        prior = study_seconds(
+            before.resolve(), data, workdir, trials, epochs, subset=subset, methods=methods, part=part
+        )
         out["ml100k_study_seconds_before"] = sum(prior.values())
         out["ml100k_study_seconds_before_by_method"] = prior
         out["ml100k_study_before_code"] = before.resolve().name  # its commit: ml100k_study_before_commit
         out["ml100k_study_before_commit"] = code_commit(before.resolve())
         out["ml100k_study_ratio"] = out["ml100k_study_seconds"] / out["ml100k_study_seconds_before"]
     if shared:
-        in_shared = study_seconds(REPO_ROOT, data, workdir, trials, epochs, shared=True, subset=subset, methods=methods)
+        in_shared = study_seconds(
+            REPO_ROOT, data, workdir, trials, epochs, shared=True, subset=subset, methods=methods, part=part
+        )
         out["ml100k_study_seconds_shared"] = sum(in_shared.values())
         out["ml100k_study_seconds_shared_by_method"] = in_shared
     out["study_load_avg"] = {"before": list(load_before), "after": list(os.getloadavg())}
@@ -1178,36 +1270,52 @@ STUDY_SETTINGS = ("study_trials", "study_trials_timed", "study_epochs", "study_j
 
 
 def combine_studies(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One study record from ``--study`` records of disjoint ``--study-methods`` (each pair timed
-    back to back in its own invocation): the per-method seconds merged, the totals and the ratio
-    recomputed from them, and each record's methods, commits and load kept under ``study_pairs``.
-    ValueError when the methods overlap or the settings (:data:`STUDY_SETTINGS`) differ."""
+    """One study record from ``--study`` records of disjoint pieces, each pair timed back to back
+    in its own invocation: a piece is one method's whole study (``--study-methods``) or one part
+    of it (``--study-part k/n``). The per-method seconds are summed over its parts, the totals
+    and the ratio recomputed from them, and each record's methods, part, commits and load kept
+    under ``study_pairs``. ValueError when pieces overlap, a method's parts do not make its whole
+    study, or the settings (:data:`STUDY_SETTINGS`) differ."""
     if not records:
         raise ValueError("no study records to combine")
-    methods: list[str] = []
+    parts: dict[str, list[tuple[int, int]]] = {}
     for record in records:
         if "study_methods" not in record:
             raise ValueError("a record without study_methods: not a --study record of this bench")
-        overlap = set(methods) & set(record["study_methods"])
-        if overlap:
-            raise ValueError(f"study records overlap in {sorted(overlap)}: each method must be timed once")
-        methods += record["study_methods"]
+        k, n = record.get("study_part") or (1, 1)
+        for method in record["study_methods"]:
+            seen = parts.setdefault(method, [])
+            if (k, n) in seen or (seen and seen[0][1] != n):
+                raise ValueError(f"study records overlap in {method} (part {k}/{n}): each piece must be timed once")
+            seen.append((k, n))
+    incomplete = {m: sorted(p) for m, p in parts.items() if sorted(k for k, _ in p) != list(range(1, p[0][1] + 1))}
+    if incomplete:
+        raise ValueError(f"study records lack parts of {incomplete}: every part 1..n of a method must be combined")
     for key in STUDY_SETTINGS:
         values = {json.dumps(record.get(key)) for record in records}
         if len(values) > 1:
             raise ValueError(f"study records differ in {key}: {sorted(values)}")
     first = records[0]
     out: dict[str, Any] = {key: first[key] for key in STUDY_SETTINGS if key in first}
-    out["study_methods"] = methods
+    out["study_methods"] = list(parts)
     for suffix in ("", "_before", "_shared"):
         by_method = f"ml100k_study_seconds{suffix}_by_method"
         if all(by_method in record for record in records):
-            merged = {key: value for record in records for key, value in record[by_method].items()}
+            merged: dict[str, float] = {}
+            for record in records:
+                for key, value in record[by_method].items():
+                    merged[key] = merged.get(key, 0.0) + value
             out[by_method] = merged
             out[f"ml100k_study_seconds{suffix}"] = sum(merged.values())
     if "ml100k_study_seconds_before" in out:
         out["ml100k_study_ratio"] = out["ml100k_study_seconds"] / out["ml100k_study_seconds_before"]
-    pair_keys = ("study_methods", "ml100k_study_code_commit", "ml100k_study_before_code", "study_load_avg")
+    pair_keys = (
+        "study_methods",
+        "study_part",
+        "ml100k_study_code_commit",
+        "ml100k_study_before_code",
+        "study_load_avg",
+    )
     out["study_pairs"] = [{key: record[key] for key in pair_keys if key in record} for record in records]
     return out
 
@@ -1957,6 +2065,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="time only this many of each study's fixed configurations, spread over the list (default: all)",
     )
+    parser.add_argument(
+        "--study-part",
+        type=_part,
+        default=None,
+        metavar="K/N",
+        help="time only the K-th of N equal, contiguous parts of each study's list (whole batches; "
+        "--combine-studies sums the parts), for studies longer than one sitting",
+    )
     parser.add_argument("--study-epochs", type=int, default=80, help="the equal budget's max epochs (default 80)")
     parser.add_argument(
         "--study-methods",
@@ -1971,6 +2087,14 @@ def main(argv: list[str] | None = None) -> int:
         help="peak RSS of one ml10m_dui run on --shape's synthetic file, alone (peak_rss_mb_ml10m_dui_run)",
     )
     parser.add_argument("--rss-epochs", type=int, default=3, help="epochs of the --rss run (default 3)")
+    parser.add_argument(
+        "--startup-imports",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the modules outside lopt that a run of this checkout or of DIR (a baseline checkout) "
+        "alone imports by its first training step (startup_modules_*)",
+    )
     parser.add_argument(
         "--gather",
         action="store_true",
@@ -2043,9 +2167,12 @@ def main(argv: list[str] | None = None) -> int:
             args.study_shared,
             args.study_subset,
             tuple(args.study_methods),
+            args.study_part,
         )
     elif args.rss:
         result = run_rss(cache_dir, args.shape, args.rss_epochs)
+    elif args.startup_imports is not None:
+        result = run_startup_imports(args.startup_imports)
     elif args.gather:
         result = run_gather(args.threads)
     elif args.floor and args.data is None:
@@ -2079,6 +2206,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.study
         else "rss_"
         if args.rss
+        else "startup_imports_"
+        if args.startup_imports is not None
         else "gather_"
         if args.gather
         else "lookahead_"
@@ -2098,6 +2227,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(args.out, merged)
     if args.floor:
         print(format_floor(result) if args.data is not None else format_floor_synthetic(result, args.shape))
+    elif args.startup_imports is not None:
+        print(format_startup_imports(result))
     else:
         print(format_table(result))
     print(f"wrote {args.out}")

@@ -269,6 +269,74 @@ def test_combine_studies_sums_disjoint_pairs_and_refuses_mismatches(tmp_path) ->
     assert json.loads(out.read_text()) == combined
 
 
+def test_a_study_part_is_whole_batches_of_the_fixed_list_and_parts_combine(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--study-part k/n: the k-th of n contiguous parts of each fixed list, in whole batches of
+    the jobs (else refused), launched alone; combining every part of a method gives its summed
+    seconds, and a missing, repeated or differently cut part is refused."""
+    bench = _load_bench()
+    values = [str(i) for i in range(20)]
+    assert bench.study_part(values, (2, 2), jobs=2) == values[10:]
+    assert bench.study_part(values, None, jobs=2) == values
+    assert bench.study_part(values, (5, 5), jobs=2) == values[16:]
+    for bad in ((1, 3), (3, 2), (0, 2)):
+        with pytest.raises(ValueError, match="--study-part"):
+            bench.study_part(values, bad, jobs=2)
+    launched = []
+
+    class FakeRun:
+        def __init__(self, cmd, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            sweep = next(pathlib.Path(arg.split("=", 1)[1]) for arg in cmd if arg.startswith("hydra.sweep.dir="))
+            lrs = next(arg for arg in cmd if arg.startswith("lambda_optimizer.lr=")).split("=", 1)[1].split(",")
+            launched.append(lrs)
+            for i, _ in enumerate(lrs):
+                (sweep / str(i)).mkdir(parents=True)
+                (sweep / str(i) / "metrics.json").write_text("{}")
+            self.returncode = 0
+
+        def communicate(self) -> tuple[str, str]:
+            return "", ""
+
+    monkeypatch.setattr(bench.subprocess, "Popen", FakeRun)
+    result = bench.run_study(tmp_path / "u.data", None, trials=20, epochs=1, methods=("dui",), part=(2, 2))
+    assert launched == [bench.study_values(20, 1e-4, 1.0)[10:]] and result["study_part"] == [2, 2]
+
+    first = _study_record({"dui": (300.0, 2500.0)}, study_part=[1, 2])
+    second = _study_record({"dui": (310.0, 2600.0)}, study_part=[2, 2])
+    fix = _study_record({"fix": (100.0, 900.0)})
+    combined = bench.combine_studies([first, fix, second])
+    assert combined["ml100k_study_seconds_by_method"] == {"dui": 610.0, "fix": 100.0}
+    assert combined["ml100k_study_seconds_before"] == 6000.0
+    assert combined["ml100k_study_ratio"] == pytest.approx(710.0 / 6000.0)
+    assert [pair.get("study_part") for pair in combined["study_pairs"]] == [[1, 2], None, [2, 2]]
+    with pytest.raises(ValueError, match="lack parts"):
+        bench.combine_studies([first, fix])
+    with pytest.raises(ValueError, match="overlap"):
+        bench.combine_studies([first, first, second])
+    with pytest.raises(ValueError, match="overlap"):
+        bench.combine_studies([first, _study_record({"dui": (1.0, 2.0)})])
+
+
+def test_startup_imports_compare_modules_outside_lopt() -> None:
+    bench = _load_bench()
+    modules = ["lopt", "lopt.data", "bench", "hydra_plugins.lopt_sweeper", "__main__", "torch", "torch.nn", "wandb"]
+    assert bench.outside_modules(modules) == {"torch", "torch.nn", "wandb"}
+
+
+@pytest.mark.slow
+def test_startup_imports_of_a_checkout_against_itself_differ_in_nothing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--startup-imports with this checkout as the baseline: two runs stopped at their first step
+    import the same modules outside lopt, and the text says so."""
+    bench = _load_bench()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    result = bench.run_startup_imports(REPO_ROOT)
+    assert result["startup_modules_only_after"] == [] and result["startup_modules_only_before"] == []
+    assert result["startup_modules_outside_lopt"] == result["startup_modules_outside_lopt_before"] > 100
+    assert result["startup_modules"] > result["startup_modules_outside_lopt"]  # lopt's own are left out
+    assert "wandb" not in bench.outside_modules([]) and result["startup_seconds_one_run"] > 0
+    text = bench.format_startup_imports(result)
+    assert "only this checkout imports: none" in text and "only the baseline imports: none" in text
+
+
 @pytest.mark.slow
 def test_a_stopped_bench_removes_its_scratch_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """After exit_on_sigterm, a SIGTERM runs the atexit handlers that remove scratch folders."""
