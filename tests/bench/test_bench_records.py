@@ -400,3 +400,27 @@ def test_round11_quotes_the_tables_and_its_records() -> None:
     assert records["floor_ml10m.json"]["floor_code_commit"] == "0f92d1cff2156e608a97af9980a85d8c1a2f32b7"
     assert records["ml100k_before.json"]["ml100k_code_commit"].startswith("f84ec62")
     assert records["metrics_change.json"]["before_commit"].startswith("f84ec62")
+
+
+ROUND12 = "## Round 12"
+
+
+def test_round12_quotes_its_startup_imports_record() -> None:
+    """Round 12 prints ``--startup-imports``' text from its record, which compares c19d318 with
+    38124fc, and says the baseline imports nothing this checkout does not."""
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    record = _records("round12", ("startup_imports.json",))["startup_imports.json"]
+    section = _section(ROUND12)
+    assert bench.format_startup_imports(record) in section
+    assert record["startup_imports_before_commit"].startswith("38124fc")
+    assert record["startup_imports_code_commit"].startswith("c19d318")
+    assert record["startup_modules_only_before"] == [] and "The baseline imports nothing" in section
+    assert all(m.startswith("hydra.experimental") for m in record["startup_modules_only_after"])
+    assert (
+        f"adds {['no', 'one', 'two', 'three', 'four'][len(record['startup_modules_only_after'])]} small Hydra"
+        in section
+    )
