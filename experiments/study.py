@@ -28,7 +28,7 @@ in the results folder; ``--commit`` commits them (``git add`` + ``git commit`` i
 holding the results folder). A chunk whose ``chunks/<chunk>.json`` exists is done, so an
 interrupted study, or one resumed from a fresh clone of what was committed, carries on with the
 first chunk not done. Full runs (checkpoints, logs) go to ``--scratch`` (default
-``data/study/<dataset>``), never committed. ``--code DIR`` runs every fit with ``DIR/run.py`` (a
+``data/study/<dataset>`` in the ``--code`` checkout), never committed. ``--code DIR`` runs every fit with ``DIR/run.py`` (a
 clone of the commit the whole study runs on, while this checkout moves on) and names DIR's commit
 in the records; run the driver with DIR's Python, whose packages the fits use.
 
@@ -37,14 +37,18 @@ limit) suspends the study: the running chunk's command and its local launcher's 
 process group) get SIGTERM, then SIGKILL after 15 s; a tuning chunk writes its stored study (the
 storage and, of each trial, its metrics.json, config and log: no weights) to
 ``carry/<chunk>.tar.gz`` in the results folder, committed with ``--commit``. The same command
-resumes it, from the scratch folder on the same machine or from the carry in a fresh clone
-(whichever holds more finished trials): finished trials are kept, the ones the stop cut short run
-again with their parameters, and the chunk's own commit removes the carry. A stopped seed-runs
-chunk runs again whole. A stop while records are collected or committed takes effect after
-them; a chunk whose commit was lost anyway is committed by the next run with ``--commit``.
-Jobs of the SLURM launcher are not in the driver's process group: cancel them (``scancel``), or
-let them end before resuming; the resumed study keeps the ones that wrote their metrics.json.
-Exit status: 0 done (or ``--max-chunks`` reached), 1 an error, 3 suspended.
+resumes it, from the scratch folder on the same machine or from the carry in a fresh clone (the
+carry replaces a scratch study only when it has more trials done, as the sweeper counts them):
+finished trials are kept, the ones the stop cut short run again with their parameters, and the
+chunk's own commit removes the carry. A stopped seed-runs chunk runs again whole. A stop while
+records are collected or committed takes effect after them; a chunk whose commit was lost anyway
+is committed by the next run with ``--commit``. A signal the driver was started to ignore
+(``nohup``: SIGHUP) stays ignored. The chunk's seconds sum its suspended runs (a run ended by an
+error or SIGKILL is not counted). Jobs of the SLURM launcher are not in the driver's process
+group: cancel them (``scancel``), or let them end before resuming on the machine holding the
+scratch folder, whose study keeps the ones that wrote their metrics.json.
+Exit status: 0 done (or ``--max-chunks`` reached), 1 an error in a chunk, 2 a bad plan or option,
+3 suspended.
 
 ``--measure`` runs every method of the plan for 1 epoch (to fill the caches), ``--epochs`` epochs
 and twice as many on the plan's data (one seed, the paper block) and writes the seconds per epoch
@@ -81,6 +85,7 @@ from lopt.io import atomic_write_json
 from lopt.sweep.study import (
     DRIVER_ATTR,
     HEARTBEAT_ATTR,
+    INTERRUPTED,
     STORAGE_FILES,
     best_params,
     load_stored_study,
@@ -97,7 +102,7 @@ SELECTION_FILE = "selection.json"
 #: Every trial of a tuning study, finished or not (write_trials), beside its selection.
 TRIALS_FILE = "trials.csv"
 #: The folders of an absolute path (a machine's), shortened in a trial's error message.
-ABSOLUTE_DIR = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)+")
+ABSOLUTE_DIR = re.compile(r"(?<![\w.…])/(?:[^\s/'\"]+/)+")
 CHUNK_DIR = "chunks"
 #: Where a tuning chunk stopped part-way keeps its stored study until it resumes (see suspend).
 CARRY_DIR = "carry"
@@ -486,14 +491,14 @@ def _extract(carry: Path, into: Path) -> None:
 
 
 def restore_carry(carry: Path, sweep: Path) -> bool:
-    """Restore the carried stored study into ``sweep`` unless ``sweep`` holds at least as many
-    finished trials (a scratch folder of this machine that went on after the carry was written);
-    returns whether it was restored."""
+    """Restore the carried stored study into ``sweep`` unless ``sweep`` holds a stored study with
+    at least as many trials done (a scratch folder of this machine that went on after the carry
+    was written); returns whether it was restored."""
     sweep.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".carry.", dir=sweep.parent))
     try:
         _extract(carry, staging)
-        if sweep.exists() and finished_trials(sweep, told=True) >= finished_trials(staging, told=True):
+        if (sweep / "study.yaml").is_file() and done_trials(sweep) >= done_trials(staging):
             return False
         if sweep.exists():
             shutil.rmtree(sweep)
@@ -512,15 +517,27 @@ def stored_study(sweep: Path) -> Any:
     return load_stored_study(sweep)
 
 
-def finished_trials(sweep: Path, told: bool = False) -> int:
-    """How many trials of the stored study in ``sweep`` are complete (``told``: complete, failed
-    or pruned); 0 before it exists."""
+def finished_trials(sweep: Path) -> int:
+    """How many trials of the stored study in ``sweep`` are complete; 0 before it exists."""
     if not (sweep / "study.yaml").is_file():
         return 0
     import optuna
 
-    complete = optuna.trial.TrialState.COMPLETE
-    return sum(t.state.is_finished() if told else t.state == complete for t in stored_study(sweep).trials)
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in stored_study(sweep).trials)
+
+
+def done_trials(sweep: Path) -> int:
+    """How many trials of the stored study in ``sweep`` count toward its total as the sweeper
+    counts them (complete, pruned, or failed but not interrupted); 0 before it exists."""
+    if not (sweep / "study.yaml").is_file():
+        return 0
+    import optuna
+
+    state = optuna.trial.TrialState
+    return sum(
+        t.state in (state.COMPLETE, state.PRUNED) or (t.state == state.FAIL and not t.user_attrs.get(INTERRUPTED))
+        for t in stored_study(sweep).trials
+    )
 
 
 def _collect(sweep_dir: Path, staging: Path, trials: bool = False) -> Path:
@@ -606,19 +623,24 @@ def run_tune(plan: Plan, chunk: Chunk, scratch: Path, started: float) -> list[Pa
     best = {"best_params": results["best_params"], "best_value": results.get("best_value")}
     best |= {"trials": plan.trials, "sampler_seed": study_seed(chunk)}
     (target / SELECTION_FILE).write_text(json.dumps(best, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    write_trials(stored, target / TRIALS_FILE)
+    write_trials(stored, target / TRIALS_FILE, roots=(scratch, plan.code, REPO_ROOT))
     return [target]
 
 
-def write_trials(stored: Any, path: Path) -> None:
+def write_trials(stored: Any, path: Path, roots: Sequence[Path] = ()) -> None:
     """Every trial of the optuna study ``stored`` as a row of the CSV ``path``: number, state
     (a failed, diverged or interrupted trial too, which leaves no record of its own), objective,
-    parameters, seconds, the trial it retries, its error with folders shortened to ``…/``; no
-    run folder (a machine path)."""
+    parameters, seconds, the trial it retries, and its error without machine paths (``roots``,
+    e.g. the scratch folder and the checkouts, become ``…``, then any other absolute folder
+    ``…/``); no run folder (a machine path)."""
     metric = str(stored.user_attrs.get("metric", "value"))
     rows = [{k: v for k, v in row.items() if k != "run_dir"} for row in study_rows(stored, metric)]
+    known = sorted({str(r) for r in (*roots, Path.home())}, key=len, reverse=True)
     for row in rows:
-        row["error"] = ABSOLUTE_DIR.sub("…/", str(row["error"] or ""))
+        error = str(row["error"] or "")
+        for root in known:
+            error = error.replace(root, "…")
+        row["error"] = ABSOLUTE_DIR.sub("…/", error)
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
         writer.writeheader()
@@ -700,19 +722,18 @@ def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
 
 
 def commit_chunk(plan: Plan, chunk: Chunk, note: str = "") -> None:
-    """Commit a done chunk: its records and marker, and the removal of its carry where a commit
-    holds one. Only these paths: whatever else is staged in that repository stays out."""
+    """Commit a done chunk: its records and marker, and the removal of its carry where the
+    commit checked out holds one. Only these paths: whatever else is staged stays out (a staged
+    carry of this chunk is unstaged)."""
     marker = plan.results / chunk.marker
     record = json.loads(marker.read_text(encoding="utf-8"))
     paths = [str(plan.results / r) for r in record["records"]] + [str(marker)]
     carry = plan.results / chunk.carry
-    if _in_head(carry):
-        paths.append(str(carry))
-    elif not carry.exists():  # staged by a suspension whose commit never happened
-        _git(["rm", "-q", "--cached", "--ignore-unmatch", "--", str(carry)], plan.results)
+    _git(["rm", "-q", "--cached", "--ignore-unmatch", "--", str(carry)], plan.results)
     message = f"study {plan.dataset}: {chunk.name} ({record['seconds']:.0f} s, code {record['code_commit'][:12]}){note}"
     _git(["add", "-A", "--", *paths], plan.results)
-    _git(["commit", "-q", "-m", message, "--", *paths], plan.results)
+    removal = [str(carry)] if _in_head(plan.results, chunk.carry) else []
+    _git(["commit", "-q", "-m", message, "--", *paths, *removal], plan.results)
 
 
 def suspended(plan: Plan, chunk: Chunk, scratch: Path, commit: bool, why: str) -> int:
@@ -723,10 +744,13 @@ def suspended(plan: Plan, chunk: Chunk, scratch: Path, commit: bool, why: str) -
         kept = finished_trials(scratch / chunk.name / "sweep")
         what = f"its stored study ({kept} of {plan.trials} trials finished) is kept in {chunk.carry}"
         if commit:
-            _git(["add", "--", str(carry)], plan.results)
             message = f"study {plan.dataset}: suspend {chunk.name} ({kept} of {plan.trials} trials finished)"
-            _git(["commit", "-q", "-m", message, "--", str(carry)], plan.results)
-            what += ", committed"
+            try:
+                _git(["add", "--", str(carry)], plan.results)
+                _git(["commit", "-q", "-m", message, "--", str(carry)], plan.results)
+                what += ", committed"
+            except RuntimeError as error:
+                what += f", NOT committed ({error}): commit it before this machine goes"
     else:
         what = "it runs again whole"
     print(f"suspended ({why}) in chunk {chunk.name}: {what}; run the same command to resume", flush=True)
@@ -748,25 +772,23 @@ def _git(args: list[str], cwd: Path, attempts: int = 30) -> str:
     raise AssertionError("unreachable")
 
 
-def _in_head(path: Path) -> bool:
-    """Whether the commit checked out holds ``path`` (it may be gone from the work tree); False
-    outside git or before a first commit."""
-    if not path.parent.is_dir():
-        return False
+def _in_head(folder: Path, relative: str) -> bool:
+    """Whether the commit checked out holds ``folder/relative`` (it may be gone from the work
+    tree, with its folder); False outside git or before a first commit."""
     result = subprocess.run(
-        ["git", "ls-tree", "--name-only", "HEAD", "--", path.name],
-        cwd=path.parent,
+        ["git", "cat-file", "-e", f"HEAD:./{relative}"],
+        cwd=folder,
         capture_output=True,
         text=True,
         start_new_session=True,
     )
-    return result.returncode == 0 and bool(result.stdout.strip())
+    return result.returncode == 0
 
 
 def uncommitted_chunks(plan: Plan) -> list[Chunk]:
     """Done chunks whose marker no commit holds: their commit failed (or the study ran without
     ``--commit``)."""
-    return [c for c in chunks(plan) if done(plan, c) and not _in_head(plan.results / c.marker)]
+    return [c for c in chunks(plan) if done(plan, c) and not _in_head(plan.results, c.marker)]
 
 
 def done(plan: Plan, chunk: Chunk) -> bool:
@@ -947,11 +969,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     scratch = (args.scratch or plan.code / "data" / "study" / plan.dataset).resolve()
     timings_path = plan.results / TIMINGS_FILE
-    if args.measure:
-        timings = measure(plan, args.epochs, scratch)
-        record = {"seconds_per_epoch": timings, "epochs": args.epochs, "code_commit": code_commit(plan)}
-        timings_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return 0
     if args.dry:
         timings = json.loads(timings_path.read_text())["seconds_per_epoch"] if timings_path.is_file() else None
         ratio = next(
@@ -963,11 +980,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --hours {args.hours}: give a positive number of hours", file=sys.stderr)
         return 2
     _STOP["asked"] = None
-    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)
-    handlers = {sig: signal.signal(sig, _ask_stop) for sig in stops}
+    # a stop suspends the study; a signal the driver was started to ignore (nohup) stays ignored
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)}
+    for sig, handler in handlers.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, _ask_stop)
     if args.hours is not None:
         signal.setitimer(signal.ITIMER_REAL, args.hours * 3600.0)
     try:
+        if args.measure:
+            try:
+                timings = measure(plan, args.epochs, scratch)
+            except Suspended as stop:
+                print(f"suspended ({stop}) while measuring: nothing written; run --measure again", flush=True)
+                return SUSPENDED_EXIT
+            record = {"seconds_per_epoch": timings, "epochs": args.epochs, "code_commit": code_commit(plan)}
+            timings_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            return 0
         return run_study(plan, scratch, args.commit, args.max_chunks)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0.0)

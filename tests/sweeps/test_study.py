@@ -398,6 +398,23 @@ def test_a_carry_replaces_a_scratch_study_only_when_it_is_further(tmp_path: Path
     assert (sweep / "0" / "metrics.json").is_file()
     assert sorted(p.name for p in sweep.parent.iterdir()) == ["sweep"]
 
+    # interrupted trials do not count as done (the sweeper runs their parameters again)
+    import optuna
+
+    from lopt.sweep.study import INTERRUPTED
+
+    crowded = tmp_path / "crowded" / "sweep"
+    stored = _stored(crowded, "here:1", finished=1)
+    for _ in range(3):
+        trial = stored.ask({"model.lambda_value": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        trial.set_user_attr(INTERRUPTED, True)
+        stored.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert study.restore_carry(carry, crowded) and study.done_trials(crowded) == 2
+    # a scratch folder without a stored study (stopped before its first trial) never wins
+    empty = tmp_path / "empty" / "sweep"
+    empty.mkdir(parents=True)
+    assert study.restore_carry(carry, empty) and study.done_trials(empty) == 2
+
 
 def _git_repo(repo: Path) -> None:
     _git(repo, "init", "-q")
@@ -614,3 +631,66 @@ def test_the_trial_list_keeps_every_trial_and_no_machine_path(tmp_path: Path) ->
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [(r["trial"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "RUNNING"), ("2", "FAIL")]
     assert rows[2]["error"] == "valid/auc=nan in …/metrics.json" and "run_dir" not in rows[0]
+    odd = stored.ask({"model.lambda_value": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    odd.set_user_attr("error", "no metrics.json in /srv/my runs/data/study/sweep/3; see /srv/my runs/log")
+    stored.tell(odd, state=optuna.trial.TrialState.FAIL)
+    study.write_trials(stored, tmp_path / "trials.csv", roots=[Path("/srv/my runs")])
+    assert list(csv.DictReader((tmp_path / "trials.csv").open()))[3]["error"] == (
+        "no metrics.json in …/data/study/sweep/3; see …/log"
+    )
+
+
+@pytest.mark.slow
+def test_a_chunk_commit_removes_its_carry_whatever_git_holds_of_it(tmp_path: Path) -> None:
+    """The carry of a suspended chunk is in the last commit; the chunk has finished (records and
+    marker written) and its carry is gone with its folder, its deletion staged by someone: the
+    next run with ``--commit`` commits the chunk and the carry's removal."""
+    repo = tmp_path / "repo"
+    path = _plan(repo)
+    _git_repo(repo)
+    plan = study.load_plan(path)
+    chunk = study.Chunk("runs", "temporal", "paper", "fix")
+    carry = plan.results / chunk.carry
+    carry.parent.mkdir(parents=True)
+    carry.write_bytes(b"carry")
+    _git(repo, "add", str(carry))
+    _git(repo, "commit", "-q", "-m", "suspend")
+    record = plan.results / "runs" / "temporal" / "paper" / "mf-lfix" / "seed0"
+    record.mkdir(parents=True)
+    (record / "metrics.json").write_text("{}")
+    marker = plan.results / chunk.marker
+    marker.parent.mkdir(parents=True)
+    summary = {"chunk": chunk.name, "records": ["runs/temporal/paper/mf-lfix"], "code_commit": "abc", "seconds": 1.0}
+    marker.write_text(json.dumps(summary))
+    _git(repo, "rm", "-q", "--cached", str(carry))
+    shutil.rmtree(carry.parent)
+    assert study.main([str(path), "--commit", "--max-chunks", "0"]) == 0
+    assert _git(repo, "ls-files", "results").split() == [
+        "results/chunks/runs--temporal--paper--fix.json",
+        "results/runs/temporal/paper/mf-lfix/seed0/metrics.json",
+    ]
+    assert _git(repo, "status", "--porcelain", "results/carry", "results/runs", "results/chunks") == ""
+
+
+def test_a_signal_the_driver_was_started_to_ignore_stays_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under nohup (SIGHUP ignored) the driver leaves SIGHUP ignored while the study runs; the
+    other stops suspend it; every handler is restored after."""
+    seen = {}
+
+    def fake_study(*args: object) -> int:
+        seen.update({sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)})
+        return 0
+
+    monkeypatch.setattr(study, "run_study", fake_study)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        assert study.main([str(_plan(tmp_path))]) == 0
+        assert seen[signal.SIGHUP] is signal.SIG_IGN
+        assert seen[signal.SIGTERM] is study._ask_stop and seen[signal.SIGINT] is study._ask_stop
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} == before
+    finally:
+        signal.signal(signal.SIGHUP, previous)
