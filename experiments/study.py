@@ -28,9 +28,10 @@ in the results folder; ``--commit`` commits them (``git add`` + ``git commit`` i
 holding the results folder). A chunk whose ``chunks/<chunk>.json`` exists is done, so an
 interrupted study, or one resumed from a fresh clone of what was committed, carries on with the
 first chunk not done. Full runs (checkpoints, logs) go to ``--scratch`` (default
-``data/study/<dataset>`` in the ``--code`` checkout), never committed. ``--code DIR`` runs every fit with ``DIR/run.py`` (a
-clone of the commit the whole study runs on, while this checkout moves on) and names DIR's commit
-in the records; run the driver with DIR's Python, whose packages the fits use.
+``data/study/<dataset>`` in the ``--code`` checkout), never committed. ``--code DIR`` runs every
+fit with ``DIR/run.py`` (a clone of the commit the whole study runs on, while this checkout moves
+on) and names DIR's commit in the records; run the driver with DIR's Python, whose packages the
+fits use.
 
 A stop (SIGTERM, SIGINT, SIGHUP, or ``--hours`` of wall time spent: a batch job's or a session's
 limit) suspends the study: the running chunk's command and its local launcher's jobs (one
