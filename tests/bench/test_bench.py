@@ -190,11 +190,9 @@ def test_bench_study_and_rss_modes(tmp_path) -> None:  # type: ignore[no-untyped
     assert result["ml100k_study_seconds"] > 0  # the study's keys are kept
 
 
-def test_study_methods_time_only_the_named_studies(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """--study-methods dui: only the DUI sweep is launched, in both checkouts, and the totals and
-    the ratio sum that study alone."""
-    bench = _load_bench()
-    launched = []
+def _fake_sweep(launched: list[list[str]]) -> type:
+    """A stand-in for subprocess.Popen of a study's ``run.py -m`` sweep: it records the command in
+    ``launched`` and writes a metrics.json for each value of the swept list, as the sweep would."""
 
     class FakeRun:
         def __init__(self, cmd, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -209,7 +207,15 @@ def test_study_methods_time_only_the_named_studies(tmp_path, monkeypatch) -> Non
         def communicate(self) -> tuple[str, str]:
             return "", ""
 
-    monkeypatch.setattr(bench.subprocess, "Popen", FakeRun)
+    return FakeRun
+
+
+def test_study_methods_time_only_the_named_studies(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--study-methods dui: only the DUI sweep is launched, in both checkouts, and the totals and
+    the ratio sum that study alone."""
+    bench = _load_bench()
+    launched: list[list[str]] = []
+    monkeypatch.setattr(bench.subprocess, "Popen", _fake_sweep(launched))
     monkeypatch.setattr(bench, "code_commit", lambda checkout: "0" * 40)
     result = bench.run_study(tmp_path / "u.data", REPO_ROOT, trials=3, epochs=1, methods=("dui",))
     experiments = [next(arg for arg in cmd if arg.startswith("+experiment=")) for cmd in launched]
@@ -281,24 +287,11 @@ def test_a_study_part_is_whole_batches_of_the_fixed_list_and_parts_combine(tmp_p
     for bad in ((1, 3), (3, 2), (0, 2)):
         with pytest.raises(ValueError, match="--study-part"):
             bench.study_part(values, bad, jobs=2)
-    launched = []
-
-    class FakeRun:
-        def __init__(self, cmd, **kwargs) -> None:  # type: ignore[no-untyped-def]
-            sweep = next(pathlib.Path(arg.split("=", 1)[1]) for arg in cmd if arg.startswith("hydra.sweep.dir="))
-            lrs = next(arg for arg in cmd if arg.startswith("lambda_optimizer.lr=")).split("=", 1)[1].split(",")
-            launched.append(lrs)
-            for i, _ in enumerate(lrs):
-                (sweep / str(i)).mkdir(parents=True)
-                (sweep / str(i) / "metrics.json").write_text("{}")
-            self.returncode = 0
-
-        def communicate(self) -> tuple[str, str]:
-            return "", ""
-
-    monkeypatch.setattr(bench.subprocess, "Popen", FakeRun)
+    launched: list[list[str]] = []
+    monkeypatch.setattr(bench.subprocess, "Popen", _fake_sweep(launched))
     result = bench.run_study(tmp_path / "u.data", None, trials=20, epochs=1, methods=("dui",), part=(2, 2))
-    assert launched == [bench.study_values(20, 1e-4, 1.0)[10:]] and result["study_part"] == [2, 2]
+    lrs = [next(a for a in cmd if a.startswith("lambda_optimizer.lr=")).split("=", 1)[1].split(",") for cmd in launched]
+    assert lrs == [bench.study_values(20, 1e-4, 1.0)[10:]] and result["study_part"] == [2, 2]
 
     first = _study_record({"dui": (300.0, 2500.0)}, study_part=[1, 2])
     second = _study_record({"dui": (310.0, 2600.0)}, study_part=[2, 2])

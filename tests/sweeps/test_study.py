@@ -559,6 +559,18 @@ def test_hours_suspends_the_study(tmp_path: Path) -> None:
     assert study.main([str(path), "--hours", "0"]) == 2
 
 
+def _write_done_chunk(plan, chunk) -> None:  # type: ignore[no-untyped-def]
+    """``chunk``'s record (runs/…/mf-lfix/seed0) and marker, written as a finished chunk leaves
+    them before its commit."""
+    record = plan.results / "runs" / "temporal" / "paper" / "mf-lfix" / "seed0"
+    record.mkdir(parents=True)
+    (record / "metrics.json").write_text("{}")
+    marker = plan.results / chunk.marker
+    marker.parent.mkdir(parents=True)
+    summary = {"chunk": chunk.name, "records": ["runs/temporal/paper/mf-lfix"], "code_commit": "abc", "seconds": 1.0}
+    marker.write_text(json.dumps(summary))
+
+
 @pytest.mark.slow
 def test_a_chunk_whose_commit_failed_is_committed_by_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -572,13 +584,7 @@ def test_a_chunk_whose_commit_failed_is_committed_by_the_next_run(
     _git_repo(repo)
     plan = study.load_plan(path)
     chunk = study.Chunk("runs", "temporal", "paper", "fix")
-    record = plan.results / "runs" / "temporal" / "paper" / "mf-lfix" / "seed0"
-    record.mkdir(parents=True)
-    (record / "metrics.json").write_text("{}")
-    marker = plan.results / chunk.marker
-    marker.parent.mkdir(parents=True)
-    summary = {"chunk": chunk.name, "records": ["runs/temporal/paper/mf-lfix"], "code_commit": "abc", "seconds": 1.0}
-    marker.write_text(json.dumps(summary))
+    _write_done_chunk(plan, chunk)
     carry = plan.results / chunk.carry
     carry.parent.mkdir()
     carry.write_bytes(b"carry")
@@ -656,13 +662,7 @@ def test_a_chunk_commit_removes_its_carry_whatever_git_holds_of_it(tmp_path: Pat
     carry.write_bytes(b"carry")
     _git(repo, "add", str(carry))
     _git(repo, "commit", "-q", "-m", "suspend")
-    record = plan.results / "runs" / "temporal" / "paper" / "mf-lfix" / "seed0"
-    record.mkdir(parents=True)
-    (record / "metrics.json").write_text("{}")
-    marker = plan.results / chunk.marker
-    marker.parent.mkdir(parents=True)
-    summary = {"chunk": chunk.name, "records": ["runs/temporal/paper/mf-lfix"], "code_commit": "abc", "seconds": 1.0}
-    marker.write_text(json.dumps(summary))
+    _write_done_chunk(plan, chunk)
     _git(repo, "rm", "-q", "--cached", str(carry))
     shutil.rmtree(carry.parent)
     assert study.main([str(path), "--commit", "--max-chunks", "0"]) == 0
