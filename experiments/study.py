@@ -589,7 +589,7 @@ def _staging(parent: Path) -> Path:
     return staging
 
 
-def earlier_seconds(plan: Plan, chunk: Chunk, scratch: Path) -> float:
+def earlier_seconds(chunk: Chunk, scratch: Path) -> float:
     """Wall seconds that suspended runs of ``chunk`` spent before this one (kept in its stored
     study's folder, and so in its carry); 0 for a chunk never suspended."""
     path = scratch / chunk.name / "sweep" / SECONDS_FILE
@@ -609,7 +609,7 @@ def run_tune(plan: Plan, chunk: Chunk, scratch: Path, started: float) -> list[Pa
         _run(tune_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
     except Suspended:
         if (sweep / "study.yaml").is_file():
-            seconds = earlier_seconds(plan, chunk, scratch) + time.perf_counter() - started
+            seconds = earlier_seconds(chunk, scratch) + time.perf_counter() - started
             atomic_write_json(sweep / SECONDS_FILE, {"seconds": round(seconds, 1)})
             pack_carry(sweep, carry)
         raise
@@ -703,7 +703,7 @@ def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
     earlier = 0.0
     if chunk.kind == "tune":
         written = run_tune(plan, chunk, scratch, started)
-        earlier = earlier_seconds(plan, chunk, scratch)
+        earlier = earlier_seconds(chunk, scratch)
     elif chunk.kind == "runs":
         written = run_runs(plan, chunk, scratch)
     else:
