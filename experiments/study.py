@@ -35,7 +35,7 @@ fits use.
 
 A stop (SIGTERM, SIGINT, SIGHUP, or ``--hours`` of wall time spent: a batch job's or a session's
 limit) suspends the study: the running chunk's command and its local launcher's jobs (one
-process group) get SIGTERM, then SIGKILL after 15 s; a tuning chunk writes its stored study (the
+process group) get SIGINT, then SIGKILL after 15 s; a tuning chunk writes its stored study (the
 storage and, of each trial, its metrics.json, config and log: no weights) to
 ``carry/<chunk>.tar.gz`` in the results folder, committed with ``--commit``. The same command
 resumes it, from the scratch folder on the same machine or from the carry in a fresh clone (the
@@ -110,7 +110,7 @@ CARRY_DIR = "carry"
 #: What a carry keeps of each trial's run folder: its result (the sweeper's objective, the record),
 #: its config and its log.
 CARRY_TRIAL_FILES = {"metrics.json", ".hydra", "run.log"}
-#: Seconds a stopped chunk's processes get to end after SIGTERM, before SIGKILL (a batch system's
+#: Seconds a stopped chunk's processes get to end after SIGINT, before SIGKILL (a batch system's
 #: own grace, e.g. SLURM's KillWait of 30 s, must leave the driver time to write the carry).
 STOP_GRACE_S = 15.0
 #: The wall seconds a suspended tuning chunk has spent, in its stored study's folder (and carry).
@@ -397,7 +397,12 @@ def _run(command: Sequence[str], log: Path) -> None:
     print("  $ " + " ".join(command[2:]), flush=True)
     with open(log, "w", encoding="utf-8") as handle:
         child = subprocess.Popen(
-            list(command), cwd=Path(command[1]).parent, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            list(command),
+            cwd=Path(command[1]).parent,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_interrupt,
         )
         try:
             while True:
@@ -414,10 +419,23 @@ def _run(command: Sequence[str], log: Path) -> None:
         raise RuntimeError(f"the command exited with {code}; its output is in {log}")
 
 
+def _default_interrupt() -> None:
+    """In the chunk's command, before it starts: SIGINT at its default (a driver started in the
+    background ignores SIGINT, and an ignored signal is inherited), so the stop reaches every
+    process of the group."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop_group(child: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM ``child``'s process group (it leads one), SIGKILL whatever of it is left after
-    ``grace`` seconds, and reap ``child``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGINT ``child``'s process group (it leads one), SIGKILL whatever of it is left after
+    ``grace`` seconds, and reap ``child``.
+
+    SIGINT, not SIGTERM: a launcher job ignores SIGTERM from its start until the run installs its
+    own handlers (submitit's job environment waits for a scheduler's requeue on it), so a short
+    trial could finish in the grace and one stop would cut trials short or not by chance. Every
+    process ends on SIGINT: a run in whatever phase it is in (saving ``last.ckpt`` in a fit), the
+    launcher, and the sweeper with its trials left running in the stored study."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
         try:
             os.killpg(child.pid, sig)
         except ProcessLookupError:

@@ -495,10 +495,10 @@ def _processes_naming(text: str) -> list[str]:
 def test_sigterm_stops_the_chunk_s_jobs_and_its_study_resumes_from_the_carry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SIGTERM to the driver while the launcher's jobs train: every process of the chunk ends,
-    the stored study is carried with its running trials marked a dead driver's, the exit status
-    is SUSPENDED_EXIT; the same command with another scratch folder re-runs those trials'
-    parameters and finishes the chunk."""
+    """SIGTERM to the driver while the launcher's jobs start: every process of the chunk ends
+    (none finishes its trial after the stop), the stored study is carried with its running trials
+    marked a dead driver's, the exit status is SUSPENDED_EXIT; the same command with another
+    scratch folder re-runs those trials' parameters and finishes the chunk."""
     repo = tmp_path / "repo"
     path = _plan(
         repo,
@@ -528,6 +528,8 @@ def test_sigterm_stops_the_chunk_s_jobs_and_its_study_resumes_from_the_carry(
     assert study.restore_carry(carry, restored)
     running = [t for t in study.stored_study(restored).trials if t.state.name == "RUNNING"]
     assert running and all(t.system_attrs["lopt:driver"].startswith("suspended:") for t in running)
+    finished = [t.number for t in running if (restored / str(t.number) / "metrics.json").exists()]
+    assert not finished, f"trials {finished} ran on after the stop"
 
     assert study.main([str(path), "--scratch", str(tmp_path / "elsewhere")]) == 0
     trials = study.stored_study(tmp_path / "elsewhere" / "tune" / "temporal" / "paper" / "fix" / "sweep").trials
@@ -538,6 +540,55 @@ def test_sigterm_stops_the_chunk_s_jobs_and_its_study_resumes_from_the_carry(
     states = {r["trial"]: r["state"] for r in csv.DictReader(listed.open())}
     assert [states[str(n)] for n in sorted(retried)] == ["FAIL (interrupted)"] * len(retried)
     assert "run_dir" not in listed.read_text() and str(tmp_path) not in listed.read_text()
+
+
+# A launcher job as submitit runs one: SIGTERM ignored (its job environment waits for a requeue),
+# a job of its own in the same group, a result written if it is left to run.
+_SIGTERM_DEAF_JOB = """
+import signal, subprocess, sys, time
+from pathlib import Path
+signal.signal(signal.SIGTERM, lambda *_: None)
+if len(sys.argv) == 1:
+    subprocess.Popen([sys.executable, __file__, "inner"])
+Path(__file__).with_name("started-" + ("inner" if len(sys.argv) > 1 else "outer")).touch()
+time.sleep(8)
+Path(__file__).with_name("finished").touch()
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_ends_jobs_that_ignore_sigterm_even_when_the_driver_ignores_sigint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's command whose processes ignore SIGTERM, run by a driver that ignores SIGINT (as
+    one started in the background does): a stop ends the whole group within a few seconds, long
+    before STOP_GRACE_S, and no process of it lives to write its result."""
+    script = tmp_path / "job.py"
+    script.write_text(_SIGTERM_DEAF_JOB, encoding="utf-8")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(study._STOP, "asked", None)
+
+            def ask_when_both_run(*_: object) -> None:
+                if all((tmp_path / f"started-{which}").exists() for which in ("outer", "inner")):
+                    study._STOP["asked"] = "SIGTERM"
+
+            old_alarm = signal.signal(signal.SIGALRM, ask_when_both_run)
+            signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+            started = time.monotonic()
+            try:
+                with pytest.raises(study.Suspended):
+                    study._run([sys.executable, str(script)], tmp_path / "chunk.log")
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0.0)
+                signal.signal(signal.SIGALRM, old_alarm)
+            stopped_in = time.monotonic() - started
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stopped_in < study.STOP_GRACE_S / 2, f"the group took {stopped_in:.1f} s to end"
+    time.sleep(max(0.0, 8.5 - (time.monotonic() - started)))  # past the jobs' own end
+    assert not (tmp_path / "finished").exists(), "a process of the stopped group ran to its end"
 
 
 @pytest.mark.slow
