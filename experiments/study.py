@@ -2,7 +2,8 @@
 
     python experiments/study.py PLAN.yaml --plan                  # the chunks and the CPU estimate
     python experiments/study.py PLAN.yaml --measure [--epochs 3]  # time an epoch of every method
-    python experiments/study.py PLAN.yaml [--max-chunks N] [--hours H] [--commit] [--scratch DIR] [--code DIR]
+    python experiments/study.py PLAN.yaml [--max-chunks N] [--hours H] [--jobs N] [--commit] [--scratch DIR]
+        [--code DIR]
 
 PLAN.yaml (e.g. ``experiments/results/ml100k/study.yaml``) names the dataset's experiments, the
 methods, the blocks, the seeds, the tuning trials, the epoch budget, the data, and overrides for
@@ -16,22 +17,26 @@ study's results folder. The study is a list of chunks, run in order:
 * ``runs/<split>/<block>/<method>``: the selected configuration re-run for every seed under the
   block's control (``paper``: none; ``inner``: control=inner with the inner selection;
   ``refit-final`` / ``refit-trajectory``: control=refit with the paper selection); compact records
-  to ``runs/<split>/<block>/<method-label>/seed<seed>/``;
+  to ``runs/<split>/<block>/<method-label>/seed<seed>/``. Each seed is a one-job multirun of its
+  own, and the fits of consecutive runs chunks share one pool, ``--jobs`` at a time (default: the
+  cores, each fit's threads the cores shared among them unless OMP_NUM_THREADS is set; every fit
+  at once where a cluster's launcher runs them), so the cores stay busy across chunks; a chunk is
+  finished as its last fit ends;
 * ``borrow/<split>/refit-trajectory/<method>``: a method without a Λ-step is not run again for
   ``refit-trajectory`` (``control.lambda`` does not reach it): its refit-final records are copied
   with ``control.borrowed: true`` and ``borrowed_from``. Nothing else is ever borrowed, and only
   when the source record's ``control.serves`` names the block.
 
-Every chunk ends with its records and ``chunks/<chunk>.json`` (what ran, the code commit, its wall
-seconds: a suspended tuning chunk's runs summed)
-in the results folder; ``--commit`` commits them (``git add`` + ``git commit`` in the repository
-holding the results folder). A chunk whose ``chunks/<chunk>.json`` exists is done, so an
-interrupted study, or one resumed from a fresh clone of what was committed, carries on with the
-first chunk not done. Full runs (checkpoints, logs) go to ``--scratch`` (default
-``data/study/<dataset>`` in the ``--code`` checkout), never committed. ``--code DIR`` runs every
-fit with ``DIR/run.py`` (a clone of the commit the whole study runs on, while this checkout moves
-on) and names DIR's commit in the records; run the driver with DIR's Python, whose packages the
-fits use.
+Every chunk ends with its records and ``chunks/<chunk>.json`` (what ran, the code commit, when it
+started and finished, its wall seconds: a suspended tuning chunk's runs summed, and of those its
+``earlier_seconds``; pooled runs chunks overlap) in the results folder; ``--commit`` commits them
+(``git add`` + ``git commit`` in the repository holding the results folder). A chunk whose
+``chunks/<chunk>.json`` exists is done, so an interrupted study, or one resumed from a fresh clone
+of what was committed, carries on with the first chunk not done. Full runs (checkpoints, logs) go
+to ``--scratch`` (default ``data/study/<dataset>`` in the ``--code`` checkout), never committed.
+``--code DIR`` runs every fit with ``DIR/run.py`` (a clone of the commit the whole study runs on,
+while this checkout moves on) and names DIR's commit in the records; run the driver with DIR's
+Python, whose packages the fits use.
 
 A stop (SIGTERM, SIGINT, SIGHUP, or ``--hours`` of wall time spent: a batch job's or a session's
 limit) suspends the study: the running chunk's command and its local launcher's jobs (one
@@ -41,8 +46,8 @@ storage and, of each trial, its metrics.json, config and log: no weights) to
 resumes it, from the scratch folder on the same machine or from the carry in a fresh clone (the
 carry replaces a scratch study only when it has more trials done, as the sweeper counts them):
 finished trials are kept, the ones the stop cut short run again with their parameters, and the
-chunk's own commit removes the carry. A stopped seed-runs chunk runs again whole. A stop while
-records are collected or committed takes effect after them; a chunk whose commit was lost anyway
+chunk's own commit removes the carry. A seed-runs chunk the stop cut short runs again whole. A
+stop while records are collected or committed takes effect after them; a chunk whose commit was lost anyway
 is committed by the next run with ``--commit``. A signal the driver was started to ignore
 (``nohup``: SIGHUP) stays ignored. The chunk's seconds sum its suspended runs (a run ended by an
 error or SIGKILL is not counted). Jobs of the SLURM launcher are not in the driver's process
@@ -57,12 +62,14 @@ and twice as many on the plan's data (one seed, the paper block) and writes the 
 start-up costs drop out) to
 ``epoch_seconds.json`` in the results folder; ``--plan`` multiplies them by the runs and epochs of
 every chunk (the epoch cap, an expected count: ``plan.expected_epochs``, and the mean epochs of
-the tuning trials committed so far), and sums the wall time of the chunks done.
+the tuning trials committed so far), and gives the wall time of the chunks done (chunks that ran
+at once counted once).
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import csv
 import json
 import os
@@ -75,7 +82,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +120,13 @@ CARRY_TRIAL_FILES = {"metrics.json", ".hydra", "run.log"}
 #: Seconds a stopped chunk's processes get to end after SIGINT, before SIGKILL (a batch system's
 #: own grace, e.g. SLURM's KillWait of 30 s, must leave the driver time to write the carry).
 STOP_GRACE_S = 15.0
+#: Seconds between checks of the running commands (and of a stop asked for).
+POLL_S = 0.5
+#: Environment variables that size a fit's thread pools (torch reads OMP_NUM_THREADS at start):
+#: the cores shared among the fits that run at once, unless set for the driver.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: The launchers whose jobs run on the driver's machine (conf/hydra/launcher).
+LOCAL_LAUNCHERS = {"local", "basic"}
 #: The wall seconds a suspended tuning chunk has spent, in its stored study's folder (and carry).
 SECONDS_FILE = "chunk_seconds.json"
 #: Exit status of a suspended study (run the same command again to resume).
@@ -356,7 +370,8 @@ def selection(plan: Plan, chunk: Chunk) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8"))["best_params"])
 
 
-def runs_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
+def runs_command(plan: Plan, chunk: Chunk, sweep_dir: Path, seeds: Sequence[int] | None = None) -> list[str]:
+    """The multirun of ``chunk``'s selected configuration over ``seeds`` (default: the plan's)."""
     head, budget = base_overrides(plan, chunk)
     params = [f"{k}={v}" for k, v in sorted(selection(plan, chunk).items())]
     return [
@@ -368,14 +383,16 @@ def runs_command(plan: Plan, chunk: Chunk, sweep_dir: Path) -> list[str]:
         *BLOCK_CONTROLS[chunk.block],
         *budget,
         *params,
-        f"seed={','.join(map(str, plan.seeds))}",
+        f"seed={','.join(map(str, plan.seeds if seeds is None else seeds))}",
         f"hydra.sweep.dir={sweep_dir}",
     ]
 
 
 class Suspended(Exception):
     """The study was asked to stop (SIGTERM, SIGINT, SIGHUP, or ``--hours`` ran out) while a
-    chunk's command ran."""
+    chunk's command ran; ``chunks``: the chunks it cut short, where more than one ran."""
+
+    chunks: Sequence[Chunk] = ()
 
 
 #: The stop asked for: the signal's name, None while none was.
@@ -389,34 +406,62 @@ def _ask_stop(signum: int, frame: Any) -> None:
 
 
 def _run(command: Sequence[str], log: Path) -> None:
-    """Run ``command`` (``python <checkout>/run.py …``) from its checkout in a process group of
-    its own (a stop sent to the driver's group does not reach it half-way); a stop asked for
-    while it runs terminates that whole group, the launcher's local jobs included, and raises
-    :class:`Suspended`."""
+    """Run ``command`` (``python <checkout>/run.py …``) as :func:`_run_pool` runs one."""
+    _run_pool([(command, log)], jobs=1)
+
+
+def _run_pool(
+    commands: Sequence[tuple[Sequence[str], Path]],
+    jobs: int,
+    on_exit: Callable[[int], None] = lambda i: None,
+    env: dict[str, str] | None = None,
+    on_start: Callable[[int], None] = lambda i: None,
+) -> None:
+    """Run ``commands`` (``python <checkout>/run.py …``, the log its output goes to), ``jobs`` at a
+    time in the order given, each from its checkout in a process group of its own (a stop sent to
+    the driver's group does not reach it half-way), with ``env`` added to the environment;
+    ``on_start(i)`` runs as command ``i`` starts, ``on_exit(i)`` as it ends with status 0.
+
+    A command that fails stops the others and raises RuntimeError naming its log; a stop asked for
+    stops every running group (the launcher's local jobs included) and raises :class:`Suspended`.
+    A stop asked while ``on_exit`` runs (collecting, committing) takes effect after it."""
+    pending = list(enumerate(commands))[::-1]
+    running: dict[int, subprocess.Popen] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, (command, log) = pending.pop()
+                running[i] = _start(command, log, env)
+                on_start(i)
+            ended = [i for i, child in running.items() if child.poll() is not None]
+            for i in ended:
+                code = running.pop(i).returncode
+                if code != 0:
+                    raise RuntimeError(f"the command exited with {code}; its output is in {commands[i][1]}")
+                on_exit(i)
+            if not ended:
+                if _STOP["asked"]:
+                    raise Suspended(_STOP["asked"])
+                time.sleep(POLL_S)
+    except BaseException:
+        _stop_groups(list(running.values()))
+        raise
+
+
+def _start(command: Sequence[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen:
+    """``command`` started from its checkout, leading a process group, output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("  $ " + " ".join(command[2:]), flush=True)
-    with open(log, "w", encoding="utf-8") as handle:
-        child = subprocess.Popen(
+    with open(log, "w", encoding="utf-8") as handle:  # the child keeps its own descriptor
+        return subprocess.Popen(
             list(command),
             cwd=Path(command[1]).parent,
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_default_interrupt,
+            env={**os.environ, **(env or {})},
         )
-        try:
-            while True:
-                try:
-                    code = child.wait(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    if _STOP["asked"]:
-                        raise Suspended(_STOP["asked"]) from None
-        except BaseException:
-            _stop_group(child)
-            raise
-    if code != 0:
-        raise RuntimeError(f"the command exited with {code}; its output is in {log}")
 
 
 def _default_interrupt() -> None:
@@ -426,9 +471,9 @@ def _default_interrupt() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _stop_group(child: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
-    """SIGINT ``child``'s process group (it leads one), SIGKILL whatever of it is left after
-    ``grace`` seconds, and reap ``child``.
+def _stop_groups(children: Sequence[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """SIGINT the process group of every child (each leads one), SIGKILL whatever of them is left
+    after ``grace`` seconds, and reap the children.
 
     SIGINT, not SIGTERM: a launcher job ignores SIGTERM from its start until the run installs its
     own handlers (submitit's job environment waits for a scheduler's requeue on it), so a short
@@ -436,22 +481,26 @@ def _stop_group(child: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
     process ends on SIGINT: a run in whatever phase it is in (saving ``last.ckpt`` in a fit), the
     launcher, and the sweeper with its trials left running in the stored study."""
     for sig in (signal.SIGINT, signal.SIGKILL):
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            break
+        live = [child for child in children if _signal_group(child, sig)]
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            child.poll()  # reap the leader: a zombie still counts as a member of its group
-            try:
-                os.killpg(child.pid, 0)
-            except ProcessLookupError:
-                break
+        while live and time.monotonic() < deadline:
             time.sleep(0.2)
-        else:
-            continue
-        break
-    child.wait()
+            live = [child for child in live if _signal_group(child, 0)]
+        if not live:
+            break
+    for child in children:
+        child.wait()
+
+
+def _signal_group(child: subprocess.Popen, sig: int) -> bool:
+    """Send ``sig`` to ``child``'s process group (0: only check it); whether the group lives. The
+    leader is reaped first: a zombie still counts as a member of its group."""
+    child.poll()
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _carried(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -666,16 +715,86 @@ def write_trials(stored: Any, path: Path, roots: Sequence[Path] = ()) -> None:
         writer.writerows(rows)
 
 
-def run_runs(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
-    """The seed runs of one method in one block; their compact records."""
-    sweep = _fresh(scratch / chunk.name / "sweep")
-    _run(runs_command(plan, chunk, sweep), scratch / chunk.name / "log.txt")
+def fit_dir(scratch: Path, chunk: Chunk, seed: int) -> Path:
+    """The scratch folder of one seed's fit of a runs chunk (its one-job multirun in ``sweep/``)."""
+    return scratch / chunk.name / f"seed{seed}"
+
+
+def fit_commands(plan: Plan, chunk: Chunk, scratch: Path) -> list[tuple[list[str], Path]]:
+    """One (command, log) per seed of a runs chunk: a one-job multirun each, so that the fits of
+    several chunks share one pool."""
+    return [
+        (runs_command(plan, chunk, fit_dir(scratch, chunk, s) / "sweep", [s]), fit_dir(scratch, chunk, s) / "log.txt")
+        for s in plan.seeds
+    ]
+
+
+def collect_runs(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
+    """The compact records of a runs chunk's fits, installed under ``runs/<split>/<block>/``."""
     block_dir = plan.results / "runs" / chunk.split / chunk.block
     staging = _staging(block_dir)
     try:
-        return _install_runs(plan, _collect(sweep, staging), block_dir)
+        collect([fit_dir(scratch, chunk, s) / "sweep" for s in plan.seeds], staging)
+        return _install_runs(plan, staging / "sweep", block_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_runs(plan: Plan, group: Sequence[Chunk], scratch: Path, commit: bool, jobs: int | None) -> None:
+    """The seed runs of the runs chunks ``group``, ``jobs`` fits at a time in one pool (the next
+    chunk's fits start while the last of one end; default: the cores, or every fit at once where
+    a cluster's launcher runs them); each chunk is finished (records, marker, commit) as its last
+    fit ends. A stop raises :class:`Suspended` with ``chunks`` set to the chunks it cut short,
+    which run again whole."""
+    fits = [(chunk, *fit) for chunk in group for fit in fit_commands(plan, chunk, scratch)]
+    here = runs_here(plan, group[0])
+    jobs = jobs or (_cores() if here else len(fits))
+    left = {chunk.name: len(plan.seeds) for chunk in group}
+    started: dict[str, tuple[float, str]] = {}
+    for chunk in group:
+        _fresh(scratch / chunk.name)
+
+    def on_start(i: int) -> None:
+        started.setdefault(fits[i][0].name, (time.perf_counter(), _now()))
+
+    def on_exit(i: int) -> None:
+        chunk = fits[i][0]
+        left[chunk.name] -= 1
+        if left[chunk.name] == 0:
+            finish_chunk(plan, chunk, collect_runs(plan, chunk, scratch), *started[chunk.name], commit=commit)
+
+    threads = str(max(1, _cores() // jobs))
+    try:
+        _run_pool(
+            [(command, log) for _, command, log in fits],
+            jobs,
+            on_exit,
+            env={name: os.environ.get(name, threads) for name in THREAD_VARIABLES} if here else None,
+            on_start=on_start,
+        )
+    except Suspended as stop:
+        stop.chunks = [c for c in group if c.name in started and left[c.name] > 0]
+        raise
+
+
+def runs_here(plan: Plan, chunk: Chunk) -> bool:
+    """Whether ``chunk``'s fits run on this machine (the local or the basic launcher), not as a
+    cluster's jobs (whose cores are not this machine's)."""
+    head, _ = base_overrides(plan, chunk)
+    return all(o.split("=", 1)[1] in LOCAL_LAUNCHERS for o in head if o.startswith("hydra/launcher="))
+
+
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity; all cores where that is unknown)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _now() -> str:
+    """The time now, UTC, to the second (a chunk marker's ``started``/``finished``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def run_borrow(plan: Plan, chunk: Chunk) -> list[Path]:
@@ -717,24 +836,34 @@ def code_commit(plan: Plan) -> str:
 
 
 def run_chunk(plan: Plan, chunk: Chunk, scratch: Path, commit: bool) -> None:
-    started = time.perf_counter()
-    earlier = 0.0
+    """A tuning or borrowing chunk, finished with its records, marker and (``commit``) commit."""
+    started = time.perf_counter(), _now()
     if chunk.kind == "tune":
-        written = run_tune(plan, chunk, scratch, started)
+        written = run_tune(plan, chunk, scratch, started[0])
         earlier = earlier_seconds(chunk, scratch)
-    elif chunk.kind == "runs":
-        written = run_runs(plan, chunk, scratch)
     else:
-        written = run_borrow(plan, chunk)
+        written, earlier = run_borrow(plan, chunk), 0.0
+    finish_chunk(plan, chunk, written, *started, commit=commit, earlier=earlier)
+
+
+def finish_chunk(
+    plan: Plan, chunk: Chunk, written: list[Path], clock: float, since: str, commit: bool, earlier: float = 0.0
+) -> None:
+    """Write ``chunk``'s marker: its records, the code commit, when it started (``since``, UTC) and
+    finished, and its wall seconds since ``clock`` (``time.perf_counter``) plus ``earlier``
+    (a suspended tuning chunk's earlier runs); remove its carry; commit it when ``commit``."""
     marker = plan.results / chunk.marker
     marker.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "chunk": chunk.name,
         "records": [p.relative_to(plan.results).as_posix() for p in written],
         "code_commit": code_commit(plan),
-        "seconds": round(earlier + time.perf_counter() - started, 1),  # a suspended chunk's runs, summed
+        "seconds": round(earlier + time.perf_counter() - clock, 1),
+        "earlier_seconds": round(earlier, 1),
+        "started": since,
+        "finished": _now(),
     }
-    marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(marker, record)
     (plan.results / chunk.carry).unlink(missing_ok=True)
     if commit:
         commit_chunk(plan, chunk)
@@ -755,9 +884,10 @@ def commit_chunk(plan: Plan, chunk: Chunk, note: str = "") -> None:
     _git(["commit", "-q", "-m", message, "--", *paths, *removal], plan.results)
 
 
-def suspended(plan: Plan, chunk: Chunk, scratch: Path, commit: bool, why: str) -> int:
-    """After a stop in ``chunk``: commit its carry (a tuning chunk's stored study) when
-    ``commit``, say what resumes, and return :data:`SUSPENDED_EXIT`."""
+def suspended(plan: Plan, cut: Sequence[Chunk], scratch: Path, commit: bool, why: str) -> int:
+    """After a stop that cut the chunks ``cut`` short: commit a tuning chunk's carry (its stored
+    study) when ``commit``, say what resumes, and return :data:`SUSPENDED_EXIT`."""
+    chunk = cut[0]
     carry = plan.results / chunk.carry
     if chunk.kind == "tune" and carry.is_file():
         kept = finished_trials(scratch / chunk.name / "sweep")
@@ -771,8 +901,9 @@ def suspended(plan: Plan, chunk: Chunk, scratch: Path, commit: bool, why: str) -
             except RuntimeError as error:
                 what += f", NOT committed ({error}): commit it before this machine goes"
     else:
-        what = "it runs again whole"
-    print(f"suspended ({why}) in chunk {chunk.name}: {what}; run the same command to resume", flush=True)
+        what = "it runs again whole" if len(cut) == 1 else "they run again whole"
+    names = ", ".join(c.name for c in cut)
+    print(f"suspended ({why}) in chunk {names}: {what}; run the same command to resume", flush=True)
     return SUSPENDED_EXIT
 
 
@@ -940,13 +1071,29 @@ def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float)
             f"  CPU time of the chunks to run at those epochs ({plan.expected_epochs} for a method with none yet): "
             f"{observed / 3600:.1f} h ({observed:.0f} s)"
         )
-    walls = [
-        json.loads((plan.results / c.marker).read_text(encoding="utf-8"))["seconds"]
-        for c in all_chunks
-        if done(plan, c)
-    ]
-    if walls:
-        print(f"  wall time of the {len(walls)} chunks done: {sum(walls) / 3600:.2f} h")
+    markers = [json.loads((plan.results / c.marker).read_text(encoding="utf-8")) for c in all_chunks if done(plan, c)]
+    if markers:
+        print(f"  wall time of the {len(markers)} chunks done: {wall_seconds(markers) / 3600:.2f} h")
+
+
+def wall_seconds(markers: Sequence[dict[str, Any]]) -> float:
+    """The wall seconds the chunks of ``markers`` took, chunks that ran at once counted once: the
+    union of their ``started``–``finished`` spans, plus their ``earlier_seconds`` (a suspended
+    chunk's earlier runs), plus the ``seconds`` of markers without a span."""
+    spans = sorted((_epoch(m["started"]), _epoch(m["finished"])) for m in markers if "started" in m and "finished" in m)
+    total, reach = 0.0, float("-inf")
+    for begin, end in spans:
+        total += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
+    return total + sum(
+        float(m.get("earlier_seconds", 0.0)) if "started" in m and "finished" in m else float(m["seconds"])
+        for m in markers
+    )
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of a marker's UTC time stamp (:func:`_now`)."""
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -958,6 +1105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each --measure run (default 3)")
     parser.add_argument("--max-chunks", type=int, default=None, help="stop after this many chunks")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="seed runs at once, one pool across consecutive runs chunks (default: the cores; with a "
+        "cluster's launcher, every fit of the pool)",
+    )
     parser.add_argument("--commit", action="store_true", help="git-commit each chunk's records as it ends")
     parser.add_argument(
         "--hours",
@@ -998,6 +1152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hours is not None and not args.hours > 0:
         print(f"error: --hours {args.hours}: give a positive number of hours", file=sys.stderr)
         return 2
+    if args.jobs is not None and args.jobs < 1:
+        print(f"error: --jobs {args.jobs}: give a number of fits at once ≥ 1", file=sys.stderr)
+        return 2
     _STOP["asked"] = None
     # a stop suspends the study; a signal the driver was started to ignore (nohup) stays ignored
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)}
@@ -1016,45 +1173,61 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = {"seconds_per_epoch": timings, "epochs": args.epochs, "code_commit": code_commit(plan)}
             timings_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             return 0
-        return run_study(plan, scratch, args.commit, args.max_chunks)
+        return run_study(plan, scratch, args.commit, args.max_chunks, args.jobs)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0.0)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
 
-def run_study(plan: Plan, scratch: Path, commit: bool, max_chunks: int | None) -> int:
+def run_study(plan: Plan, scratch: Path, commit: bool, max_chunks: int | None, jobs: int | None = None) -> int:
     """Run the chunks not done, in order; 0 when every chunk is done or ``max_chunks`` ran, 1 on
-    an error, :data:`SUSPENDED_EXIT` after a stop. With ``commit``, a done chunk whose commit
-    failed is committed first."""
+    an error, :data:`SUSPENDED_EXIT` after a stop. Consecutive runs chunks share one pool of
+    ``jobs`` fits at a time (default: the cores). With ``commit``, a done chunk whose commit failed
+    is committed first."""
     if commit:
         for chunk in uncommitted_chunks(plan):
             print(f"committing chunk {chunk.name}: its records were written but not committed", flush=True)
             commit_chunk(plan, chunk, note=" (committed by a later run)")
-    ran = 0
-    for chunk in chunks(plan):
-        if done(plan, chunk):
-            continue
-        if max_chunks is not None and ran >= max_chunks:
-            print(f"stopped after {ran} chunks (--max-chunks); run again to continue")
-            return 0
+    todo = [c for c in chunks(plan) if not done(plan, c)]
+    if max_chunks is not None:
+        todo = todo[:max_chunks]
+    for group in _groups(todo):
         if _STOP["asked"]:
-            print(f"suspended ({_STOP['asked']}) before chunk {chunk.name}; run the same command to resume")
+            print(f"suspended ({_STOP['asked']}) before chunk {group[0].name}; run the same command to resume")
             return SUSPENDED_EXIT
-        print(f"chunk {chunk.name}", flush=True)
+        print("chunk " + ", ".join(c.name for c in group), flush=True)
         try:
-            run_chunk(plan, chunk, scratch, commit)
+            if group[0].kind == "runs":
+                run_runs(plan, group, scratch, commit, jobs)
+            else:
+                run_chunk(plan, group[0], scratch, commit)
         except Suspended as stop:
-            return suspended(plan, chunk, scratch, commit, str(stop))
+            return suspended(plan, list(stop.chunks) or group, scratch, commit, str(stop))
         except (OSError, RuntimeError, ValueError) as error:
             print(
-                f"error in chunk {chunk.name}: {error}\nthe chunks before it are done; run again to resume",
+                f"error in chunk {', '.join(c.name for c in group if not done(plan, c))}: {error}\n"
+                "the chunks done are committed; run again to resume",
                 file=sys.stderr,
             )
             return 1
-        ran += 1
+    if max_chunks is not None and any(not done(plan, c) for c in chunks(plan)):
+        print(f"stopped after {len(todo)} chunks (--max-chunks); run again to continue")
+        return 0
     print(f"study {plan.dataset}: every chunk done")
     return 0
+
+
+def _groups(todo: Sequence[Chunk]) -> list[list[Chunk]]:
+    """``todo`` cut into what runs at once: consecutive runs chunks together (their fits share one
+    pool: a runs chunk needs only its tuning chunk, which runs before it), any other chunk alone."""
+    groups: list[list[Chunk]] = []
+    for chunk in todo:
+        if chunk.kind == "runs" and groups and groups[-1][0].kind == "runs":
+            groups[-1].append(chunk)
+        else:
+            groups.append([chunk])
+    return groups
 
 
 if __name__ == "__main__":

@@ -746,3 +746,191 @@ def test_a_signal_the_driver_was_started_to_ignore_stays_ignored(
         assert {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} == before
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+# A command of the pool: stamps its start and end (monotonic clock) into <name>.start/.end beside
+# it, after sleeping argv[2] seconds; exits with argv[3]; writes the thread budget it was given.
+_STAMPING_COMMAND = """
+import os, sys, time
+from pathlib import Path
+here = Path(__file__).parent
+name, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+(here / (name + ".start")).write_text(repr(time.monotonic()))
+(here / (name + ".threads")).write_text(os.environ.get("OMP_NUM_THREADS", ""))
+time.sleep(seconds)
+if code == 0:
+    (here / (name + ".end")).write_text(repr(time.monotonic()))
+sys.exit(code)
+"""
+
+
+def _pool_commands(tmp_path: Path, specs: list[tuple[str, float, int]]) -> list[tuple[list[str], Path]]:
+    script = tmp_path / "command.py"
+    script.write_text(_STAMPING_COMMAND, encoding="utf-8")
+    return [([sys.executable, str(script), n, str(s), str(c)], tmp_path / f"{n}.log") for n, s, c in specs]
+
+
+@pytest.mark.slow
+def test_the_pool_runs_its_commands_jobs_at_a_time_in_order(tmp_path: Path) -> None:
+    """Five commands, 2 at a time: never more than 2 run at once, they start in the order given,
+    each starts as soon as a place frees (the short ones do not wait for the long one), on_exit
+    follows each end, and each gets the environment given."""
+    specs = [("a", 8.0, 0), ("b", 0.5, 0), ("c", 0.5, 0), ("d", 0.5, 0), ("e", 0.5, 0)]
+    ended: list[str] = []
+    study._run_pool(
+        _pool_commands(tmp_path, specs), 2, lambda i: ended.append(specs[i][0]), env={"OMP_NUM_THREADS": "7"}
+    )
+    span = {
+        n: (float((tmp_path / f"{n}.start").read_text()), float((tmp_path / f"{n}.end").read_text())) for n, *_ in specs
+    }
+    moments = sorted({t for pair in span.values() for t in pair})
+    assert max(sum(b <= t < e for b, e in span.values()) for t in moments) == 2
+    assert sorted(span, key=lambda n: span[n][0]) == ["a", "b", "c", "d", "e"]
+    assert span["e"][1] < span["a"][1]  # b to e ran beside a, one after another
+    assert ended[-1] == "a" and sorted(ended) == ["a", "b", "c", "d", "e"]
+    assert {(tmp_path / f"{n}.threads").read_text() for n, *_ in specs} == {"7"}
+
+
+@pytest.mark.slow
+def test_a_failing_command_stops_the_pool_and_names_its_log(tmp_path: Path) -> None:
+    """A command exits with 3 while another runs: the other's group is stopped (it never ends
+    its work), the pool raises naming the failed command's log, and no command after them starts."""
+    specs = [("slow", 6.0, 0), ("fails", 0.5, 3), ("never", 0.1, 0)]
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"exited with 3; its output is in .*fails\.log"):
+        study._run_pool(_pool_commands(tmp_path, specs), 2)
+    assert time.monotonic() - started < 5.0
+    time.sleep(max(0.0, 6.5 - (time.monotonic() - started)))
+    assert not (tmp_path / "slow.end").exists() and not (tmp_path / "never.start").exists()
+
+
+def test_wall_time_counts_chunks_that_ran_at_once_once() -> None:
+    """Two chunks spanning 10:00:00–10:10:00 and 10:05:00–10:20:00 took 20 min of wall time, plus a
+    suspended chunk's earlier 60 s, plus 100 s of a marker written before markers had spans."""
+    markers = [
+        {
+            "seconds": 600.0,
+            "earlier_seconds": 0.0,
+            "started": "2026-12-08T10:00:00Z",
+            "finished": "2026-12-08T10:10:00Z",
+        },
+        {
+            "seconds": 960.0,
+            "earlier_seconds": 60.0,
+            "started": "2026-12-08T10:05:00Z",
+            "finished": "2026-12-08T10:20:00Z",
+        },
+        {"seconds": 100.0},
+    ]
+    assert study.wall_seconds(markers) == 20 * 60 + 60 + 100
+    assert (
+        study.wall_seconds(
+            markers[:1] + [{**markers[0], "started": "2026-12-08T11:00:00Z", "finished": "2026-12-08T11:01:00Z"}]
+        )
+        == 660
+    )
+
+
+@pytest.mark.slow
+def test_pooled_seed_runs_write_the_records_of_one_multirun_per_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs chunks (λFix, λOpt-D) × 2 seeds through the pool, 2 fits at a time, against each
+    chunk's seeds as one multirun of the local launcher (the chunk as one command): the same
+    records, bit for bit but the train seconds and the run folder; each chunk's marker spans its
+    own fits."""
+    monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    repo = tmp_path / "repo"
+    path = _plan(
+        repo,
+        methods={
+            "fix": {"overrides": ["model=fix"]},
+            "d": {"overrides": ["model=lambda_opt", "granularity=d"], "learns_lambda": True},
+        },
+        selections={"fix": {"model.lambda_value": 0.01}, "d": {"lambda_optimizer.lr": 0.001}},
+        blocks=["paper"],
+        seeds=[0, 1],
+        overrides=[*DATA, "hydra/launcher=local"],
+    )
+    plan = study.load_plan(path)
+    assert study.main([str(path), "--scratch", str(tmp_path / "pool"), "--jobs", "2"]) == 0
+    pooled = {p.relative_to(plan.results / "runs"): p for p in (plan.results / "runs").rglob("*") if p.is_file()}
+    markers = [json.loads((plan.results / c.marker).read_text()) for c in study.chunks(plan)]
+    assert all(m["started"] <= m["finished"] for m in markers)
+
+    one = tmp_path / "one"
+    for chunk in study.chunks(plan):
+        sweep = one / chunk.name / "sweep"
+        study._run(study.runs_command(plan, chunk, sweep), one / chunk.name / "log.txt")
+        study.collect([sweep], one / "records" / chunk.name)
+    multirun = {}
+    for chunk in study.chunks(plan):
+        labels = one / "records" / chunk.name / "sweep"
+        for p in labels.rglob("*"):
+            if p.is_file():
+                multirun[Path(chunk.split, chunk.block) / p.relative_to(labels)] = p
+    assert sorted(pooled) == sorted(multirun) and len(pooled) >= 8
+    for relative, p in pooled.items():
+        if p.name == "metrics.json":
+            a, b = json.loads(p.read_text()), json.loads(multirun[relative].read_text())
+            for record in (a, b):
+                record.pop("train_seconds"), record.pop("output_dir")
+            assert a == b, relative
+        else:
+            assert p.read_bytes() == multirun[relative].read_bytes(), relative
+
+
+@pytest.mark.slow
+def test_a_stop_in_the_pool_finishes_the_chunks_done_and_names_the_ones_cut_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three runs chunks of 2 fits, 2 at a time; a stop while the second chunk's fits run: the
+    first chunk is finished (its records and marker), the second is named as cut short, the third
+    never starts, and no fit of the pool runs on."""
+    methods = {m: {"overrides": ["model=fix"]} for m in ("a", "b", "c")}
+    plan = study.load_plan(
+        _plan(tmp_path / "repo", seeds=[0, 1], methods=methods, selections=dict.fromkeys(methods, {}))
+    )
+    group = [study.Chunk("runs", "temporal", "paper", m) for m in methods]
+    length = {"a": 0.2, "b": 8.0, "c": 8.0}
+    script = tmp_path / "command.py"
+    script.write_text(_STAMPING_COMMAND, encoding="utf-8")
+
+    def fit_commands(plan, chunk, scratch):  # type: ignore[no-untyped-def]
+        return [
+            ([sys.executable, str(script), f"{chunk.method}{s}", str(length[chunk.method]), "0"], tmp_path / "log")
+            for s in plan.seeds
+        ]
+
+    finished: list[str] = []
+    monkeypatch.setattr(study, "fit_commands", fit_commands)
+    monkeypatch.setattr(study, "collect_runs", lambda plan, chunk, scratch: [])
+    monkeypatch.setattr(study, "finish_chunk", lambda plan, chunk, *a, **k: finished.append(chunk.method))
+    monkeypatch.setitem(study._STOP, "asked", None)
+
+    def ask_when_b_runs(*_: object) -> None:
+        if all((tmp_path / f"b{s}.start").exists() for s in (0, 1)):
+            study._STOP["asked"] = "SIGTERM"
+
+    previous = signal.signal(signal.SIGALRM, ask_when_b_runs)
+    signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+    try:
+        with pytest.raises(study.Suspended) as stop:
+            study.run_runs(plan, group, tmp_path / "scratch", commit=False, jobs=2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+    assert finished == ["a"]
+    assert [c.method for c in stop.value.chunks] == ["b"]
+    assert not list(tmp_path.glob("c*.start")) and not _processes_naming(str(script))
+
+
+def test_fits_run_here_unless_a_cluster_s_launcher_runs_them(tmp_path: Path) -> None:
+    """The pool sizes itself and its fits' threads by this machine's cores only where the fits
+    run on it: the local or basic launcher, or none named; not SLURM's."""
+    chunk = study.Chunk("runs", "temporal", "paper", "fix")
+    for overrides, here in (([], True), (["hydra/launcher=local"], True), (["hydra/launcher=slurm"], False)):
+        plan = study.load_plan(_plan(tmp_path / str(len(overrides)) / str(here), overrides=[*DATA, *overrides]))
+        assert study.runs_here(plan, chunk) is here, overrides
