@@ -90,6 +90,7 @@ from typing import Any
 import yaml
 
 from lopt.io import atomic_write_json
+from lopt.sweep.local import THREAD_VARIABLES, machine_cores
 from lopt.sweep.study import (
     DRIVER_ATTR,
     HEARTBEAT_ATTR,
@@ -122,9 +123,6 @@ CARRY_TRIAL_FILES = {"metrics.json", ".hydra", "run.log"}
 STOP_GRACE_S = 15.0
 #: Seconds between checks of the running commands (and of a stop asked for).
 POLL_S = 0.5
-#: Environment variables that size a fit's thread pools (torch reads OMP_NUM_THREADS at start):
-#: the cores shared among the fits that run at once, unless set for the driver.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: The launchers whose jobs run on the driver's machine (conf/hydra/launcher).
 LOCAL_LAUNCHERS = {"local", "basic"}
 #: The wall seconds a suspended tuning chunk has spent, in its stored study's folder (and carry).
@@ -748,7 +746,7 @@ def run_runs(plan: Plan, group: Sequence[Chunk], scratch: Path, commit: bool, jo
     which run again whole."""
     fits = [(chunk, *fit) for chunk in group for fit in fit_commands(plan, chunk, scratch)]
     here = runs_here(plan, group[0])
-    jobs = jobs or (_cores() if here else len(fits))
+    jobs = jobs or (machine_cores() if here else len(fits))
     left = {chunk.name: len(plan.seeds) for chunk in group}
     started: dict[str, tuple[float, str]] = {}
     for chunk in group:
@@ -763,7 +761,7 @@ def run_runs(plan: Plan, group: Sequence[Chunk], scratch: Path, commit: bool, jo
         if left[chunk.name] == 0:
             finish_chunk(plan, chunk, collect_runs(plan, chunk, scratch), *started[chunk.name], commit=commit)
 
-    threads = str(max(1, _cores() // jobs))
+    threads = str(max(1, machine_cores() // jobs))
     try:
         _run_pool(
             [(command, log) for _, command, log in fits],
@@ -782,14 +780,6 @@ def runs_here(plan: Plan, chunk: Chunk) -> bool:
     cluster's jobs (whose cores are not this machine's)."""
     head, _ = base_overrides(plan, chunk)
     return all(o.split("=", 1)[1] in LOCAL_LAUNCHERS for o in head if o.startswith("hydra/launcher="))
-
-
-def _cores() -> int:
-    """Cores this process may run on (its CPU affinity; all cores where that is unknown)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def _now() -> str:
