@@ -237,13 +237,16 @@ def load_plan(path: Path) -> Plan:
     if set(budget) != {"max_epochs", "patience", "min_delta"}:
         raise ValueError(f"{path}: budget needs exactly max_epochs, patience and min_delta (conf/budget/equal.yaml)")
     splits, split_methods = _load_splits(path, raw.get("splits") or {"temporal": []}, [m.name for m in methods])
+    seeds = [int(s) for s in raw.get("seeds") or []]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{path}: `seeds` must list distinct seeds, at least one (got {raw.get('seeds')!r})")
     return Plan(
         path=path,
         dataset=str(raw["dataset"]),
         experiment_prefix=raw.get("experiment_prefix"),
         methods=methods,
         blocks=blocks,
-        seeds=[int(s) for s in raw["seeds"]],
+        seeds=seeds,
         trials=int(raw["trials"]),
         budget=budget,
         splits=splits,
@@ -421,25 +424,27 @@ def _run_pool(
     ``on_start(i)`` runs as command ``i`` starts, ``on_exit(i)`` as it ends with status 0.
 
     A command that fails stops the others and raises RuntimeError naming its log; a stop asked for
-    stops every running group (the launcher's local jobs included) and raises :class:`Suspended`.
-    A stop asked while ``on_exit`` runs (collecting, committing) takes effect after it."""
+    stops every running group (the launcher's local jobs included) and raises :class:`Suspended`,
+    starting nothing more. A stop asked while ``on_exit`` runs (collecting, committing) takes
+    effect after it; an exception from ``on_exit`` stops the others too."""
     pending = list(enumerate(commands))[::-1]
     running: dict[int, subprocess.Popen] = {}
     try:
         while pending or running:
+            ended = {i: running.pop(i) for i in [i for i, child in running.items() if child.poll() is not None]}
+            for i in sorted(i for i, child in ended.items() if child.returncode == 0):
+                on_exit(i)
+            failed = sorted(i for i, child in ended.items() if child.returncode != 0)
+            if failed:
+                code = ended[failed[0]].returncode
+                raise RuntimeError(f"the command exited with {code}; its output is in {commands[failed[0]][1]}")
+            if _STOP["asked"]:
+                raise Suspended(_STOP["asked"])
             while pending and len(running) < jobs:
                 i, (command, log) = pending.pop()
                 running[i] = _start(command, log, env)
                 on_start(i)
-            ended = [i for i, child in running.items() if child.poll() is not None]
-            for i in ended:
-                code = running.pop(i).returncode
-                if code != 0:
-                    raise RuntimeError(f"the command exited with {code}; its output is in {commands[i][1]}")
-                on_exit(i)
             if not ended:
-                if _STOP["asked"]:
-                    raise Suspended(_STOP["asked"])
                 time.sleep(POLL_S)
     except BaseException:
         _stop_groups(list(running.values()))
@@ -447,26 +452,32 @@ def _run_pool(
 
 
 def _start(command: Sequence[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen:
-    """``command`` started from its checkout, leading a process group, output to ``log``."""
+    """``command`` started from its checkout, leading a process group, output to ``log``, with
+    SIGINT at its default: a driver started in the background ignores SIGINT and an ignored signal
+    is inherited, while a handled one is reset by exec; so the driver handles it while it starts
+    the command, and the stop (:func:`_stop_groups`) reaches every process of the group."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("  $ " + " ".join(command[2:]), flush=True)
-    with open(log, "w", encoding="utf-8") as handle:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            list(command),
-            cwd=Path(command[1]).parent,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_default_interrupt,
-            env={**os.environ, **(env or {})},
-        )
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, _ignore)
+    try:
+        with open(log, "w", encoding="utf-8") as handle:  # the child holds its own descriptor
+            return subprocess.Popen(
+                list(command),
+                cwd=Path(command[1]).parent,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _default_interrupt() -> None:
-    """In the chunk's command, before it starts: SIGINT at its default (a driver started in the
-    background ignores SIGINT, and an ignored signal is inherited), so the stop reaches every
-    process of the group."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _ignore(signum: int, frame: Any) -> None:
+    """A SIGINT the driver ignores, handled (so not inherited) while a command starts."""
 
 
 def _stop_groups(children: Sequence[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
@@ -478,8 +489,9 @@ def _stop_groups(children: Sequence[subprocess.Popen], grace: float = STOP_GRACE
     trial could finish in the grace and one stop would cut trials short or not by chance. Every
     process ends on SIGINT: a run in whatever phase it is in (saving ``last.ckpt`` in a fit), the
     launcher, and the sweeper with its trials left running in the stored study."""
+    live = list(children)
     for sig in (signal.SIGINT, signal.SIGKILL):
-        live = [child for child in children if _signal_group(child, sig)]
+        live = [child for child in live if _signal_group(child, sig)]  # only the groups left
         deadline = time.monotonic() + grace
         while live and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -841,7 +853,8 @@ def finish_chunk(
 ) -> None:
     """Write ``chunk``'s marker: its records, the code commit, when it started (``since``, UTC) and
     finished, and its wall seconds since ``clock`` (``time.perf_counter``) plus ``earlier``
-    (a suspended tuning chunk's earlier runs); remove its carry; commit it when ``commit``."""
+    (a suspended tuning chunk's earlier runs); remove its carry; commit it when ``commit`` (a
+    failed commit is reported, and left to the next run: the study goes on)."""
     marker = plan.results / chunk.marker
     marker.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -856,7 +869,10 @@ def finish_chunk(
     atomic_write_json(marker, record)
     (plan.results / chunk.carry).unlink(missing_ok=True)
     if commit:
-        commit_chunk(plan, chunk)
+        try:
+            commit_chunk(plan, chunk)
+        except RuntimeError as error:  # the records are written: the next run with --commit commits them
+            print(f"the commit of chunk {chunk.name} failed ({error}); the next run with --commit commits it")
 
 
 def commit_chunk(plan: Plan, chunk: Chunk, note: str = "") -> None:
@@ -1142,6 +1158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hours is not None and not args.hours > 0:
         print(f"error: --hours {args.hours}: give a positive number of hours", file=sys.stderr)
         return 2
+    if args.max_chunks is not None and args.max_chunks < 0:
+        print(f"error: --max-chunks {args.max_chunks}: give a number of chunks ≥ 0", file=sys.stderr)
+        return 2
     if args.jobs is not None and args.jobs < 1:
         print(f"error: --jobs {args.jobs}: give a number of fits at once ≥ 1", file=sys.stderr)
         return 2
@@ -1182,7 +1201,7 @@ def run_study(plan: Plan, scratch: Path, commit: bool, max_chunks: int | None, j
     todo = [c for c in chunks(plan) if not done(plan, c)]
     if max_chunks is not None:
         todo = todo[:max_chunks]
-    for group in _groups(todo):
+    for group in _groups(todo, lambda c: runs_here(plan, c)):
         if _STOP["asked"]:
             print(f"suspended ({_STOP['asked']}) before chunk {group[0].name}; run the same command to resume")
             return SUSPENDED_EXIT
@@ -1195,11 +1214,8 @@ def run_study(plan: Plan, scratch: Path, commit: bool, max_chunks: int | None, j
         except Suspended as stop:
             return suspended(plan, list(stop.chunks) or group, scratch, commit, str(stop))
         except (OSError, RuntimeError, ValueError) as error:
-            print(
-                f"error in chunk {', '.join(c.name for c in group if not done(plan, c))}: {error}\n"
-                "the chunks done are committed; run again to resume",
-                file=sys.stderr,
-            )
+            where = group[0].name if len(group) == 1 else f"the seed runs of {group[0].name} … {group[-1].name}"
+            print(f"error in {where}: {error}\nthe chunks done are kept; run again to resume", file=sys.stderr)
             return 1
     if max_chunks is not None and any(not done(plan, c) for c in chunks(plan)):
         print(f"stopped after {len(todo)} chunks (--max-chunks); run again to continue")
@@ -1208,12 +1224,14 @@ def run_study(plan: Plan, scratch: Path, commit: bool, max_chunks: int | None, j
     return 0
 
 
-def _groups(todo: Sequence[Chunk]) -> list[list[Chunk]]:
-    """``todo`` cut into what runs at once: consecutive runs chunks together (their fits share one
-    pool: a runs chunk needs only its tuning chunk, which runs before it), any other chunk alone."""
+def _groups(todo: Sequence[Chunk], here: Callable[[Chunk], bool]) -> list[list[Chunk]]:
+    """``todo`` cut into what runs at once: consecutive runs chunks whose fits run alike (``here``:
+    on this machine, or not) together (their fits share one pool: a runs chunk needs only its
+    tuning chunk, which runs before it), any other chunk alone."""
     groups: list[list[Chunk]] = []
     for chunk in todo:
-        if chunk.kind == "runs" and groups and groups[-1][0].kind == "runs":
+        last = groups[-1][0] if groups else None
+        if chunk.kind == "runs" and last is not None and last.kind == "runs" and here(chunk) == here(last):
             groups[-1].append(chunk)
         else:
             groups.append([chunk])

@@ -154,6 +154,11 @@ def test_plan_errors_name_the_key(tmp_path: Path) -> None:
         study.load_plan(_plan(tmp_path, selections={}))
     with pytest.raises(ValueError, match="budget needs exactly"):
         study.load_plan(_plan(tmp_path, budget={"max_epochs": 2}))
+    for seeds in ([], [1, 1]):
+        with pytest.raises(ValueError, match="`seeds` must list distinct seeds"):
+            study.load_plan(_plan(tmp_path, seeds=seeds))
+    assert study.main([str(_plan(tmp_path)), "--max-chunks", "-1"]) == 2
+    assert study.main([str(_plan(tmp_path)), "--jobs", "0"]) == 2
 
 
 def test_cpu_estimate_counts_fits_epochs_and_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -775,20 +780,55 @@ def test_the_pool_runs_its_commands_jobs_at_a_time_in_order(tmp_path: Path) -> N
     """Five commands, 2 at a time: never more than 2 run at once, they start in the order given,
     each starts as soon as a place frees (the short ones do not wait for the long one), on_exit
     follows each end, and each gets the environment given."""
-    specs = [("a", 8.0, 0), ("b", 0.5, 0), ("c", 0.5, 0), ("d", 0.5, 0), ("e", 0.5, 0)]
+    specs = [("a", 15.0, 0), ("b", 0.5, 0), ("c", 0.5, 0), ("d", 0.5, 0), ("e", 0.5, 0)]
+    began: list[str] = []
     ended: list[str] = []
     study._run_pool(
-        _pool_commands(tmp_path, specs), 2, lambda i: ended.append(specs[i][0]), env={"OMP_NUM_THREADS": "7"}
+        _pool_commands(tmp_path, specs),
+        2,
+        lambda i: ended.append(specs[i][0]),
+        env={"OMP_NUM_THREADS": "7"},
+        on_start=lambda i: began.append(specs[i][0]),
     )
     span = {
         n: (float((tmp_path / f"{n}.start").read_text()), float((tmp_path / f"{n}.end").read_text())) for n, *_ in specs
     }
     moments = sorted({t for pair in span.values() for t in pair})
     assert max(sum(b <= t < e for b, e in span.values()) for t in moments) == 2
-    assert sorted(span, key=lambda n: span[n][0]) == ["a", "b", "c", "d", "e"]
+    assert began == ["a", "b", "c", "d", "e"]
+    assert span["b"][1] <= span["c"][0] and span["c"][1] <= span["d"][0] and span["d"][1] <= span["e"][0]
     assert span["e"][1] < span["a"][1]  # b to e ran beside a, one after another
     assert ended[-1] == "a" and sorted(ended) == ["a", "b", "c", "d", "e"]
     assert {(tmp_path / f"{n}.threads").read_text() for n, *_ in specs} == {"7"}
+
+
+@pytest.mark.slow
+def test_a_stop_asked_while_a_command_s_end_is_handled_starts_nothing_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One command at a time; the stop is asked while the first one's on_exit runs (a chunk's
+    records being committed): on_exit finishes, the pool raises Suspended, the second never starts."""
+    monkeypatch.setitem(study._STOP, "asked", None)
+
+    def on_exit(i: int) -> None:
+        study._STOP["asked"] = "SIGTERM"
+
+    with pytest.raises(study.Suspended):
+        study._run_pool(_pool_commands(tmp_path, [("first", 0.1, 0), ("second", 0.1, 0)]), 1, on_exit)
+    assert (tmp_path / "first.end").exists() and not (tmp_path / "second.start").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_commit_leaves_the_chunk_done_for_the_next_run_to_commit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """finish_chunk outside a git repository: the marker is written, the failed commit is reported
+    and does not stop the study (the next run with --commit commits the chunk)."""
+    plan = study.load_plan(_plan(tmp_path / "repo"))
+    chunk = study.Chunk("runs", "temporal", "paper", "fix")
+    study.finish_chunk(plan, chunk, [], time.perf_counter(), study._now(), commit=True)
+    assert study.done(plan, chunk)
+    assert f"the commit of chunk {chunk.name} failed" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -835,10 +875,10 @@ def test_wall_time_counts_chunks_that_ran_at_once_once() -> None:
 def test_pooled_seed_runs_write_the_records_of_one_multirun_per_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two runs chunks (λFix, λOpt-D) × 2 seeds through the pool, 2 fits at a time, against each
+    """Two runs chunks (λFix, λOpt-D) × 3 seeds through the pool, 2 fits at a time, against each
     chunk's seeds as one multirun of the local launcher (the chunk as one command): the same
-    records, bit for bit but the train seconds and the run folder; each chunk's marker spans its
-    own fits."""
+    records, bit for bit but the train seconds, the run folder and the commit; D's first fit starts while
+    λFix's last one runs, and each marker spans its chunk's fits."""
     monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -851,14 +891,14 @@ def test_pooled_seed_runs_write_the_records_of_one_multirun_per_chunk(
         },
         selections={"fix": {"model.lambda_value": 0.01}, "d": {"lambda_optimizer.lr": 0.001}},
         blocks=["paper"],
-        seeds=[0, 1],
+        seeds=[0, 1, 2],
         overrides=[*DATA, "hydra/launcher=local"],
     )
     plan = study.load_plan(path)
     assert study.main([str(path), "--scratch", str(tmp_path / "pool"), "--jobs", "2"]) == 0
     pooled = {p.relative_to(plan.results / "runs"): p for p in (plan.results / "runs").rglob("*") if p.is_file()}
-    markers = [json.loads((plan.results / c.marker).read_text()) for c in study.chunks(plan)]
-    assert all(m["started"] <= m["finished"] for m in markers)
+    fix, d = (json.loads((plan.results / c.marker).read_text()) for c in study.chunks(plan))
+    assert fix["started"] <= d["started"] <= fix["finished"] <= d["finished"]  # D's first fit beside λFix's last
 
     one = tmp_path / "one"
     for chunk in study.chunks(plan):
@@ -871,12 +911,12 @@ def test_pooled_seed_runs_write_the_records_of_one_multirun_per_chunk(
         for p in labels.rglob("*"):
             if p.is_file():
                 multirun[Path(chunk.split, chunk.block) / p.relative_to(labels)] = p
-    assert sorted(pooled) == sorted(multirun) and len(pooled) >= 8
+    assert sorted(pooled) == sorted(multirun) and len(pooled) >= 12
     for relative, p in pooled.items():
         if p.name == "metrics.json":
             a, b = json.loads(p.read_text()), json.loads(multirun[relative].read_text())
-            for record in (a, b):
-                record.pop("train_seconds"), record.pop("output_dir")
+            for record in (a, b):  # the checkout's commit may move between the two (a commit made meanwhile)
+                record.pop("train_seconds"), record.pop("output_dir"), record["provenance"].pop("git_commit")
             assert a == b, relative
         else:
             assert p.read_bytes() == multirun[relative].read_bytes(), relative
