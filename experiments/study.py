@@ -1035,25 +1035,39 @@ def estimate(
     }
 
 
+def carried_trials(carry: Path) -> int:
+    """Trials done, as the sweeper counts them, in the stored study of the carry ``carry``."""
+    with tempfile.TemporaryDirectory() as folder:
+        _extract(carry, Path(folder))
+        return done_trials(Path(folder))
+
+
 def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float) -> None:
     """The chunks (done, ``part``: suspended with a carry, or to run), their fits and, with timings,
-    their CPU time (a suspended chunk's counted whole)."""
+    their CPU time (of a suspended chunk, that of the trials it has still to run)."""
     all_chunks = chunks(plan)
     todo = [c for c in all_chunks if not done(plan, c)]
     epochs_seen = observed_epochs(plan)
     mean_seen = {m: sum(e) / len(e) for m, e in epochs_seen.items()}
     seconds = estimate(plan, timings, inner_share, mean_seen) if timings is not None else {}
+    carried = {c.name: carried_trials(plan.results / c.carry) for c in todo if (plan.results / c.carry).is_file()}
+    for name, trials_done in carried.items():
+        if name in seconds:
+            left = max(0, plan.trials - trials_done) / plan.trials
+            seconds[name] = {key: value * left for key, value in seconds[name].items()}
     print(f"study {plan.dataset}: {len(all_chunks)} chunks, {len(all_chunks) - len(todo)} done, {len(todo)} to run")
     fits = 0
     for c in all_chunks:
         n = plan.trials if c.kind == "tune" else len(plan.seeds) if c.kind == "runs" else 0
         fits += n
-        state = "done" if done(plan, c) else "part" if (plan.results / c.carry).is_file() else "todo"
+        state = "done" if done(plan, c) else "part" if c.name in carried else "todo"
         line = f"  {state}  {c.name:<44} {n:>3} fits"
         if c.name in seconds:
             line += (
                 f"  cap {seconds[c.name]['cap'] / 3600:7.2f} h  expected {seconds[c.name]['expected'] / 3600:7.2f} h"
             )
+        if c.name in carried:
+            line += f"  ({carried[c.name]} done)"
         print(line)
     print(
         f"  {fits} fits (tuning trials and seed runs); epoch cap {plan.budget['max_epochs']}, "

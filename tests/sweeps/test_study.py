@@ -203,6 +203,16 @@ def test_cpu_estimate_counts_fits_epochs_and_seconds(tmp_path: Path, capsys: pyt
     assert f"{at_seen / 3600:.1f} h ({at_seen:.0f} s)" in out
     assert "wall time of the 1 chunks done: 0.50 h" in out
 
+    # a suspended chunk with 1 of its 4 trials done: the estimate counts the 3 it has to run
+    inner = study.Chunk("tune", "temporal", "inner", "fix")
+    _stored(tmp_path / "suspended" / "sweep", "host:1", finished=1)
+    study.pack_carry(tmp_path / "suspended" / "sweep", path.parent / inner.carry)
+    assert study.main([str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    part = at_seen - study.estimate(plan, {"fix": 2.0}, 0.75, {"fix": 2.5})[inner.name]["observed"] / 4
+    assert f"  part  {inner.name}" in out and "(1 done)" in out
+    assert f"{part / 3600:.1f} h ({part:.0f} s)" in out
+
 
 def test_measure_times_an_epoch_as_the_difference_of_two_warm_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
