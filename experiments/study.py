@@ -62,8 +62,9 @@ and twice as many on the plan's data (one seed, the paper block) and writes the 
 start-up costs drop out) to
 ``epoch_seconds.json`` in the results folder; ``--plan`` multiplies them by the runs and epochs of
 every chunk (the epoch cap, an expected count: ``plan.expected_epochs``, and the mean epochs of
-the tuning trials committed so far), and gives the wall time of the chunks done (chunks that ran
-at once counted once).
+the tuning trials committed so far), gives the wall time of the chunks done (chunks that ran at
+once counted once), and projects the wall time of the rest at their pace (wall time over CPU
+estimate of the tuning and of the seed-runs chunks done).
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ CARRY_TRIAL_FILES = {"metrics.json", ".hydra", "run.log"}
 STOP_GRACE_S = 15.0
 #: Seconds between checks of the running commands (and of a stop asked for).
 POLL_S = 0.5
+#: How --plan names the kinds of chunks.
+KIND_NAMES = {"tune": "tuning", "runs": "seed runs", "borrow": "borrowed"}
 #: The launchers whose jobs run on the driver's machine (conf/hydra/launcher).
 LOCAL_LAUNCHERS = {"local", "basic"}
 #: The wall seconds a suspended tuning chunk has spent, in its stored study's folder (and carry).
@@ -1091,9 +1094,26 @@ def print_plan(plan: Plan, timings: dict[str, float] | None, inner_share: float)
             f"  CPU time of the chunks to run at those epochs ({plan.expected_epochs} for a method with none yet): "
             f"{observed / 3600:.1f} h ({observed:.0f} s)"
         )
-    markers = [json.loads((plan.results / c.marker).read_text(encoding="utf-8")) for c in all_chunks if done(plan, c)]
-    if markers:
-        print(f"  wall time of the {len(markers)} chunks done: {wall_seconds(markers) / 3600:.2f} h")
+    markers = {
+        c.name: json.loads((plan.results / c.marker).read_text(encoding="utf-8")) for c in all_chunks if done(plan, c)
+    }
+    if not markers:
+        return
+    print(f"  wall time of the {len(markers)} chunks done: {wall_seconds(list(markers.values())) / 3600:.2f} h")
+    pace = {}  # wall seconds per estimated CPU second, by kind of chunk, in the chunks done
+    for kind in ("tune", "runs"):
+        ran = [c.name for c in all_chunks if c.kind == kind and c.name in markers]
+        estimated = sum(seconds[name]["observed"] for name in ran)
+        if estimated > 0:
+            pace[kind] = wall_seconds([markers[name] for name in ran]) / estimated
+    rest = [c for c in todo if seconds[c.name]["observed"] > 0]
+    if rest and all(c.kind in pace for c in rest):
+        projected = sum(seconds[c.name]["observed"] * pace[c.kind] for c in rest)
+        kinds = ", ".join(f"{KIND_NAMES[k]} {v:.2f}" for k, v in pace.items())
+        print(
+            f"  at the pace of the chunks done (their wall time / their CPU estimate: {kinds}), "
+            f"the chunks to run take about {projected / 3600:.1f} h of wall time"
+        )
 
 
 def wall_seconds(markers: Sequence[dict[str, Any]]) -> float:

@@ -212,6 +212,21 @@ def test_cpu_estimate_counts_fits_epochs_and_seconds(tmp_path: Path, capsys: pyt
     part = at_seen - study.estimate(plan, {"fix": 2.0}, 0.75, {"fix": 2.5})[inner.name]["observed"] / 4
     assert f"  part  {inner.name}" in out and "(1 done)" in out
     assert f"{part / 3600:.1f} h ({part:.0f} s)" in out
+    assert "at the pace" not in out  # no seed-runs chunk done: no pace for them
+
+    # a seed-runs chunk done in 100 s, the tuning chunk in 1800 s: the rest at those paces
+    runs = study.Chunk("runs", "temporal", "paper", "fix")
+    (path.parent / runs.marker).write_text(json.dumps({"seconds": 100.0}))
+    assert study.main([str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    est = study.estimate(plan, {"fix": 2.0}, 0.75, {"fix": 2.5})
+    pace = {"tune": 1800.0 / est["tune/temporal/paper/fix"]["observed"], "runs": 100.0 / est[runs.name]["observed"]}
+    rest = [
+        c for c in study.chunks(plan) if c.kind != "borrow" and c.name not in ("tune/temporal/paper/fix", runs.name)
+    ]
+    projected = sum(est[c.name]["observed"] * pace[c.kind] * (0.75 if c == inner else 1.0) for c in rest)
+    assert f"tuning {pace['tune']:.2f}, seed runs {pace['runs']:.2f}" in out
+    assert f"take about {projected / 3600:.1f} h of wall time" in out
 
 
 def test_measure_times_an_epoch_as_the_difference_of_two_warm_runs(
