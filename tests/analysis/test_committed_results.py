@@ -212,3 +212,25 @@ def test_a_matched_study_s_records_name_the_one_code_commit_its_readme_states(da
     for metrics in [*folder.glob("studies/**/metrics.json"), *folder.glob("runs/*/*/*/*/metrics.json")]:
         provenance = json.loads(metrics.read_text(encoding="utf-8"))["provenance"]
         assert provenance["git_commit"].startswith(stated[0]) and provenance["git_dirty"] is False, metrics
+
+
+def test_the_matched_study_s_bookkeeping_numbers_are_the_records() -> None:
+    """The ml-100k README's list of what the records leave out quotes chunk markers' seconds and
+    the SGDA studies' trial counts: each is checked against the committed markers, trial records
+    and trials.csv."""
+    folder = REPO_ROOT / "experiments" / "results" / "ml100k"
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    quoted = re.findall(r"`(tune/\w+/\w+/\w+)` \((\d+) s\)", readme)
+    assert len(quoted) == 2, quoted
+    for chunk, seconds in quoted:
+        marker = json.loads((folder / "chunks" / f"{chunk.replace('/', '--')}.json").read_text(encoding="utf-8"))
+        assert round(marker["seconds"]) == int(seconds), chunk
+    paper = re.search(r"SGDA study had (\d+) diverged trials\s+\((\d+) complete\)", readme)
+    complete = len(list((folder / "studies" / "temporal" / "paper" / "sgda").glob("*/*/metrics.json")))
+    assert (int(paper[1]), int(paper[2])) == (30 - complete, complete)
+    inner = re.search(r"study's (\d+) diverged trials \((\d+) complete\)", readme)
+    rows = list(csv.DictReader((folder / "studies" / "temporal" / "inner" / "sgda" / "trials.csv").open()))
+    assert (int(inner[1]), int(inner[2])) == (
+        sum(r["state"] == "FAIL" for r in rows),
+        sum(r["state"] == "COMPLETE" for r in rows),
+    )
