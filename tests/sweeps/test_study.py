@@ -902,8 +902,8 @@ def test_pooled_seed_runs_write_the_records_of_one_multirun_per_chunk(
 ) -> None:
     """Two runs chunks (λFix, λOpt-D) × 3 seeds through the pool, 2 fits at a time, against each
     chunk's seeds as one multirun of the local launcher (the chunk as one command): the same
-    records, bit for bit but the train seconds, the run folder and the commit; D's first fit starts while
-    λFix's last one runs, and each marker spans its chunk's fits."""
+    records, bit for bit but the train seconds, the run folder and the commit; D's first fit
+    starts while λFix's last one runs, and each marker spans its chunk's fits."""
     monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
