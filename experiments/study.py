@@ -39,8 +39,8 @@ while this checkout moves on) and names DIR's commit in the records; run the dri
 Python, whose packages the fits use.
 
 A stop (SIGTERM, SIGINT, SIGHUP, or ``--hours`` of wall time spent: a batch job's or a session's
-limit) suspends the study: the running chunk's command and its local launcher's jobs (one
-process group) get SIGINT, then SIGKILL after 15 s; a tuning chunk writes its stored study (the
+limit) suspends the study: the running commands and their local launcher's jobs (a process
+group each) get SIGINT, then SIGKILL after 15 s; a tuning chunk writes its stored study (the
 storage and, of each trial, its metrics.json, config and log: no weights) to
 ``carry/<chunk>.tar.gz`` in the results folder, committed with ``--commit``. The same command
 resumes it, from the scratch folder on the same machine or from the carry in a fresh clone (the
@@ -434,7 +434,8 @@ def _run_pool(
     running: dict[int, subprocess.Popen] = {}
     try:
         while pending or running:
-            ended = {i: running.pop(i) for i in [i for i, child in running.items() if child.poll() is not None]}
+            exited = [i for i, child in running.items() if child.poll() is not None]
+            ended = {i: running.pop(i) for i in exited}
             for i in sorted(i for i, child in ended.items() if child.returncode == 0):
                 on_exit(i)
             failed = sorted(i for i, child in ended.items() if child.returncode != 0)
@@ -621,12 +622,13 @@ def done_trials(sweep: Path) -> int:
     )
 
 
-def _collect(sweep_dir: Path, staging: Path, trials: bool = False) -> Path:
-    """The compact records of the runs under ``sweep_dir`` (collect_records) in ``staging``; returns
-    the folder holding their ``<method label>/seed…`` folders. ``trials``: a tuning study's trials
-    (their records without per-user test metrics; an unfinished trial is left out)."""
-    collect([sweep_dir], staging, skip_unfinished=trials, trials=trials)
-    return staging / sweep_dir.name
+def _collect(sweep_dirs: Sequence[Path], staging: Path, trials: bool = False) -> Path:
+    """The compact records of the runs under ``sweep_dirs`` (collect_records; folders of one name)
+    in ``staging``; returns the folder holding their ``<method label>/seed…`` folders. ``trials``:
+    a tuning study's trials (their records without per-user test metrics; an unfinished trial is
+    left out)."""
+    collect(sweep_dirs, staging, skip_unfinished=trials, trials=trials)
+    return staging / sweep_dirs[0].name
 
 
 def _install(staged: Path, target: Path) -> None:
@@ -698,7 +700,7 @@ def run_tune(plan: Plan, chunk: Chunk, scratch: Path, started: float) -> list[Pa
     target = plan.results / "studies" / chunk.split / chunk.block / chunk.method
     staging = _staging(target.parent)
     try:
-        _install(_collect(sweep, staging, trials=True), target)
+        _install(_collect([sweep], staging, trials=True), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     best = {"best_params": results["best_params"], "best_value": results.get("best_value")}
@@ -747,8 +749,9 @@ def collect_runs(plan: Plan, chunk: Chunk, scratch: Path) -> list[Path]:
     block_dir = plan.results / "runs" / chunk.split / chunk.block
     staging = _staging(block_dir)
     try:
-        collect([fit_dir(scratch, chunk, s) / "sweep" for s in plan.seeds], staging)
-        return _install_runs(plan, staging / "sweep", block_dir)
+        return _install_runs(
+            plan, _collect([fit_dir(scratch, chunk, s) / "sweep" for s in plan.seeds], staging), block_dir
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
